@@ -60,9 +60,15 @@ class Value {
   ValueType array_elem_type() const { return elem_type_; }
   const std::vector<Value>& as_array(std::string_view key = {}) const;
 
+  // The stored bits of an unsigned integer, BOOL (0/1) or float (its IEEE bit pattern, so
+  // NaN payloads round-trip); used by the writer.
+  uint64_t raw_bits() const;
+
   bool operator==(const Value& o) const;
 
  private:
+  Value with_type(ValueType t) const;
+
   ValueType type_ = ValueType::U8;
   ValueType elem_type_ = ValueType::U8;  // for arrays
   uint64_t u_ = 0;
