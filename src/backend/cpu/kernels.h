@@ -1,0 +1,43 @@
+// Internal to the CPU backend: the per-ISA tables of row x activation dot products that
+// matmul.cpp dispatches to. One table per ISA, each defined in its own translation unit so
+// that only that file is compiled with the ISA's flags (src/CMakeLists.txt).
+#pragma once
+
+#include <cstdint>
+
+#include "core/ggml_type.h"
+
+namespace ds4::cpu::detail {
+
+// Dot product of one weight row with the activation row in the weight type's partner
+// format (matmul.h). ncols is a positive multiple of the weight type's block size.
+using VecDotFn = float (*)(const void* w_row, const void* act, int64_t ncols);
+
+struct KernelTable {
+  VecDotFn f32 = nullptr;
+  VecDotFn f16 = nullptr;
+  VecDotFn bf16 = nullptr;
+  VecDotFn q8_0 = nullptr;
+  VecDotFn q2_k = nullptr;
+  VecDotFn q4_k = nullptr;
+  VecDotFn iq2_xxs = nullptr;
+  VecDotFn mxfp4 = nullptr;
+};
+
+const KernelTable& scalar_kernels();
+const KernelTable& avx2_kernels();
+const KernelTable& avx512_kernels();
+
+// 2^(e-128), the MXFP4 block scale with ggml's kvalues (which are twice E2M1), including
+// the denormal results for e = 0 and 1 (formats.md 2.8).
+inline float mxfp4_scale(uint8_t e) {
+  const uint32_t bits = e < 2 ? (0x00200000u << e) : (static_cast<uint32_t>(e) - 1u) << 23;
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
+}
+
+// kvalues_mxfp4 (formats.md 2.8): twice the E2M1 values, so they are integers.
+inline constexpr int8_t kMxfp4Values[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+}  // namespace ds4::cpu::detail

@@ -1,0 +1,176 @@
+// Row x activation dot products: every SIMD path against the scalar reference, and the
+// scalar reference against "dequantize both, then dot in double".
+#include <gtest/gtest.h>
+
+#include <cfloat>
+#include <cmath>
+
+#include "cpu_test_util.h"
+#include "core/error.h"
+
+namespace ds4::cpu::test {
+namespace {
+
+// Column counts per type: the minimum (one block), odd block counts that exercise the
+// tails of the unrolled loops, and the Flash widths 2048 and 4096.
+std::vector<int64_t> test_widths(GgmlType t) {
+  const int64_t b = block_elems(t);
+  if (b == 1) return {1, 7, 17, 33, 2048, 4096};
+  if (b == 32) return {32, 96, 160, 224, 2048, 4096};
+  return {256, 768, 2048, 4096};
+}
+
+std::string label(GgmlType t, Isa isa, int64_t n) {
+  return std::string(type_name(t)) + " " + isa_name(isa) + " ncols=" + std::to_string(n);
+}
+
+// The activation row as floats (partner format dequantized).
+std::vector<float> dequant_act(GgmlType t, const std::vector<uint8_t>& act, int64_t n) {
+  std::vector<float> a(static_cast<size_t>(n));
+  const GgmlType at = activation_type(t);
+  if (at == GgmlType::F32) {
+    std::memcpy(a.data(), act.data(), a.size() * 4);
+  } else if (at == GgmlType::Q8_K) {
+    quant::dequantize_row(GgmlType::Q8_K, act.data(), a.data(), n);
+  } else {
+    const BlockQ8_0Act* x = reinterpret_cast<const BlockQ8_0Act*>(act.data());
+    for (int64_t i = 0; i < n; ++i) a[i] = x[i / QK8_0].d * x[i / QK8_0].qs[i % QK8_0];
+  }
+  return a;
+}
+
+// With power-of-two scales every float operation is exact, so each SIMD path must equal
+// the scalar reference bit for bit: this checks the integer decompositions exactly.
+TEST(VecDot, SimdEqualsScalarExactly) {
+  IsaGuard guard;
+  std::mt19937 rng(1234);
+  for (GgmlType t : weight_types()) {
+    for (int64_t n : test_widths(t)) {
+      const int64_t nrows = 3;
+      const auto w = exact_weights(t, nrows, n, rng);
+      const auto act = exact_activation(t, n, rng);
+      const size_t rb = row_bytes(t, n);
+      for (int64_t r = 0; r < nrows; ++r) {
+        set_isa(Isa::Scalar);
+        const float ref = vec_dot(t, w.data() + r * rb, act.data(), n);
+        for (Isa isa : available_isas()) {
+          set_isa(isa);
+          EXPECT_EQ(vec_dot(t, w.data() + r * rb, act.data(), n), ref) << label(t, isa, n);
+        }
+      }
+    }
+  }
+}
+
+// Realistic data: the scalar reference equals the double-precision dot of the dequantized
+// weights and activations within the float summation bound (nblocks + 8) * FLT_EPSILON *
+// sum|w_i a_i| (one rounding per block term and per accumulation step); K-quants get 4x
+// that because their two per-block terms (scales, mins) can each exceed the block's value.
+// SIMD paths must be within twice the bound of the scalar result, and IQ2_XXS, which
+// reduces exact int32 block sums in the same order, bit-exact.
+TEST(VecDot, ScalarMatchesDequantizedDotAndSimdMatchesScalar) {
+  IsaGuard guard;
+  std::mt19937 rng(99);
+  for (GgmlType t : weight_types()) {
+    for (int64_t n : test_widths(t)) {
+      const int64_t nrows = 2;
+      const auto w = real_weights(t, nrows, n, rng);
+      const auto x = gaussian(n, rng);
+      std::vector<uint8_t> act(activation_bytes(t, n));
+      quantize_activation(t, x.data(), act.data(), n);
+      const std::vector<float> a = dequant_act(t, act, n);
+      const size_t rb = row_bytes(t, n);
+      std::vector<float> wf(static_cast<size_t>(n));
+      for (int64_t r = 0; r < nrows; ++r) {
+        quant::dequantize_row(t, w.data() + r * rb, wf.data(), n);
+        double exact = 0.0, mag = 0.0;
+        for (int64_t i = 0; i < n; ++i) {
+          exact += double(wf[i]) * double(a[i]);
+          mag += std::fabs(double(wf[i]) * double(a[i]));
+        }
+        const int64_t steps = is_float(t) ? n : n / block_elems(t);
+        const double kq = (t == GgmlType::Q2_K || t == GgmlType::Q4_K) ? 4.0 : 1.0;
+        const double tol = kq * double(steps + 8) * FLT_EPSILON * mag + 1e-30;
+        set_isa(Isa::Scalar);
+        const float ref = vec_dot(t, w.data() + r * rb, act.data(), n);
+        EXPECT_NEAR(ref, exact, tol) << label(t, Isa::Scalar, n);
+        for (Isa isa : available_isas()) {
+          set_isa(isa);
+          const float got = vec_dot(t, w.data() + r * rb, act.data(), n);
+          if (t == GgmlType::IQ2_XXS)
+            EXPECT_EQ(got, ref) << label(t, isa, n);
+          else
+            EXPECT_NEAR(got, ref, 2 * tol) << label(t, isa, n);
+        }
+      }
+    }
+  }
+}
+
+// Extreme codes: all-(-128) activations against all-(-128) / maximal weights must not wrap
+// or saturate in any path (the SIMD kernels avoid vpsignb / vpmaddubsw overflow).
+TEST(VecDot, ExtremeCodesDoNotOverflow) {
+  IsaGuard guard;
+  std::mt19937 rng(7);
+  for (GgmlType t : weight_types()) {
+    if (is_float(t)) continue;
+    const int64_t n = t == GgmlType::Q8_0 || t == GgmlType::MXFP4 ? 128 : 512;
+    auto w = exact_weights(t, 1, n, rng);
+    auto act = exact_activation(t, n, rng);
+    if (activation_type(t) == GgmlType::Q8_K) {
+      auto* a = reinterpret_cast<BlockQ8_K*>(act.data());
+      for (int64_t b = 0; b < n / QK_K; ++b) {
+        std::memset(a[b].qs, 0x80, sizeof(a[b].qs));
+        for (auto& s : a[b].bsums) s = -128 * 16;
+      }
+    } else {
+      auto* a = reinterpret_cast<BlockQ8_0Act*>(act.data());
+      for (int64_t b = 0; b < n / QK8_0; ++b) std::memset(a[b].qs, 0x80, sizeof(a[b].qs));
+    }
+    // Largest codes in every weight byte (Q8_0: -128; others: all bits set).
+    const int64_t bb = type_traits(t).block_bytes;
+    for (size_t i = 0; i < w.size(); ++i) {
+      const int64_t off = static_cast<int64_t>(i) % bb;
+      const bool scale_byte = (t == GgmlType::Q8_0 && off < 2) || (t == GgmlType::Q4_K && off < 4) ||
+                              (t == GgmlType::Q2_K && off >= 80) || (t == GgmlType::IQ2_XXS && off < 2) ||
+                              (t == GgmlType::MXFP4 && off == 0);
+      if (!scale_byte) w[i] = t == GgmlType::Q8_0 ? 0x80 : 0xFF;
+    }
+    set_isa(Isa::Scalar);
+    const float ref = vec_dot(t, w.data(), act.data(), n);
+    for (Isa isa : available_isas()) {
+      set_isa(isa);
+      EXPECT_EQ(vec_dot(t, w.data(), act.data(), n), ref) << label(t, isa, n);
+    }
+  }
+}
+
+TEST(VecDot, RejectsBadShapesAndTypes) {
+  std::vector<uint8_t> buf(4096);
+  EXPECT_THROW(vec_dot(GgmlType::Q8_0, buf.data(), buf.data(), 48), Error);
+  EXPECT_THROW(vec_dot(GgmlType::Q2_K, buf.data(), buf.data(), 0), Error);
+  EXPECT_THROW(vec_dot(GgmlType::Q8_K, buf.data(), buf.data(), 256), Error);
+  EXPECT_THROW(activation_type(GgmlType::I32), Error);
+}
+
+TEST(VecDot, IsaSelection) {
+  IsaGuard guard;
+  set_isa(Isa::Scalar);
+  EXPECT_EQ(active_isa(), Isa::Scalar);
+  set_isa(Isa::Avx512);  // clamps to what the CPU has
+  EXPECT_EQ(active_isa(), detected_isa());
+  EXPECT_STREQ(isa_name(Isa::Avx2), "avx2");
+}
+
+TEST(VecDot, ActivationFormats) {
+  EXPECT_EQ(activation_type(GgmlType::Q8_0), GgmlType::Q8_0);
+  EXPECT_EQ(activation_type(GgmlType::MXFP4), GgmlType::Q8_0);
+  EXPECT_EQ(activation_type(GgmlType::IQ2_XXS), GgmlType::Q8_K);
+  EXPECT_EQ(activation_type(GgmlType::F16), GgmlType::F32);
+  EXPECT_EQ(activation_bytes(GgmlType::Q8_0, 4096), 128u * 36u);
+  EXPECT_EQ(activation_bytes(GgmlType::Q2_K, 4096), 16u * 292u);
+  EXPECT_EQ(activation_bytes(GgmlType::BF16, 4096), 4096u * 4u);
+}
+
+}  // namespace
+}  // namespace ds4::cpu::test
