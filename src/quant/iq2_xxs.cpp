@@ -116,8 +116,9 @@ void quantize_block(const float* xbl, BlockIQ2_XXS& y, const float* qwbl,
     }
     uint8_t lq[32];
     float scale = detail::make_qp_quants(32, kMaxQ + 1, xval, lq, weight);
-    if (!(scale > 0)) {
-      // Only possible when the weight sits entirely on zero elements: nothing to fit.
+    if (scale == 0) {
+      // Only when the weight sits entirely on zero elements: nothing to fit. (A negative
+      // scale is possible and handled below exactly as ggml does.)
       scales[ib] = 0;
       continue;
     }

@@ -211,9 +211,11 @@ float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* w
     }
     if (!n_changed) break;
   }
-  // Degenerate weights (all zero where x > 0) would give 0/0 here; ggml returns NaN, we
-  // return 0 so the block decodes to its mins instead of NaN. Never hit with real imatrix data.
-  if (!(suml2 > 0)) return 0.f;
+  // Degenerate weights (all zero where x > 0) give 0/0 here; ggml returns NaN, we return 0 so
+  // the block decodes to finite values. Never hit with real imatrix data. Note that suml2 can
+  // legitimately go negative: IQ2_XXS passes flipped (negative) values, whose negative codes
+  // wrap in the uint8 L as in ggml; the caller then sees a negative scale and recovers.
+  if (suml2 == 0) return 0.f;
   return sumlx / suml2;
 }
 
