@@ -18,7 +18,7 @@
 #include "core/error.h"
 #include "gguf/gguf.h"
 
-namespace ds4::gguf::testing {
+namespace ds4::gguf::ggtest {
 
 // Little-endian GGUF fields appended one by one, so a test can write exactly the bytes a
 // malformed file would contain.
@@ -123,4 +123,4 @@ class TempDir {
   std::filesystem::path path_;
 };
 
-}  // namespace ds4::gguf::testing
+}  // namespace ds4::gguf::ggtest

@@ -9,7 +9,7 @@
 
 #include "gguf/gguf_test_util.h"
 
-namespace ds4::gguf::testing {
+namespace ds4::gguf::ggtest {
 
 struct SampleTensor {
   std::string name;
@@ -100,4 +100,4 @@ inline void write_sample(const Sample& s, const std::string& path, uint32_t alig
   w.finish();
 }
 
-}  // namespace ds4::gguf::testing
+}  // namespace ds4::gguf::ggtest

@@ -7,8 +7,8 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-using testing::error_of;
-using testing::TempDir;
+using ggtest::error_of;
+using ggtest::TempDir;
 
 class GgufAccessors : public ::testing::Test {
  protected:

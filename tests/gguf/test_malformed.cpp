@@ -6,11 +6,11 @@ namespace {
 
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
-using testing::error_of;
-using testing::parse;
-using testing::parse_error;
-using testing::Raw;
-using testing::TempDir;
+using ggtest::error_of;
+using ggtest::parse;
+using ggtest::parse_error;
+using ggtest::Raw;
+using ggtest::TempDir;
 
 constexpr uint32_t kF32 = 0, kQ8_0 = 8, kQ8_K = 15, kArray = 9;
 
@@ -230,9 +230,9 @@ TEST(GgufMalformed, OverlappingTensors) {
 // each prefix is a fresh allocation of exactly that size so AddressSanitizer sees overreads.
 TEST(GgufMalformed, EveryTruncationIsAnError) {
   TempDir dir;
-  const auto s = testing::make_sample();
-  testing::write_sample(s, dir.file("full.gguf"));
-  const std::vector<uint8_t> full = testing::read_bytes(dir.file("full.gguf"));
+  const auto s = ggtest::make_sample();
+  ggtest::write_sample(s, dir.file("full.gguf"));
+  const std::vector<uint8_t> full = ggtest::read_bytes(dir.file("full.gguf"));
   const File f = File::parse(full);
   const TensorInfo& last = f.tensors().back();
   const size_t end_of_data = f.data_offset() + last.offset + last.nbytes;
@@ -251,8 +251,8 @@ TEST(GgufMalformed, EveryTruncationIsAnError) {
 // Flipping any single header byte must give a valid file or a ds4::Error, never a crash.
 TEST(GgufMalformed, EveryHeaderByteCorruptionIsHandled) {
   TempDir dir;
-  testing::write_sample(testing::make_sample(), dir.file("full.gguf"));
-  const std::vector<uint8_t> full = testing::read_bytes(dir.file("full.gguf"));
+  ggtest::write_sample(ggtest::make_sample(), dir.file("full.gguf"));
+  const std::vector<uint8_t> full = ggtest::read_bytes(dir.file("full.gguf"));
   const size_t header_end = File::parse(full).data_offset();
   int errors = 0;
   for (size_t i = 0; i < header_end; ++i) {
@@ -274,12 +274,12 @@ TEST(GgufMalformed, OpenNamesThePath) {
   EXPECT_THAT(error_of([&] { File::open(dir.file("missing.gguf")); }),
               HasSubstr("cannot open " + dir.file("missing.gguf")));
   EXPECT_THAT(error_of([&] { File::open(dir.file("")); }), HasSubstr("is not a regular file"));
-  testing::write_bytes(dir.file("empty.gguf"), {});
+  ggtest::write_bytes(dir.file("empty.gguf"), {});
   EXPECT_THAT(error_of([&] { File::open(dir.file("empty.gguf")); }),
               StartsWith(dir.file("empty.gguf") + ": truncated file"));
   Raw r = one_tensor();
   r.b[0] = 'X';
-  testing::write_bytes(dir.file("bad.gguf"), r.b);
+  ggtest::write_bytes(dir.file("bad.gguf"), r.b);
   EXPECT_THAT(error_of([&] { File::open(dir.file("bad.gguf")); }),
               StartsWith(dir.file("bad.gguf") + ": not a GGUF file"));
 }

@@ -7,12 +7,12 @@ namespace ds4::gguf {
 namespace {
 
 using ::testing::HasSubstr;
-using testing::error_of;
-using testing::make_sample;
-using testing::read_bytes;
-using testing::Sample;
-using testing::TempDir;
-using testing::write_sample;
+using ggtest::error_of;
+using ggtest::make_sample;
+using ggtest::read_bytes;
+using ggtest::Sample;
+using ggtest::TempDir;
+using ggtest::write_sample;
 
 void expect_matches(const File& f, const Sample& s) {
   ASSERT_EQ(f.tensors().size(), s.tensors.size());

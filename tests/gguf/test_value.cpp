@@ -8,7 +8,7 @@ namespace ds4::gguf {
 namespace {
 
 using ::testing::HasSubstr;
-using testing::error_of;
+using ggtest::error_of;
 
 TEST(GgufValue, ScalarsKeepTheirTypeAndValue) {
   EXPECT_EQ(Value::u8(200).type(), ValueType::U8);

@@ -6,8 +6,8 @@ namespace ds4::gguf {
 namespace {
 
 using ::testing::HasSubstr;
-using testing::error_of;
-using testing::TempDir;
+using ggtest::error_of;
+using ggtest::TempDir;
 namespace fs = std::filesystem;
 
 TEST(GgufWriter, FinalNameAppearsOnlyAfterFinish) {
