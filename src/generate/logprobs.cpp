@@ -8,7 +8,16 @@
 
 namespace ds4::gen {
 
-double log_sum_exp(std::span<const float> logits) {
+namespace {
+
+// log-sum-exp as max + log(sum): kept apart because with logits of ~1e38 the sum's log is below
+// max's resolution, and logit - lse would then lose it (log_softmax = (logit - max) - log_sum).
+struct Lse {
+  double max;
+  double log_sum;
+};
+
+Lse lse_parts(std::span<const float> logits) {
   if (logits.empty()) fail("logprobs: empty logits");
   float max = -std::numeric_limits<float>::infinity();
   for (size_t i = 0; i < logits.size(); ++i) {
@@ -24,17 +33,30 @@ double log_sum_exp(std::span<const float> logits) {
   const double m = max;
   double sum = 0.0;
   for (const float v : logits) sum += std::exp(static_cast<double>(v) - m);
-  return m + std::log(sum);
+  return {m, std::log(sum)};
+}
+
+float to_float(double x) {
+  // Converting a double beyond float's range is undefined behaviour, not -inf.
+  constexpr double lo = -std::numeric_limits<float>::max();
+  return x < lo ? -std::numeric_limits<float>::infinity() : static_cast<float>(x);
+}
+
+}  // namespace
+
+double log_sum_exp(std::span<const float> logits) {
+  const Lse p = lse_parts(logits);
+  return p.max + p.log_sum;
 }
 
 StepLogprobs compute_logprobs(std::span<const float> logits, TokenId chosen, int top_k) {
   if (top_k < 0) fail("logprobs: top_k must be >= 0, got {}", top_k);
   if (chosen < 0 || static_cast<size_t>(chosen) >= logits.size())
     fail("logprobs: chosen token {} is outside the vocabulary of {} tokens", chosen, logits.size());
-  const double lse = log_sum_exp(logits);
+  const Lse lse = lse_parts(logits);
   auto entry = [&](size_t i) {
     return TokenLogprob{static_cast<TokenId>(i), logits[i],
-                        static_cast<float>(static_cast<double>(logits[i]) - lse)};
+                        to_float((static_cast<double>(logits[i]) - lse.max) - lse.log_sum)};
   };
 
   StepLogprobs out;

@@ -19,6 +19,10 @@ constexpr size_t kSortedDrawMax = 4096;
 // Below this size a range is finished with insertion sort.
 constexpr size_t kSmallRange = 16;
 
+// Histogram for select_prefix: kBuckets buckets of 1/kBucketsPerNat nat each.
+constexpr uint32_t kBuckets = 1024;
+constexpr float kBucketsPerNat = 16.0f;
+
 uint64_t splitmix64(uint64_t& s) {
   uint64_t z = (s += 0x9E3779B97F4A7C15ull);
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -136,6 +140,27 @@ void Sampler::adjust_logits(std::span<float> logits, std::span<const TokenId> hi
 }
 
 TokenId Sampler::sample(std::span<const float> logits, std::span<const TokenId> history) {
+  TokenId greedy_token = 0;
+  const size_t n = filter(logits, history, greedy_token);
+  return n == 0 ? greedy_token : draw(n);
+}
+
+std::vector<Sampler::TokenProb> Sampler::distribution(std::span<const float> logits,
+                                                      std::span<const TokenId> history) {
+  TokenId greedy_token = 0;
+  const size_t n = filter(logits, history, greedy_token);
+  if (n == 0) return {{greedy_token, 1.0}};
+  std::sort(cand_.begin(), cand_.begin() + static_cast<std::ptrdiff_t>(n),
+            [](const Candidate& a, const Candidate& b) { return a.id < b.id; });
+  double total = 0.0;
+  for (size_t i = 0; i < n; ++i) total += cand_[i].weight;
+  std::vector<TokenProb> out(n);
+  for (size_t i = 0; i < n; ++i) out[i] = {cand_[i].id, cand_[i].weight / total};
+  return out;
+}
+
+size_t Sampler::filter(std::span<const float> logits, std::span<const TokenId> history,
+                       TokenId& greedy_token) {
   const size_t n_vocab = logits.size();
   if (n_vocab == 0) fail("sampling: empty logits");
   if (n_vocab > static_cast<size_t>(std::numeric_limits<TokenId>::max()))
@@ -164,7 +189,8 @@ TokenId Sampler::sample(std::span<const float> logits, std::span<const TokenId> 
   if (best == n_vocab) fail("sampling: every token is banned (all logits are -inf)");
   if (max == std::numeric_limits<float>::infinity())
     fail("sampling: logit of token {} is +inf", best);
-  if (params_.greedy()) return static_cast<TokenId>(best);
+  greedy_token = static_cast<TokenId>(best);
+  if (params_.greedy()) return 0;
 
   const float temp = params_.temperature;
   const bool use_top_p = params_.top_p < 1.0f;
@@ -172,22 +198,25 @@ TokenId Sampler::sample(std::span<const float> logits, std::span<const TokenId> 
   // here, before any exp, makes the common case (min_p 0.05, top_p 1) touch only a few tokens.
   // With top-p on, every top-k survivor is needed for top-p's normaliser, so min-p waits.
   float floor = kNegInf;
-  if (params_.min_p > 0.0f)
-    floor = max + static_cast<float>(static_cast<double>(temp) * std::log(double{params_.min_p}));
+  if (params_.min_p > 0.0f) {
+    const double f = max + static_cast<double>(temp) * std::log(double{params_.min_p});
+    // Out-of-range double -> float conversion is undefined behaviour; below range means no floor.
+    floor = f < -std::numeric_limits<float>::max() ? kNegInf : static_cast<float>(f);
+  }
   const float prefilter = use_top_p ? kNegInf : floor;
 
   cand_.clear();
   for (size_t i = 0; i < n_vocab; ++i)
-    if (l[i] > kNegInf && l[i] >= prefilter) cand_.push_back({l[i], static_cast<TokenId>(i), 0.0f});
+    if (l[i] > kNegInf && l[i] >= prefilter) cand_.push_back({l[i], static_cast<TokenId>(i), 0.0f, 0});
   size_t n = cand_.size();
 
-  if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < n) {
-    n = static_cast<size_t>(params_.top_k);
-    select_top_k(cand_.size(), n);
-  }
-
   const float inv_t = 1.0f / temp;
-  if (!std::isfinite(inv_t)) return static_cast<TokenId>(best);  // T so small it is greedy
+  if (!std::isfinite(inv_t)) return 0;  // T so small that it is greedy
+  max_logit_ = max;
+  inv_temp_ = inv_t;
+
+  if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < n)
+    n = select_prefix(n, static_cast<double>(params_.top_k), false);
   double total = 0.0;
   for (size_t i = 0; i < n; ++i) {
     cand_[i].weight = std::exp((cand_[i].logit - max) * inv_t);
@@ -202,9 +231,9 @@ TokenId Sampler::sample(std::span<const float> logits, std::span<const TokenId> 
     double kept = 0.0;
     for (size_t i = 0; i < n; ++i) kept += cand_[i].weight;
     const double target = static_cast<double>(params_.top_p) * total;
-    if (kept >= target) n = select_nucleus(n, target);
+    if (kept >= target) n = select_prefix(n, target, true);
   }
-  return draw(n);
+  return n;
 }
 
 double Sampler::uniform01() {
@@ -304,26 +333,60 @@ void insertion_sort_best_first(C* first, C* last) {
 
 }  // namespace
 
-void Sampler::select_top_k(size_t n, size_t k) {
-  size_t lo = 0, hi = n;
+inline uint32_t Sampler::bucket_of(float logit) const {
+  // Buckets of 1/16 nat: weight ratios within a bucket stay under e^(1/16). Past 64 nats
+  // (weight < 1.7e-28 of the top token's) everything shares the last bucket.
+  const float x = (max_logit_ - logit) * inv_temp_ * kBucketsPerNat;
+  return x < static_cast<float>(kBuckets - 1) ? static_cast<uint32_t>(x) : kBuckets - 1;
+}
+
+size_t Sampler::select_prefix(size_t n, double need, bool by_weight) {
+  // Bucket order agrees with the candidate order (a better candidate never lands in a later
+  // bucket: float subtraction and scaling are monotone), so the cut lies in the first bucket
+  // where the running total reaches `need`.
+  hist_.assign(kBuckets, 0.0);
+  for (size_t i = 0; i < n; ++i) {
+    Candidate& c = cand_[i];
+    c.bucket = bucket_of(c.logit);
+    hist_[c.bucket] += by_weight ? c.weight : 1.0;
+  }
+  uint32_t cut = 0;
+  double before = 0.0;
+  for (; cut < kBuckets; ++cut) {
+    if (before + hist_[cut] >= need) break;
+    before += hist_[cut];
+  }
+  if (cut == kBuckets) return n;  // rounding kept the total a hair below `need`: keep all
+
+  size_t front = 0;
+  for (size_t i = 0; i < n; ++i)
+    if (cand_[i].bucket < cut) std::swap(cand_[i], cand_[front++]);
+  size_t end = front;
+  for (size_t i = front; i < n; ++i)
+    if (cand_[i].bucket == cut) std::swap(cand_[i], cand_[end++]);
+  if (by_weight) return select_weight(front, end, need - before);
+  return select_count(front, end, static_cast<size_t>(need - before));
+}
+
+size_t Sampler::select_count(size_t lo, size_t hi, size_t k) {
+  const size_t want = lo + k;
+  const size_t end = hi;
   while (hi - lo > kSmallRange) {
     const size_t p = partition(lo, hi);
-    if (k <= p) {
+    if (want <= p) {
       hi = p;
-    } else if (k == p + 1) {
-      return;
+    } else if (want == p + 1) {
+      return want;
     } else {
       lo = p + 1;
     }
-    if (lo >= hi) return;
   }
   insertion_sort_best_first(cand_.data() + lo, cand_.data() + hi);
+  return std::min(want, end);
 }
 
-size_t Sampler::select_nucleus(size_t n, double target) {
+size_t Sampler::select_weight(size_t lo, size_t hi, double need) {
   // Weighted quickselect: keep the better side whole while it is short of the target.
-  size_t lo = 0, hi = n;
-  double need = target;
   while (hi - lo > kSmallRange) {
     const size_t p = partition(lo, hi);
     double upper = 0.0;

@@ -83,6 +83,15 @@ class Sampler {
   // every token is banned.
   TokenId sample(std::span<const float> logits, std::span<const TokenId> history = {});
 
+  // The distribution step 7 draws from: the kept tokens in id order with their renormalised
+  // probabilities (one token with probability 1 when greedy). Consumes no randomness.
+  struct TokenProb {
+    TokenId token;
+    double prob;
+  };
+  std::vector<TokenProb> distribution(std::span<const float> logits,
+                                      std::span<const TokenId> history = {});
+
   // Restarts the random stream: the same seed gives the same draws.
   void reseed(uint64_t seed) { rng_.seed(seed); }
 
@@ -96,15 +105,24 @@ class Sampler {
   struct Candidate {
     float logit;
     TokenId id;
-    float weight;  // exp((logit - max) / T), filled from step 5 on
+    float weight;     // exp((logit - max) / T), filled from step 5 on
+    uint32_t bucket;  // scratch of select_prefix
   };
 
   bool has_penalties() const;
-  // Reorders cand_[0, n) so that its first k entries are the k best.
-  void select_top_k(size_t n, size_t k);
-  // Length of the smallest best-first prefix of cand_[0, n) whose weight reaches `target`;
-  // reorders cand_ so that this prefix comes first.
-  size_t select_nucleus(size_t n, double target);
+  // Steps 1-6: leaves the kept set in cand_[0, n) with weights and returns n, or returns 0 and
+  // sets `greedy_token` when the choice is deterministic.
+  size_t filter(std::span<const float> logits, std::span<const TokenId> history,
+                TokenId& greedy_token);
+  // Reorders cand_[0, n) so that its shortest best-first prefix holding `need` comes first and
+  // returns that prefix's length; `need` counts candidates (top-k) or, with by_weight, weight
+  // (top-p). A histogram over (max - logit) / T narrows the cut to one bucket in two linear passes,
+  // and only that bucket is searched exactly.
+  size_t select_prefix(size_t n, double need, bool by_weight);
+  uint32_t bucket_of(float logit) const;
+  // Exact searches inside [lo, hi): quickselect, and its weighted form. Return the prefix length.
+  size_t select_count(size_t lo, size_t hi, size_t k);
+  size_t select_weight(size_t lo, size_t hi, double need);
   // Partitions cand_[lo, hi) around a pivot; returns its final index p: [lo, p) are better.
   size_t partition(size_t lo, size_t hi);
   // Draws from cand_[0, n) proportionally to weight, visiting tokens in id order.
@@ -118,6 +136,9 @@ class Sampler {
   std::vector<Candidate> cand_;
   std::vector<float> dense_;  // per-vocab weights of a large kept set, all zero between steps
   std::vector<TokenId> window_;
+  std::vector<double> hist_;
+  float max_logit_ = 0.0f;  // of the current step, for bucket_of
+  float inv_temp_ = 1.0f;
   uint64_t pivot_state_ = 0;  // pivot choice only; independent of the sampling stream
 };
 
