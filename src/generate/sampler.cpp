@@ -84,7 +84,8 @@ void SamplingParams::validate() const {
     if (std::isnan(bias) || bias == std::numeric_limits<float>::infinity())
       fail("sampling: logit_bias for token {} must be finite or -inf, got {}", tok, bias);
   }
-  if (max_tokens < -1) fail("sampling: max_tokens must be >= -1 (-1: no limit), got {}", max_tokens);
+  if (max_tokens < -1)
+    fail("sampling: max_tokens must be >= -1 (-1: no limit), got {}", max_tokens);
   for (size_t i = 0; i < stop_strings.size(); ++i)
     if (stop_strings[i].empty()) fail("sampling: stop string {} is empty", i);
 }
@@ -191,8 +192,10 @@ size_t Sampler::filter(std::span<const float> logits, std::span<const TokenId> h
     fail("sampling: logit of token {} is +inf", best);
   greedy_token = static_cast<TokenId>(best);
   if (params_.greedy()) return 0;
-
   const float temp = params_.temperature;
+  const float inv_t = 1.0f / temp;
+  if (!std::isfinite(inv_t)) return 0;  // T so small that it is greedy
+
   const bool use_top_p = params_.top_p < 1.0f;
   // min-p in logit space: p_i >= min_p * p_max  <=>  l_i >= l_max + T * log(min_p). Filtering
   // here, before any exp, makes the common case (min_p 0.05, top_p 1) touch only a few tokens.
@@ -207,11 +210,10 @@ size_t Sampler::filter(std::span<const float> logits, std::span<const TokenId> h
 
   cand_.clear();
   for (size_t i = 0; i < n_vocab; ++i)
-    if (l[i] > kNegInf && l[i] >= prefilter) cand_.push_back({l[i], static_cast<TokenId>(i), 0.0f, 0});
+    if (l[i] > kNegInf && l[i] >= prefilter)
+      cand_.push_back({l[i], static_cast<TokenId>(i), 0.0f, 0});
   size_t n = cand_.size();
 
-  const float inv_t = 1.0f / temp;
-  if (!std::isfinite(inv_t)) return 0;  // T so small that it is greedy
   max_logit_ = max;
   inv_temp_ = inv_t;
 
@@ -225,11 +227,15 @@ size_t Sampler::filter(std::span<const float> logits, std::span<const TokenId> h
 
   if (use_top_p) {
     // min-p prefix within the top-k set, then the nucleus inside it if it reaches the mass.
-    const auto mid = std::partition(cand_.begin(), cand_.begin() + static_cast<std::ptrdiff_t>(n),
-                                    [floor](const Candidate& c) { return c.logit >= floor; });
-    n = static_cast<size_t>(mid - cand_.begin());
+    // (A plain loop rather than std::partition, whose element order is the library's choice.)
+    size_t m = 0;
     double kept = 0.0;
-    for (size_t i = 0; i < n; ++i) kept += cand_[i].weight;
+    for (size_t i = 0; i < n; ++i) {
+      if (cand_[i].logit < floor) continue;
+      kept += cand_[i].weight;
+      std::swap(cand_[i], cand_[m++]);
+    }
+    n = m;
     const double target = static_cast<double>(params_.top_p) * total;
     if (kept >= target) n = select_prefix(n, target, true);
   }
@@ -251,14 +257,14 @@ TokenId Sampler::draw(size_t n) {
     for (size_t i = 0; i < n; ++i) total += cand_[i].weight;
     const double u = uniform01() * total;
     double acc = 0.0;
+    TokenId last = cand_[0].id;
     for (size_t i = 0; i < n; ++i) {
       acc += cand_[i].weight;
       if (acc > u) return cand_[i].id;
+      if (cand_[i].weight > 0.0f) last = cand_[i].id;
     }
-    // Unreachable: the same sums in the same order reach total > u. The top token has weight 1.
-    for (size_t i = 0; i < n; ++i)
-      if (cand_[i].weight == 1.0f) return cand_[i].id;
-    return cand_[0].id;
+    // u rounded up to the total (u = r * total with r a hair below 1): the last token it covers.
+    return last;
   }
 
   TokenId hi = 0;
@@ -270,16 +276,17 @@ TokenId Sampler::draw(size_t n) {
   for (size_t i = 0; i < end; ++i) total += dense_[i];
   const double u = uniform01() * total;
   double acc = 0.0;
-  size_t pick = end;
+  size_t pick = end, last = end;
   for (size_t i = 0; i < end; ++i) {
     acc += dense_[i];
     if (acc > u) {
       pick = i;
       break;
     }
+    if (dense_[i] > 0.0f) last = i;
   }
   for (size_t i = 0; i < n; ++i) dense_[static_cast<size_t>(cand_[i].id)] = 0.0f;
-  if (pick == end) fail("sampling: internal error, the draw fell off the kept set");
+  if (pick == end) pick = last;  // as above: u rounded up to the total
   return static_cast<TokenId>(pick);
 }
 
@@ -312,7 +319,8 @@ size_t Sampler::partition(size_t lo, size_t hi) {
   const Candidate pivot = cand_[hi - 1];
   size_t store = lo;
   for (size_t i = lo; i + 1 < hi; ++i)
-    if (better(cand_[i].logit, cand_[i].id, pivot.logit, pivot.id)) std::swap(cand_[i], cand_[store++]);
+    if (better(cand_[i].logit, cand_[i].id, pivot.logit, pivot.id))
+      std::swap(cand_[i], cand_[store++]);
   std::swap(cand_[store], cand_[hi - 1]);
   return store;
 }

@@ -118,7 +118,8 @@ TEST(StopMatcher, Utf8IsNeverSplit) {
   EXPECT_EQ(m.push("\xE4\xB8").text, "");
   EXPECT_EQ(m.flush(), "\xE4\xB8");
 
-  expect_split_invariant({"\xE3\x80\x82"}, "\xE4\xB8\xAD\xE6\x96\x87\xE3\x80\x82more");  // 中文。
+  // 中文。 then more text
+  expect_split_invariant({"\xE3\x80\x82"}, "\xE4\xB8\xAD\xE6\x96\x87\xE3\x80\x82more");
   expect_split_invariant({"\xC3\xA9t\xC3\xA9"}, "caf\xC3\xA9 \xC3\xA9t\xC3\xA9");        // "été"
   expect_split_invariant({}, "na\xC3\xAFve \xF0\x9F\x98\x80 text");
 }
