@@ -72,12 +72,6 @@ void quantize_block(const float* xbl, BlockIQ2_XXS& y, const float* qwbl,
     const float* xb = xbl + 32 * ib;
     const float* qw = qwbl + 32 * ib;
     for (int i = 0; i < 32; ++i) weight[i] = qw[i] * std::sqrt(sigma2 + xb[i] * xb[i]);
-    // Degenerate importance (all zero in this group, or underflowed): ggml would divide 0/0
-    // further down. Weigh the group uniformly instead; real imatrix data never gets here.
-    float wmax = 0;
-    for (int i = 0; i < 32; ++i) wmax = std::max(wmax, weight[i]);
-    if (!(wmax > 0))
-      for (int i = 0; i < 32; ++i) weight[i] = 1.0f;
     for (int i = 0; i < 32; ++i) waux[i] = std::sqrt(weight[i]);
     // Signs (step 2): an 8-tuple must have an even number of minus signs, so with an odd
     // count the least important element (smallest w*x^2) is flipped.
@@ -116,14 +110,14 @@ void quantize_block(const float* xbl, BlockIQ2_XXS& y, const float* qwbl,
     }
     uint8_t lq[32];
     float scale = detail::make_qp_quants(32, kMaxQ + 1, xval, lq, weight);
-    if (scale == 0) {
-      // Only when the weight sits entirely on zero elements: nothing to fit. (A negative
-      // scale is possible and handled below exactly as ggml does.)
+    for (int i = 0; i < 32; ++i) L[i] = static_cast<int8_t>(lq[i]);
+    const float eff_max = scale * kMaxQ;
+    if (eff_max <= 0) {
+      // No usable fit (e.g. the weight sits only on zero elements): the group stays zero,
+      // as in current ggml.
       scales[ib] = 0;
       continue;
     }
-    for (int i = 0; i < 32; ++i) L[i] = static_cast<int8_t>(lq[i]);
-    const float eff_max = scale * kMaxQ;
     float best = 0;
     // Scale sweep (step 5): levels {0,1,2} model the values scale*{1,3,5}.
     for (int is = -6; is <= 6; ++is) {

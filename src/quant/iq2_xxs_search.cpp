@@ -1,7 +1,6 @@
 #include "quant/iq2_xxs_search.h"
 
-#include <algorithm>
-#include <utility>
+#include <climits>
 
 #include "quant/quant.h"
 
@@ -16,32 +15,36 @@ Iq2xxsSearchTables build() {
   t.map.assign(Iq2xxsSearchTables::kMapSize, -1);
   for (int n = 0; n < 256; ++n) t.map[kgrid[n]] = n;
 
-  // For each off-grid tuple keep every grid point in the two nearest distance shells, sorted
-  // by (distance, index) as ggml's qsort comparator does (formats.md 3.6).
-  std::vector<std::pair<int, int>> dist(256);
+  // For each off-grid tuple keep every grid point in the two nearest distance shells, ordered
+  // by (distance, index) as ggml's qsort comparator orders them (formats.md 3.6). Sorting is
+  // not needed: the result is the first shell in index order, then the second.
+  int dist[256];
   for (int u = 0; u < Iq2xxsSearchTables::kMapSize; ++u) {
     if (t.map[u] >= 0) continue;
     ++t.off_grid_codes;
     int pos[8];
     for (int k = 0; k < 8; ++k) pos[k] = 2 * ((u >> 2 * k) & 3) + 1;
+    int d1 = INT_MAX, d2 = INT_MAX;  // smallest and second smallest distinct distance
     for (int n = 0; n < 256; ++n) {
-      int d2 = 0;
-      for (int k = 0; k < 8; ++k) d2 += (t.grid8[n][k] - pos[k]) * (t.grid8[n][k] - pos[k]);
-      dist[n] = {d2, n};
-    }
-    std::sort(dist.begin(), dist.end());
-    int count = 0, nhave = 1, d2 = dist[0].first;
-    for (int j = 0; j < 256; ++j) {
-      if (dist[j].first > d2) {
-        if (nhave == 2) break;
-        d2 = dist[j].first;
-        ++nhave;
+      int d = 0;
+      for (int k = 0; k < 8; ++k) d += (t.grid8[n][k] - pos[k]) * (t.grid8[n][k] - pos[k]);
+      dist[n] = d;
+      if (d < d1) {
+        d2 = d1;
+        d1 = d;
+      } else if (d > d1 && d < d2) {
+        d2 = d;
       }
-      ++count;
     }
-    t.map[u] = -static_cast<int32_t>(t.neighbours.size() + 1);
-    t.neighbours.push_back(static_cast<uint16_t>(count));
-    for (int j = 0; j < count; ++j) t.neighbours.push_back(static_cast<uint16_t>(dist[j].second));
+    const size_t head = t.neighbours.size();
+    t.map[u] = -static_cast<int32_t>(head + 1);
+    t.neighbours.push_back(0);
+    for (int shell : {d1, d2}) {
+      if (shell == INT_MAX) break;
+      for (int n = 0; n < 256; ++n)
+        if (dist[n] == shell) t.neighbours.push_back(static_cast<uint16_t>(n));
+    }
+    t.neighbours[head] = static_cast<uint16_t>(t.neighbours.size() - head - 1);
   }
   return t;
 }

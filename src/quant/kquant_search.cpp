@@ -193,9 +193,12 @@ float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* w
     int n_changed = 0;
     for (int i = 0; i < n; ++i) {
       const float w = weights[i];
+      // Both partial sums must stay positive (formats.md 3.1 step 3). IQ2_XXS passes flipped,
+      // negative values whose codes wrap in the uint8 L exactly as in ggml; this guard keeps
+      // the search from running away on them.
       float slx = sumlx - w * x[i] * L[i];
-      if (slx > 0) {
-        float sl2 = suml2 - w * L[i] * L[i];
+      float sl2 = suml2 - w * L[i] * L[i];
+      if (slx > 0 && sl2 > 0) {
         const int new_l = std::min(nmax, nearest_int(x[i] * sl2 / slx));
         if (new_l != L[i]) {
           slx += w * x[i] * new_l;
@@ -211,12 +214,8 @@ float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* w
     }
     if (!n_changed) break;
   }
-  // Degenerate weights (all zero where x > 0) give 0/0 here; ggml returns NaN, we return 0 so
-  // the block decodes to finite values. Never hit with real imatrix data. Note that suml2 can
-  // legitimately go negative: IQ2_XXS passes flipped (negative) values, whose negative codes
-  // wrap in the uint8 L as in ggml; the caller then sees a negative scale and recovers.
-  if (suml2 == 0) return 0.f;
-  return sumlx / suml2;
+  // suml2 == 0 only with degenerate weights (all zero where x > 0); 0 instead of 0/0.
+  return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
 }
 
 }  // namespace ds4::quant::detail

@@ -83,3 +83,36 @@ inline std::vector<float> round_trip(GgmlType t, const std::vector<float>& x, in
 }
 
 }  // namespace ds4::quant::testing
+
+namespace ds4::quant::testing {
+
+// Bit-reproducible test data from integer arithmetic only (no libm, no std distributions,
+// whose algorithms differ between standard libraries), for golden-hash tests.
+// Values: approximately N(0,1) (Irwin-Hall sum of 4 uniforms), 1 in 256 scaled by 8.
+inline std::vector<float> portable_data(size_t n, uint64_t seed) {
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+  auto next = [&s]() {  // splitmix64
+    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  };
+  std::vector<float> x(n);
+  for (auto& v : x) {
+    const uint64_t r = next();
+    float sum = 0.0f;
+    for (int k = 0; k < 4; ++k) sum += static_cast<float>((r >> (16 * k)) & 0xFFFF) * (1.0f / 65536.0f);
+    v = (sum - 2.0f) * 1.7320508f;  // variance 4/12 -> 1
+    if ((next() & 0xFF) == 0) v *= 8.0f;
+  }
+  return x;
+}
+
+// Positive importance, 0.05 + |portable_data|, bit-reproducible.
+inline std::vector<float> portable_importance(size_t n, uint64_t seed) {
+  std::vector<float> u = portable_data(n, seed);
+  for (auto& v : u) v = 0.05f + (v < 0 ? -v : v);
+  return u;
+}
+
+}  // namespace ds4::quant::testing

@@ -47,8 +47,8 @@ const Bound kBounds[] = {
     {GgmlType::Q4_K, true, {0.085, 0.065, 0.09, 0.105, 0.085}},
     {GgmlType::Q2_K, false, {0.32, 0.26, 0.33, 0.33, 0.33}},
     {GgmlType::Q2_K, true, {0.30, 0.245, 0.31, 0.30, 0.30}},
-    {GgmlType::IQ2_XXS, false, {0.40, 0.41, 0.45, 0.42, 0.40}},
-    {GgmlType::IQ2_XXS, true, {0.40, 0.41, 0.45, 0.42, 0.40}},
+    {GgmlType::IQ2_XXS, false, {0.385, 0.37, 0.44, 0.405, 0.385}},
+    {GgmlType::IQ2_XXS, true, {0.385, 0.375, 0.43, 0.41, 0.385}},
 };
 
 TEST(RoundTrip, RelativeErrorWithinBounds) {
