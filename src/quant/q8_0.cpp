@@ -42,7 +42,8 @@ void quantize_row_q8_0_act(const float* x, BlockQ8_0Act* y, int64_t n) {
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     y[b].d = d;
     for (int j = 0; j < QK8_0; ++j) {
-      const float q = std::clamp(std::rint(xb[j] * id), -128.0f, 127.0f);
+      // fmax/fmin (not std::clamp) so that a NaN activation still gives a defined code.
+      const float q = std::fmin(std::fmax(std::rint(xb[j] * id), -128.0f), 127.0f);
       y[b].qs[j] = static_cast<int8_t>(q);
     }
   }

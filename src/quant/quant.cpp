@@ -1,6 +1,7 @@
 // Type dispatch for row conversion (quant.h). The per-type codecs live in one file each.
 #include "quant/quant.h"
 
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -86,6 +87,14 @@ bool can_quantize(GgmlType type) {
 void quantize_row(GgmlType type, const float* src, void* dst, int64_t n,
                   const float* importance) {
   check_row(type, n, "quantize_row");
+  if (type_traits(type).is_quantized) {
+    // The block searches assume finite input (NaN/inf would turn into garbage codes or
+    // undefined float->int casts); a non-finite weight is a data error worth reporting.
+    for (int64_t i = 0; i < n; ++i)
+      if (!std::isfinite(src[i]))
+        fail("quantize_row: cannot quantize non-finite value {} (element {}) to {}", src[i], i,
+             type_name(type));
+  }
   auto* b = static_cast<uint8_t*>(dst);
   switch (type) {
     case GgmlType::F32:

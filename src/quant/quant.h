@@ -24,8 +24,10 @@ bool can_quantize(GgmlType type);
 
 // Encodes n floats into `type` at dst (row_bytes(type, n) bytes).
 // `importance` (n per-column weights, or nullptr) drives the weighted searches of
-// Q2_K, Q4_K and IQ2_XXS (formats.md 3.3-3.7); IQ2_XXS without importance uses x^2... see
-// quantize_rows for the per-matrix weight-energy fallback. Other types ignore it.
+// Q2_K, Q4_K and IQ2_XXS (formats.md 3.3-3.7); IQ2_XXS without importance uses this row's
+// x^2 (the one-row case of quantize_rows' per-matrix weight-energy fallback). Other types
+// ignore it. Block types throw ds4::Error on non-finite input. Output is byte-identical to
+// ggml's reference quantizers (tests/quant/test_golden.cpp).
 void quantize_row(GgmlType type, const float* src, void* dst, int64_t n,
                   const float* importance = nullptr);
 

@@ -229,6 +229,12 @@ TEST(Layout, RejectsPartialBlocks) {
   EXPECT_THROW(dequantize_row(GgmlType::Q8_0, b.data(), y.data(), 33), Error);
   EXPECT_THROW(quantize_row(GgmlType::Q4_K, y.data(), b.data(), 100), Error);
   EXPECT_THROW(quantize_row(GgmlType::I32, y.data(), b.data(), 4), Error);
+  std::vector<float> bad(256, 1.0f);
+  bad[17] = std::nanf("");
+  EXPECT_THROW(quantize_row(GgmlType::Q2_K, bad.data(), b.data(), 256), Error);
+  bad[17] = INFINITY;
+  EXPECT_THROW(quantize_row(GgmlType::Q8_0, bad.data(), b.data(), 256), Error);
+  EXPECT_NO_THROW(quantize_row(GgmlType::F16, bad.data(), b.data(), 256));  // inf is an f16
   EXPECT_FALSE(can_quantize(GgmlType::I32));
   EXPECT_TRUE(can_quantize(GgmlType::IQ2_XXS));
 }
