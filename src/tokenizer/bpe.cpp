@@ -61,6 +61,43 @@ void BpeMerges::encode_word(std::string_view word, std::vector<int32_t>& out) co
     return;
   }
 
+  // Short words (the vast majority): keep the rank of every adjacent pair in an array, merge
+  // the lowest (leftmost on ties), and look up only the two pairs that changed. O(n^2) moves
+  // in the worst case but ~2 hash lookups per merge; same result as the heap below.
+  if (n <= kShortWord) {
+    int32_t ids[kShortWord];
+    uint32_t rank[kShortWord];
+    int32_t result[kShortWord];
+    size_t m = n;
+    for (size_t i = 0; i < n; ++i) {
+      ids[i] = byte_ids_[static_cast<uint8_t>(word[i])];
+      if (ids[i] < 0) fail("BPE: the vocabulary has no token for byte 0x{:02x}", static_cast<uint8_t>(word[i]));
+    }
+    auto look = [&](size_t i) {
+      const Slot* sl = find(ids[i], ids[i + 1]);
+      rank[i] = sl ? sl->rank : UINT32_MAX;
+      result[i] = sl ? sl->result : -1;
+    };
+    for (size_t i = 0; i + 1 < m; ++i) look(i);
+    while (m > 1) {
+      size_t best = 0;
+      for (size_t i = 1; i + 1 < m; ++i)
+        if (rank[i] < rank[best]) best = i;
+      if (rank[best] == UINT32_MAX) break;
+      ids[best] = result[best];
+      for (size_t i = best + 1; i + 1 < m; ++i) ids[i] = ids[i + 1];
+      for (size_t i = best + 1; i + 2 < m; ++i) {
+        rank[i] = rank[i + 1];
+        result[i] = result[i + 1];
+      }
+      --m;
+      if (best + 1 < m) look(best);
+      if (best > 0) look(best - 1);
+    }
+    out.insert(out.end(), ids, ids + m);
+    return;
+  }
+
   struct Sym {
     int32_t id;
     int32_t prev;

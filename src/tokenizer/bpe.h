@@ -36,6 +36,7 @@ class BpeMerges {
     int32_t result;
   };
   static constexpr uint64_t kEmpty = ~uint64_t{0};
+  static constexpr size_t kShortWord = 24;
   const Slot* find(int32_t left, int32_t right) const;
 
   std::vector<int32_t> byte_ids_;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <mutex>
 #include <unordered_map>
 
 #include "core/error.h"
@@ -75,8 +76,53 @@ struct Tokenizer::Impl {
   BpeMerges bpe;
   PreTokenizer pre;
 
+  // Memo of pre-token -> tokens shared across calls: real text repeats words, and BPE is
+  // most of the cost. One encode call holds the lock for its whole duration (try_lock, so a
+  // concurrent call never waits: it just encodes without the memo). Bounded by clearing.
+  struct StrHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  struct Memo {
+    std::unordered_map<std::string, std::pair<uint32_t, uint32_t>, StrHash, std::equal_to<>> map;
+    std::vector<int32_t> pool;
+  };
+  static constexpr size_t kMemoMaxEntries = 1 << 18;
+  mutable std::mutex memo_mu;
+  mutable Memo memo;
+
   void encode_plain(std::string_view text, std::vector<int32_t>& out) const {
-    pre.split(text, [&](std::string_view piece) { bpe.encode_word(piece, out); });
+    std::unique_lock lock(memo_mu, std::try_to_lock);
+    if (!lock.owns_lock()) {
+      pre.split(text, [&](std::string_view piece) { bpe.encode_word(piece, out); });
+      return;
+    }
+    if (memo.map.size() > kMemoMaxEntries) {
+      memo.map.clear();
+      memo.pool.clear();
+    }
+    pre.split(text, [&](std::string_view piece) {
+      if (piece.size() < 2 || piece.size() > 64) {
+        bpe.encode_word(piece, out);
+        return;
+      }
+      if (auto it = memo.map.find(piece); it != memo.map.end()) {
+        auto [at, len] = it->second;
+        out.insert(out.end(), memo.pool.begin() + at, memo.pool.begin() + at + len);
+        return;
+      }
+      size_t before = out.size();
+      bpe.encode_word(piece, out);
+      memo.map.emplace(std::string(piece), std::pair<uint32_t, uint32_t>(static_cast<uint32_t>(memo.pool.size()),
+                                                                         static_cast<uint32_t>(out.size() - before)));
+      memo.pool.insert(memo.pool.end(), out.begin() + before, out.end());
+    });
+  }
+
+  void clear_memo() const {
+    std::lock_guard lock(memo_mu);
+    memo.map.clear();
+    memo.pool.clear();
   }
 };
 
@@ -174,6 +220,8 @@ int32_t Tokenizer::require(std::string_view bytes) const {
   if (!id) fail("tokenizer has no token {}", bytes);
   return *id;
 }
+
+void Tokenizer::clear_cache() const { impl_->clear_memo(); }
 
 std::vector<std::pair<int32_t, int32_t>> Tokenizer::merge_pairs() const {
   std::vector<std::pair<int32_t, int32_t>> out;

@@ -75,6 +75,9 @@ class Tokenizer {
   // Merges in rank order as (left, right) token ids.
   std::vector<std::pair<int32_t, int32_t>> merge_pairs() const;
 
+  // Drops the memo of already-encoded words (benchmarks of cold encoding; memory).
+  void clear_cache() const;
+
   int32_t bos_id() const { return bos_; }
   int32_t eos_id() const { return eos_; }
 
