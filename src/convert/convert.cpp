@@ -111,7 +111,7 @@ class Converter {
       name = fs::path(opts_.input_dir).lexically_normal().parent_path().filename().string();
     std::vector<gguf::KeyValue> kv = model_metadata(cfg, name);
     if (fs::exists(dir / "tokenizer.json"))
-      merge_tokenizer(kv, tokenizer_metadata((dir / "tokenizer.json").string()), cfg);
+      merge_tokenizer(kv, tokenizer_metadata((dir / "tokenizer.json").string(), cfg.vocab));
     if (im) {
       kv.push_back({"quantize.imatrix.file", gguf::Value::string(opts_.imatrix_path)});
       kv.push_back({"quantize.imatrix.entries_count", gguf::Value::u64(im->entries().size())});
@@ -144,12 +144,8 @@ class Converter {
 
  private:
   // The tokenizer module writes bos/eos ids too; config.json's must agree with them.
-  static void merge_tokenizer(std::vector<gguf::KeyValue>& kv, std::vector<gguf::KeyValue> tk,
-                              const ModelConfig& cfg) {
+  static void merge_tokenizer(std::vector<gguf::KeyValue>& kv, std::vector<gguf::KeyValue> tk) {
     for (gguf::KeyValue& t : tk) {
-      if (t.key == "tokenizer.ggml.tokens" && t.value.as_array().size() != cfg.vocab)
-        fail("tokenizer.json has {} tokens but config.json's vocab_size is {}",
-             t.value.as_array().size(), cfg.vocab);
       auto it = std::find_if(kv.begin(), kv.end(), [&](const auto& e) { return e.key == t.key; });
       if (it == kv.end()) {
         kv.push_back(std::move(t));
