@@ -1,0 +1,132 @@
+// ds4: the DwarfStar command-line front end. Modes are selected by flags; each mode is one
+// function below, so new ones (chat, server-like loops) plug into main() without touching the
+// others.
+//
+//   ds4 -m MODEL.gguf --tokens 5,17,9 --dump-logits OUT.f32 [--numerics exact|official]
+//       [--batch N] [--threads N]
+//     Evaluates the tokens (or --tokens @FILE: whitespace- or comma-separated ids) and writes
+//     raw little-endian float32 logits [n_tokens, vocab]; row i = logits after token i.
+//     --batch is the prefill chunk size; --batch 1 is pure token-by-token decode.
+//
+// Errors end the program with a one-line message on stderr and a non-zero exit status.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "model/model.h"
+
+namespace {
+
+struct Options {
+  std::string model_path;
+  std::string tokens;
+  std::string dump_logits;
+  std::string numerics = "official";
+  int64_t batch = 512;
+  int threads = 0;
+};
+
+// Parses "5,17,9" or "@FILE" (ids separated by commas and/or whitespace).
+std::vector<int32_t> parse_tokens(const std::string& spec) {
+  std::string text = spec;
+  if (!spec.empty() && spec[0] == '@') {
+    std::ifstream in(spec.substr(1));
+    if (!in) ds4::fail("cannot open token file {}: {}", spec.substr(1), std::strerror(errno));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    text = ss.str();
+  }
+  std::vector<int32_t> out;
+  size_t i = 0;
+  while (i < text.size()) {
+    const char c = text[i];
+    if (c == ',' || std::isspace(static_cast<unsigned char>(c))) {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < text.size() && text[j] != ',' && !std::isspace(static_cast<unsigned char>(text[j]))) ++j;
+    const std::string item = text.substr(i, j - i);
+    errno = 0;
+    char* end = nullptr;
+    const long long v = std::strtoll(item.c_str(), &end, 10);
+    if (end != item.c_str() + item.size() || errno != 0 || v < 0 || v > INT32_MAX)
+      ds4::fail("bad token id \"{}\" in --tokens", item);
+    out.push_back(static_cast<int32_t>(v));
+    i = j;
+  }
+  if (out.empty()) ds4::fail("--tokens holds no token ids");
+  return out;
+}
+
+int run_dump_logits(const Options& o) {
+  const std::vector<int32_t> tokens = parse_tokens(o.tokens);
+  if (o.batch <= 0) ds4::fail("--batch must be positive, got {}", o.batch);
+  const auto model = ds4::model::Model::load(o.model_path, {.threads = o.threads});
+  const int64_t V = model.hparams().n_vocab;
+  ds4::model::Session session(model, {.max_ctx = static_cast<int64_t>(tokens.size()),
+                                      .numerics = ds4::model::numerics_from_name(o.numerics),
+                                      .retain = 0,
+                                      .max_batch = o.batch});
+  std::FILE* f = std::fopen(o.dump_logits.c_str(), "wb");
+  if (!f) ds4::fail("cannot create {}: {}", o.dump_logits, std::strerror(errno));
+  std::vector<float> logits;
+  for (size_t i = 0; i < tokens.size(); i += static_cast<size_t>(o.batch)) {
+    const size_t n = std::min(tokens.size() - i, static_cast<size_t>(o.batch));
+    logits.resize(n * static_cast<size_t>(V));
+    try {
+      session.eval(std::span(tokens).subspan(i, n), ds4::model::LogitsMode::All, logits.data());
+    } catch (...) {
+      std::fclose(f);
+      std::remove(o.dump_logits.c_str());
+      throw;
+    }
+    // float32 is little-endian on every supported host (x86-64, AArch64).
+    if (std::fwrite(logits.data(), sizeof(float), logits.size(), f) != logits.size()) {
+      std::fclose(f);
+      ds4::fail("cannot write {}: {}", o.dump_logits, std::strerror(errno));
+    }
+  }
+  if (std::fclose(f) != 0) ds4::fail("cannot write {}: {}", o.dump_logits, std::strerror(errno));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"ds4: DeepSeek V4 inference on CPU"};
+  Options o;
+  app.add_option("-m,--model", o.model_path, "DeepSeek V4 GGUF file")->required();
+  app.add_option("--tokens", o.tokens, "token ids: 5,17,9 or @FILE");
+  app.add_option("--dump-logits", o.dump_logits, "write float32 logits [n_tokens, vocab] here");
+  app.add_option("--numerics", o.numerics, "exact | official (default official)")
+      ->check(CLI::IsMember({"exact", "official"}));
+  app.add_option("--batch", o.batch, "prefill chunk size (1 = token-by-token decode)");
+  app.add_option("--threads", o.threads, "CPU threads (default: all cores)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "ds4: %s\n", e.what());
+    return 2;
+  }
+  try {
+    if (!o.dump_logits.empty()) {
+      if (o.tokens.empty()) ds4::fail("--dump-logits needs --tokens");
+      return run_dump_logits(o);
+    }
+    ds4::fail("nothing to do: give --tokens and --dump-logits");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ds4: %s\n", e.what());
+    return 1;
+  }
+}
