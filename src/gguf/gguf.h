@@ -103,6 +103,9 @@ struct ReadLimits {
   uint64_t max_array_elems = 1u << 26;
   int max_array_depth = 8;
   int max_dims = 8;
+  // Array items across the whole file: each costs a Value (~100 bytes) however small it is
+  // on disk, so this bounds memory. Real files hold about 400k (tokens, merges, types).
+  uint64_t max_total_array_elems = 1u << 26;
 };
 
 // A GGUF file opened read-only and memory-mapped. Tensor data are used in place.

@@ -201,6 +201,11 @@ class Parser {
     if (n > limits_.max_array_elems)
       fail("{}: metadata key {}: array of {} items exceeds the limit of {}", path(), key, n,
            limits_.max_array_elems);
+    if (n > limits_.max_total_array_elems - total_array_elems_)
+      fail("{}: metadata key {}: array of {} items brings the file's array items past the limit "
+           "of {}",
+           path(), key, n, limits_.max_total_array_elems);
+    total_array_elems_ += n;
     if (n > c_.remaining() / min_encoded_size(elem))
       fail("{}: truncated file: metadata key {} declares an array of {} {} items, more than the "
            "{} bytes left in the file can hold",
@@ -287,6 +292,7 @@ class Parser {
   uint64_t size_;
   uint64_t n_tensors_ = 0;
   uint64_t n_kv_ = 0;
+  uint64_t total_array_elems_ = 0;
 };
 
 }  // namespace

@@ -95,6 +95,13 @@ TEST(GgufMalformed, ArrayCounts) {
   EXPECT_THAT(parse_error(big.b),
               HasSubstr("truncated file: metadata key arr declares an array of 1000000 UINT32 "
                         "items, more than the 20 bytes left in the file can hold"));
+  Raw two;
+  two.header(0, 2).str("a").u32(kArray).u32(0).u64(3).zeros(3);
+  two.str("b").u32(kArray).u32(0).u64(3).zeros(3);
+  EXPECT_NO_THROW(parse(two.b, ReadLimits{.max_total_array_elems = 6}));
+  EXPECT_THAT(parse_error(two.b, ReadLimits{.max_total_array_elems = 5}),
+              HasSubstr("metadata key b: array of 3 items brings the file's array items past the "
+                        "limit of 5"));
   // Strings inside arrays are checked one by one as well.
   Raw s;
   s.header(0, 1).str("toks").u32(kArray).u32(8).u64(2).str("ok").u64(50).zeros(10);
