@@ -72,6 +72,8 @@ struct SamplingParams {
   void validate() const;
 };
 
+// One per generation stream: it owns the random stream and scratch buffers, so it is not
+// thread-safe and must not be shared between concurrent requests.
 class Sampler {
  public:
   // Validates params. The vocabulary size is taken from the logits on each call.
