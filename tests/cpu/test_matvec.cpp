@@ -45,6 +45,23 @@ TEST(Matvec, EqualsPerRowVecDot) {
   }
 }
 
+TEST(Matvec, PreQuantizedActivationEqualsMatvec) {
+  IsaGuard guard;
+  std::mt19937 rng(15);
+  ThreadPool pool(2);
+  for (GgmlType t : weight_types()) {
+    const Shape s{19, 2048};
+    const auto w = exact_weights(t, s.nrows, s.ncols, rng);
+    const auto x = gaussian(s.ncols, rng);
+    std::vector<uint8_t> act(activation_bytes(t, s.ncols));
+    quantize_activation(t, x.data(), act.data(), s.ncols);
+    std::vector<float> y(static_cast<size_t>(s.nrows)), ya(y.size());
+    matvec(t, w.data(), s.nrows, s.ncols, x.data(), y.data());
+    matvec_act(t, w.data(), s.nrows, s.ncols, act.data(), ya.data(), &pool);
+    EXPECT_EQ(y, ya) << type_name(t);
+  }
+}
+
 TEST(Matvec, ThreadedEqualsSingleThreaded) {
   IsaGuard guard;
   std::mt19937 rng(6);

@@ -142,7 +142,6 @@ float vec_dot(GgmlType type, const void* w_row, const void* act, int64_t ncols) 
 void matvec(GgmlType type, const void* W, int64_t nrows, int64_t ncols, const float* x,
             float* y, ThreadPool* pool) {
   check_shape(type, nrows, ncols);
-  const detail::VecDotFn dot = kernel(type);
   // Float types read x directly; the others quantize it once for all rows.
   std::vector<uint8_t> buf;
   const void* act = x;
@@ -151,6 +150,13 @@ void matvec(GgmlType type, const void* W, int64_t nrows, int64_t ncols, const fl
     quantize_activation(type, x, buf.data(), ncols);
     act = buf.data();
   }
+  matvec_act(type, W, nrows, ncols, act, y, pool);
+}
+
+void matvec_act(GgmlType type, const void* W, int64_t nrows, int64_t ncols, const void* act,
+                float* y, ThreadPool* pool) {
+  check_shape(type, nrows, ncols);
+  const detail::VecDotFn dot = kernel(type);
   const size_t rb = row_bytes(type, ncols);
   const uint8_t* w = static_cast<const uint8_t*>(W);
   // Each y[r] comes from exactly one vec_dot, so the result does not depend on the split.

@@ -27,6 +27,12 @@ Isa active_isa();
 void matvec(GgmlType type, const void* W, int64_t nrows, int64_t ncols, const float* x,
             float* y, ThreadPool* pool = nullptr);
 
+// matvec with the activation already in the partner format of `type` (quantize_activation;
+// float* for float types), for callers that multiply one input by several matrices (the
+// routed experts' gate/up, parallel projections): the quantization is done once.
+void matvec_act(GgmlType type, const void* W, int64_t nrows, int64_t ncols, const void* act,
+                float* y, ThreadPool* pool = nullptr);
+
 // Y[b, r] = sum_c W[r, c] * X[b, c] for nb activation rows (prefill): each weight row is
 // read once for the whole batch.
 void matmul(GgmlType type, const void* W, int64_t nrows, int64_t ncols, const float* X,

@@ -138,8 +138,8 @@ float dot_iq2_xxs(const void* w_row, const void* act, int64_t n) {
       }
       bsum += static_cast<int32_t>(2 * (aux >> 28) + 1) * gsum;
     }
-    // fmaf fixes the rounding so the SIMD paths, which reduce the same exact int32 block
-    // sum, give bit-identical results.
+    // fmaf fixes the rounding so that the AVX2 path, which reduces the same exact int32
+    // block sums in this order, gives bit-identical results.
     sum = std::fmaf(fp16_to_f32(w[b].d) * x[b].d * 0.125f, static_cast<float>(bsum), sum);
   }
   return sum;
