@@ -22,15 +22,22 @@ using detail::nearest_int;
 int best_neighbour(const uint16_t* nb, const detail::Iq2xxsSearchTables& t, const float* xval,
                    const float* waux, float scale, int8_t* L) {
   const int count = nb[0];
+  // Each grid element is one of three levels, so every term waux_i*(scale*q - x_i)^2 takes one
+  // of 3 values per position: tabulate them (the same float operations in the same order as
+  // ggml, hence bit-identical sums) and only add per neighbour.
+  float term[8][3];
+  for (int i = 0; i < 8; ++i) {
+    for (int l = 0; l < 3; ++l) {
+      const float diff = scale * static_cast<float>(2 * l + 1) - xval[i];
+      term[i][l] = waux[i] * diff * diff;
+    }
+  }
   float best_d2 = FLT_MAX;
   int grid_index = -1;
   for (int j = 1; j <= count; ++j) {
-    const int8_t* pg = t.grid8[nb[j]];
+    const uint8_t* lv = t.levels[nb[j]];
     float d2 = 0;
-    for (int i = 0; i < 8; ++i) {
-      const float diff = scale * pg[i] - xval[i];
-      d2 += waux[i] * diff * diff;
-    }
+    for (int i = 0; i < 8; ++i) d2 += term[i][lv[i]];
     if (d2 < best_d2) {
       best_d2 = d2;
       grid_index = nb[j];

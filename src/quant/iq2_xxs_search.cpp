@@ -11,7 +11,10 @@ Iq2xxsSearchTables build() {
   Iq2xxsSearchTables t;
   const uint16_t* kgrid = kgrid_2bit_256();
   for (int n = 0; n < 256; ++n)
-    for (int i = 0; i < 8; ++i) t.grid8[n][i] = static_cast<int8_t>(2 * ((kgrid[n] >> 2 * i) & 3) + 1);
+    for (int i = 0; i < 8; ++i) {
+      t.grid8[n][i] = static_cast<int8_t>(2 * ((kgrid[n] >> 2 * i) & 3) + 1);
+      t.levels[n][i] = static_cast<uint8_t>((kgrid[n] >> 2 * i) & 3);
+    }
   t.map.assign(Iq2xxsSearchTables::kMapSize, -1);
   for (int n = 0; n < 256; ++n) t.map[kgrid[n]] = n;
 
