@@ -11,9 +11,9 @@
 //   7. sample      draw one token from the kept set, renormalised
 // Every filter keeps a prefix of one total order, "higher logit first, lower id on ties", so
 // their results are unique and ties never depend on the selection algorithm. Top-p and min-p both
-// look at the distribution after top-k and temperature; since min-p is relative to the top token,
-// applying it before or after top-p's renormalisation is the same, and the kept set is the shorter
-// of the two prefixes (llama.cpp applies top-p, then min-p).
+// look at the distribution after top-k and temperature. As in llama.cpp, min-p comes after top-p;
+// being relative to the top token, which top-p's renormalisation leaves on top, it then keeps the
+// shorter of the two prefixes, so both are computed on the same distribution.
 //
 // Reproducibility: the draw uses std::mt19937_64 (fully specified by the standard) and our own
 // uniform conversion and selection code, so a seed gives the same tokens on every platform.
