@@ -17,5 +17,10 @@ BUILD_DIR=build-asan BUILD_TYPE=Asan bash scripts/build.sh -DDS4_CUDA=OFF -DDS4_
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -j "$JOBS" --timeout 1800 -LE slow
 
+if [ -x scripts/test-server-js.sh ]; then
+  echo "== Official client libraries against ds4-server"
+  bash scripts/test-server-js.sh build
+fi
+
 echo "== Fuzzing (bounded)"
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
