@@ -67,10 +67,11 @@ DsmlStreamParser::DsmlStreamParser(bool thinking) : state_(thinking ? State::Rea
 void DsmlStreamParser::error(std::vector<DsmlEvent>& ev, std::string what) {
   DsmlEvent e = make_event(DsmlEvent::Kind::Error, std::move(what));
   e.index = call_index_;
-  e.raw = block_raw_ + buf_;
+  // The raw report is what the block consumed; the unconsumed rest flows on as text, so
+  // text + raw + text reproduces the output whatever the split of the input.
+  e.raw = std::move(block_raw_);
   ev.push_back(std::move(e));
   block_raw_.clear();
-  buf_.clear();
   state_ = State::Failed;
 }
 
@@ -181,6 +182,7 @@ bool DsmlStreamParser::step(std::vector<DsmlEvent>& ev) {
       }
       if (end == Prefix::Full) {
         consume(kBlockClose.size());
+        block_raw_.clear();
         state_ = State::AfterBlock;
         return true;
       }
@@ -302,7 +304,6 @@ bool DsmlStreamParser::step(std::vector<DsmlEvent>& ev) {
       if (starts(buf_, kEos) == Prefix::Full) consume(kEos.size());
       skip_ws();
       if (buf_.empty() || (!eof_ && starts(buf_, kEos) == Prefix::Partial)) return false;
-      block_raw_.clear();
       error(ev, "unexpected text after the tool-call block");
       return true;
     }

@@ -23,7 +23,8 @@ struct DsmlEvent {
     CallStart,  // `index`, `name`
     CallArgs,   // `index`, `text` = next fragment of the arguments JSON object
     CallEnd,    // `index`, `name`, `text` = the complete arguments JSON
-    Error,      // `text` = what is wrong; `raw` = the block text that was not understood
+    Error,      // `text` = what is wrong; `raw` = the block text consumed so far (the rest of
+                // the output follows as Text, so nothing is lost)
   };
   Kind kind = Kind::Text;
   std::string text;
