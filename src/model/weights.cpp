@@ -24,10 +24,6 @@ bool is_matrix_type(GgmlType t) {
   }
 }
 
-bool is_float_type(GgmlType t) {
-  return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16;
-}
-
 std::string shape_str(const std::vector<int64_t>& ne) {
   std::string s = "[";
   for (size_t i = 0; i < ne.size(); ++i) s += fmt::format("{}{}", i ? ", " : "", ne[i]);
@@ -80,8 +76,10 @@ class Binder {
   // A small float tensor converted to float32 (norm weights, biases, HC parameters).
   std::vector<float> vec(const std::string& name, const std::vector<int64_t>& ne) const {
     const gguf::TensorInfo& t = info(name, ne);
-    if (!is_float_type(t.type))
-      fail("tensor {}: expected F32, F16 or BF16 {}, found {} {}", name, shape_str(ne),
+    // Any stored weight type is accepted (a q8 recipe quantizes position biases too); the
+    // values are decoded once here.
+    if (!is_matrix_type(t.type))
+      fail("tensor {}: expected a float or quantized type {}, found {} {}", name, shape_str(ne),
            type_name(t.type), t.shape_string());
     std::vector<float> out(static_cast<size_t>(t.n_elements()));
     quant::dequantize_row(t.type, f_.tensor_data(t), out.data(), t.n_elements());
