@@ -147,6 +147,13 @@ ModelConfig parse_model_config(const std::string& text, const std::string& what)
     if (const json* g = r.opt(k); g && (!g->is_number_integer() || g->get<int64_t>() > 1))
       fail("{}: \"{}\" is {}; grouped routing does not exist in DeepSeek V4", what, k, g->dump());
   require_eq_opt(r, "first_k_dense_replace", 0, "every DeepSeek V4 layer is MoE");
+  // Redundant head sizes some configs spell out: accepted when they agree with head_dim.
+  require_eq_opt(r, "qk_nope_head_dim", int64_t(c.head_dim) - c.rope_dim,
+                 "it must be head_dim - qk_rope_head_dim");
+  require_eq_opt(r, "v_head_dim", c.head_dim, "V shares K's head_dim in DeepSeek V4");
+  if (const json* kv = r.opt("kv_lora_rank"))
+    fail("{}: kv_lora_rank is {}, but DeepSeek V4 projects KV directly (no KV LoRA)", what,
+         kv->dump());
   require_eq_opt(r, "moe_layer_freq", 1, "every DeepSeek V4 layer is MoE");
 
   const json& cr = r.need("compress_ratios");

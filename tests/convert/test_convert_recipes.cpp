@@ -266,3 +266,42 @@ TEST(ConvertRecipes, ImatrixWeightsExpertQuantization) {
 
 }  // namespace
 }  // namespace ds4::convert
+
+namespace ds4::convert {
+namespace {
+
+using namespace testing;
+
+TEST(ConvertRecipes, Mxfp4QuantizesFloatExperts) {
+  // Experts stored BF16 (no FP4 source): quantized to MXFP4 instead of repacked.
+  TempDir tmp;
+  const std::string dir = fixture("dsv4-tiny-a-bf16");
+  const gguf::File f = gguf::File::open(run(tmp, dir, "mxfp4"));
+  check_ds4_types(f, GgmlType::MXFP4, GgmlType::MXFP4);
+  Checkpoint ck(dir);
+  for (const PlannedTensor& p : build_plan(load_model_config(dir + "/config.json"))) {
+    if (p.name == "blk.1.ffn_down_exps.weight") {
+      EXPECT_LT(rel_rms_error(f, p.name, reference_values(ck, p)), 0.2);
+    }
+  }
+}
+
+TEST(ConvertRecipes, F16OverflowIsRefused) {
+  TempDir tmp;
+  EditableCheckpoint c = EditableCheckpoint::load(fixture("dsv4-tiny-a-bf16"));
+  const uint16_t big = 0x47C3;  // bf16 99840: beyond F16's 65504
+  std::memcpy(c.tensors.at("embed.weight").bytes.data() + 2 * 300, &big, 2);
+  const std::string d = tmp.file("big");
+  c.write(d);
+  try {
+    run(tmp, d, "mxfp4");
+    FAIL() << "an F16 overflow was accepted";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("token_embd.weight"), std::string::npos) << m;
+    EXPECT_NE(m.find("F16"), std::string::npos) << m;
+  }
+}
+
+}  // namespace
+}  // namespace ds4::convert
