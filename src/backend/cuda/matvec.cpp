@@ -1,0 +1,119 @@
+// Host side of matvec.h: argument checks (with messages; fmt is unusable in .cu files) and
+// the sequencing of the quantize / product launches in matvec_launch.h.
+#include "backend/cuda/matvec.h"
+
+#include "backend/cpu/matmul.h"
+#include "backend/cuda/matvec_launch.h"
+#include "core/error.h"
+#include "quant/blocks.h"
+
+namespace ds4::cuda {
+namespace {
+
+void check_type(GgmlType type, const char* what) {
+  if (!matvec_supported(type)) fail("cuda {}: weight type {} has no GPU kernel", what, type_name(type));
+}
+
+void check_cols(GgmlType type, int64_t ncols, const char* what) {
+  const int64_t block = type_traits(type).block_elems;
+  // Float types are read 16 bytes at a time: 4 (F32) or 8 (F16/BF16) elements.
+  const int64_t unit = type == GgmlType::F32 ? 4 : (type == GgmlType::F16 || type == GgmlType::BF16) ? 8 : block;
+  if (ncols <= 0 || ncols % unit != 0)
+    fail("cuda {}: {} rows of {} columns: columns must be a positive multiple of {}", what,
+         type_name(type), ncols, unit);
+}
+
+bool is_float(GgmlType t) { return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16; }
+
+size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+
+}  // namespace
+
+bool matvec_supported(GgmlType type) {
+  switch (type) {
+    case GgmlType::F32:
+    case GgmlType::F16:
+    case GgmlType::BF16:
+    case GgmlType::Q8_0:
+    case GgmlType::Q2_K:
+    case GgmlType::Q4_K:
+    case GgmlType::IQ2_XXS:
+    case GgmlType::MXFP4:
+      return true;
+    default:
+      return false;
+  }
+}
+
+size_t activation_bytes(GgmlType weight_type, int64_t ncols) {
+  check_type(weight_type, "activation_bytes");
+  return is_float(weight_type) ? 0 : cpu::activation_bytes(weight_type, ncols);
+}
+
+void quantize_activation(GgmlType weight_type, const float* d_x, void* d_act, int64_t n, void* stream) {
+  check_type(weight_type, "quantize_activation");
+  check_cols(weight_type, n, "quantize_activation");
+  switch (cpu::activation_type(weight_type)) {
+    case GgmlType::Q8_0: detail::launch_quantize_q8_0_act(d_x, d_act, n / QK8_0, stream); break;
+    case GgmlType::Q8_K: detail::launch_quantize_q8_k(d_x, d_act, n / QK_K, stream); break;
+    default: break;  // float weights read x itself
+  }
+}
+
+void matvec_q(GgmlType type, const void* d_w, int64_t nrows, int64_t ncols, const void* d_act, float* d_y,
+              void* stream) {
+  check_type(type, "matvec");
+  check_cols(type, ncols, "matvec");
+  if (nrows < 0) fail("cuda matvec: negative row count {}", nrows);
+  detail::launch_matvec(type, d_w, nrows, ncols, d_act, d_y, stream);
+}
+
+void matvec(GgmlType type, const void* d_w, int64_t nrows, int64_t ncols, const float* d_x, float* d_y,
+            void* d_scratch, void* stream) {
+  check_type(type, "matvec");
+  if (is_float(type)) return matvec_q(type, d_w, nrows, ncols, d_x, d_y, stream);
+  if (d_scratch == nullptr) fail("cuda matvec: {} weights need an activation scratch buffer", type_name(type));
+  quantize_activation(type, d_x, d_scratch, ncols, stream);
+  matvec_q(type, d_w, nrows, ncols, d_scratch, d_y, stream);
+}
+
+// Workspace layout: [quantized x][h: n_used x n_ff f32][quantized h], each 256-aligned.
+size_t moe_workspace_bytes(const MoeShape& s) {
+  return align256(activation_bytes(s.gate_up_type, s.n_embd)) +
+         align256(size_t(s.n_used) * size_t(s.n_ff) * sizeof(float)) +
+         align256(activation_bytes(s.down_type, int64_t(s.n_used) * s.n_ff));
+}
+
+const float* moe_hidden(const MoeShape& s, const void* d_workspace) {
+  return reinterpret_cast<const float*>(static_cast<const uint8_t*>(d_workspace) +
+                                        align256(activation_bytes(s.gate_up_type, s.n_embd)));
+}
+
+void moe_experts(const MoeShape& s, const void* d_gate, const void* d_up, const void* d_down, const int32_t* d_ids,
+                 const float* d_route_w, const float* d_x, float* d_y, void* d_workspace, void* stream) {
+  for (GgmlType t : {s.gate_up_type, s.down_type})
+    if (is_float(t) || !matvec_supported(t))
+      fail("cuda moe_experts: expert weights of type {} are not supported (quantized types only)", type_name(t));
+  check_cols(s.gate_up_type, s.n_embd, "moe_experts gate/up");
+  check_cols(s.down_type, s.n_ff, "moe_experts down");
+  if (s.n_used <= 0 || s.n_used > kMaxExpertsUsed)
+    fail("cuda moe_experts: {} experts per token (1..{} supported)", s.n_used, kMaxExpertsUsed);
+  uint8_t* ws = static_cast<uint8_t*>(d_workspace);
+  void* act_x = ws;
+  float* h = const_cast<float*>(moe_hidden(s, d_workspace));
+  void* act_h = reinterpret_cast<uint8_t*>(h) + align256(size_t(s.n_used) * size_t(s.n_ff) * sizeof(float));
+  quantize_activation(s.gate_up_type, d_x, act_x, s.n_embd, stream);
+  detail::launch_moe_gate_up(s.gate_up_type, d_gate, d_up, s.n_embd, s.n_ff, d_ids, d_route_w, s.n_used,
+                             s.limit, act_x, h, stream);
+  // The n_used rows of h are contiguous and each a whole number of blocks: one call.
+  quantize_activation(s.down_type, h, act_h, int64_t(s.n_used) * s.n_ff, stream);
+  detail::launch_moe_down(s.down_type, d_down, s.n_embd, s.n_ff, d_ids, s.n_used, act_h, d_y, stream);
+}
+
+void fill_random_weights(GgmlType type, void* d_w, int64_t nrows, int64_t ncols, uint64_t seed, void* stream) {
+  check_type(type, "fill_random_weights");
+  check_cols(type, ncols, "fill_random_weights");
+  detail::launch_fill_random(type, d_w, nrows, ncols, seed, stream);
+}
+
+}  // namespace ds4::cuda

@@ -1,0 +1,770 @@
+// Batch-1 matvec kernels (matvec.h). Design, for a memory-bound product that must read each
+// weight byte once at close to the copy bandwidth:
+//  - one warp per (row, part): `split` warps share a row when there are too few rows to fill
+//    the GPU, each taking a contiguous, 16-byte-aligned range of its blocks;
+//  - the warp streams its weights in chunks of whole blocks (~2 KiB) with coalesced 16-byte
+//    loads into registers, parks them in a warp-private shared-memory buffer and decodes from
+//    there, so that odd block sizes (17, 34, 66, 84 bytes) need no unaligned global loads.
+//    The next chunk's loads are issued before the current chunk is decoded (register double
+//    buffering), so a warp always has its next ~2 KiB in flight;
+//  - activations (quantized once per call, bit-exact with the CPU) are read through L1, where
+//    every warp of the SM shares them; weights bypass L1 (__ldcs) so they do not evict them;
+//  - each lane handles whole sub-blocks with exact int32 dp4a sums, then one float multiply
+//    per sub-block, as formats.md 2.10 decomposes the products.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <mutex>
+
+#include "backend/cuda/check.h"
+#include "backend/cuda/matvec_launch.h"
+#include "quant/block_codecs.h"
+#include "quant/blocks.h"
+#include "quant/quant.h"
+
+namespace ds4::cuda::detail {
+namespace {
+
+constexpr int kWarps = 8;  // warps per thread block
+constexpr int kThreads = kWarps * 32;
+
+// IQ2_XXS grid and the sign patterns of ksigns_iq2xs as byte masks (0xFF = negate), filled
+// from quant::iq2xxs_grid() / ksigns_iq2xs() once per process; each block copies them to
+// shared memory because lanes index them divergently (constant memory would serialize).
+__constant__ uint64_t c_iq2_grid[256];
+__constant__ uint64_t c_iq2_sign_mask[128];
+// MXFP4 element values (quant::kValuesMxfp4), 16 int8 packed in 4 words for __byte_perm.
+__constant__ uint32_t c_mxfp4_values[4];
+
+void init_tables() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    uint64_t masks[128];
+    const uint8_t* signs = quant::ksigns_iq2xs();
+    for (int i = 0; i < 128; ++i) {
+      uint64_t m = 0;
+      for (int j = 0; j < 8; ++j)
+        if ((signs[i] >> j) & 1) m |= uint64_t(0xFF) << (8 * j);
+      masks[i] = m;
+    }
+    uint32_t mx[4];
+    for (int i = 0; i < 4; ++i) {
+      mx[i] = 0;
+      for (int j = 0; j < 4; ++j)
+        mx[i] |= uint32_t(uint8_t(quant::kValuesMxfp4[4 * i + j])) << (8 * j);
+    }
+    DS4_CUDA_CHECK(cudaMemcpyToSymbol(c_iq2_grid, quant::iq2xxs_grid(), sizeof(c_iq2_grid)));
+    DS4_CUDA_CHECK(cudaMemcpyToSymbol(c_iq2_sign_mask, masks, sizeof(masks)));
+    DS4_CUDA_CHECK(cudaMemcpyToSymbol(c_mxfp4_values, mx, sizeof(mx)));
+  });
+}
+
+int sm_count() {
+  static const int n = [] {
+    int dev = 0, sms = 0;
+    DS4_CUDA_CHECK(cudaGetDevice(&dev));
+    DS4_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    return sms;
+  }();
+  return n;
+}
+
+struct Tables {
+  const uint64_t* grid;   // shared-memory copies (IQ2_XXS only)
+  const uint64_t* signs;
+};
+
+__device__ __forceinline__ float f16(const uint8_t* p) {
+  return __half2float(__ushort_as_half(*reinterpret_cast<const uint16_t*>(p)));
+}
+// 4 bytes at a 2-byte-aligned shared-memory address.
+__device__ __forceinline__ int ld2x2(const uint8_t* p) {
+  const uint16_t* q = reinterpret_cast<const uint16_t*>(p);
+  return int(uint32_t(q[0]) | (uint32_t(q[1]) << 16));
+}
+__device__ __forceinline__ int ld4(const uint8_t* p) { return *reinterpret_cast<const int*>(p); }
+__device__ __forceinline__ int ld1x4(const uint8_t* p) {
+  return int(uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24));
+}
+__device__ __forceinline__ int act_int(const int8_t* qs, int i) {
+  return __ldg(reinterpret_cast<const int*>(qs) + i);
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-type decoders. BB/BE: block bytes/elements; G: blocks per 16-byte-aligned group;
+// CHUNK: blocks staged per warp step; U: lane work units per block. dot() returns the float
+// contribution of unit u of the block at `w` (shared memory) against the activation block b.
+// ---------------------------------------------------------------------------------------
+struct KQ8_0 {
+  static constexpr int BB = 34, BE = 32, G = 8, CHUNK = 64, U = 1;
+  static constexpr bool kTables = false;
+  __device__ static float dot(const uint8_t* w, int, const void* act, int64_t b, const Tables&) {
+    const BlockQ8_0Act* a = static_cast<const BlockQ8_0Act*>(act) + b;
+    int s = 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s = __dp4a(ld2x2(w + 2 + 4 * i), act_int(a->qs, i), s);
+    return f16(w) * __ldg(&a->d) * float(s);
+  }
+};
+
+struct KQ2_K {  // unit = 64 elements: half h = u/2, sub-blocks 4*(u&1) .. +3 of that half
+  static constexpr int BB = 84, BE = 256, G = 4, CHUNK = 24, U = 4;
+  static constexpr bool kTables = false;
+  __device__ static float dot(const uint8_t* w, int u, const void* act, int64_t b, const Tables&) {
+    const BlockQ8_K* a = static_cast<const BlockQ8_K*>(act) + b;
+    const int h = u >> 1;
+    int isum = 0, msum = 0;
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      const int sp = 4 * (u & 1) + t;  // sub-block within the half
+      const int s = 8 * h + sp;        // sub-block within the block
+      const uint8_t* q = w + 16 + 32 * h + 16 * (sp & 1);
+      const int shift = 2 * (sp >> 1);
+      int sub = 0;
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        sub = __dp4a((ld4(q + 4 * j) >> shift) & 0x03030303, act_int(a->qs, 4 * s + j), sub);
+      const int sc = w[s];
+      isum += (sc & 0xF) * sub;
+      msum += (sc >> 4) * int(__ldg(&a->bsums[s]));
+    }
+    const float dx = __ldg(&a->d);
+    return dx * f16(w + 80) * float(isum) - dx * f16(w + 82) * float(msum);
+  }
+};
+
+__device__ __forceinline__ void q4k_scale_min(int j, const uint8_t* s, int& sc, int& m) {
+  if (j < 4) {
+    sc = s[j] & 63;
+    m = s[j + 4] & 63;
+  } else {
+    sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+    m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+
+struct KQ4_K {  // unit = 64-element pair p: low nibbles sub-block 2p, high nibbles 2p+1
+  static constexpr int BB = 144, BE = 256, G = 1, CHUNK = 16, U = 4;
+  static constexpr bool kTables = false;
+  __device__ static float dot(const uint8_t* w, int p, const void* act, int64_t b, const Tables&) {
+    const BlockQ8_K* a = static_cast<const BlockQ8_K*>(act) + b;
+    int lo = 0, hi = 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int q = ld4(w + 16 + 32 * p + 4 * i);
+      lo = __dp4a(q & 0x0F0F0F0F, act_int(a->qs, 16 * p + i), lo);
+      hi = __dp4a((q >> 4) & 0x0F0F0F0F, act_int(a->qs, 16 * p + 8 + i), hi);
+    }
+    int sc0, m0, sc1, m1;
+    q4k_scale_min(2 * p, w + 4, sc0, m0);
+    q4k_scale_min(2 * p + 1, w + 4, sc1, m1);
+    const int isum = sc0 * lo + sc1 * hi;
+    const int msum = m0 * (int(__ldg(&a->bsums[4 * p])) + int(__ldg(&a->bsums[4 * p + 1]))) +
+                     m1 * (int(__ldg(&a->bsums[4 * p + 2])) + int(__ldg(&a->bsums[4 * p + 3])));
+    const float dx = __ldg(&a->d);
+    return dx * f16(w) * float(isum) - dx * f16(w + 2) * float(msum);
+  }
+};
+
+struct KIQ2_XXS {  // unit = 32-element group g with its own 4-bit scale
+  static constexpr int BB = 66, BE = 256, G = 8, CHUNK = 32, U = 8;
+  static constexpr bool kTables = true;
+  __device__ static float dot(const uint8_t* w, int g, const void* act, int64_t b, const Tables& t) {
+    const BlockQ8_K* a = static_cast<const BlockQ8_K*>(act) + b;
+    const uint32_t a0 = uint32_t(ld2x2(w + 2 + 8 * g));
+    const uint32_t a1 = uint32_t(ld2x2(w + 6 + 8 * g));
+    int s = 0;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const uint64_t gv = t.grid[(a0 >> (8 * k)) & 0xFF];
+      const uint64_t m = t.signs[(a1 >> (7 * k)) & 127];
+      // (g ^ m) - m per byte negates exactly the bytes whose mask is 0xFF.
+      const uint32_t mlo = uint32_t(m), mhi = uint32_t(m >> 32);
+      const int vlo = int(__vsub4(uint32_t(gv) ^ mlo, mlo));
+      const int vhi = int(__vsub4(uint32_t(gv >> 32) ^ mhi, mhi));
+      s = __dp4a(vlo, act_int(a->qs, 8 * g + 2 * k), s);
+      s = __dp4a(vhi, act_int(a->qs, 8 * g + 2 * k + 1), s);
+    }
+    const int ls = 2 * int(a1 >> 28) + 1;
+    return f16(w) * __ldg(&a->d) * 0.125f * float(ls * s);
+  }
+};
+
+// 2^(e-128) with the f32 denormals for e = 0, 1 (formats.md 2.8), as cpu::detail::mxfp4_scale.
+__device__ __forceinline__ float mxfp4_scale(uint32_t e) {
+  return __uint_as_float(e < 2 ? (0x00200000u << e) : (e - 1u) << 23);
+}
+
+// Looks up 8 nibbles of q (low nibble of each byte -> .x, high -> .y) in the 16-entry int8
+// table held in 4 registers: two __byte_perm select within each half of the table, a third
+// picks the half by each nibble's bit 3.
+__device__ __forceinline__ int2 lookup16(uint32_t q, const uint32_t t[4]) {
+  uint32_t tmp[2];
+  const uint32_t sel_hi = 0x32103210u | ((q & 0x88888888u) >> 1);
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const uint32_t sh = 16 * i;
+    const uint32_t lo = __byte_perm(t[0], t[1], q >> sh);
+    const uint32_t hi = __byte_perm(t[2], t[3], q >> sh);
+    tmp[i] = __byte_perm(lo, hi, sel_hi >> sh);
+  }
+  return make_int2(int(__byte_perm(tmp[0], tmp[1], 0x6420)), int(__byte_perm(tmp[0], tmp[1], 0x7531)));
+}
+
+struct KMXFP4 {
+  static constexpr int BB = 17, BE = 32, G = 16, CHUNK = 128, U = 1;
+  static constexpr bool kTables = false;
+  __device__ static float dot(const uint8_t* w, int, const void* act, int64_t b, const Tables&) {
+    const BlockQ8_0Act* a = static_cast<const BlockQ8_0Act*>(act) + b;
+    const uint32_t t[4] = {c_mxfp4_values[0], c_mxfp4_values[1], c_mxfp4_values[2], c_mxfp4_values[3]};
+    int s = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int2 v = lookup16(uint32_t(ld1x4(w + 1 + 4 * i)), t);
+      s = __dp4a(v.x, act_int(a->qs, i), s);
+      s = __dp4a(v.y, act_int(a->qs, 4 + i), s);
+    }
+    return mxfp4_scale(w[0]) * __ldg(&a->d) * float(s);
+  }
+};
+
+// Float weights: a "block" is 16 bytes, read against the f32 activation vector.
+struct KF32 {
+  static constexpr int BB = 16, BE = 4, G = 1, CHUNK = 128, U = 1;
+  static constexpr bool kTables = false;
+  __device__ static float dot(const uint8_t* w, int, const void* act, int64_t b, const Tables&) {
+    const float4 v = *reinterpret_cast<const float4*>(w);
+    const float4 x = __ldg(static_cast<const float4*>(act) + b);
+    return fmaf(v.w, x.w, fmaf(v.z, x.z, fmaf(v.y, x.y, v.x * x.x)));
+  }
+};
+
+template <bool kBf16>
+struct KHalf {
+  static constexpr int BB = 16, BE = 8, G = 1, CHUNK = 128, U = 1;
+  static constexpr bool kTables = false;
+  __device__ static float dot(const uint8_t* w, int, const void* act, int64_t b, const Tables&) {
+    const uint4 v = *reinterpret_cast<const uint4*>(w);
+    const float4 x0 = __ldg(static_cast<const float4*>(act) + 2 * b);
+    const float4 x1 = __ldg(static_cast<const float4*>(act) + 2 * b + 1);
+    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+    const float xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float lo, hi;
+      if constexpr (kBf16) {
+        lo = __uint_as_float(words[i] << 16);
+        hi = __uint_as_float(words[i] & 0xFFFF0000u);
+      } else {
+        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&words[i]));
+        lo = f.x;
+        hi = f.y;
+      }
+      s = fmaf(lo, xs[2 * i], s);
+      s = fmaf(hi, xs[2 * i + 1], s);
+    }
+    return s;
+  }
+};
+
+// ---------------------------------------------------------------------------------------
+// Row plans: which weight rows and activations a warp's row is made of. M segments of
+// nblk blocks each; `separate` keeps segment 1 in its own accumulator (gate and up).
+// ---------------------------------------------------------------------------------------
+struct PlainPlan {
+  const uint8_t* w;
+  size_t rb;
+  const void* act;
+  int64_t nblk;
+  __device__ int segments() const { return 1; }
+  __device__ const uint8_t* row(int, int64_t r) const { return w + size_t(r) * rb; }
+  __device__ const void* activation(int) const { return act; }
+};
+
+struct GateUpPlan {
+  const uint8_t* gate;
+  const uint8_t* up;
+  size_t rb, slab;  // row bytes, bytes per expert
+  const int32_t* ids;
+  const float* route_w;
+  const void* act;
+  int64_t nblk, n_ff;
+  float limit;
+  float* h;
+  __device__ int segments() const { return 2; }
+  __device__ const uint8_t* row(int m, int64_t r) const {
+    const int64_t k = r / n_ff;
+    const size_t off = size_t(__ldg(ids + k)) * slab + size_t(r - k * n_ff) * rb;
+    return (m == 0 ? gate : up) + off;
+  }
+  __device__ const void* activation(int) const { return act; }
+};
+
+struct DownPlan {
+  const uint8_t* down;
+  size_t rb, slab;
+  const int32_t* ids;
+  const uint8_t* act;  // n_used activation rows of act_rb bytes
+  size_t act_rb;
+  int64_t nblk;
+  int n_used;
+  __device__ int segments() const { return n_used; }
+  __device__ const uint8_t* row(int m, int64_t r) const {
+    return down + size_t(__ldg(ids + m)) * slab + size_t(r) * rb;
+  }
+  __device__ const void* activation(int m) const { return act + size_t(m) * act_rb; }
+};
+
+template <class K>
+__device__ __forceinline__ void compute_chunk(const uint8_t* sw, int nb, const void* act, int64_t b0,
+                                              const Tables& t, float& acc, int lane) {
+  for (int u = lane; u < nb * K::U; u += 32) {
+    const int blk = u / K::U;
+    acc += K::dot(sw + blk * K::BB, u - blk * K::U, act, b0 + blk, t);
+  }
+}
+
+// Sums the warp's share of one output row into acc0 (and acc1 for segment 1 when separate).
+template <class K, class Plan>
+__device__ void warp_row(const Plan& p, int64_t r, int part, int split, bool vec, bool separate,
+                         uint8_t* sw, const Tables& t, float& acc0, float& acc1) {
+  const int lane = threadIdx.x & 31;
+  const int g = vec ? K::G : 1;
+  const int64_t ng = p.nblk / g;
+  const int64_t bb = (part * ng / split) * g, be = ((part + 1) * ng / split) * g;
+  if (bb >= be) return;
+  const int nseg = p.segments();
+  if (!vec) {  // unaligned rows: byte-wise staging, no prefetch (not on any DS4 shape)
+    for (int m = 0; m < nseg; ++m) {
+      const uint8_t* src = p.row(m, r);
+      float& acc = (separate && m == 1) ? acc1 : acc0;
+      for (int64_t b0 = bb; b0 < be; b0 += K::CHUNK) {
+        const int nb = int(be - b0 < int64_t(K::CHUNK) ? be - b0 : int64_t(K::CHUNK));
+        __syncwarp();
+        for (int i = lane; i < nb * K::BB; i += 32) sw[i] = src[b0 * K::BB + i];
+        __syncwarp();
+        compute_chunk<K>(sw, nb, p.activation(m), b0, t, acc, lane);
+      }
+    }
+    return;
+  }
+  constexpr int kMaxV = (K::CHUNK * K::BB / 16 + 31) / 32;
+  uint4 regs[kMaxV];
+  int m = 0;
+  int64_t b0 = bb;
+  int nb = int(be - b0 < int64_t(K::CHUNK) ? be - b0 : int64_t(K::CHUNK));
+  auto prefetch = [&](const uint8_t* src, int nvec) {
+    const int4* s4 = reinterpret_cast<const int4*>(src);
+#pragma unroll
+    for (int i = 0; i < kMaxV; ++i) {
+      const int v = lane + 32 * i;
+      if (v < nvec) {
+        const int4 x = __ldcs(s4 + v);
+        regs[i] = make_uint4(uint32_t(x.x), uint32_t(x.y), uint32_t(x.z), uint32_t(x.w));
+      }
+    }
+  };
+  prefetch(p.row(0, r) + size_t(b0) * K::BB, nb * K::BB / 16);
+  while (true) {
+    __syncwarp();  // the previous chunk is decoded before its buffer is overwritten
+    const int nvec = nb * K::BB / 16;
+#pragma unroll
+    for (int i = 0; i < kMaxV; ++i) {
+      const int v = lane + 32 * i;
+      if (v < nvec) reinterpret_cast<uint4*>(sw)[v] = regs[i];
+    }
+    __syncwarp();
+    const int cm = m, cnb = nb;
+    const int64_t cb0 = b0;
+    b0 += nb;
+    if (b0 >= be) {
+      ++m;
+      b0 = bb;
+    }
+    const bool more = m < nseg;
+    if (more) {
+      nb = int(be - b0 < int64_t(K::CHUNK) ? be - b0 : int64_t(K::CHUNK));
+      prefetch(p.row(m, r) + size_t(b0) * K::BB, nb * K::BB / 16);
+    }
+    compute_chunk<K>(sw, cnb, p.activation(cm), cb0, t, (separate && cm == 1) ? acc1 : acc0, lane);
+    if (!more) break;
+  }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Epilogues: what one finished row writes.
+struct StoreY {
+  float* y;
+  __device__ void operator()(int64_t r, float a, float) const { y[r] = a; }
+};
+struct SwiGlu {
+  float* h;
+  const float* route_w;
+  int64_t n_ff;
+  float limit;
+  __device__ void operator()(int64_t r, float g, float u) const {
+    g = fminf(g, limit);                 // gate: upper clamp only (architecture.md 3.5.2)
+    u = fminf(fmaxf(u, -limit), limit);  // up: both sides
+    const float silu = g / (1.0f + expf(-g));
+    h[r] = __ldg(route_w + r / n_ff) * (silu * u);
+  }
+};
+
+template <class K, class Plan, class Epi>
+__device__ void run(const Plan& p, const Epi& epi, int64_t nrows, int split, bool vec, bool separate) {
+  constexpr int kBuf = (K::CHUNK * K::BB + 15) / 16 * 16;
+  __shared__ __align__(16) uint8_t sbuf[kWarps][kBuf];
+  __shared__ float part0[kWarps], part1[kWarps];
+  __shared__ uint64_t sgrid[K::kTables ? 256 : 1], ssign[K::kTables ? 128 : 1];
+  Tables t{sgrid, ssign};
+  if constexpr (K::kTables) {
+    for (int i = threadIdx.x; i < 256; i += kThreads) sgrid[i] = c_iq2_grid[i];
+    for (int i = threadIdx.x; i < 128; i += kThreads) ssign[i] = c_iq2_sign_mask[i];
+    __syncthreads();
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t gw = int64_t(blockIdx.x) * kWarps + warp;
+  const int64_t r = gw / split;
+  const int part = int(gw % split);
+  float a0 = 0.0f, a1 = 0.0f;
+  if (r < nrows) warp_row<K>(p, r, part, split, vec, separate, sbuf[warp], t, a0, a1);
+  a0 = warp_sum(a0);
+  if (separate) a1 = warp_sum(a1);
+  if (split == 1) {
+    if (lane == 0 && r < nrows) epi(r, a0, a1);
+    return;
+  }
+  if (lane == 0) {
+    part0[warp] = a0;
+    part1[warp] = a1;
+  }
+  __syncthreads();
+  const int rows_here = kWarps / split;
+  if (int(threadIdx.x) < rows_here) {
+    const int64_t row = int64_t(blockIdx.x) * rows_here + threadIdx.x;
+    if (row < nrows) {
+      float s0 = 0.0f, s1 = 0.0f;
+      for (int i = 0; i < split; ++i) {  // fixed order: results do not depend on timing
+        s0 += part0[threadIdx.x * split + i];
+        s1 += part1[threadIdx.x * split + i];
+      }
+      epi(row, s0, s1);
+    }
+  }
+}
+
+template <class K>
+__global__ void __launch_bounds__(kThreads) plain_kernel(PlainPlan p, float* y, int64_t nrows, int split, bool vec) {
+  run<K>(p, StoreY{y}, nrows, split, vec, false);
+}
+
+template <class K>
+__global__ void __launch_bounds__(kThreads) gate_up_kernel(GateUpPlan p, int64_t nrows, int split, bool vec) {
+  run<K>(p, SwiGlu{p.h, p.route_w, p.n_ff, p.limit}, nrows, split, vec, true);
+}
+
+template <class K>
+__global__ void __launch_bounds__(kThreads) down_kernel(DownPlan p, float* y, int64_t nrows, int split, bool vec) {
+  run<K>(p, StoreY{y}, nrows, split, vec, false);
+}
+
+// Warps per row: enough warps to fill the GPU (~8 per SM scheduler slot), but each part
+// keeps at least one aligned group of blocks.
+int choose_split(int64_t nrows, int64_t ngroups) {
+  const int64_t target = int64_t(sm_count()) * 64;
+  int split = 1;
+  while (split < kWarps && nrows * split < target && ngroups >= 2 * split) split *= 2;
+  return split;
+}
+
+template <class K>
+bool vec_ok(const void* w, size_t rb, int64_t nblk, size_t slab = 0) {
+  return reinterpret_cast<uintptr_t>(w) % 16 == 0 && rb % 16 == 0 && slab % 16 == 0 && nblk % K::G == 0;
+}
+
+dim3 grid_for(int64_t nrows, int split) {
+  return dim3(unsigned((nrows * split + kWarps - 1) / kWarps));
+}
+
+template <class K>
+void matvec_t(const void* w, int64_t nrows, int64_t ncols, const void* act, float* y, void* stream) {
+  const int64_t nblk = ncols / K::BE;
+  const size_t rb = size_t(nblk) * K::BB;
+  const bool vec = vec_ok<K>(w, rb, nblk);
+  const int split = choose_split(nrows, nblk / (vec ? K::G : 1));
+  PlainPlan p{static_cast<const uint8_t*>(w), rb, act, nblk};
+  plain_kernel<K><<<grid_for(nrows, split), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p, y, nrows, split, vec);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class K>
+void gate_up_t(const void* gate, const void* up, int64_t n_embd, int64_t n_ff, const int32_t* ids,
+               const float* route_w, int n_used, float limit, const void* act, float* h, void* stream) {
+  const int64_t nblk = n_embd / K::BE;
+  const size_t rb = size_t(nblk) * K::BB, slab = rb * size_t(n_ff);
+  const bool vec = vec_ok<K>(gate, rb, nblk, slab) && vec_ok<K>(up, rb, nblk, slab);
+  const int64_t nrows = int64_t(n_used) * n_ff;
+  const int split = choose_split(nrows, nblk / (vec ? K::G : 1));
+  GateUpPlan p{static_cast<const uint8_t*>(gate), static_cast<const uint8_t*>(up), rb, slab, ids,
+               route_w, act, nblk, n_ff, limit, h};
+  gate_up_kernel<K><<<grid_for(nrows, split), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p, nrows, split, vec);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class K>
+void down_t(const void* down, int64_t n_embd, int64_t n_ff, const int32_t* ids, int n_used,
+            const void* act, size_t act_rb, float* y, void* stream) {
+  const int64_t nblk = n_ff / K::BE;
+  const size_t rb = size_t(nblk) * K::BB, slab = rb * size_t(n_embd);
+  const bool vec = vec_ok<K>(down, rb, nblk, slab);
+  const int split = choose_split(n_embd, nblk / (vec ? K::G : 1));
+  DownPlan p{static_cast<const uint8_t*>(down), rb, slab, ids, static_cast<const uint8_t*>(act),
+             act_rb, nblk, n_used};
+  down_kernel<K><<<grid_for(n_embd, split), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p, y, n_embd, split, vec);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+// ---------------------------------------------------------------------------------------
+// Activation quantizers: bit-exact with quant::quantize_row_q8_0_act / quantize_row_q8_k.
+// The _rn intrinsics keep nvcc from contracting or approximating any step.
+// ---------------------------------------------------------------------------------------
+__global__ void quantize_q8_0_act_kernel(const float* __restrict__ x, BlockQ8_0Act* __restrict__ y, int64_t nblocks) {
+  const int64_t b = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (b >= nblocks) return;
+  const float v = x[b * QK8_0 + lane];
+  // fmaxf drops NaN, as std::max(amax, |x|) keeps amax when |x| is NaN.
+  float amax = fmaxf(0.0f, fabsf(v));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  const float d = __fdiv_rn(amax, 127.0f);
+  const float id = d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f;
+  const float q = fminf(fmaxf(rintf(__fmul_rn(v, id)), -128.0f), 127.0f);
+  y[b].qs[lane] = static_cast<int8_t>(q);
+  if (lane == 0) y[b].d = d;
+}
+
+// One warp per 256-element block; lane L owns elements 8L..8L+7 (sub-block L/2).
+__global__ void quantize_q8_k_kernel(const float* __restrict__ x, BlockQ8_K* __restrict__ y, int64_t nblocks) {
+  const int64_t b = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (b >= nblocks) return;
+  const float* xb = x + b * QK_K + 8 * lane;
+  float v[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) v[j] = xb[j];
+  // Largest |x|, first index on ties; NaN never wins (strict >), as in the CPU loop.
+  float best = 0.0f;
+  int bi = INT_MAX;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const float ax = fabsf(v[j]);
+    if (ax > best) {
+      best = ax;
+      bi = 8 * lane + j;
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ob > best || (ob == best && oi < bi)) {
+      best = ob;
+      bi = oi;
+    }
+  }
+  BlockQ8_K& out = y[b];
+  if (best == 0.0f) {  // all zero (or NaN): the CPU memsets the block
+    reinterpret_cast<uint32_t*>(out.qs)[2 * lane] = 0;
+    reinterpret_cast<uint32_t*>(out.qs)[2 * lane + 1] = 0;
+    if ((lane & 1) == 0) out.bsums[lane >> 1] = 0;
+    if (lane == 0) out.d = 0.0f;
+    return;
+  }
+  float mine = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+    if (8 * lane + j == bi) mine = v[j];
+  const float xmax = __shfl_sync(0xffffffffu, mine, bi >> 3);
+  const float iscale = __fdiv_rn(-127.0f, xmax);
+  uint32_t packed[2] = {0, 0};
+  int sum = 0;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    // detail::nearest_int: add 1.5*2^23 and read the mantissa (round half to even).
+    const float prod = __fmul_rn(iscale, v[j]);
+    const int bits = __float_as_int(__fadd_rn(prod, 12582912.0f));
+    int q = (bits & 0x007fffff) - 0x00400000;
+    // x86 propagates a NaN operand's payload and makes 0xFFC00000 for inf*0, where the GPU
+    // returns its canonical NaN; mimic the CPU so NaN activations quantize identically.
+    if (isnan(prod)) q = isnan(v[j]) ? (__float_as_int(v[j]) & 0x003fffff) : 0;
+    q = min(max(q, -128), 127);
+    sum += q;
+    packed[j / 4] |= uint32_t(uint8_t(int8_t(q))) << (8 * (j % 4));
+  }
+  reinterpret_cast<uint32_t*>(out.qs)[2 * lane] = packed[0];
+  reinterpret_cast<uint32_t*>(out.qs)[2 * lane + 1] = packed[1];
+  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+  if ((lane & 1) == 0) out.bsums[lane >> 1] = static_cast<int16_t>(sum);
+  if (lane == 0) out.d = __fdiv_rn(1.0f, iscale);
+}
+
+// ---------------------------------------------------------------------------------------
+// Random weights on the device (benchmarks, large tests): random bytes, then every scale
+// field set to a finite value of realistic size so that no block holds NaN/inf.
+// ---------------------------------------------------------------------------------------
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+__device__ __forceinline__ uint16_t rand_half(uint64_t h, float lo, float hi) {
+  const float u = float(h >> 40) * (1.0f / 16777216.0f);
+  return __half_as_ushort(__float2half_rn(lo + (hi - lo) * u));
+}
+
+__global__ void fill_kernel(int type, uint8_t* w, int64_t nblocks, int bb, uint64_t seed) {
+  for (int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; b < nblocks;
+       b += int64_t(gridDim.x) * blockDim.x) {
+    uint8_t* p = w + b * bb;
+    const uint64_t base = mix64(seed ^ mix64(uint64_t(b)));
+    for (int i = 0; i < bb; i += 8) {
+      const uint64_t r = mix64(base + uint64_t(i));
+      for (int j = 0; j < 8 && i + j < bb; ++j) p[i + j] = uint8_t(r >> (8 * j));
+    }
+    const uint64_t h = mix64(base ^ 0x5555);
+    auto put16 = [&](int off, uint16_t v) {
+      p[off] = uint8_t(v);
+      p[off + 1] = uint8_t(v >> 8);
+    };
+    switch (type) {
+      case int(GgmlType::Q8_0): put16(0, rand_half(h, 0.5e-3f, 2e-3f)); break;
+      case int(GgmlType::Q2_K):
+        put16(80, rand_half(h, 0.5e-3f, 2e-3f));
+        put16(82, rand_half(mix64(h), 0.5e-3f, 2e-3f));
+        break;
+      case int(GgmlType::Q4_K):
+        put16(0, rand_half(h, 0.5e-3f, 2e-3f));
+        put16(2, rand_half(mix64(h), 0.5e-3f, 2e-3f));
+        break;
+      case int(GgmlType::IQ2_XXS): put16(0, rand_half(h, 0.5e-3f, 2e-3f)); break;
+      case int(GgmlType::MXFP4): p[0] = uint8_t(118 + (h >> 60)); break;
+      case int(GgmlType::F32):
+        for (int j = 0; j < 4; ++j) {
+          const float f = (float((mix64(h + j) >> 40)) * (1.0f / 16777216.0f) - 0.5f) * 0.1f;
+          const uint32_t u = __float_as_uint(f);
+          for (int k = 0; k < 4; ++k) p[4 * j + k] = uint8_t(u >> (8 * k));
+        }
+        break;
+      case int(GgmlType::F16):
+        for (int j = 0; j < 8; ++j) put16(2 * j, rand_half(mix64(h + j), -0.05f, 0.05f));
+        break;
+      case int(GgmlType::BF16):
+        for (int j = 0; j < 8; ++j) {
+          const float f = (float((mix64(h + j) >> 40)) * (1.0f / 16777216.0f) - 0.5f) * 0.1f;
+          put16(2 * j, uint16_t(__float_as_uint(f) >> 16));
+        }
+        break;
+      default: break;
+    }
+  }
+}
+
+}  // namespace
+
+void launch_quantize_q8_0_act(const float* x, void* act, int64_t nblocks, void* stream) {
+  if (nblocks == 0) return;
+  quantize_q8_0_act_kernel<<<unsigned((nblocks + kWarps - 1) / kWarps), kThreads, 0,
+                             static_cast<cudaStream_t>(stream)>>>(x, static_cast<BlockQ8_0Act*>(act), nblocks);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_quantize_q8_k(const float* x, void* act, int64_t nblocks, void* stream) {
+  if (nblocks == 0) return;
+  quantize_q8_k_kernel<<<unsigned((nblocks + kWarps - 1) / kWarps), kThreads, 0,
+                         static_cast<cudaStream_t>(stream)>>>(x, static_cast<BlockQ8_K*>(act), nblocks);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_matvec(GgmlType type, const void* w, int64_t nrows, int64_t ncols, const void* act, float* y,
+                   void* stream) {
+  if (nrows == 0) return;
+  init_tables();
+  switch (type) {
+    case GgmlType::Q8_0: return matvec_t<KQ8_0>(w, nrows, ncols, act, y, stream);
+    case GgmlType::Q2_K: return matvec_t<KQ2_K>(w, nrows, ncols, act, y, stream);
+    case GgmlType::Q4_K: return matvec_t<KQ4_K>(w, nrows, ncols, act, y, stream);
+    case GgmlType::IQ2_XXS: return matvec_t<KIQ2_XXS>(w, nrows, ncols, act, y, stream);
+    case GgmlType::MXFP4: return matvec_t<KMXFP4>(w, nrows, ncols, act, y, stream);
+    case GgmlType::F32: return matvec_t<KF32>(w, nrows, ncols, act, y, stream);
+    case GgmlType::F16: return matvec_t<KHalf<false>>(w, nrows, ncols, act, y, stream);
+    case GgmlType::BF16: return matvec_t<KHalf<true>>(w, nrows, ncols, act, y, stream);
+    default: break;
+  }
+}
+
+void launch_moe_gate_up(GgmlType type, const void* gate, const void* up, int64_t n_embd, int64_t n_ff,
+                        const int32_t* ids, const float* route_w, int n_used, float limit, const void* act,
+                        float* h, void* stream) {
+  init_tables();
+  switch (type) {
+    case GgmlType::Q2_K: return gate_up_t<KQ2_K>(gate, up, n_embd, n_ff, ids, route_w, n_used, limit, act, h, stream);
+    case GgmlType::Q4_K: return gate_up_t<KQ4_K>(gate, up, n_embd, n_ff, ids, route_w, n_used, limit, act, h, stream);
+    case GgmlType::IQ2_XXS: return gate_up_t<KIQ2_XXS>(gate, up, n_embd, n_ff, ids, route_w, n_used, limit, act, h, stream);
+    case GgmlType::MXFP4: return gate_up_t<KMXFP4>(gate, up, n_embd, n_ff, ids, route_w, n_used, limit, act, h, stream);
+    case GgmlType::Q8_0: return gate_up_t<KQ8_0>(gate, up, n_embd, n_ff, ids, route_w, n_used, limit, act, h, stream);
+    default: break;
+  }
+}
+
+void launch_moe_down(GgmlType type, const void* down, int64_t n_embd, int64_t n_ff, const int32_t* ids,
+                     int n_used, const void* act_h, float* y, void* stream) {
+  init_tables();
+  switch (type) {
+    case GgmlType::Q2_K:
+      return down_t<KQ2_K>(down, n_embd, n_ff, ids, n_used, act_h, size_t(n_ff / QK_K) * sizeof(BlockQ8_K), y, stream);
+    case GgmlType::Q4_K:
+      return down_t<KQ4_K>(down, n_embd, n_ff, ids, n_used, act_h, size_t(n_ff / QK_K) * sizeof(BlockQ8_K), y, stream);
+    case GgmlType::IQ2_XXS:
+      return down_t<KIQ2_XXS>(down, n_embd, n_ff, ids, n_used, act_h, size_t(n_ff / QK_K) * sizeof(BlockQ8_K), y, stream);
+    case GgmlType::MXFP4:
+      return down_t<KMXFP4>(down, n_embd, n_ff, ids, n_used, act_h, size_t(n_ff / QK8_0) * sizeof(BlockQ8_0Act), y, stream);
+    case GgmlType::Q8_0:
+      return down_t<KQ8_0>(down, n_embd, n_ff, ids, n_used, act_h, size_t(n_ff / QK8_0) * sizeof(BlockQ8_0Act), y, stream);
+    default: break;
+  }
+}
+
+void launch_fill_random(GgmlType type, void* w, int64_t nrows, int64_t ncols, uint64_t seed, void* stream) {
+  int bb = 0, be = 1;
+  switch (type) {
+    case GgmlType::Q8_0: bb = KQ8_0::BB; be = KQ8_0::BE; break;
+    case GgmlType::Q2_K: bb = KQ2_K::BB; be = KQ2_K::BE; break;
+    case GgmlType::Q4_K: bb = KQ4_K::BB; be = KQ4_K::BE; break;
+    case GgmlType::IQ2_XXS: bb = KIQ2_XXS::BB; be = KIQ2_XXS::BE; break;
+    case GgmlType::MXFP4: bb = KMXFP4::BB; be = KMXFP4::BE; break;
+    case GgmlType::F32: bb = 16; be = 4; break;
+    case GgmlType::F16:
+    case GgmlType::BF16: bb = 16; be = 8; break;
+    default: return;
+  }
+  const int64_t nblocks = nrows * (ncols / be);
+  if (nblocks == 0) return;
+  const int64_t grid = std::min<int64_t>((nblocks + 255) / 256, int64_t(sm_count()) * 32);
+  fill_kernel<<<unsigned(grid), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+      int(type), static_cast<uint8_t*>(w), nblocks, bb, seed);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace ds4::cuda::detail

@@ -1,0 +1,70 @@
+// Batch-1 decode products on the GPU: y = W x for every weight type of the DS4 recipes, the
+// activation quantizers they pair with, and the fused routed-expert FFN. Plain C++ (no CUDA
+// types): device pointers are void*/float*, a stream is its cudaStream_t as void* (nullptr =
+// default stream). All calls are asynchronous on that stream and check their arguments on the
+// host (ds4::Error). Numerics follow src/backend/cpu/matmul.h: the activations are quantized
+// to the same partner format, bit-exact with the CPU quantizers, and each block's integer sum
+// is exact, so results equal cpu::matvec up to float summation order.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/ggml_type.h"
+
+namespace ds4::cuda {
+
+// Whether `type` has a GPU matvec kernel (F32, F16, BF16, Q8_0, Q2_K, Q4_K, IQ2_XXS, MXFP4).
+bool matvec_supported(GgmlType type);
+
+// Bytes of the quantized activation for `ncols` columns of `weight_type`'s partner format
+// (as cpu::activation_bytes: BlockQ8_0Act, BlockQ8_K, or 0 for float types, which read x).
+size_t activation_bytes(GgmlType weight_type, int64_t ncols);
+
+// d_act = quantize(d_x) in the partner format of weight_type, bit-identical to
+// cpu::quantize_activation. n must be a multiple of the weight block size. Rows of a matrix
+// may be quantized in one call: blocks never straddle rows when each row is a whole number
+// of blocks. No-op for float weight types.
+void quantize_activation(GgmlType weight_type, const float* d_x, void* d_act, int64_t n,
+                         void* stream = nullptr);
+
+// y[r] = W[r, :] . act for r < nrows, with act already in the partner format (for float types,
+// act is the f32 vector). W rows are row_bytes(type, ncols) apart.
+void matvec_q(GgmlType type, const void* d_w, int64_t nrows, int64_t ncols, const void* d_act,
+              float* d_y, void* stream = nullptr);
+
+// Quantizes x into d_scratch (activation_bytes(type, ncols) bytes; may be nullptr for float
+// types) and runs matvec_q.
+void matvec(GgmlType type, const void* d_w, int64_t nrows, int64_t ncols, const float* d_x,
+            float* d_y, void* d_scratch, void* stream = nullptr);
+
+// Routed experts of one MoE layer (architecture.md 3.5.2) for one token:
+//   h_k = w_k * silu(min(G_e x, limit)) * clamp(U_e x, -limit, limit),  e = ids[k]
+//   y   = sum_{k < n_used} D_e h_k       (summed in k order, no atomics)
+// gate/up: [n_expert][n_ff rows][n_embd cols] of gate_up_type; down: [n_expert][n_embd rows]
+// [n_ff cols] of down_type (GGUF stacked layout). ids (int32) and route_w (f32) are device
+// arrays of n_used. Four launches: quantize x, gate+up+SwiGLU for all experts, quantize h,
+// down summed over experts. d_workspace holds moe_workspace_bytes(...) bytes.
+struct MoeShape {
+  GgmlType gate_up_type = GgmlType::IQ2_XXS;
+  GgmlType down_type = GgmlType::Q2_K;
+  int64_t n_embd = 4096;
+  int64_t n_ff = 2048;
+  int n_used = 6;  // at most kMaxExpertsUsed
+  float limit = 10.0f;
+};
+inline constexpr int kMaxExpertsUsed = 16;
+size_t moe_workspace_bytes(const MoeShape& s);
+void moe_experts(const MoeShape& s, const void* d_gate, const void* d_up, const void* d_down,
+                 const int32_t* d_ids, const float* d_route_w, const float* d_x, float* d_y,
+                 void* d_workspace, void* stream = nullptr);
+// The f32 h_k rows ([n_used][n_ff]) of the last moe_experts call on this workspace, for tests.
+const float* moe_hidden(const MoeShape& s, const void* d_workspace);
+
+// Fills nrows x ncols of `type` at d_w with valid pseudo-random blocks (finite, non-zero
+// scales of realistic size) derived from seed, on the device: benchmarks need gigabytes of
+// weights without a host round trip.
+void fill_random_weights(GgmlType type, void* d_w, int64_t nrows, int64_t ncols, uint64_t seed,
+                         void* stream = nullptr);
+
+}  // namespace ds4::cuda

@@ -1,0 +1,23 @@
+// Internal to the CUDA backend: launchers defined in matvec.cu, called by matvec.cpp after it
+// has validated the arguments (error messages are built there: .cu files cannot use fmt).
+#pragma once
+
+#include <cstdint>
+
+#include "core/ggml_type.h"
+
+namespace ds4::cuda::detail {
+
+void launch_quantize_q8_0_act(const float* x, void* act, int64_t nblocks, void* stream);
+void launch_quantize_q8_k(const float* x, void* act, int64_t nblocks, void* stream);
+void launch_matvec(GgmlType type, const void* w, int64_t nrows, int64_t ncols, const void* act,
+                   float* y, void* stream);
+void launch_moe_gate_up(GgmlType type, const void* gate, const void* up, int64_t n_embd,
+                        int64_t n_ff, const int32_t* ids, const float* route_w, int n_used,
+                        float limit, const void* act, float* h, void* stream);
+void launch_moe_down(GgmlType type, const void* down, int64_t n_embd, int64_t n_ff,
+                     const int32_t* ids, int n_used, const void* act_h, float* y, void* stream);
+void launch_fill_random(GgmlType type, void* w, int64_t nrows, int64_t ncols, uint64_t seed,
+                        void* stream);
+
+}  // namespace ds4::cuda::detail
