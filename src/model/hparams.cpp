@@ -120,6 +120,7 @@ HParams HParams::from_gguf(const gguf::File& f) {
   for (const char* g : {"expert_group_count", "expert_group_used_count"})
     if (f.has(key(g)) && f.get_u64(key(g)) != 0)
       fail("metadata key {}: expert groups are not part of DeepSeek V4 (must be 0)", key(g));
+  if (h.n_hc > 16) fail("metadata key {}: {} hyper-connection streams; at most 16 are supported", key("hyper_connection.count"), h.n_hc);
   if (h.n_hash_layers > h.n_layers) fail("metadata: {} hash layers > {} layers", h.n_hash_layers, h.n_layers);
   return h;
 }
