@@ -1,5 +1,7 @@
 // libFuzzer target for the GGUF reader: any input must parse or raise ds4::Error, and
 // everything a parsed file hands out (values, tensor views) must be safe to read.
+// The seeds in fuzz/corpus/gguf were written once by gguf::Writer (the sample of
+// tests/gguf/sample_file.h plus three smaller files); test_gguf checks that they stay valid.
 #include <cstddef>
 #include <cstdint>
 #include <span>

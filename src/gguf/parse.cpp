@@ -122,8 +122,15 @@ class Parser {
     const Where w{"header", {}, kNone};
     c_.need(4, w);
     const uint32_t magic = c_.read<uint32_t>(w);
-    if (magic != kMagic) fail("{}: not a GGUF file (bad magic 0x{:08x})", path(), magic);
+    if (magic != kMagic)
+      fail("{}: not a GGUF file (the first bytes are {:02x} {:02x} {:02x} {:02x}, expected "
+           "47 47 55 46 \"GGUF\")",
+           path(), magic & 0xff, (magic >> 8) & 0xff, (magic >> 16) & 0xff, magic >> 24);
     out.version = c_.read<uint32_t>(w);
+    const uint32_t swapped = __builtin_bswap32(out.version);
+    if (swapped == 2 || swapped == 3)
+      fail("{}: big-endian GGUF files are not supported (version {} in big-endian order)", path(),
+           swapped);
     if (out.version == 1)
       fail("{}: GGUF version 1 is not supported (it uses 32-bit counts); only versions 2 and 3 are",
            path());

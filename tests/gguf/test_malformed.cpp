@@ -33,7 +33,9 @@ TEST(GgufMalformed, BaselineIsValid) {
 TEST(GgufMalformed, BadMagic) {
   Raw r = one_tensor();
   r.b[3] = 'G';
-  EXPECT_EQ(parse_error(r.b), "<buffer>: not a GGUF file (bad magic 0x47554747)");
+  EXPECT_EQ(parse_error(r.b),
+            "<buffer>: not a GGUF file (the first bytes are 47 47 55 47, expected 47 47 55 46 "
+            "\"GGUF\")");
 }
 
 TEST(GgufMalformed, UnsupportedVersions) {
@@ -42,6 +44,8 @@ TEST(GgufMalformed, UnsupportedVersions) {
   EXPECT_THAT(parse_error(Raw().header(0, 0, 4).b),
               HasSubstr("unsupported GGUF version 4 (only versions 2 and 3 are supported)"));
   EXPECT_NO_THROW(parse(Raw().header(0, 0, 2).b));
+  EXPECT_THAT(parse_error(Raw().header(0, 0, 0x03000000).b),
+              HasSubstr("big-endian GGUF files are not supported (version 3"));
 }
 
 TEST(GgufMalformed, EmptyAndTinyBuffersAreTruncated) {

@@ -163,3 +163,22 @@ TEST(GgufRoundTrip, EmptyFileHasOnlyAHeader) {
 
 }  // namespace
 }  // namespace ds4::gguf
+
+namespace ds4::gguf {
+namespace {
+
+// The fuzzing seeds must stay valid files, or the fuzzer starts from nothing but errors.
+TEST(GgufCorpus, SeedFilesAreValidAndSmall) {
+  const std::filesystem::path dir = std::filesystem::path(DS4_SOURCE_DIR) / "fuzz/corpus/gguf";
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const auto bytes = ggtest::read_bytes(e.path().string());
+    EXPECT_LT(bytes.size(), 4096u) << e.path();
+    EXPECT_NO_THROW(File::parse(bytes)) << e.path();
+    ++n;
+  }
+  EXPECT_GE(n, 3);
+}
+
+}  // namespace
+}  // namespace ds4::gguf
