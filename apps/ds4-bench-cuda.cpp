@@ -1,0 +1,277 @@
+// ds4-bench-cuda: times the batch-1 decode kernels of backend/cuda/matvec.h at the Flash
+// shapes against the measured device copy bandwidth, then one decode step's worth of
+// products (architecture.md section 8) as a roofline estimate. Weights are random valid
+// blocks generated on the device; every kernel rotates over enough weight copies that they
+// cannot sit in L2, so the numbers are DRAM numbers.
+//
+//   ds4-bench-cuda [--iters N] [--no-step]
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#if DS4_HAVE_CUDA
+
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/bandwidth.h"
+#include "backend/cuda/buffer.h"
+#include "backend/cuda/device.h"
+#include "backend/cuda/matvec.h"
+#include "core/ggml_type.h"
+
+namespace {
+
+using namespace ds4;
+using namespace ds4::cuda;
+
+constexpr size_t kRotateBytes = size_t(512) << 20;  // >> the 50-60 MB L2 of H100/H200
+
+// Median of `iters` timed runs of fn(i) after `warm` untimed ones, in milliseconds.
+double median_ms(void* stream, int warm, int iters, const std::function<void(int)>& fn) {
+  for (int i = 0; i < warm; ++i) fn(i);
+  EventTimer t;
+  std::vector<double> ms;
+  for (int i = 0; i < iters; ++i) {
+    t.start(stream);
+    fn(warm + i);
+    t.stop(stream);
+    ms.push_back(t.elapsed_ms());
+  }
+  check_last_error("benchmark");
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+struct Matrix {
+  GgmlType type;
+  int64_t nrows, ncols;
+  std::string name;
+  size_t bytes() const { return row_bytes(type, ncols) * size_t(nrows); }
+};
+
+std::vector<float> random_vec(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& f : v) f = d(rng);
+  return v;
+}
+
+void bench_matvec(void* stream, int iters, double copy_gbs) {
+  using T = GgmlType;
+  const std::vector<Matrix> ms = {
+      {T::Q8_0, 1024, 4096, "attn_q_a"},      {T::Q8_0, 32768, 1024, "attn_q_b"},
+      {T::Q8_0, 512, 4096, "attn_kv"},        {T::Q8_0, 8192, 4096, "attn_output_a"},
+      {T::Q8_0, 4096, 8192, "attn_output_b"}, {T::Q8_0, 2048, 4096, "shexp gate/up"},
+      {T::Q8_0, 4096, 2048, "shexp down"},    {T::Q8_0, 129280, 4096, "output head"},
+      {T::IQ2_XXS, 2048, 4096, "expert gate/up q2"}, {T::Q2_K, 4096, 2048, "expert down q2"},
+      {T::Q4_K, 2048, 4096, "expert gate/up q4"},    {T::Q4_K, 4096, 2048, "expert down q4"},
+      {T::MXFP4, 2048, 4096, "expert gate/up mxfp4"}, {T::MXFP4, 4096, 2048, "expert down mxfp4"},
+      {T::F16, 256, 4096, "router f16"},      {T::F16, 8192, 1024, "indexer q_b f16"},
+      {T::BF16, 8192, 1024, "bf16 8192x1024"}, {T::F32, 4096, 4096, "f32 4096x4096"},
+  };
+  fmt::print("\n{:<22} {:>8} {:>14} {:>10} {:>10} {:>9} {:>7}\n", "matvec", "type", "rows x cols", "MB",
+             "us", "GB/s", "%copy");
+  for (const Matrix& m : ms) {
+    const size_t wb = m.bytes();
+    const int copies = int(std::clamp<size_t>(kRotateBytes / wb + 1, 2, 64));
+    std::vector<DeviceBuffer> w;
+    for (int c = 0; c < copies; ++c) {
+      w.emplace_back(wb);
+      fill_random_weights(m.type, w.back().data(), m.nrows, m.ncols, uint64_t(c + 1), stream);
+    }
+    const auto x = random_vec(m.ncols, 7);
+    DeviceBuffer dx(x.size() * sizeof(float));
+    dx.upload(x.data(), x.size() * sizeof(float));
+    DeviceBuffer act(std::max<size_t>(activation_bytes(m.type, m.ncols), 16));
+    DeviceBuffer y(size_t(m.nrows) * sizeof(float));
+    quantize_activation(m.type, dx.as<float>(), act.data(), m.ncols, stream);
+    const bool is_float = activation_bytes(m.type, m.ncols) == 0;
+    const void* a = is_float ? static_cast<const void*>(dx.data()) : act.data();
+    const double ms_ = median_ms(stream, 10, iters, [&](int i) {
+      matvec_q(m.type, w[size_t(i % copies)].data(), m.nrows, m.ncols, a, y.as<float>(), stream);
+    });
+    const double gbs = double(wb) / (ms_ * 1e-3) / 1e9;
+    fmt::print("{:<22} {:>8} {:>14} {:>10.2f} {:>10.2f} {:>9.1f} {:>6.1f}%\n", m.name, type_name(m.type),
+               fmt::format("{}x{}", m.nrows, m.ncols), double(wb) / 1e6, ms_ * 1e3, gbs, 100.0 * gbs / copy_gbs);
+  }
+}
+
+// Random distinct expert ids for `sets` tokens, uploaded as [sets][n_used] int32.
+DeviceBuffer random_ids(int sets, int n_used, int n_expert, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> all(static_cast<size_t>(n_expert));
+  std::iota(all.begin(), all.end(), 0);
+  std::vector<int32_t> ids;
+  for (int s = 0; s < sets; ++s) {
+    std::shuffle(all.begin(), all.end(), rng);
+    ids.insert(ids.end(), all.begin(), all.begin() + n_used);
+  }
+  DeviceBuffer d(ids.size() * sizeof(int32_t));
+  d.upload(ids.data(), d.size());
+  return d;
+}
+
+struct Experts {
+  MoeShape s;
+  DeviceBuffer gate, up, down;
+  size_t bytes_per_token() const {
+    return size_t(s.n_used) * (2 * row_bytes(s.gate_up_type, s.n_embd) * size_t(s.n_ff) +
+                               row_bytes(s.down_type, s.n_ff) * size_t(s.n_embd));
+  }
+};
+
+Experts make_experts(GgmlType gu, GgmlType dn, int n_expert, void* stream, uint64_t seed) {
+  Experts e;
+  e.s.gate_up_type = gu;
+  e.s.down_type = dn;
+  e.gate = DeviceBuffer(row_bytes(gu, e.s.n_embd) * size_t(e.s.n_ff) * n_expert);
+  e.up = DeviceBuffer(e.gate.size());
+  e.down = DeviceBuffer(row_bytes(dn, e.s.n_ff) * size_t(e.s.n_embd) * n_expert);
+  fill_random_weights(gu, e.gate.data(), e.s.n_ff * n_expert, e.s.n_embd, seed, stream);
+  fill_random_weights(gu, e.up.data(), e.s.n_ff * n_expert, e.s.n_embd, seed + 1, stream);
+  fill_random_weights(dn, e.down.data(), e.s.n_embd * n_expert, e.s.n_ff, seed + 2, stream);
+  return e;
+}
+
+void bench_moe(void* stream, int iters, double copy_gbs) {
+  const int n_expert = 256, sets = 64;
+  fmt::print("\n{:<34} {:>10} {:>10} {:>9} {:>7}\n", "fused MoE (6 of 256 experts)", "MB", "us", "GB/s", "%copy");
+  const std::pair<GgmlType, GgmlType> kinds[] = {{GgmlType::IQ2_XXS, GgmlType::Q2_K},
+                                                 {GgmlType::Q4_K, GgmlType::Q4_K},
+                                                 {GgmlType::MXFP4, GgmlType::MXFP4}};
+  for (auto [gu, dn] : kinds) {
+    Experts e = make_experts(gu, dn, n_expert, stream, 100);
+    DeviceBuffer ids = random_ids(sets, e.s.n_used, n_expert, 5);
+    std::vector<float> w(size_t(e.s.n_used), 1.5f / float(e.s.n_used));
+    DeviceBuffer dw(w.size() * sizeof(float));
+    dw.upload(w.data(), dw.size());
+    const auto x = random_vec(e.s.n_embd, 3);
+    DeviceBuffer dx(x.size() * sizeof(float)), dy(x.size() * sizeof(float));
+    dx.upload(x.data(), dx.size());
+    DeviceBuffer ws(moe_workspace_bytes(e.s));
+    const double ms = median_ms(stream, 10, iters, [&](int i) {
+      moe_experts(e.s, e.gate.data(), e.up.data(), e.down.data(), ids.as<int32_t>() + (i % sets) * e.s.n_used,
+                  dw.as<float>(), dx.as<float>(), dy.as<float>(), ws.data(), stream);
+    });
+    const double gbs = double(e.bytes_per_token()) / (ms * 1e-3) / 1e9;
+    fmt::print("{:<34} {:>10.2f} {:>10.2f} {:>9.1f} {:>6.1f}%\n",
+               fmt::format("{} gate/up, {} down", type_name(gu), type_name(dn)), double(e.bytes_per_token()) / 1e6,
+               ms * 1e3, gbs, 100.0 * gbs / copy_gbs);
+  }
+}
+
+// One decode step's products for the q2 recipe: 43 layers of attention projections (Q8_0),
+// router (F16), shared expert (Q8_0), 6 routed experts (IQ2_XXS/Q2_K, one 256-expert set
+// reused by every layer with different ids), then the Q8_0 output head. attn_output_a is
+// timed as one 8192x4096 product (its 8 groups read the same bytes).
+void bench_step(void* stream, int iters, double copy_gbs) {
+  using T = GgmlType;
+  const int n_layer = 43;
+  struct Layer {
+    DeviceBuffer q_a, q_b, kv, o_a, o_b, router, sh_gate, sh_up, sh_down;
+  };
+  const Matrix q_a{T::Q8_0, 1024, 4096, ""}, q_b{T::Q8_0, 32768, 1024, ""}, kv{T::Q8_0, 512, 4096, ""},
+      o_a{T::Q8_0, 8192, 4096, ""}, o_b{T::Q8_0, 4096, 8192, ""}, router{T::F16, 256, 4096, ""},
+      sh_gu{T::Q8_0, 2048, 4096, ""}, sh_dn{T::Q8_0, 4096, 2048, ""}, head{T::Q8_0, 129280, 4096, ""};
+  auto alloc = [&](const Matrix& m, uint64_t seed) {
+    DeviceBuffer b(m.bytes());
+    fill_random_weights(m.type, b.data(), m.nrows, m.ncols, seed, stream);
+    return b;
+  };
+  std::vector<Layer> layers;
+  uint64_t seed = 1000;
+  for (int l = 0; l < n_layer; ++l)
+    layers.push_back(Layer{alloc(q_a, seed++), alloc(q_b, seed++), alloc(kv, seed++), alloc(o_a, seed++),
+                           alloc(o_b, seed++), alloc(router, seed++), alloc(sh_gu, seed++), alloc(sh_gu, seed++),
+                           alloc(sh_dn, seed++)});
+  DeviceBuffer dhead = alloc(head, seed++);
+  Experts ex = make_experts(T::IQ2_XXS, T::Q2_K, 256, stream, seed++);
+  DeviceBuffer ids = random_ids(n_layer, ex.s.n_used, 256, 9);
+  std::vector<float> rw(size_t(ex.s.n_used), 0.25f);
+  DeviceBuffer drw(rw.size() * sizeof(float));
+  drw.upload(rw.data(), drw.size());
+  const auto x = random_vec(32768, 4);
+  DeviceBuffer dx(x.size() * sizeof(float)), a1(x.size() * sizeof(float)), a2(x.size() * sizeof(float)),
+      a3(x.size() * sizeof(float)), ylog(size_t(head.nrows) * sizeof(float));
+  dx.upload(x.data(), dx.size());
+  DeviceBuffer act(activation_bytes(T::Q8_0, 32768) + 256), ws(moe_workspace_bytes(ex.s));
+
+  const size_t layer_bytes = q_a.bytes() + q_b.bytes() + kv.bytes() + o_a.bytes() + o_b.bytes() + router.bytes() +
+                             2 * sh_gu.bytes() + sh_dn.bytes() + ex.bytes_per_token();
+  const size_t step_bytes = layer_bytes * n_layer + head.bytes();
+  float* X = dx.as<float>();
+  float *y1 = a1.as<float>(), *y2 = a2.as<float>(), *y3 = a3.as<float>();
+  auto step = [&](void* s) {
+    for (int l = 0; l < n_layer; ++l) {
+      const Layer& L = layers[size_t(l)];
+      // Attention input x: q_a and kv share one quantization.
+      quantize_activation(T::Q8_0, X, act.data(), 4096, s);
+      matvec_q(T::Q8_0, L.q_a.data(), 1024, 4096, act.data(), y1, s);
+      matvec_q(T::Q8_0, L.kv.data(), 512, 4096, act.data(), y2, s);
+      matvec(T::Q8_0, L.q_b.data(), 32768, 1024, y1, y3, act.data(), s);
+      matvec(T::Q8_0, L.o_a.data(), 8192, 4096, y3, y1, act.data(), s);
+      matvec(T::Q8_0, L.o_b.data(), 4096, 8192, y1, y2, act.data(), s);
+      // FFN input: router, shared expert, routed experts.
+      matvec_q(T::F16, L.router.data(), 256, 4096, y2, y3, s);
+      quantize_activation(T::Q8_0, y2, act.data(), 4096, s);
+      matvec_q(T::Q8_0, L.sh_gate.data(), 2048, 4096, act.data(), y1, s);
+      matvec_q(T::Q8_0, L.sh_up.data(), 2048, 4096, act.data(), y1 + 2048, s);
+      matvec(T::Q8_0, L.sh_down.data(), 4096, 2048, y1, y3, act.data(), s);
+      moe_experts(ex.s, ex.gate.data(), ex.up.data(), ex.down.data(), ids.as<int32_t>() + l * ex.s.n_used,
+                  drw.as<float>(), y2, X, ws.data(), s);
+    }
+    matvec(T::Q8_0, dhead.data(), head.nrows, 4096, X, ylog.as<float>(), act.data(), s);
+  };
+  const double ms_stream = median_ms(stream, 3, iters, [&](int) { step(stream); });
+  Graph g(stream, step);
+  const double ms_graph = median_ms(stream, 3, iters, [&](int) { g.launch(stream); });
+  fmt::print("\ndecode step, q2 recipe products (43 layers: attention Q8_0, router F16, shared Q8_0, 6 experts "
+             "IQ2_XXS/Q2_K; head Q8_0)\n");
+  fmt::print("  weight bytes read: {:.1f} MB\n", double(step_bytes) / 1e6);
+  for (auto [name, ms] : {std::pair<const char*, double>{"stream launches", ms_stream}, {"CUDA graph", ms_graph}}) {
+    const double gbs = double(step_bytes) / (ms * 1e-3) / 1e9;
+    fmt::print("  {:<16} {:>8.3f} ms  {:>7.1f} GB/s  {:>5.1f}% of copy  -> {:>6.1f} tokens/s (these products only)\n",
+               name, ms, gbs, 100.0 * gbs / copy_gbs, 1e3 / ms);
+  }
+  fmt::print("  roofline at the copy bandwidth: {:.3f} ms -> {:.1f} tokens/s\n",
+             double(step_bytes) / (copy_gbs * 1e9) * 1e3, copy_gbs * 1e9 / double(step_bytes));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"DwarfStar CUDA decode kernel benchmark"};
+  int iters = 50;
+  bool no_step = false;
+  app.add_option("--iters", iters, "timed iterations per kernel (median reported)");
+  app.add_flag("--no-step", no_step, "skip the decode-step estimate (needs ~9 GB of GPU memory)");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    const DeviceInfo dev = require_device(0);
+    fmt::print("device: {} (cc {}.{}, {} SMs, {:.1f} GiB)\n", dev.name, dev.cc_major, dev.cc_minor, dev.sm_count,
+               double(dev.total_bytes) / double(1ull << 30));
+    const double copy = measure_copy_bandwidth();
+    fmt::print("measured copy bandwidth (read + write): {:.1f} GB/s\n", copy);
+    Stream stream;
+    bench_matvec(stream.handle(), iters, copy);
+    bench_moe(stream.handle(), iters, copy);
+    if (!no_step) bench_step(stream.handle(), std::max(5, iters / 5), copy);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "ds4-bench-cuda: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}
+#else   // CPU-only build: apps/ builds every program, so this one still links.
+int main() {
+  fmt::print(stderr, "ds4-bench-cuda: this build has no CUDA backend (nvcc was not found)\n");
+  return 1;
+}
+#endif

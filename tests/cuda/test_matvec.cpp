@@ -1,0 +1,295 @@
+// GPU matvec kernels, activation quantizers and the fused MoE experts against the CPU
+// reference (backend/cpu/matmul.h), at the Flash shapes. Skips visibly without a GPU.
+//
+// Tolerances: the quantized products sum exact int32 block sums with one float multiply per
+// (sub-)block, as the CPU does, but in a different order (per lane, then a warp tree), so
+// they differ from the CPU only by float summation order: max |gpu - cpu| <= 1e-4 * max|cpu|
+// and ||gpu - cpu|| / ||cpu|| <= 1e-5. The activation quantizers must be bit-identical.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/matmul.h"
+#include "backend/cuda/buffer.h"
+#include "backend/cuda/device.h"
+#include "backend/cuda/matvec.h"
+#include "core/thread_pool.h"
+#include "quant/blocks.h"
+
+namespace ds4::cuda::test {
+namespace {
+
+#define DS4_REQUIRE_GPU()                                                          \
+  do {                                                                             \
+    if (list_devices().empty()) GTEST_SKIP() << "no CUDA GPU: GPU kernel test not run"; \
+  } while (0)
+
+ThreadPool& pool() {
+  static ThreadPool p;
+  return p;
+}
+
+std::vector<float> gaussian(int64_t n, float sigma, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, sigma);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& f : v) f = dist(rng);
+  return v;
+}
+
+DeviceBuffer upload(const void* p, size_t bytes) {
+  DeviceBuffer b(bytes);
+  b.upload(p, bytes);
+  return b;
+}
+
+template <class T>
+DeviceBuffer upload(const std::vector<T>& v) {
+  return upload(v.data(), v.size() * sizeof(T));
+}
+
+template <class T>
+std::vector<T> download(const DeviceBuffer& b, size_t n, size_t offset = 0) {
+  std::vector<T> v(n);
+  b.download(v.data(), n * sizeof(T), offset);
+  return v;
+}
+
+struct Err {
+  double max_abs = 0, max_ref = 0, rel_l2 = 0;
+  bool finite = true;
+};
+
+Err compare(const std::vector<float>& got, const std::vector<float>& ref) {
+  Err e;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (!std::isfinite(got[i])) e.finite = false;
+    const double d = double(got[i]) - double(ref[i]);
+    e.max_abs = std::max(e.max_abs, std::fabs(d));
+    e.max_ref = std::max(e.max_ref, std::fabs(double(ref[i])));
+    num += d * d;
+    den += double(ref[i]) * double(ref[i]);
+  }
+  e.rel_l2 = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  return e;
+}
+
+void expect_close(const std::vector<float>& got, const std::vector<float>& ref, const std::string& what,
+                  double max_rel = 1e-4, double l2 = 1e-5) {
+  const Err e = compare(got, ref);
+  EXPECT_TRUE(e.finite) << what << ": non-finite output (unwritten element?)";
+  EXPECT_GT(e.max_ref, 0.0) << what << ": reference is all zero";
+  EXPECT_LE(e.max_abs, max_rel * e.max_ref) << what << " max_abs " << e.max_abs << " max_ref " << e.max_ref;
+  EXPECT_LE(e.rel_l2, l2) << what << " rel_l2 " << e.rel_l2;
+}
+
+struct Case {
+  GgmlType type;
+  int64_t nrows, ncols;
+};
+
+// Flash shapes (architecture.md 2.2/2.3) plus small odd ones that take the unaligned path.
+std::vector<Case> cases() {
+  using T = GgmlType;
+  return {
+      {T::Q8_0, 1024, 4096},    // attn_q_a
+      {T::Q8_0, 32768, 1024},   // attn_q_b
+      {T::Q8_0, 512, 4096},     // attn_kv
+      {T::Q8_0, 8192, 4096},    // attn_output_a
+      {T::Q8_0, 4096, 8192},    // attn_output_b
+      {T::Q8_0, 2048, 4096},    // shared gate/up
+      {T::Q8_0, 4096, 2048},    // shared down
+      {T::Q8_0, 129280, 4096},  // output head
+      {T::Q8_0, 37, 96},        // unaligned rows (3 blocks)
+      {T::IQ2_XXS, 2048, 4096}, // q2 expert gate/up
+      {T::IQ2_XXS, 37, 768},
+      {T::Q2_K, 4096, 2048},    // q2 expert down
+      {T::Q2_K, 37, 768},
+      {T::Q4_K, 2048, 4096},    // q4 expert gate/up
+      {T::Q4_K, 4096, 2048},    // q4 expert down
+      {T::Q4_K, 37, 768},
+      {T::MXFP4, 2048, 4096},
+      {T::MXFP4, 4096, 2048},
+      {T::MXFP4, 37, 96},
+      {T::F16, 256, 4096},      // router
+      {T::F16, 1024, 4096},     // compressor / indexer sizes
+      {T::F16, 37, 40},
+      {T::BF16, 1024, 4096},
+      {T::BF16, 37, 40},
+      {T::F32, 1024, 4096},
+      {T::F32, 37, 36},
+  };
+}
+
+TEST(CudaMatvec, MatchesCpuReferenceAtFlashShapes) {
+  DS4_REQUIRE_GPU();
+  uint64_t seed = 1;
+  for (const Case& c : cases()) {
+    const std::string what = std::string(type_name(c.type)) + " " + std::to_string(c.nrows) + "x" +
+                             std::to_string(c.ncols);
+    const size_t wbytes = row_bytes(c.type, c.ncols) * size_t(c.nrows);
+    DeviceBuffer dw(wbytes);
+    fill_random_weights(c.type, dw.data(), c.nrows, c.ncols, seed++);
+    const auto w = download<uint8_t>(dw, wbytes);
+    const auto x = gaussian(c.ncols, 1.0f, uint32_t(seed++));
+    std::vector<float> ref(size_t(c.nrows));
+    cpu::matvec(c.type, w.data(), c.nrows, c.ncols, x.data(), ref.data(), &pool());
+
+    DeviceBuffer dx = upload(x);
+    DeviceBuffer dy(ref.size() * sizeof(float));
+    dy.fill_bytes(0xFF);  // NaN poison: every element must be written
+    DeviceBuffer scratch(std::max<size_t>(activation_bytes(c.type, c.ncols), 16));
+    matvec(c.type, dw.data(), c.nrows, c.ncols, dx.as<float>(), dy.as<float>(), scratch.data());
+    check_last_error(what.c_str());
+    device_synchronize();
+    expect_close(download<float>(dy, ref.size()), ref, what);
+  }
+}
+
+// Activations with the special cases the CPU quantizers define: all-zero blocks, equal
+// magnitudes of opposite sign (first wins in Q8_K), NaN, inf, huge and tiny values.
+std::vector<float> tricky_activations(int64_t n, uint32_t seed) {
+  auto x = gaussian(n, 2.0f, seed);
+  for (int j = 0; j < 256; ++j) x[size_t(j)] = 0.0f;  // one zero Q8_K block
+  x[300] = -5.0f;
+  x[301] = 5.0f;    // tie, negative first
+  x[600] = 7.0f;
+  x[700] = -7.0f;   // tie, positive first
+  x[1000] = std::numeric_limits<float>::quiet_NaN();
+  x[1500] = -std::numeric_limits<float>::quiet_NaN();
+  x[2100] = std::numeric_limits<float>::infinity();
+  x[2600] = 1e30f;
+  x[3000] = 1e-30f;
+  for (int j = 3072; j < 3072 + 32; ++j) x[size_t(j)] = 0.5f * float(j % 7);  // rounding ties
+  return x;
+}
+
+TEST(CudaQuantize, ActivationsBitExactWithCpu) {
+  DS4_REQUIRE_GPU();
+  const int64_t n = 8192;
+  for (uint32_t seed : {1u, 2u, 3u}) {
+    const auto x = tricky_activations(n, seed);
+    DeviceBuffer dx = upload(x);
+    for (GgmlType t : {GgmlType::Q8_0, GgmlType::Q2_K}) {  // BlockQ8_0Act and BlockQ8_K
+      const size_t bytes = activation_bytes(t, n);
+      std::vector<uint8_t> ref(bytes);
+      cpu::quantize_activation(t, x.data(), ref.data(), n);
+      DeviceBuffer da(bytes);
+      da.fill_bytes(0xAB);
+      quantize_activation(t, dx.as<float>(), da.data(), n);
+      check_last_error("quantize_activation");
+      device_synchronize();
+      const auto got = download<uint8_t>(da, bytes);
+      size_t first = bytes;
+      for (size_t i = 0; i < bytes; ++i)
+        if (got[i] != ref[i]) {
+          first = i;
+          break;
+        }
+      EXPECT_EQ(first, bytes) << type_name(cpu::activation_type(t)) << " seed " << seed
+                              << ": first differing byte " << first << " gpu " << int(got[first < bytes ? first : 0])
+                              << " cpu " << int(ref[first < bytes ? first : 0]);
+    }
+  }
+}
+
+float silu_clamped(float g, float u, float limit) {
+  g = std::min(g, limit);
+  u = std::clamp(u, -limit, limit);
+  return g / (1.0f + std::exp(-g)) * u;
+}
+
+TEST(CudaMoe, FusedExpertsMatchCpuComposition) {
+  DS4_REQUIRE_GPU();
+  const int n_expert = 8;
+  const std::vector<int32_t> ids = {5, 0, 7, 3, 6, 1};
+  const std::vector<float> route_w = {0.41f, 0.22f, 0.35f, 0.18f, 0.27f, 0.07f};
+  struct Types {
+    GgmlType gate_up, down;
+  };
+  for (Types ty : {Types{GgmlType::IQ2_XXS, GgmlType::Q2_K}, Types{GgmlType::Q4_K, GgmlType::Q4_K},
+                   Types{GgmlType::MXFP4, GgmlType::MXFP4}}) {
+    MoeShape s;
+    s.gate_up_type = ty.gate_up;
+    s.down_type = ty.down;
+    s.n_used = int(ids.size());
+    const std::string what = std::string(type_name(ty.gate_up)) + "/" + std::string(type_name(ty.down));
+    const size_t gu_rb = row_bytes(s.gate_up_type, s.n_embd), dn_rb = row_bytes(s.down_type, s.n_ff);
+    const size_t gu_slab = gu_rb * size_t(s.n_ff), dn_slab = dn_rb * size_t(s.n_embd);
+    DeviceBuffer dg(gu_slab * n_expert), du(gu_slab * n_expert), dd(dn_slab * n_expert);
+    fill_random_weights(s.gate_up_type, dg.data(), s.n_ff * n_expert, s.n_embd, 11);
+    fill_random_weights(s.gate_up_type, du.data(), s.n_ff * n_expert, s.n_embd, 12);
+    fill_random_weights(s.down_type, dd.data(), s.n_embd * n_expert, s.n_ff, 13);
+    const auto g = download<uint8_t>(dg, dg.size()), u = download<uint8_t>(du, du.size()),
+               d = download<uint8_t>(dd, dd.size());
+    // sigma 3 puts a good share of gate/up values past the clamp limit of 10.
+    const auto x = gaussian(s.n_embd, 3.0f, 99);
+
+    // CPU composition of the same steps.
+    std::vector<uint8_t> ax(cpu::activation_bytes(s.gate_up_type, s.n_embd));
+    cpu::quantize_activation(s.gate_up_type, x.data(), ax.data(), s.n_embd);
+    std::vector<float> h_ref(size_t(s.n_used * s.n_ff));
+    int clamped = 0;
+    for (int k = 0; k < s.n_used; ++k)
+      for (int64_t r = 0; r < s.n_ff; ++r) {
+        const size_t off = size_t(ids[size_t(k)]) * gu_slab + size_t(r) * gu_rb;
+        const float gv = cpu::vec_dot(s.gate_up_type, g.data() + off, ax.data(), s.n_embd);
+        const float uv = cpu::vec_dot(s.gate_up_type, u.data() + off, ax.data(), s.n_embd);
+        clamped += (gv > s.limit) + (std::fabs(uv) > s.limit);
+        h_ref[size_t(k * s.n_ff + r)] = route_w[size_t(k)] * silu_clamped(gv, uv, s.limit);
+      }
+    auto down_ref = [&](const std::vector<float>& h) {
+      std::vector<uint8_t> ah(cpu::activation_bytes(s.down_type, s.n_ff * s.n_used));
+      cpu::quantize_activation(s.down_type, h.data(), ah.data(), s.n_ff * s.n_used);
+      const size_t arb = cpu::activation_bytes(s.down_type, s.n_ff);
+      std::vector<float> y(size_t(s.n_embd), 0.0f);
+      for (int64_t r = 0; r < s.n_embd; ++r)
+        for (int k = 0; k < s.n_used; ++k)
+          y[size_t(r)] += cpu::vec_dot(s.down_type, d.data() + size_t(ids[size_t(k)]) * dn_slab + size_t(r) * dn_rb,
+                                       ah.data() + size_t(k) * arb, s.n_ff);
+      return y;
+    };
+
+    DeviceBuffer dids = upload(ids), dw = upload(route_w), dx = upload(x);
+    DeviceBuffer ws(moe_workspace_bytes(s));
+    ws.fill_bytes(0xFF);
+    DeviceBuffer dy(size_t(s.n_embd) * sizeof(float));
+    dy.fill_bytes(0xFF);
+    moe_experts(s, dg.data(), du.data(), dd.data(), dids.as<int32_t>(), dw.as<float>(), dx.as<float>(),
+                dy.as<float>(), ws.data());
+    check_last_error("moe_experts");
+    device_synchronize();
+    const auto y = download<float>(dy, size_t(s.n_embd));
+    std::vector<float> h(h_ref.size());
+    DeviceBuffer* wsp = &ws;
+    const size_t h_off = size_t(reinterpret_cast<const uint8_t*>(moe_hidden(s, wsp->data())) -
+                                static_cast<const uint8_t*>(wsp->data()));
+    ws.download(h.data(), h.size() * sizeof(float), h_off);
+
+    EXPECT_GT(clamped, 0) << what << ": test input never reaches the clamp";
+    // Gate/up: float summation order only, then the same SwiGLU (expf vs std::exp: ulps).
+    expect_close(h, h_ref, what + " hidden", 1e-4, 1e-5);
+    // Down on the GPU's own hidden state: summation order only.
+    expect_close(y, down_ref(h), what + " down(h_gpu)", 1e-4, 1e-5);
+    // End to end: a hidden value on a rounding boundary may quantize one code apart.
+    expect_close(y, down_ref(h_ref), what + " end to end", 1e-2, 2e-3);
+  }
+}
+
+TEST(CudaMatvec, RejectsBadArguments) {
+  DS4_REQUIRE_GPU();
+  DeviceBuffer b(4096);
+  EXPECT_THROW(matvec_q(GgmlType::Q8_K, b.data(), 1, 256, b.data(), b.as<float>()), std::exception);
+  EXPECT_THROW(matvec_q(GgmlType::Q8_0, b.data(), 1, 33, b.data(), b.as<float>()), std::exception);
+  EXPECT_THROW(matvec(GgmlType::Q8_0, b.data(), 1, 32, b.as<float>(), b.as<float>(), nullptr), std::exception);
+}
+
+}  // namespace
+}  // namespace ds4::cuda::test
