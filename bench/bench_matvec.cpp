@@ -1,5 +1,6 @@
 // CPU matvec throughput per weight type at DeepSeek V4 Flash shapes, in weight bytes per
-// second, next to STREAM-like copy and read benchmarks that measure the memory bandwidth
+// second (plus an L2-resident "hot" variant for the compute ceiling and a 32-token matmul),
+// next to STREAM-like copy and read benchmarks that measure the memory bandwidth
 // the kernels are judged against (docs/perf.md). Each benchmark cycles through enough
 // copies of its matrix (>= 512 MiB) that every iteration reads from DRAM, not the LLC, as
 // the MoE experts do during decoding.
@@ -106,6 +107,25 @@ void BM_Matvec(benchmark::State& state, GgmlType t, int64_t nrows, int64_t ncols
   state.SetLabel(ds4::cpu::isa_name(ds4::cpu::active_isa()));
 }
 
+// Compute ceiling: a 64 x 4096 matrix (<= 272 KiB, L2-resident) with the activation
+// quantized once (matvec_act), so only the kernel's instruction throughput is measured.
+void BM_MatvecHot(benchmark::State& state, GgmlType t) {
+  const int64_t nrows = 64, ncols = 4096;
+  const size_t mbytes = ds4::row_bytes(t, ncols) * static_cast<size_t>(nrows);
+  std::vector<uint8_t> w(mbytes);
+  fill_weights(t, w.data(), mbytes);
+  std::vector<float> x(static_cast<size_t>(ncols)), y(static_cast<size_t>(nrows));
+  for (int64_t i = 0; i < ncols; ++i) x[i] = static_cast<float>((i * 7919) % 1000) / 500.0f - 1.0f;
+  std::vector<uint8_t> act(ds4::cpu::activation_bytes(t, ncols));
+  ds4::cpu::quantize_activation(t, x.data(), act.data(), ncols);
+  for (auto _ : state) {
+    ds4::cpu::matvec_act(t, w.data(), nrows, ncols, act.data(), y.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * mbytes));
+  state.SetLabel(ds4::cpu::isa_name(ds4::cpu::active_isa()));
+}
+
 // Prefill: a batch of 32 tokens against one matrix (weights read once per call).
 void BM_Matmul(benchmark::State& state, GgmlType t, int64_t nrows, int64_t ncols, int threads) {
   const int64_t nb = 32;
@@ -183,6 +203,11 @@ int main(int argc, char** argv) {
       {GgmlType::Q4_K, down},  {GgmlType::MXFP4, up},      {GgmlType::F16, proj},
       {GgmlType::BF16, proj},  {GgmlType::F32, proj},
   };
+  for (const GgmlType t : {GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q4_K, GgmlType::IQ2_XXS,
+                           GgmlType::MXFP4, GgmlType::F16, GgmlType::BF16, GgmlType::F32}) {
+    const std::string name = std::string("MatvecHot/") + std::string(ds4::type_name(t)) + "/64x4096";
+    benchmark::RegisterBenchmark(name.c_str(), BM_MatvecHot, t)->Unit(benchmark::kMicrosecond);
+  }
   for (int threads : {1, 2}) {
     for (const Case& c : cases) {
       const std::string name = std::string("Matvec/") + std::string(ds4::type_name(c.type)) + "/" +
