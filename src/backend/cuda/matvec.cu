@@ -32,10 +32,11 @@ constexpr int kWarps = 8;  // warps per thread block
 constexpr int kThreads = kWarps * 32;
 
 // IQ2_XXS grid and the sign patterns of ksigns_iq2xs as byte masks (0xFF = negate), filled
-// from quant::iq2xxs_grid() / ksigns_iq2xs() once per process; each block copies them to
-// shared memory because lanes index them divergently (constant memory would serialize).
-__constant__ uint64_t c_iq2_grid[256];
-__constant__ uint64_t c_iq2_sign_mask[128];
+// from quant::iq2xxs_grid() / ksigns_iq2xs() once per process (no literal copy). They live
+// in global memory, not __constant__: each block copies them to shared memory with one
+// distinct element per thread, and constant memory serializes divergent addresses (32x).
+__device__ uint64_t g_iq2_grid[256];
+__device__ uint64_t g_iq2_sign_mask[128];
 // MXFP4 element values (quant::kValuesMxfp4), 16 int8 packed in 4 words for __byte_perm.
 __constant__ uint32_t c_mxfp4_values[4];
 
@@ -56,8 +57,8 @@ void init_tables() {
       for (int j = 0; j < 4; ++j)
         mx[i] |= uint32_t(uint8_t(quant::kValuesMxfp4[4 * i + j])) << (8 * j);
     }
-    DS4_CUDA_CHECK(cudaMemcpyToSymbol(c_iq2_grid, quant::iq2xxs_grid(), sizeof(c_iq2_grid)));
-    DS4_CUDA_CHECK(cudaMemcpyToSymbol(c_iq2_sign_mask, masks, sizeof(masks)));
+    DS4_CUDA_CHECK(cudaMemcpyToSymbol(g_iq2_grid, quant::iq2xxs_grid(), sizeof(g_iq2_grid)));
+    DS4_CUDA_CHECK(cudaMemcpyToSymbol(g_iq2_sign_mask, masks, sizeof(masks)));
     DS4_CUDA_CHECK(cudaMemcpyToSymbol(c_mxfp4_values, mx, sizeof(mx)));
   });
 }
@@ -319,82 +320,6 @@ struct DownPlan {
   __device__ const void* activation(int m) const { return act + size_t(m) * act_rb; }
 };
 
-template <class K>
-__device__ __forceinline__ void compute_chunk(const uint8_t* sw, int nb, const void* act, int64_t b0,
-                                              const Tables& t, float& acc, int lane) {
-  for (int u = lane; u < nb * K::U; u += 32) {
-    const int blk = u / K::U;
-    acc += K::dot(sw + blk * K::BB, u - blk * K::U, act, b0 + blk, t);
-  }
-}
-
-// Sums the warp's share of one output row into acc0 (and acc1 for segment 1 when separate).
-template <class K, class Plan>
-__device__ void warp_row(const Plan& p, int64_t r, int part, int split, bool vec, bool separate,
-                         uint8_t* sw, const Tables& t, float& acc0, float& acc1) {
-  const int lane = threadIdx.x & 31;
-  const int g = vec ? K::G : 1;
-  const int64_t ng = p.nblk / g;
-  const int64_t bb = (part * ng / split) * g, be = ((part + 1) * ng / split) * g;
-  if (bb >= be) return;
-  const int nseg = p.segments();
-  if (!vec) {  // unaligned rows: byte-wise staging, no prefetch (not on any DS4 shape)
-    for (int m = 0; m < nseg; ++m) {
-      const uint8_t* src = p.row(m, r);
-      float& acc = (separate && m == 1) ? acc1 : acc0;
-      for (int64_t b0 = bb; b0 < be; b0 += K::CHUNK) {
-        const int nb = int(be - b0 < int64_t(K::CHUNK) ? be - b0 : int64_t(K::CHUNK));
-        __syncwarp();
-        for (int i = lane; i < nb * K::BB; i += 32) sw[i] = src[b0 * K::BB + i];
-        __syncwarp();
-        compute_chunk<K>(sw, nb, p.activation(m), b0, t, acc, lane);
-      }
-    }
-    return;
-  }
-  constexpr int kMaxV = (K::CHUNK * K::BB / 16 + 31) / 32;
-  uint4 regs[kMaxV];
-  int m = 0;
-  int64_t b0 = bb;
-  int nb = int(be - b0 < int64_t(K::CHUNK) ? be - b0 : int64_t(K::CHUNK));
-  auto prefetch = [&](const uint8_t* src, int nvec) {
-    const int4* s4 = reinterpret_cast<const int4*>(src);
-#pragma unroll
-    for (int i = 0; i < kMaxV; ++i) {
-      const int v = lane + 32 * i;
-      if (v < nvec) {
-        const int4 x = __ldcs(s4 + v);
-        regs[i] = make_uint4(uint32_t(x.x), uint32_t(x.y), uint32_t(x.z), uint32_t(x.w));
-      }
-    }
-  };
-  prefetch(p.row(0, r) + size_t(b0) * K::BB, nb * K::BB / 16);
-  while (true) {
-    __syncwarp();  // the previous chunk is decoded before its buffer is overwritten
-    const int nvec = nb * K::BB / 16;
-#pragma unroll
-    for (int i = 0; i < kMaxV; ++i) {
-      const int v = lane + 32 * i;
-      if (v < nvec) reinterpret_cast<uint4*>(sw)[v] = regs[i];
-    }
-    __syncwarp();
-    const int cm = m, cnb = nb;
-    const int64_t cb0 = b0;
-    b0 += nb;
-    if (b0 >= be) {
-      ++m;
-      b0 = bb;
-    }
-    const bool more = m < nseg;
-    if (more) {
-      nb = int(be - b0 < int64_t(K::CHUNK) ? be - b0 : int64_t(K::CHUNK));
-      prefetch(p.row(m, r) + size_t(b0) * K::BB, nb * K::BB / 16);
-    }
-    compute_chunk<K>(sw, cnb, p.activation(cm), cb0, t, (separate && cm == 1) ? acc1 : acc0, lane);
-    if (!more) break;
-  }
-}
-
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -419,6 +344,120 @@ struct SwiGlu {
   }
 };
 
+// Unaligned rows (no DS4 shape): byte-wise staging of one row part, no prefetch.
+template <class K, class Plan>
+__device__ void warp_row_bytes(const Plan& p, int64_t r, int64_t bb, int64_t be, bool separate, uint8_t* sw,
+                               const Tables& t, float& acc0, float& acc1) {
+  const int lane = threadIdx.x & 31;
+  for (int m = 0; m < p.segments(); ++m) {
+    const uint8_t* src = p.row(m, r);
+    for (int64_t b0 = bb; b0 < be; b0 += K::CHUNK) {
+      const int nb = int(be - b0 < int64_t(K::CHUNK) ? be - b0 : int64_t(K::CHUNK));
+      __syncwarp();
+      for (int i = lane; i < nb * K::BB; i += 32) sw[i] = src[b0 * K::BB + i];
+      __syncwarp();
+      for (int u = lane; u < nb * K::U; u += 32) {
+        const int blk = u / K::U;
+        const float v = K::dot(sw + blk * K::BB, u - blk * K::U, p.activation(m), b0 + blk, t);
+        if (separate && m == 1) acc1 += v; else acc0 += v;
+      }
+    }
+  }
+}
+
+// The aligned streaming loop. The warp walks rows row0, row0 + step, ... < row_end; each row
+// is nseg segments (weight row + activation) of blocks [bb, be). Work goes in chunks of at
+// most CHUNK blocks: a long segment is cut into several chunks, short segments are packed
+// several to a chunk (all six experts' down rows in one), so a warp always has ~2 KiB of
+// loads in flight: the next chunk is requested before the current one is decoded, across
+// segment and row boundaries. With `emit`, each finished row is reduced and handed to epi;
+// otherwise the lane partials of the (single) row are returned for a cross-warp reduction.
+template <class K, class Plan, class Epi>
+__device__ void stream_rows(const Plan& p, const Epi& epi, int64_t row0, int64_t step, int64_t row_end,
+                            int64_t bb, int64_t be, bool separate, bool emit, uint8_t* sw, const Tables& t,
+                            float& out0, float& out1) {
+  constexpr int kMaxV = (K::CHUNK * K::BB / 16 + 31) / 32;
+  const int lane = threadIdx.x & 31;
+  const int nseg = p.segments();
+  const int64_t len = be - bb;
+  float acc0 = 0.0f, acc1 = 0.0f;
+  out0 = out1 = 0.0f;
+  if (row0 >= row_end || len <= 0) return;
+  const bool packed = len < K::CHUNK;
+  const int per_max = packed ? int(K::CHUNK / len) : 1;
+  uint4 regs[kMaxV];
+  auto prefetch = [&](int64_t row, int m, int64_t b0, int nb, int per) {
+    const int vps = nb * K::BB / 16;  // 16-byte vectors per segment piece
+    const int nvec = per * vps;
+#pragma unroll
+    for (int i = 0; i < kMaxV; ++i) {
+      const int v = lane + 32 * i;
+      if (v < nvec) {
+        const int s = v / vps;
+        const int4* src = reinterpret_cast<const int4*>(p.row(m + s, row) + size_t(b0) * K::BB);
+        const int4 x = __ldcs(src + (v - s * vps));
+        regs[i] = make_uint4(uint32_t(x.x), uint32_t(x.y), uint32_t(x.z), uint32_t(x.w));
+      }
+    }
+  };
+  int64_t row = row0, b0 = bb;
+  int m = 0;
+  int nb = int(packed ? len : (be - b0 < int64_t(K::CHUNK) ? be - b0 : int64_t(K::CHUNK)));
+  int per = packed ? min(per_max, nseg - m) : 1;
+  prefetch(row, m, b0, nb, per);
+  while (true) {
+    __syncwarp();  // the previous chunk is decoded before its buffer is overwritten
+    const int nvec = per * nb * K::BB / 16;
+#pragma unroll
+    for (int i = 0; i < kMaxV; ++i) {
+      const int v = lane + 32 * i;
+      if (v < nvec) reinterpret_cast<uint4*>(sw)[v] = regs[i];
+    }
+    __syncwarp();
+    const int64_t crow = row, cb0 = b0;
+    const int cm = m, cnb = nb, cper = per;
+    if (packed) {
+      m += per;
+    } else {
+      b0 += nb;
+      if (b0 >= be) {
+        b0 = bb;
+        ++m;
+      }
+    }
+    if (m >= nseg) {
+      m = 0;
+      b0 = bb;
+      row += step;
+    }
+    const bool more = row < row_end;
+    if (more) {
+      nb = int(packed ? len : (be - b0 < int64_t(K::CHUNK) ? be - b0 : int64_t(K::CHUNK)));
+      per = packed ? min(per_max, nseg - m) : 1;
+      prefetch(row, m, b0, nb, per);
+    }
+    const int useg = cnb * K::U;
+    for (int u = lane; u < cper * useg; u += 32) {
+      const int s = u / useg;
+      const int rem = u - s * useg;
+      const int blk = rem / K::U;
+      const float v = K::dot(sw + (s * cnb + blk) * K::BB, rem - blk * K::U, p.activation(cm + s), cb0 + blk, t);
+      if (separate && cm + s == 1) acc1 += v; else acc0 += v;
+    }
+    if (emit && (!more || row != crow)) {
+      acc0 = warp_sum(acc0);
+      if (separate) acc1 = warp_sum(acc1);
+      if (lane == 0) epi(crow, acc0, acc1);
+      acc0 = acc1 = 0.0f;
+    }
+    if (!more) break;
+  }
+  out0 = acc0;
+  out1 = acc1;
+}
+
+// split == 1 with aligned rows: persistent warps stream rows gw, gw + all warps, ...
+// split > 1: `split` warps of one block share a row and reduce through shared memory.
 template <class K, class Plan, class Epi>
 __device__ void run(const Plan& p, const Epi& epi, int64_t nrows, int split, bool vec, bool separate) {
   constexpr int kBuf = (K::CHUNK * K::BB + 15) / 16 * 16;
@@ -427,16 +466,28 @@ __device__ void run(const Plan& p, const Epi& epi, int64_t nrows, int split, boo
   __shared__ uint64_t sgrid[K::kTables ? 256 : 1], ssign[K::kTables ? 128 : 1];
   Tables t{sgrid, ssign};
   if constexpr (K::kTables) {
-    for (int i = threadIdx.x; i < 256; i += kThreads) sgrid[i] = c_iq2_grid[i];
-    for (int i = threadIdx.x; i < 128; i += kThreads) ssign[i] = c_iq2_sign_mask[i];
+    for (int i = threadIdx.x; i < 256; i += kThreads) sgrid[i] = g_iq2_grid[i];
+    for (int i = threadIdx.x; i < 128; i += kThreads) ssign[i] = g_iq2_sign_mask[i];
     __syncthreads();
   }
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t gw = int64_t(blockIdx.x) * kWarps + warp;
+  float a0 = 0.0f, a1 = 0.0f;
+  if (vec && split == 1) {
+    stream_rows<K>(p, epi, gw, int64_t(gridDim.x) * kWarps, nrows, 0, p.nblk, separate, true, sbuf[warp], t, a0, a1);
+    return;
+  }
   const int64_t r = gw / split;
   const int part = int(gw % split);
-  float a0 = 0.0f, a1 = 0.0f;
-  if (r < nrows) warp_row<K>(p, r, part, split, vec, separate, sbuf[warp], t, a0, a1);
+  const int g = vec ? K::G : 1;
+  const int64_t ng = p.nblk / g;
+  const int64_t bb = (part * ng / split) * g, be = ((part + 1) * ng / split) * g;
+  if (r < nrows) {
+    if (vec)
+      stream_rows<K>(p, epi, r, 1, r + 1, bb, be, separate, false, sbuf[warp], t, a0, a1);
+    else
+      warp_row_bytes<K>(p, r, bb, be, separate, sbuf[warp], t, a0, a1);
+  }
   a0 = warp_sum(a0);
   if (separate) a1 = warp_sum(a1);
   if (split == 1) {
@@ -477,10 +528,10 @@ __global__ void __launch_bounds__(kThreads) down_kernel(DownPlan p, float* y, in
   run<K>(p, StoreY{y}, nrows, split, vec, false);
 }
 
-// Warps per row: enough warps to fill the GPU (~8 per SM scheduler slot), but each part
-// keeps at least one aligned group of blocks.
+// Warps per row: split rows over warps only when there are fewer rows than resident warps;
+// each part keeps at least one aligned group of blocks.
 int choose_split(int64_t nrows, int64_t ngroups) {
-  const int64_t target = int64_t(sm_count()) * 64;
+  const int64_t target = int64_t(sm_count()) * 24;  // about the resident warps at 64-80 registers
   int split = 1;
   while (split < kWarps && nrows * split < target && ngroups >= 2 * split) split *= 2;
   return split;
@@ -491,8 +542,19 @@ bool vec_ok(const void* w, size_t rb, int64_t nblk, size_t slab = 0) {
   return reinterpret_cast<uintptr_t>(w) % 16 == 0 && rb % 16 == 0 && slab % 16 == 0 && nblk % K::G == 0;
 }
 
-dim3 grid_for(int64_t nrows, int split) {
-  return dim3(unsigned((nrows * split + kWarps - 1) / kWarps));
+// Persistent grid (aligned rows, split 1): as many blocks as stay resident, each warp then
+// loops over rows; otherwise one warp per row part.
+template <class Kern>
+int resident_blocks(Kern kernel) {
+  int per_sm = 0;
+  DS4_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
+  return std::max(per_sm, 1);
+}
+
+dim3 grid_for(int per_sm, int64_t nrows, int split, bool vec) {
+  const int64_t blocks = (nrows * split + kWarps - 1) / kWarps;
+  if (!vec || split != 1) return dim3(unsigned(blocks));
+  return dim3(unsigned(std::min<int64_t>(blocks, int64_t(sm_count()) * per_sm)));
 }
 
 template <class K>
@@ -502,7 +564,8 @@ void matvec_t(const void* w, int64_t nrows, int64_t ncols, const void* act, floa
   const bool vec = vec_ok<K>(w, rb, nblk);
   const int split = choose_split(nrows, nblk / (vec ? K::G : 1));
   PlainPlan p{static_cast<const uint8_t*>(w), rb, act, nblk};
-  plain_kernel<K><<<grid_for(nrows, split), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p, y, nrows, split, vec);
+  static const int per_sm = resident_blocks(plain_kernel<K>);
+  plain_kernel<K><<<grid_for(per_sm, nrows, split, vec), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p, y, nrows, split, vec);
   DS4_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -516,7 +579,8 @@ void gate_up_t(const void* gate, const void* up, int64_t n_embd, int64_t n_ff, c
   const int split = choose_split(nrows, nblk / (vec ? K::G : 1));
   GateUpPlan p{static_cast<const uint8_t*>(gate), static_cast<const uint8_t*>(up), rb, slab, ids,
                route_w, act, nblk, n_ff, limit, h};
-  gate_up_kernel<K><<<grid_for(nrows, split), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p, nrows, split, vec);
+  static const int per_sm = resident_blocks(gate_up_kernel<K>);
+  gate_up_kernel<K><<<grid_for(per_sm, nrows, split, vec), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p, nrows, split, vec);
   DS4_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -529,7 +593,8 @@ void down_t(const void* down, int64_t n_embd, int64_t n_ff, const int32_t* ids, 
   const int split = choose_split(n_embd, nblk / (vec ? K::G : 1));
   DownPlan p{static_cast<const uint8_t*>(down), rb, slab, ids, static_cast<const uint8_t*>(act),
              act_rb, nblk, n_used};
-  down_kernel<K><<<grid_for(n_embd, split), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p, y, n_embd, split, vec);
+  static const int per_sm = resident_blocks(down_kernel<K>);
+  down_kernel<K><<<grid_for(per_sm, n_embd, split, vec), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p, y, n_embd, split, vec);
   DS4_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -659,7 +724,7 @@ __global__ void fill_kernel(int type, uint8_t* w, int64_t nblocks, int bb, uint6
         put16(2, rand_half(mix64(h), 0.5e-3f, 2e-3f));
         break;
       case int(GgmlType::IQ2_XXS): put16(0, rand_half(h, 0.5e-3f, 2e-3f)); break;
-      case int(GgmlType::MXFP4): p[0] = uint8_t(118 + (h >> 60)); break;
+      case int(GgmlType::MXFP4): p[0] = uint8_t(119 + (h >> 62)); break;
       case int(GgmlType::F32):
         for (int j = 0; j < 4; ++j) {
           const float f = (float((mix64(h + j) >> 40)) * (1.0f / 16777216.0f) - 0.5f) * 0.1f;
