@@ -48,6 +48,16 @@ double median_ms(void* stream, int warm, int iters, const std::function<void(int
   return ms[ms.size() / 2];
 }
 
+// Per-call time inside a CUDA graph of `batch` back-to-back calls (fn(j), j < batch), the
+// way a decode step runs them: single-launch event timing would add the host's launch
+// latency (~5-8 us) to every kernel. Median over `iters` replays, divided by batch.
+double graph_us(void* stream, int iters, int batch, const std::function<void(int)>& fn) {
+  Graph g(stream, [&](void*) {
+    for (int j = 0; j < batch; ++j) fn(j);
+  });
+  return median_ms(stream, 3, iters, [&](int) { g.launch(stream); }) * 1e3 / batch;
+}
+
 struct Matrix {
   GgmlType type;
   int64_t nrows, ncols;
@@ -76,8 +86,8 @@ void bench_matvec(void* stream, int iters, double copy_gbs) {
       {T::F16, 256, 4096, "router f16"},      {T::F16, 8192, 1024, "indexer q_b f16"},
       {T::BF16, 8192, 1024, "bf16 8192x1024"}, {T::F32, 4096, 4096, "f32 4096x4096"},
   };
-  fmt::print("\n{:<22} {:>8} {:>14} {:>10} {:>10} {:>9} {:>7}\n", "matvec", "type", "rows x cols", "MB",
-             "us", "GB/s", "%copy");
+  fmt::print("\n{:<22} {:>8} {:>14} {:>8} {:>9} {:>9} {:>8} {:>7}\n", "matvec (graph of 16)", "type", "rows x cols",
+             "MB", "us/call", "1-launch", "GB/s", "%copy");
   for (const Matrix& m : ms) {
     const size_t wb = m.bytes();
     const int copies = int(std::clamp<size_t>(kRotateBytes / wb + 1, 2, 64));
@@ -94,12 +104,14 @@ void bench_matvec(void* stream, int iters, double copy_gbs) {
     quantize_activation(m.type, dx.as<float>(), act.data(), m.ncols, stream);
     const bool is_float = activation_bytes(m.type, m.ncols) == 0;
     const void* a = is_float ? static_cast<const void*>(dx.data()) : act.data();
-    const double ms_ = median_ms(stream, 10, iters, [&](int i) {
+    auto call = [&](int i) {
       matvec_q(m.type, w[size_t(i % copies)].data(), m.nrows, m.ncols, a, y.as<float>(), stream);
-    });
-    const double gbs = double(wb) / (ms_ * 1e-3) / 1e9;
-    fmt::print("{:<22} {:>8} {:>14} {:>10.2f} {:>10.2f} {:>9.1f} {:>6.1f}%\n", m.name, type_name(m.type),
-               fmt::format("{}x{}", m.nrows, m.ncols), double(wb) / 1e6, ms_ * 1e3, gbs, 100.0 * gbs / copy_gbs);
+    };
+    const double single_us = median_ms(stream, 10, iters, call) * 1e3;
+    const double us = graph_us(stream, iters, 16, call);
+    const double gbs = double(wb) / (us * 1e-6) / 1e9;
+    fmt::print("{:<22} {:>8} {:>14} {:>8.2f} {:>9.2f} {:>9.2f} {:>8.1f} {:>6.1f}%\n", m.name, type_name(m.type),
+               fmt::format("{}x{}", m.nrows, m.ncols), double(wb) / 1e6, us, single_us, gbs, 100.0 * gbs / copy_gbs);
   }
 }
 
@@ -142,7 +154,7 @@ Experts make_experts(GgmlType gu, GgmlType dn, int n_expert, void* stream, uint6
 
 void bench_moe(void* stream, int iters, double copy_gbs) {
   const int n_expert = 256, sets = 64;
-  fmt::print("\n{:<34} {:>10} {:>10} {:>9} {:>7}\n", "fused MoE (6 of 256 experts)", "MB", "us", "GB/s", "%copy");
+  fmt::print("\n{:<34} {:>10} {:>10} {:>9} {:>7}\n", "fused MoE, 6 of 256 (graph of 8)", "MB", "us", "GB/s", "%copy");
   const std::pair<GgmlType, GgmlType> kinds[] = {{GgmlType::IQ2_XXS, GgmlType::Q2_K},
                                                  {GgmlType::Q4_K, GgmlType::Q4_K},
                                                  {GgmlType::MXFP4, GgmlType::MXFP4}};
@@ -156,10 +168,12 @@ void bench_moe(void* stream, int iters, double copy_gbs) {
     DeviceBuffer dx(x.size() * sizeof(float)), dy(x.size() * sizeof(float));
     dx.upload(x.data(), dx.size());
     DeviceBuffer ws(moe_workspace_bytes(e.s));
-    const double ms = median_ms(stream, 10, iters, [&](int i) {
+    auto call = [&](int i) {
       moe_experts(e.s, e.gate.data(), e.up.data(), e.down.data(), ids.as<int32_t>() + (i % sets) * e.s.n_used,
                   dw.as<float>(), dx.as<float>(), dy.as<float>(), ws.data(), stream);
-    });
+    };
+    median_ms(stream, 10, iters, call);  // warm-up outside the capture
+    const double ms = graph_us(stream, iters, 8, call) * 1e-3;
     const double gbs = double(e.bytes_per_token()) / (ms * 1e-3) / 1e9;
     fmt::print("{:<34} {:>10.2f} {:>10.2f} {:>9.1f} {:>6.1f}%\n",
                fmt::format("{} gate/up, {} down", type_name(gu), type_name(dn)), double(e.bytes_per_token()) / 1e6,
@@ -203,6 +217,15 @@ void bench_step(void* stream, int iters, double copy_gbs) {
   dx.upload(x.data(), dx.size());
   DeviceBuffer act(activation_bytes(T::Q8_0, 32768) + 256), ws(moe_workspace_bytes(ex.s));
 
+  MoeShape shared;
+  shared.gate_up_type = T::Q8_0;
+  shared.down_type = T::Q8_0;
+  shared.n_used = 1;
+  const int32_t zero = 0;
+  const float onef = 1.0f;
+  DeviceBuffer zero_id(sizeof(zero)), one(sizeof(onef)), ws_sh(moe_workspace_bytes(shared));
+  zero_id.upload(&zero, sizeof(zero));
+  one.upload(&onef, sizeof(onef));
   const size_t layer_bytes = q_a.bytes() + q_b.bytes() + kv.bytes() + o_a.bytes() + o_b.bytes() + router.bytes() +
                              2 * sh_gu.bytes() + sh_dn.bytes() + ex.bytes_per_token();
   const size_t step_bytes = layer_bytes * n_layer + head.bytes();
@@ -220,10 +243,9 @@ void bench_step(void* stream, int iters, double copy_gbs) {
       matvec(T::Q8_0, L.o_b.data(), 4096, 8192, y1, y2, act.data(), s);
       // FFN input: router, shared expert, routed experts.
       matvec_q(T::F16, L.router.data(), 256, 4096, y2, y3, s);
-      quantize_activation(T::Q8_0, y2, act.data(), 4096, s);
-      matvec_q(T::Q8_0, L.sh_gate.data(), 2048, 4096, act.data(), y1, s);
-      matvec_q(T::Q8_0, L.sh_up.data(), 2048, 4096, act.data(), y1 + 2048, s);
-      matvec(T::Q8_0, L.sh_down.data(), 4096, 2048, y1, y3, act.data(), s);
+      // Shared expert = one-expert fused MoE (same clamped SwiGLU, weight 1, id 0).
+      moe_experts(shared, L.sh_gate.data(), L.sh_up.data(), L.sh_down.data(), zero_id.as<int32_t>(),
+                  one.as<float>(), y2, y1, ws_sh.data(), s);
       moe_experts(ex.s, ex.gate.data(), ex.up.data(), ex.down.data(), ids.as<int32_t>() + l * ex.s.n_used,
                   drw.as<float>(), y2, X, ws.data(), s);
     }
@@ -232,8 +254,8 @@ void bench_step(void* stream, int iters, double copy_gbs) {
   const double ms_stream = median_ms(stream, 3, iters, [&](int) { step(stream); });
   Graph g(stream, step);
   const double ms_graph = median_ms(stream, 3, iters, [&](int) { g.launch(stream); });
-  fmt::print("\ndecode step, q2 recipe products (43 layers: attention Q8_0, router F16, shared Q8_0, 6 experts "
-             "IQ2_XXS/Q2_K; head Q8_0)\n");
+  fmt::print("\ndecode step, q2 recipe products (43 layers: attention Q8_0, router F16, shared expert Q8_0 (fused "
+             "SwiGLU), 6 experts IQ2_XXS/Q2_K (fused); head Q8_0)\n");
   fmt::print("  weight bytes read: {:.1f} MB\n", double(step_bytes) / 1e6);
   for (auto [name, ms] : {std::pair<const char*, double>{"stream launches", ms_stream}, {"CUDA graph", ms_graph}}) {
     const double gbs = double(step_bytes) / (ms * 1e-3) / 1e9;
