@@ -157,3 +157,21 @@ TEST(RenderTokens, OfficialApiPromptTokenCounts) {
   auto ids = render_single_turn(tok, "", "The capital of France is", Thinking::Off);
   EXPECT_EQ(ids, (std::vector<int32_t>{0, 128803, 671, 6102, 294, 8760, 344, 128804, 128822}));
 }
+
+TEST(RenderTokens, SameIdsAsTokenizingOffsPromptString) {
+  // For text without special-token strings, inserting structural tokens by id must give
+  // exactly what OFF gets by tokenizing its prompt string with special matching on.
+  DS4_REQUIRE_TOKENIZER_JSON();
+  const auto& tok = ds4::test::v4_tokenizer();
+  Conversation c = conv({make_message(Role::System, "You are terse.\n"), make_message(Role::User, "Weather in 東京?"),
+                         assistant_message("Checking.", "need tool",
+                                           {{"c1", "get_weather", R"({"city": "東京", "days": 2, "x": [1.5, null]})"}}),
+                         tool_message("c1", "  sunny, 25°C\n"), make_message(Role::User, "thanks!! 123456")});
+  c.tools.push_back(weather_tool());
+  for (Thinking t : {Thinking::Off, Thinking::High, Thinking::Max}) {
+    RenderOptions o;
+    o.thinking = t;
+    Pieces p = render_pieces(c, o);
+    EXPECT_EQ(pieces_to_tokens(p, tok), tok.encode(pieces_to_text(p), true));
+  }
+}
