@@ -2,7 +2,11 @@
 // Weights are rows of `ncols` elements of `type` (GGUF layout, ne[0] = ncols); activations
 // are float32. Each call picks the best kernel the CPU supports (scalar, AVX2, AVX-512) at
 // run time, quantizing the activations to the weight type's partner format first:
-//   Q8_0 -> BlockQ8_0Act (f32 scale, per 32), Q2_K/Q4_K/IQ2_XXS -> Q8_K, float types -> f32.
+//   Q8_0 and MXFP4 -> BlockQ8_0Act (f32 scale per 32; MXFP4 blocks are 32 wide too),
+//   Q2_K/Q4_K/IQ2_XXS -> Q8_K, float types -> f32.
+// Integer paths are exact per block; SIMD and scalar results differ only in the order of the
+// float accumulation (docs/perf.md). Shapes are checked: ncols must be a positive multiple
+// of the weight type's block size, else ds4::Error.
 #pragma once
 
 #include <cstdint>
