@@ -69,6 +69,11 @@ void encode(GgmlType type, const PlannedTensor& t, const float* src, int64_t row
   }
 }
 
+// The types whose searches take an importance vector (formats.md 3.7).
+bool uses_importance(GgmlType t) {
+  return t == GgmlType::Q2_K || t == GgmlType::Q4_K || t == GgmlType::IQ2_XXS;
+}
+
 const StTensor* scale_of(const Checkpoint& ck, const StTensor& w) {
   if (w.dtype == StDtype::F8_E4M3 || w.dtype == StDtype::I8) return &ck.get(scale_name(w.name));
   return nullptr;
@@ -84,7 +89,7 @@ void decode_parallel(const StTensor& w, const StTensor* scale, int64_t r0, int64
 
 class Converter {
  public:
-  Converter(const ConvertOptions& o) : opts_(o), pool_(o.threads) {}
+  explicit Converter(const ConvertOptions& o) : opts_(o), pool_(o.threads) {}
 
   void run() {
     const fs::path dir(opts_.input_dir);
@@ -103,6 +108,11 @@ class Converter {
     for (const PlannedTensor& p : plan) {
       jobs.push_back({&p, choose_type(recipe, p, ck.get(p.sources[0]).dtype)});
       total_units += p.sources.size();
+      // Look every expert up now, so a wrongly sized imatrix entry fails before hours of work.
+      if (im && uses_importance(jobs.back().type) && is_routed_expert(p.role))
+        for (size_t e = 0; e < p.sources.size(); ++e)
+          (void)im->find_expert(p.name, p.sources[e], static_cast<int64_t>(e), p.src_shape[1],
+                                static_cast<int64_t>(p.sources.size()));
     }
 
     gguf::Writer w(opts_.output_path, 32);
@@ -188,8 +198,7 @@ class Converter {
                      const Imatrix* im, gguf::Writer& w, size_t& done, size_t total) {
     const int64_t n_exp = static_cast<int64_t>(p.sources.size());
     const int64_t rows = p.src_shape[0], cols = p.src_shape[1];
-    const bool weighted =
-        type == GgmlType::Q2_K || type == GgmlType::Q4_K || type == GgmlType::IQ2_XXS;
+    const bool weighted = uses_importance(type);
     std::vector<float> buf;
     std::vector<uint8_t> out;
     for (int64_t e = 0; e < n_exp; ++e) {

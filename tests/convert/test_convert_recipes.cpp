@@ -305,3 +305,26 @@ TEST(ConvertRecipes, F16OverflowIsRefused) {
 
 }  // namespace
 }  // namespace ds4::convert
+
+namespace ds4::convert {
+namespace {
+
+using namespace testing;
+
+TEST(ConvertRecipes, ImatrixOfWrongSizeFailsBeforeWriting) {
+  TempDir tmp;
+  const std::string dat = tmp.file("bad.dat");
+  write_dat(dat, {{"blk.1.ffn_up_exps.weight", std::vector<float>(100, 1.0f)}});
+  try {
+    run(tmp, tiny_k(), "q4", dat);
+    FAIL() << "accepted a 100-value entry for 256 columns";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("blk.1.ffn_up_exps.weight"), std::string::npos) << m;
+    EXPECT_NE(m.find("100"), std::string::npos) << m;
+  }
+  EXPECT_FALSE(fs::exists(tmp.file("q4-im.gguf.tmp")));
+}
+
+}  // namespace
+}  // namespace ds4::convert
