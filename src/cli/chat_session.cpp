@@ -216,7 +216,9 @@ TurnOutput ChatSession::generate(const std::vector<int32_t>& prompt, std::FILE* 
     printer.push(e.text);
   };
   TurnOutput t;
-  if (g.sampling.max_tokens == 0) fail("the prompt fills the whole context of {} tokens; use a larger --ctx", ctx_);
+  if (room <= 0)
+    fail("the prompt has {} tokens and fills the whole context of {} tokens; use a larger --ctx",
+         prompt.size(), ctx_);
   t.result = gen_->generate(prompt, g);
   bar.clear();
   printer.finish();

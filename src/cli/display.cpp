@@ -103,7 +103,8 @@ void ProgressLine::update(std::string_view label, int64_t done, int64_t total, d
   std::string eta;
   if (per_s > 0 && done < total)
     eta = fmt::format(", ETA {:.0f}s", static_cast<double>(total - done) / per_s);
-  fmt::print(out_, "\r\x1b[K{} [{}] {}/{} {}, {:.1f} {}/s{}", label, bar, done, total, unit, per_s, unit, eta);
+  const std::string rate = per_s > 0 ? fmt::format(", {:.1f} {}/s", per_s, unit) : std::string();
+  fmt::print(out_, "\r\x1b[K{} [{}] {}/{} {}{}{}", label, bar, done, total, unit, rate, eta);
   std::fflush(out_);
   drawn_ = true;
 }

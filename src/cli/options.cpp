@@ -49,6 +49,15 @@ void add_flags(CLI::App& app, CliOptions& o) {
                "print the prompt's token ids exactly as written (special tokens recognised) and exit");
   app.add_option("--kv-save", o.kv_save, "save the session (KV state and conversation) to FILE at the end");
   app.add_option("--kv-load", o.kv_load, "continue the session saved in FILE");
+  auto* demo = app.add_option("--write-demo", o.write_demo,
+                              "write the demo model (random weights, the real V4 tokenizer) to FILE and exit");
+  app.add_option("--tokenizer-json", o.tokenizer_json, "DeepSeek tokenizer.json for --write-demo")
+      ->needs(demo)
+      ->capture_default_str();
+  app.add_option("--demo-recipe", o.demo_recipe, "quantization recipe for --write-demo")
+      ->needs(demo)
+      ->capture_default_str();
+  app.add_option("--demo-seed", o.demo_seed, "weights seed for --write-demo")->needs(demo)->capture_default_str();
 }
 
 void parse(CLI::App& app, int argc, char** argv) {

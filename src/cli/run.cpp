@@ -12,8 +12,11 @@
 
 #include "chat/render.h"
 #include "cli/cli.h"
+#include "cli/display.h"
 #include "cli/modes.h"
+#include "convert/recipe.h"
 #include "core/error.h"
+#include "synth/demo_model.h"
 #include "tokenizer/stream_decoder.h"
 
 #ifdef DS4_HAVE_CUDA
@@ -95,7 +98,24 @@ int run_one_shot(const LoadedModel& m, const CliOptions& o, ChatSession& chat, c
   return 0;
 }
 
+int write_demo(const CliOptions& o) {
+  synth::DemoOptions d;
+  d.recipe = convert::parse_recipe(o.demo_recipe);
+  d.seed = o.demo_seed;
+  d.threads = o.threads;
+  const bool tty = ::isatty(STDERR_FILENO) != 0;
+  ProgressLine bar(stderr, tty);
+  d.progress = [&](uint64_t done, uint64_t total) {
+    bar.update("writing demo model", static_cast<int64_t>(done >> 20), static_cast<int64_t>(total >> 20), 0, "MiB");
+  };
+  synth::write_demo_model(o.write_demo, o.tokenizer_json, d);
+  bar.clear();
+  fmt::print(stderr, "ds4: wrote the demo model {} (random weights: its text is gibberish)\n", o.write_demo);
+  return 0;
+}
+
 int run_checked(const CliOptions& o) {
+  if (!o.write_demo.empty()) return write_demo(o);
   check_backend(o.backend);
   if (o.prompt && !o.prompt_file.empty()) fail("give either -p or --prompt-file, not both");
   std::optional<std::string> prompt = o.prompt;

@@ -162,6 +162,10 @@ GenerateResult Generator::generate(std::span<const TokenId> prompt, const Genera
         r.finish = FinishReason::Cancelled;
         break;
       }
+      if (opts.sampling.max_tokens == 0) {
+        r.finish = FinishReason::MaxTokens;
+        break;
+      }
       const TokenId t = sampler.sample(logits_, history);
       if (opts.sampling.is_stop_token(t)) {
         r.finish = FinishReason::StopToken;
