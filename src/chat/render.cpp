@@ -46,7 +46,6 @@ struct Msg {
   Role role = Role::User;
   std::vector<Block> blocks;  // user only
   bool tools = false;         // carries the tools block (system/developer)
-  bool strip_reasoning = false;
 };
 
 void text(Pieces& out, std::string_view s) {
@@ -124,20 +123,16 @@ int last_user_index(const std::vector<Msg>& msgs) {
   return -1;
 }
 
-// _drop_thinking_messages: before the last user turn, assistants lose their reasoning and
-// developer turns disappear.
+// _drop_thinking_messages: developer turns before the last user turn disappear. (OFF also
+// strips those assistants' reasoning here; rendering skips it anyway, since the thinking part
+// of a turn before the last user turn is not rendered in this mode.)
 std::vector<Msg> drop_thinking(const std::vector<Msg>& msgs) {
   int last = last_user_index(msgs);
   std::vector<Msg> out;
   for (int i = 0; i < static_cast<int>(msgs.size()); ++i) {
-    Msg m = msgs[i];
+    const Msg& m = msgs[i];
     bool keep_role = m.role == Role::User || m.role == Role::System || m.role == Role::LatestReminder;
-    if (keep_role || i >= last) {
-      out.push_back(std::move(m));
-    } else if (m.role == Role::Assistant) {
-      m.strip_reasoning = true;
-      out.push_back(std::move(m));
-    }
+    if (keep_role || i >= last || m.role == Role::Assistant) out.push_back(m);
   }
   return out;
 }
@@ -210,7 +205,7 @@ Pieces render_pieces(const Conversation& conv, const RenderOptions& opt) {
       case Role::Assistant: {
         bool prev_task = i > 0 && msgs[i - 1].src->task.has_value();
         if (thinking && !prev_task && (!drop || i > last_user)) {
-          if (!m.strip_reasoning) text(out, src.reasoning);
+          text(out, src.reasoning);
           special(out, tokens::kThinkEnd);
         }
         text(out, src.content);
