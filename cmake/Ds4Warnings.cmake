@@ -1,7 +1,8 @@
 # Warnings for project code only (third-party headers are included as SYSTEM by their targets).
 function(ds4_warnings target)
   target_compile_options(${target} PRIVATE
-    $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wshadow=local -Wnon-virtual-dtor -Wno-unused-parameter>
+    $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wnon-virtual-dtor -Wno-unused-parameter>
+    $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<CXX_COMPILER_ID:GNU>>:-Wshadow=local>
     $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<BOOL:${DS4_WERROR}>>:-Werror>)
 endfunction()
 
