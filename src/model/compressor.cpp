@@ -75,6 +75,9 @@ void compressor_advance(const CompressorWeights& w, uint32_t ratio, const Rope& 
                         int64_t T, int64_t p0, std::vector<float>& kv_hist,
                         std::vector<float>& sc_hist, int64_t hist_begin, std::vector<float>& rows) {
   const int64_t width = w.c * w.d;
+  if (static_cast<int64_t>(kv_hist.size()) != (p0 - hist_begin) * width ||
+      kv_hist.size() != sc_hist.size())
+    fail("compressor: history of {} values does not end at position {}", kv_hist.size(), p0);
   kv_hist.insert(kv_hist.end(), kv, kv + T * width);
   sc_hist.insert(sc_hist.end(), sc, sc + T * width);
   const int64_t r = ratio;
