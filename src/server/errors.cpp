@@ -11,7 +11,9 @@ nlohmann::json error_body(ApiStyle style, const ApiError& e) {
     // Anthropic names its types after the status (authentication_error, not_found_error, ...).
     return {{"type", "error"}, {"error", {{"type", e.type}, {"message", e.what()}}}};
   }
-  nlohmann::json err = {{"message", e.what()}, {"type", e.type},
+  // OpenAI has no not-found type: a bad model id is an invalid request with code model_not_found.
+  const std::string type = e.type == "not_found_error" ? "invalid_request_error" : e.type;
+  nlohmann::json err = {{"message", e.what()}, {"type", type},
                         {"param", e.param.empty() ? nlohmann::json() : nlohmann::json(e.param)},
                         {"code", e.code.empty() ? nlohmann::json() : nlohmann::json(e.code)}};
   for (auto it = e.extra.begin(); it != e.extra.end(); ++it) err[it.key()] = it.value();

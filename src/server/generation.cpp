@@ -56,7 +56,8 @@ std::vector<OutEvent> OutputProcessor::push(const TokenOut& t) {
   if (t.logprobs) pending_lp_.push_back(*t.logprobs);
   const gen::StopResult r = stop_.push(*t.bytes);
   if (r.stopped) stop_hit_ = stop_.stops()[r.stop_index];
-  feed(r.text, out);
+  // Invalid bytes (a random or confused model) become U+FFFD: JSON needs valid UTF-8.
+  feed(tok::sanitize_utf8(r.text), out);
   if (!pending_lp_.empty()) {
     for (auto it = out.rbegin(); it != out.rend(); ++it)
       if (it->kind == OutEvent::Kind::Text || it->kind == OutEvent::Kind::Reasoning) {
@@ -75,7 +76,7 @@ std::optional<std::string> OutputProcessor::stop_sequence() const {
 
 std::vector<OutEvent> OutputProcessor::finish() {
   std::vector<OutEvent> out;
-  if (!stop_.stopped()) feed(stop_.flush(), out);
+  if (!stop_.stopped()) feed(tok::sanitize_utf8(stop_.flush()), out);
   if (parse_dsml_) {
     for (chat::DsmlEvent& e : parser_.finish()) {
       if (e.kind == chat::DsmlEvent::Kind::Error) {
@@ -179,6 +180,11 @@ nlohmann::ordered_json openai_logprobs(const tok::Tokenizer& tok, const std::vec
   return arr;
 }
 
+template <typename J>
+std::string dump(const J& j) {
+  return j.dump(-1, ' ', false, J::error_handler_t::replace);
+}
+
 void serve_generation(ServerContext& ctx, httplib::Response& res, std::shared_ptr<GenJob> job,
                       std::shared_ptr<Protocol> proto, bool stream, bool parse_dsml,
                       std::vector<std::string> stops, const std::string& endpoint) {
@@ -196,6 +202,7 @@ void serve_generation(ServerContext& ctx, httplib::Response& res, std::shared_pt
   const char* type = stream ? "text/event-stream" : "application/json";
   if (stream) res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(type, [c, ch, proc, job, proto, stream, endpoint](size_t, httplib::DataSink& sink) {
+   try {
     c->engine.submit(job);
     Collected col;
     GenResult r;
@@ -239,14 +246,20 @@ void serve_generation(ServerContext& ctx, httplib::Response& res, std::shared_pt
     if (r.finish == "error") {
       const ApiError err(500, proto->style() == ApiStyle::Anthropic ? "api_error" : "server_error",
                          "generation failed: " + r.error);
-      write(stream ? proto->stream_error(err.what()) : error_body(proto->style(), err).dump());
+      write(stream ? proto->stream_error(err.what()) : dump(error_body(proto->style(), err)));
     } else if (stream) {
       if (!write(proto->stream_end(col, r))) return false;
     } else {
-      if (!write(proto->response(col, r).dump())) return false;
+      if (!write(dump(proto->response(col, r)))) return false;
     }
     sink.done();
     return true;
+   } catch (const std::exception& e) {
+    // Never let an exception escape into httplib's thread: drop the connection instead.
+    job->cancelled = true;
+    c->trace->log(job->id, "error", e.what());
+    return false;
+   }
   });
 }
 

@@ -18,8 +18,11 @@ namespace ds4::server {
 int64_t unix_now() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
-std::string sse_data(const json& j) { return "data: " + j.dump() + "\n\n"; }
-std::string sse_event(const std::string& name, const json& j) { return "event: " + name + "\ndata: " + j.dump() + "\n\n"; }
+// error_handler_t::replace: a stray invalid byte becomes U+FFFD instead of an exception.
+std::string sse_data(const json& j) { return "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n"; }
+std::string sse_event(const std::string& name, const json& j) {
+  return "event: " + name + "\ndata: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
+}
 
 json openai_usage(const GenResult& r) {
   return {{"prompt_tokens", r.prompt_tokens},
