@@ -8,6 +8,9 @@
 //     raw little-endian float32 logits [n_tokens, vocab]; row i = logits after token i.
 //     --batch is the prefill chunk size; --batch 1 is pure token-by-token decode.
 //
+// Without --tokens/--dump-logits: the chat front end of src/cli (cli.h; ds4 --help), one-shot
+// with -p, interactive otherwise.
+//
 // Errors end the program with a one-line message on stderr and a non-zero exit status.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -20,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/cli.h"
 #include "core/error.h"
 #include "model/model.h"
 
@@ -104,21 +108,24 @@ int run_dump_logits(const Options& o) {
 int main(int argc, char** argv) {
   CLI::App app{"ds4: DeepSeek V4 inference on CPU"};
   Options o;
-  app.add_option("-m,--model", o.model_path, "DeepSeek V4 GGUF file")->required();
+  // The chat front end's flags include -m, --threads and --numerics, shared with this mode.
+  ds4::cli::CliOptions co;
+  ds4::cli::add_flags(app, co);
   app.add_option("--tokens", o.tokens, "token ids: 5,17,9 or @FILE");
   app.add_option("--dump-logits", o.dump_logits, "write float32 logits [n_tokens, vocab] here");
-  app.add_option("--numerics", o.numerics, "exact | official (default official)")
-      ->check(CLI::IsMember({"exact", "official"}));
   app.add_option("--batch", o.batch, "prefill chunk size (1 = token-by-token decode)");
-  app.add_option("--threads", o.threads, "CPU threads (default: all cores)");
   try {
-    app.parse(argc, argv);
+    ds4::cli::parse(app, argc, argv);
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
     std::fprintf(stderr, "ds4: %s\n", e.what());
     return 2;
   }
+  o.model_path = co.model;
+  o.threads = co.threads;
+  o.numerics = co.numerics;
+  if (o.dump_logits.empty() && o.tokens.empty()) return ds4::cli::run(co);
   try {
     if (!o.dump_logits.empty()) {
       if (o.tokens.empty()) ds4::fail("--dump-logits needs --tokens");

@@ -49,7 +49,7 @@ std::unique_ptr<LoadedModel> load_model(const CliOptions& o, bool progress) {
   std::error_code ec;
   if (!fs::exists(path, ec))
     fail("model file {} not found; convert DeepSeek V4 weights with ds4-quantize, or build the demo "
-         "model (random weights, real tokenizer) with `ds4-quantize --demo -o demo.gguf` or "
+         "model (random weights, real tokenizer) with `ds4 --write-demo demo.gguf` or "
          "scripts/run.sh, and pass it with -m",
          path);
   if (fs::is_directory(path, ec)) fail("{} is a directory, not a GGUF model file", path);

@@ -7,6 +7,8 @@
 namespace ds4::cli {
 
 void add_flags(CLI::App& app, CliOptions& o) {
+  // A repeated flag takes its last value, as in the peer tool (scripts append overrides).
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.footer(
       "Without -p or --prompt-file, ds4 starts an interactive chat (commands: /help).\n"
       "No model yet? Convert DeepSeek's weights with ds4-quantize, or build the small demo model\n"
@@ -26,7 +28,8 @@ void add_flags(CLI::App& app, CliOptions& o) {
   app.add_option("--min-p", o.min_p, "drop tokens below MIN_P x the top probability (0 = off)")
       ->capture_default_str();
   app.add_option("--seed", o.seed, "random seed (default: time-based)");
-  app.add_option("--stop", o.stop, "stop generating at this text (repeatable; not printed)");
+  app.add_option("--stop", o.stop, "stop generating at this text (repeatable; not printed)")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_flag_callback("--think", [&o] { o.thinking = chat::Thinking::High; },
                         "thinking mode (default)");
   app.add_flag_callback("--think-max", [&o] { o.thinking = chat::Thinking::Max; },

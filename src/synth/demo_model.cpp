@@ -1,5 +1,7 @@
 #include "synth/demo_model.h"
 
+#include <set>
+
 #include "core/error.h"
 #include "gguf/gguf.h"
 #include "synth/presets.h"
@@ -35,7 +37,11 @@ void write_demo_model(const std::string& path, convert::ModelConfig cfg, const t
   w.extra_kv.push_back({kSyntheticKey, gguf::Value::string(
       "demo model: random weights (seed " + std::to_string(opts.seed) + ", recipe " +
       std::string(convert::recipe_name(opts.recipe)) + "), not DeepSeek's; its text is gibberish")});
-  for (auto& kv : tok::tokenizer_kv(tok)) w.extra_kv.push_back(std::move(kv));
+  // The model metadata already names BOS/EOS (from cfg); the tokenizer adds the rest.
+  std::set<std::string> have;
+  for (const auto& kv : convert::model_metadata(cfg, w.name)) have.insert(kv.key);
+  for (auto& kv : tok::tokenizer_kv(tok))
+    if (!have.count(kv.key)) w.extra_kv.push_back(std::move(kv));
   write_gguf(path, cfg, w);
 }
 
