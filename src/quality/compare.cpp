@@ -2,11 +2,22 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 
 namespace ds4::quality {
+
+namespace {
+// Jaccard overlap of two id sets sorted ascending.
+double jaccard(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
+  std::vector<int32_t> both;
+  std::set_intersection(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(both));
+  const double uni = static_cast<double>(a.size() + b.size() - both.size());
+  return uni > 0 ? static_cast<double>(both.size()) / uni : 1.0;
+}
+}  // namespace
 
 void check_compatible(const Reference& ref, const CompareTarget& t, int64_t n_vocab) {
   if (ref.tokenizer != t.tokenizer)
@@ -47,13 +58,19 @@ CompareResult compare(LogitsSource& model, const Reference& ref) {
       s.kl = kl_full(rlp, lp);
       s.ref_top = argmax(rlp);
       ref_top_lp = rlp[static_cast<size_t>(s.ref_top)];
-      s.same_top_p = nucleus(rlp, kTopP) == nucleus(lp, kTopP) ? 1 : 0;
+      const auto rn = nucleus(rlp, kTopP), mn = nucleus(lp, kTopP);
+      s.same_top_p = rn == mn ? 1 : 0;
+      s.top_p_jaccard = jaccard(rn, mn);
     } else {
       s.kl = kl_topk(rp.top, lp);
       s.ref_top = rp.top.ids[0];
       ref_top_lp = rp.top.lp[0];
       const auto rn = nucleus(rp.top, kTopP);
-      if (!rn.empty()) s.same_top_p = rn == nucleus(lp, kTopP) ? 1 : 0;
+      if (!rn.empty()) {
+        const auto mn = nucleus(lp, kTopP);
+        s.same_top_p = rn == mn ? 1 : 0;
+        s.top_p_jaccard = jaccard(rn, mn);
+      }
     }
     s.delta_top_lp = lp[static_cast<size_t>(s.ref_top)] - ref_top_lp;
     r.positions.push_back(s);
@@ -68,13 +85,14 @@ void summarize(CompareResult& r) {
   const auto n = static_cast<double>(r.positions.size());
   if (r.positions.empty()) fail("nothing to compare: no scored positions");
   std::vector<double> kls;
-  double top1 = 0, tp = 0, dsum = 0, dmax = 0, rn = 0, mn = 0;
+  double top1 = 0, tp = 0, jac = 0, dsum = 0, dmax = 0, rn = 0, mn = 0;
   r.n_top_p = 0;
   for (const PositionStats& s : r.positions) {
     kls.push_back(s.kl);
     top1 += s.ref_top == s.model_top ? 1 : 0;
     if (s.same_top_p >= 0) {
       tp += s.same_top_p;
+      jac += s.top_p_jaccard;
       ++r.n_top_p;
     }
     dsum += std::abs(s.delta_top_lp);
@@ -91,6 +109,7 @@ void summarize(CompareResult& r) {
   r.max_kl = *std::max_element(kls.begin(), kls.end());
   r.top1_agreement = top1 / n;
   r.same_top_p = r.n_top_p ? tp / static_cast<double>(r.n_top_p) : 0;
+  r.top_p_jaccard = r.n_top_p ? jac / static_cast<double>(r.n_top_p) : 0;
   r.mean_abs_delta_top_lp = dsum / n;
   r.max_abs_delta_top_lp = dmax;
   r.ref_ppl = std::exp(rn / n);
@@ -110,6 +129,7 @@ std::string to_json(const CompareResult& r, const Reference& ref, const CompareT
       {"top1_agreement", r.top1_agreement},
       {"same_top_p", r.same_top_p},
       {"same_top_p_positions", r.n_top_p},
+      {"top_p_jaccard", r.top_p_jaccard},
       {"top_p", kTopP},
       {"mean_abs_delta_top_logprob", r.mean_abs_delta_top_lp},
       {"max_abs_delta_top_logprob", r.max_abs_delta_top_lp},
@@ -133,29 +153,31 @@ std::string to_text(const CompareResult& r) {
                    r.mean_kl, r.p90_kl, r.p99_kl, r.p999_kl, r.max_kl,
                    r.kl_is_bucketed ? fmt::format("  (top-{} + rest buckets: a lower bound)", r.k) : "");
   s += fmt::format("top-1 agreement     {:.4f}\n", r.top1_agreement);
-  s += fmt::format("same top-p {:.1f}      {:.4f} (over {} positions)\n", kTopP, r.same_top_p, r.n_top_p);
+  s += fmt::format("same top-p {:.1f}      {:.4f}  (nucleus Jaccard {:.4f}, over {} positions)\n", kTopP,
+                   r.same_top_p, r.top_p_jaccard, r.n_top_p);
   s += fmt::format("|dlogp| ref top-1   mean {:.6g}  max {:.6g}\n", r.mean_abs_delta_top_lp, r.max_abs_delta_top_lp);
   s += fmt::format("perplexity          ref {:.6g}  model {:.6g}  ratio {:.6g}\n", r.ref_ppl, r.model_ppl, r.ppl_ratio);
   return s;
 }
 
 std::string to_csv(const CompareResult& r) {
-  std::string s = "position,token,kl,ref_top,model_top,top1_match,same_top_p,delta_top_logprob,ref_nll,model_nll\n";
+  std::string s = "position,token,kl,ref_top,model_top,top1_match,same_top_p,top_p_jaccard,delta_top_logprob,ref_nll,model_nll\n";
   for (const PositionStats& p : r.positions)
-    s += fmt::format("{},{},{:.9g},{},{},{},{},{:.9g},{:.9g},{:.9g}\n", p.target, p.token, p.kl,
+    s += fmt::format("{},{},{:.9g},{},{},{},{},{},{:.9g},{:.9g},{:.9g}\n", p.target, p.token, p.kl,
                      p.ref_top, p.model_top, p.ref_top == p.model_top ? 1 : 0,
                      p.same_top_p < 0 ? std::string("") : std::to_string(p.same_top_p),
+                     p.top_p_jaccard < 0 ? std::string("") : fmt::format("{:.6g}", p.top_p_jaccard),
                      p.delta_top_lp, p.ref_nll, p.model_nll);
   return s;
 }
 
 std::string to_markdown(const CompareResult& r, const std::string& model_name) {
   std::string s =
-      "| model | tokens | mean KL | p90 KL | p99 KL | p99.9 KL | top-1 | same top-p | mean \\|Δlogp\\| | max \\|Δlogp\\| | PPL ratio |\n"
-      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-  s += fmt::format("| {} | {} | {:.4g} | {:.4g} | {:.4g} | {:.4g} | {:.4f} | {:.4f} | {:.4g} | {:.4g} | {:.4f} |\n",
+      "| model | tokens | mean KL | p90 KL | p99 KL | p99.9 KL | top-1 | same top-p | top-p Jaccard | mean \\|Δlogp\\| | max \\|Δlogp\\| | PPL ratio |\n"
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+  s += fmt::format("| {} | {} | {:.4g} | {:.4g} | {:.4g} | {:.4g} | {:.4f} | {:.4f} | {:.4f} | {:.4g} | {:.4g} | {:.4f} |\n",
                    model_name, r.positions.size(), r.mean_kl, r.p90_kl, r.p99_kl, r.p999_kl,
-                   r.top1_agreement, r.same_top_p, r.mean_abs_delta_top_lp, r.max_abs_delta_top_lp,
+                   r.top1_agreement, r.same_top_p, r.top_p_jaccard, r.mean_abs_delta_top_lp, r.max_abs_delta_top_lp,
                    r.ppl_ratio);
   return s;
 }

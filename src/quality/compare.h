@@ -30,6 +30,7 @@ struct PositionStats {
   double kl = 0;
   int32_t ref_top = 0, model_top = 0;
   int same_top_p = -1;          // 1 / 0, or -1 when a top-K reference's nucleus exceeds K
+  double top_p_jaccard = -1;    // |A n B| / |A u B| of the two nuclei, -1 when undefined
   double delta_top_lp = 0;      // model log p(ref_top) - ref log p(ref_top)
   double ref_nll = 0, model_nll = 0;
 };
@@ -40,6 +41,9 @@ struct CompareResult {
   double top1_agreement = 0;
   double same_top_p = 0;        // over the positions where it is defined
   int64_t n_top_p = 0;
+  // Mean Jaccard overlap of the nuclei: graded where "same" is all-or-nothing (flat
+  // distributions, such as the random fixtures', almost never have identical nuclei).
+  double top_p_jaccard = 0;
   double mean_abs_delta_top_lp = 0, max_abs_delta_top_lp = 0;
   double ref_ppl = 0, model_ppl = 0, ppl_ratio = 0;
   bool kl_is_bucketed = false;  // top-K reference: lower bound of the full KL
