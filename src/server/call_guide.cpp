@@ -90,6 +90,8 @@ std::vector<int32_t> CallGuide::after_value() {
 }
 
 std::vector<int32_t> CallGuide::intercept(int32_t token, int64_t /*generated*/) {
+  // A forced call must happen: an end of turn while still reasoning closes the reasoning instead.
+  if (stage_ == Stage::Reasoning && forced_ && tok_->token(token).is_added() && token != think_end_) return {think_end_};
   if (stage_ != Stage::Value) return {};
   if (token == dsml_ && value_tail_.ends_with("</")) {
     // The model closes the value itself: keep its marker, write the rest of the tag.

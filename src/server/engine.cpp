@@ -226,9 +226,12 @@ Engine::Slot& Engine::prepare(GenJob& job, int64_t& reused) {
       } else {
         ok = false;
       }
-      if (ok && np.size() > hit->state.tokens.size() && static_cast<int64_t>(np.size()) <= opt_.ctx) {
+      if (ok && np.size() >= hit->state.tokens.size() && static_cast<int64_t>(np.size()) <= opt_.ctx) {
         try {
           slot->session->restore(std::move(hit->state));
+          // Keep one prompt token to evaluate: its logits give the first sampled token.
+          if (slot->session->n_past() >= static_cast<int64_t>(np.size()))
+            slot->session->truncate(static_cast<int64_t>(np.size()) - 1);
           slot->logits_valid = false;
           prompt = std::move(np);
           reused = slot->session->n_past();

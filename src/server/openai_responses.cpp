@@ -129,7 +129,9 @@ class ResponsesProtocol : public Protocol {
 
   std::string stream_begin(const GenResult&) override {
     json resp = response_object(Collected{}, nullptr, "in_progress");
-    return ev("response.created", {{"response", resp}}) + ev("response.in_progress", {{"response", resp}});
+    std::string out = ev("response.created", {{"response", resp}});  // sequence numbers in order
+    out += ev("response.in_progress", {{"response", resp}});
+    return out;
   }
   std::string stream_event(const OutEvent& e, const Collected& c) override {
     std::string out;
