@@ -1,0 +1,110 @@
+// The official client libraries against ds4-server: every response must parse without error and
+// have the expected structure (a random demo model writes gibberish: structure, not text, is
+// asserted). Tool calls are made deterministic with a forced tool_choice.
+import assert from 'node:assert/strict';
+import OpenAI from 'openai';
+import Anthropic from '@anthropic-ai/sdk';
+
+const base = process.env.DS4_SERVER_URL;
+const apiKey = process.env.DS4_API_KEY || 'dummy';
+const openai = new OpenAI({ baseURL: `${base}/v1`, apiKey, maxRetries: 0, timeout: 120000 });
+const anthropic = new Anthropic({ baseURL: base, apiKey, maxRetries: 0, timeout: 120000 });
+const model = 'deepseek-v4-flash';
+const weather = {
+  type: 'object',
+  properties: { city: { type: 'string', description: 'City name' } },
+  required: ['city'],
+};
+const results = [];
+async function test(name, fn) {
+  const t0 = Date.now();
+  await fn();
+  results.push(name);
+  console.log(`ok - ${name} (${Date.now() - t0} ms)`);
+}
+
+await test('models.list', async () => {
+  const list = await openai.models.list();
+  assert.equal(list.data[0].id, model);
+});
+
+await test('chat.completions non-streaming', async () => {
+  const r = await openai.chat.completions.create({ model, messages: [{ role: 'user', content: 'Hi!' }], max_tokens: 8 });
+  assert.equal(r.object, 'chat.completion');
+  assert.equal(r.choices[0].message.role, 'assistant');
+  assert.ok(['stop', 'length'].includes(r.choices[0].finish_reason));
+  assert.ok(r.usage.prompt_tokens > 0);
+});
+
+await test('chat.completions streaming (stream helper, usage)', async () => {
+  const stream = openai.chat.completions.stream({
+    model, messages: [{ role: 'user', content: 'Hi!' }], max_tokens: 8, stream_options: { include_usage: true },
+  });
+  let chunks = 0;
+  for await (const _ of stream) chunks++;
+  const final = await stream.finalChatCompletion();
+  assert.ok(chunks >= 2);
+  assert.equal(final.choices[0].message.role, 'assistant');
+  assert.ok(final.usage && final.usage.completion_tokens === 8);
+});
+
+await test('chat.completions forced tool call, streaming and not', async () => {
+  const tools = [{ type: 'function', function: { name: 'get_weather', description: 'Weather', parameters: weather } }];
+  const tool_choice = { type: 'function', function: { name: 'get_weather' } };
+  const r = await openai.chat.completions.create({ model, messages: [{ role: 'user', content: 'Weather in Paris?' }],
+    tools, tool_choice, max_tokens: 300, reasoning_effort: 'none' });
+  assert.equal(r.choices[0].finish_reason, 'tool_calls');
+  const call = r.choices[0].message.tool_calls[0];
+  assert.equal(call.function.name, 'get_weather');
+  assert.ok('city' in JSON.parse(call.function.arguments));
+  const stream = openai.chat.completions.stream({ model, messages: [{ role: 'user', content: 'Weather in Paris?' }],
+    tools, tool_choice, max_tokens: 300 });
+  for await (const _ of stream) { /* drain */ }
+  const final = await stream.finalChatCompletion();
+  const sc = final.choices[0].message.tool_calls[0];
+  assert.equal(sc.function.name, 'get_weather');
+  assert.ok(sc.id.startsWith('call_'));
+  assert.ok('city' in JSON.parse(sc.function.arguments));
+});
+
+await test('responses streaming with a forced function call', async () => {
+  const stream = openai.responses.stream({
+    model, input: 'Weather in Paris?', max_output_tokens: 300,
+    tools: [{ type: 'function', name: 'get_weather', parameters: weather, strict: false }],
+    tool_choice: { type: 'function', name: 'get_weather' },
+  });
+  const types = new Set();
+  for await (const ev of stream) types.add(ev.type);
+  const final = await stream.finalResponse();
+  assert.ok(types.has('response.created') && types.has('response.completed'));
+  assert.ok(types.has('response.function_call_arguments.delta'));
+  const fc = final.output.find((o) => o.type === 'function_call');
+  assert.equal(fc.name, 'get_weather');
+  assert.ok('city' in JSON.parse(fc.arguments));
+  const plain = await openai.responses.create({ model, input: 'Hello', max_output_tokens: 8 });
+  assert.equal(plain.object, 'response');
+  assert.ok(plain.output.length >= 1);
+});
+
+await test('anthropic messages streaming with thinking and tool_use', async () => {
+  const stream = anthropic.messages.stream({
+    model, max_tokens: 400, messages: [{ role: 'user', content: 'Weather in Paris?' }],
+    thinking: { type: 'enabled', budget_tokens: 16 },
+    tools: [{ name: 'get_weather', description: 'Weather', input_schema: weather }],
+    tool_choice: { type: 'tool', name: 'get_weather' },
+  });
+  const final = await stream.finalMessage();
+  assert.equal(final.content[0].type, 'thinking');
+  const tu = final.content.find((b) => b.type === 'tool_use');
+  assert.equal(tu.name, 'get_weather');
+  assert.ok(tu.id.startsWith('toolu_'));
+  assert.equal(typeof tu.input.city, 'string');
+  assert.equal(final.stop_reason, 'tool_use');
+  const plain = await anthropic.messages.create({ model, max_tokens: 8, messages: [{ role: 'user', content: 'Hi' }] });
+  assert.equal(plain.type, 'message');
+  assert.equal(plain.content[0].type, 'text');
+  const count = await anthropic.messages.countTokens({ model, messages: [{ role: 'user', content: 'Hi' }] });
+  assert.ok(count.input_tokens > 0);
+});
+
+console.log(`clients: ${results.length} tests passed`);
