@@ -125,3 +125,35 @@ TEST(QualityOfficial, TeacherForcedCaseWithMockLogits) {
 }
 
 }  // namespace
+
+namespace {
+
+// The same scoring through the real engine on the fixture model (its ids 0..263 are the tiny
+// tokenizer's), against a direct Session evaluation with log-softmax computed here.
+TEST(QualityOfficial, TeacherForcedOnFixtureModel) {
+  const auto tok = qt::tiny_tokenizer();
+  const q::OfficialCase c = q::parse_official_json(kCase, "hand");
+  const auto& m = qt::model("dsv4-tiny-k-bf16", "bf16");
+  auto src = q::model_logits(m, 64, false);
+  const q::CaseScore s = q::score_case(*src, tok, c);
+
+  std::vector<int32_t> seq = ds4::chat::render_single_turn(tok, "", "Who?", ds4::chat::Thinking::Off);
+  const std::vector<int32_t> targets = {263, 6 + ' ', 6 + 'L'};
+  const size_t P = seq.size();
+  seq.insert(seq.end(), targets.begin(), targets.end() - 1);
+  ds4::model::Session sess(m, {.max_ctx = 64});
+  const auto V = static_cast<size_t>(m.hparams().n_vocab);
+  std::vector<float> logits(seq.size() * V);
+  sess.eval(seq, ds4::model::LogitsMode::All, logits.data());
+  double nll = 0;
+  std::vector<double> lp(V);
+  for (size_t i = 0; i < targets.size(); ++i) {
+    q::log_softmax(std::span<const float>(logits).subspan((P - 1 + i) * V, V), lp);
+    nll -= lp[static_cast<size_t>(targets[i])];
+  }
+  EXPECT_EQ(s.prompt_tokens, static_cast<int64_t>(P));
+  EXPECT_NEAR(s.nll, nll, 1e-6 * nll);
+  EXPECT_GT(s.nll, 0);
+}
+
+}  // namespace
