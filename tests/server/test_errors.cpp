@@ -3,6 +3,16 @@
 
 namespace {
 
+// The model and KV files of this process go away with it (ctest runs one process per test).
+class CleanupEnv : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(test_dir(), ec);
+  }
+};
+[[maybe_unused]] ::testing::Environment* const kCleanup = ::testing::AddGlobalTestEnvironment(new CleanupEnv);
+
 class Errors : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
