@@ -123,7 +123,7 @@ std::string banner(const LoadedModel& m, const std::string& path, int64_t ctx) {
   std::string s = fmt::format("ds4: {} ({}), {} layers, vocabulary {}, context {}",
                               hp.name.empty() ? "DeepSeek V4" : hp.name, path, hp.n_layers, hp.n_vocab, ctx);
   if (!m.synthetic.empty())
-    s = fmt::format("*** DEMO MODEL ({} synthetic) ***\n{}\n*** {} ***", "random weights,", s, m.synthetic);
+    s = fmt::format("*** DEMO MODEL (synthetic weights) ***\n{}\n*** {} ***", s, m.synthetic);
   return s;
 }
 
@@ -193,9 +193,11 @@ TurnOutput ChatSession::generate(const std::vector<int32_t>& prompt, std::FILE* 
   ++turns_;
   const int64_t room = ctx_ - static_cast<int64_t>(prompt.size());
   g.sampling.max_tokens = static_cast<int>(std::clamp<int64_t>(o.max_tokens, 0, std::max<int64_t>(room, 0)));
-  g.sampling.stop_tokens = {m_->tokenizer.eos_id()};
-  // A model that starts the next user turn itself has finished its answer.
-  if (auto u = m_->tokenizer.find("<｜User｜>")) g.sampling.stop_tokens.push_back(*u);
+  if (!o.ignore_eos) {
+    g.sampling.stop_tokens = {m_->tokenizer.eos_id()};
+    // A model that starts the next user turn itself has finished its answer.
+    if (auto u = m_->tokenizer.find("<｜User｜>")) g.sampling.stop_tokens.push_back(*u);
+  }
   g.sampling.stop_strings = o.stop;
   g.logprobs_top_k = o.dump_logprobs.empty() ? -1 : o.logprobs_top_k;
   g.cancel = cancel;

@@ -36,6 +36,7 @@ struct CliOptions {
   float min_p = 0.05f;
   std::optional<uint64_t> seed;  // unset: time-based
   std::vector<std::string> stop;  // stop strings
+  bool ignore_eos = false;        // keep generating past end-of-sentence (benchmarks, tests)
   chat::Thinking thinking = chat::Thinking::High;
   int threads = 0;
   std::string backend = "cpu";

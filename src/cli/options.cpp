@@ -30,6 +30,7 @@ void add_flags(CLI::App& app, CliOptions& o) {
   app.add_option("--seed", o.seed, "random seed (default: time-based)");
   app.add_option("--stop", o.stop, "stop generating at this text (repeatable; not printed)")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  app.add_flag("--ignore-eos", o.ignore_eos, "do not stop at the end-of-sentence token (benchmarks)");
   app.add_flag_callback("--think", [&o] { o.thinking = chat::Thinking::High; },
                         "thinking mode (default)");
   app.add_flag_callback("--think-max", [&o] { o.thinking = chat::Thinking::Max; },

@@ -131,7 +131,7 @@ class PtySession {
   int wait_exit() {
     int st = 0;
     // Drain output so the child never blocks on a full terminal buffer.
-    for (int i = 0; i < 400; ++i) {
+    for (int i = 0; i < 600; ++i) {
       if (::waitpid(pid_, &st, WNOHANG) == pid_) {
         waited_ = true;
         return decode_status(st);
