@@ -1,0 +1,152 @@
+// ds4-bench: the project's own benchmarks of whole-engine throughput.
+//
+//   ds4-bench cpu [--synthetic flash-mini | -m MODEL] [--recipe q2] [--prompt 512] [--gen 32]
+//       prefill and decode tokens/s of the CPU backend (medians over --reps runs)
+//   ds4-bench tokenizer --vocab FILE --text FILE [--reps 5]
+//       single-threaded encode speed in MB/s
+//
+// A synthetic model (src/synth) has the real layer dimensions with random weights: speed does
+// not depend on the weight values, so it measures the engine where no real weights exist.
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "model/model.h"
+#include "synth/presets.h"
+#include "synth/synthetic_model.h"
+#include "tokenizer/tokenizer.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+struct CpuArgs {
+  std::string model;
+  std::string synthetic = "flash-mini";
+  std::string recipe = "q2";
+  int prompt = 512;
+  int gen = 16;
+  int reps = 3;
+  int threads = 0;
+  int batch = 512;
+  std::string numerics = "official";
+};
+
+int run_cpu(const CpuArgs& a) {
+  namespace fs = std::filesystem;
+  std::string path = a.model;
+  fs::path tmp;
+  if (path.empty()) {
+    tmp = fs::temp_directory_path() / fmt::format("ds4-bench-{}-{}.gguf", a.synthetic, a.recipe);
+    if (!fs::exists(tmp)) {
+      fmt::print(stderr, "writing synthetic {} ({}) to {} ...\n", a.synthetic, a.recipe, tmp.string());
+      ds4::synth::WriteOptions o;
+      o.recipe = ds4::convert::parse_recipe(a.recipe);
+      o.fill = ds4::synth::Fill::Codes;
+      o.name = "DeepSeek-V4 synthetic " + a.synthetic;
+      o.extra_kv.push_back({ds4::synth::kSyntheticKey, ds4::gguf::Value::string("bench " + a.synthetic)});
+      ds4::synth::write_gguf(tmp.string(), ds4::synth::preset(a.synthetic), o);
+    }
+    path = tmp.string();
+  }
+  const auto t_load = Clock::now();
+  auto model = ds4::model::Model::load(path, {.threads = a.threads});
+  const auto& hp = model.hparams();
+  fmt::print("model {}: {} layers, hidden {}, {} experts (top {}), load {:.2f} s, {} threads\n",
+             hp.name, hp.n_layers, hp.n_embd, hp.n_expert, hp.n_expert_used,
+             seconds_since(t_load), model.pool() ? model.pool()->size() : 1);
+
+  std::mt19937 rng(1);
+  std::uniform_int_distribution<int32_t> tok(2, static_cast<int32_t>(hp.n_vocab - 1));
+  std::vector<int32_t> prompt(static_cast<size_t>(a.prompt));
+  for (auto& t : prompt) t = tok(rng);
+  std::vector<float> logits(static_cast<size_t>(hp.n_vocab));
+
+  std::vector<double> prefill, decode;
+  for (int r = 0; r < a.reps; ++r) {
+    ds4::model::Session s(model, {.max_ctx = a.prompt + a.gen + 1,
+                                  .numerics = ds4::model::numerics_from_name(a.numerics),
+                                  .max_batch = a.batch});
+    auto t0 = Clock::now();
+    s.eval(prompt, ds4::model::LogitsMode::Last, logits.data());
+    prefill.push_back(a.prompt / seconds_since(t0));
+    t0 = Clock::now();
+    for (int i = 0; i < a.gen; ++i) {
+      const int32_t next = static_cast<int32_t>(
+          std::max_element(logits.begin(), logits.end()) - logits.begin());
+      s.eval(std::span(&next, 1), ds4::model::LogitsMode::Last, logits.data());
+    }
+    decode.push_back(a.gen / seconds_since(t0));
+    fmt::print("  run {}: prefill {:.1f} tok/s, decode {:.2f} tok/s\n", r + 1, prefill.back(), decode.back());
+  }
+  fmt::print("median: prefill {:.1f} tok/s ({} tokens, chunk {}), decode {:.2f} tok/s ({} tokens)\n",
+             median(prefill), a.prompt, a.batch, median(decode), a.gen);
+  return 0;
+}
+
+int run_tokenizer(const std::string& vocab, const std::string& text_path, int reps) {
+  std::ifstream in(text_path, std::ios::binary);
+  if (!in) ds4::fail("cannot read {}", text_path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  const auto tk = ds4::tok::load_tokenizer(vocab);
+  std::vector<double> mbps;
+  size_t n_tokens = 0;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = Clock::now();
+    n_tokens = tk.encode(text, false).size();
+    mbps.push_back(static_cast<double>(text.size()) / 1e6 / seconds_since(t0));
+  }
+  fmt::print("tokenizer: {} bytes -> {} tokens, median {:.1f} MB/s over {} runs (single thread)\n",
+             text.size(), n_tokens, median(mbps), reps);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"ds4-bench: DwarfStar throughput benchmarks"};
+  app.require_subcommand(1);
+  CpuArgs cpu;
+  auto* c = app.add_subcommand("cpu", "prefill and decode speed of the CPU backend");
+  c->add_option("-m,--model", cpu.model, "GGUF model (default: a synthetic model)");
+  c->add_option("--synthetic", cpu.synthetic, "synthetic preset: flash-mini, demo, flash, pro");
+  c->add_option("--recipe", cpu.recipe, "recipe of the synthetic model: q2, q4, q8, mxfp4, bf16, f32");
+  c->add_option("--prompt", cpu.prompt, "prompt tokens (prefill)");
+  c->add_option("--gen", cpu.gen, "decoded tokens");
+  c->add_option("--reps", cpu.reps, "repetitions (the median is reported)");
+  c->add_option("--threads", cpu.threads, "threads (0 = all cores)");
+  c->add_option("--batch", cpu.batch, "prefill chunk size");
+  c->add_option("--numerics", cpu.numerics, "exact or official");
+  std::string vocab, text;
+  int reps = 5;
+  auto* t = app.add_subcommand("tokenizer", "tokenizer encode speed");
+  t->add_option("--vocab", vocab, "GGUF or tokenizer.json")->required();
+  t->add_option("--text", text, "text file to encode")->required();
+  t->add_option("--reps", reps, "repetitions");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (*c) return run_cpu(cpu);
+    return run_tokenizer(vocab, text, reps);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "ds4-bench: {}\n", e.what());
+    return 1;
+  }
+}
