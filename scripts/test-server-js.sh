@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the official OpenAI and Anthropic client libraries (tests/server-js, pinned by
 # package-lock.json) against a real ds4-server on a free loopback port, then a bounded load
-# test (32 concurrent streaming clients, DS4_LOAD_SECONDS, default 20 s).
+# test (32 concurrent streaming clients, DS4_LOAD_SECONDS, default 60 s).
 #   scripts/test-server-js.sh [BUILD_DIR]     (default: build)
 # Without node/npm it says so and exits 0.
 set -euo pipefail
@@ -43,5 +43,5 @@ for _ in $(seq 1 100); do
 done
 export DS4_SERVER_URL="http://127.0.0.1:$PORT" DS4_API_KEY="$KEY" DS4_SERVER_PID="$SERVER_PID"
 node clients.test.js
-DS4_LOAD_CLIENTS="${DS4_LOAD_CLIENTS:-32}" DS4_LOAD_SECONDS="${DS4_LOAD_SECONDS:-20}" node load.test.js
+DS4_LOAD_CLIENTS="${DS4_LOAD_CLIENTS:-32}" DS4_LOAD_SECONDS="${DS4_LOAD_SECONDS:-60}" node load.test.js
 echo "test-server-js: all passed"

@@ -44,7 +44,9 @@ struct CliOptions {
   // Diagnostics.
   std::string dump_logprobs;  // JSON file of the generated tokens with top-k alternatives
   int logprobs_top_k = 20;
-  bool dump_tokens = false;   // print the prompt's token ids and exit
+  bool dump_tokens = false;   // print the prompt's token ids (JSON array) and exit
+  bool dump_prompt = false;   // print the rendered single-turn chat prompt's ids and exit
+  std::string vocab;          // tokenizer for the dump modes (GGUF or tokenizer.json); default: the model's
   // KV snapshots (kv_file.h): load before the prompt, save after the answer.
   std::string kv_save;
   std::string kv_load;

@@ -50,7 +50,14 @@ void add_flags(CLI::App& app, CliOptions& o) {
   app.add_option("--logprobs-top-k", o.logprobs_top_k, "alternatives per token in --dump-logprobs")
       ->capture_default_str();
   app.add_flag("--dump-tokens", o.dump_tokens,
-               "print the prompt's token ids exactly as written (special tokens recognised) and exit");
+               "print the prompt's token ids as a JSON array, exactly as written (special tokens "
+               "recognised), and exit");
+  app.add_flag("--dump-prompt", o.dump_prompt,
+               "print the token ids of the rendered single-turn chat prompt (-sys, -p and the "
+               "thinking mode) as a JSON array and exit");
+  app.add_option("--vocab", o.vocab,
+                 "tokenizer for --dump-tokens / --dump-prompt: a GGUF or a DeepSeek V3/V4 "
+                 "tokenizer.json (no model needed)");
   app.add_option("--kv-save", o.kv_save, "save the session (KV state and conversation) to FILE at the end");
   app.add_option("--kv-load", o.kv_load, "continue the session saved in FILE");
   auto* demo = app.add_option("--write-demo", o.write_demo,

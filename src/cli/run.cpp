@@ -120,18 +120,26 @@ int run_checked(const CliOptions& o) {
   if (o.prompt && !o.prompt_file.empty()) fail("give either -p or --prompt-file, not both");
   std::optional<std::string> prompt = o.prompt;
   if (!o.prompt_file.empty()) prompt = read_prompt_file(o.prompt_file);
-  if (o.dump_tokens && !prompt) fail("--dump-tokens needs a prompt (-p or --prompt-file)");
+  if ((o.dump_tokens || o.dump_prompt) && !prompt)
+    fail("--dump-tokens and --dump-prompt need a prompt (-p or --prompt-file)");
+  if (o.dump_tokens || o.dump_prompt) {
+    // The tokenizer contract: --vocab needs no model; otherwise the model file's tokenizer.
+    std::unique_ptr<LoadedModel> lm;
+    std::optional<tok::Tokenizer> vocab;
+    if (!o.vocab.empty()) vocab.emplace(tok::load_tokenizer(o.vocab));
+    else lm = load_model(o, false);
+    const tok::Tokenizer& t = vocab ? *vocab : lm->tokenizer;
+    const std::vector<int32_t> ids =
+        o.dump_tokens ? t.encode(*prompt, /*allow_special=*/true)
+                      : chat::render_single_turn(t, o.system, *prompt, o.thinking);
+    fmt::print("{}\n", nlohmann::json(ids).dump());
+    return 0;
+  }
   if (o.max_tokens < 0) fail("-n must be 0 or more, got {}", o.max_tokens);
   if (o.logprobs_top_k < 0) fail("--logprobs-top-k must be 0 or more, got {}", o.logprobs_top_k);
 
   const bool err_tty = ::isatty(STDERR_FILENO) != 0;
   auto m = load_model(o, err_tty);
-  if (o.dump_tokens) {
-    // Exactly as written, special tokens recognised: for checking prompts and templates.
-    for (int32_t id : m->tokenizer.encode(*prompt, /*allow_special=*/true))
-      fmt::print("{}\t{}\n", id, nlohmann::json(tok::sanitize_utf8(m->tokenizer.token_bytes(id))).dump());
-    return 0;
-  }
   fmt::print(stderr, "{}\n", banner(*m, o.model, o.ctx));
   ChatSession chat(*m, o);
   if (!o.kv_load.empty()) {
