@@ -123,28 +123,6 @@ void draw_tid2eid(Rng& rng, int32_t n_experts, int32_t* out, int64_t n) {
   }
 }
 
-void floats_to_row(GgmlType type, const float* x, uint8_t* out, int64_t n) {
-  switch (type) {
-    case GgmlType::F32:
-      std::memcpy(out, x, static_cast<size_t>(n) * 4);
-      return;
-    case GgmlType::F16:
-      for (int64_t i = 0; i < n; ++i) {
-        const uint16_t h = f32_to_fp16(x[i]);
-        std::memcpy(out + 2 * i, &h, 2);
-      }
-      return;
-    case GgmlType::BF16:
-      for (int64_t i = 0; i < n; ++i) {
-        const uint16_t h = f32_to_bf16(x[i]);
-        std::memcpy(out + 2 * i, &h, 2);
-      }
-      return;
-    default:
-      quant::quantize_row(type, x, out, n, nullptr);
-  }
-}
-
 // ---------------------------------------------------------------------------
 // Random block codes with a target standard deviation `sd` (zero mean). Each format's
 // parameters are chosen from its dequantization formula (formats.md 2.2-2.8).
@@ -331,8 +309,8 @@ void generate_slab(const SynthTensor& t, uint64_t seed, Fill fill, int64_t slab,
     return;
   }
   for (int64_t r = r0; r < r1; ++r)
-    floats_to_row(t.type, x.data() + static_cast<size_t>(r - r0) * ncols,
-                  out + static_cast<size_t>(r - r0) * rb, ncols);
+    quant::quantize_row(t.type, x.data() + static_cast<size_t>(r - r0) * ncols,
+                        out + static_cast<size_t>(r - r0) * rb, ncols, nullptr);
 }
 
 void write_gguf(const std::string& path, const convert::ModelConfig& cfg, const WriteOptions& opts) {
