@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "common/fixtures.h"
 #include "convert/convert.h"
 #include "core/error.h"
 #include "model/model.h"
@@ -24,32 +25,10 @@ namespace e2e {
 
 namespace fs = std::filesystem;
 
-inline std::string fixture_dir(const std::string& name) {
-  // tiny-a fixtures are shared; tiny-k (K-quant friendly widths) lives in the repository.
-  const fs::path shared = fs::path(DS4_FIXTURES_DIR) / name;
-  if (fs::exists(shared)) return shared.string();
-  return (fs::path(DS4_SOURCE_DIR) / "tests/data/fixtures" / name).string();
-}
+using testfix::fixture_dir;
 
-inline fs::file_time_type self_mtime() { return fs::last_write_time("/proc/self/exe"); }
-
-// GGUF of fixture `name` in `recipe`, converted once and reused until this test binary is
-// rebuilt (so a changed converter is always re-run).
 inline std::string converted(const std::string& name, const std::string& recipe) {
-  static std::mutex mu;
-  std::lock_guard<std::mutex> lock(mu);
-  const fs::path dir = fs::path(DS4_BINARY_DIR) / "tests" / "e2e-cache";
-  fs::create_directories(dir);
-  const fs::path out = dir / (name + "-" + recipe + ".gguf");
-  if (fs::exists(out) && fs::last_write_time(out) > self_mtime()) return out.string();
-  ds4::convert::ConvertOptions o;
-  o.input_dir = fixture_dir(name);
-  o.output_path = out.string() + "." + std::to_string(getpid());
-  o.recipe = recipe;
-  o.threads = 2;
-  ds4::convert::convert_checkpoint(o);
-  fs::rename(o.output_path, out);  // atomic: parallel test processes never see half a file
-  return out.string();
+  return testfix::converted(name, recipe, "e2e-cache");
 }
 
 struct Case {

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/fixtures.h"
 #include "convert/convert.h"
 #include "model/model.h"
 #include "quality/windows.h"
@@ -19,30 +20,10 @@ namespace qt {
 
 namespace fs = std::filesystem;
 
-inline std::string fixture_dir(const std::string& name) {
-  // tiny-a fixtures are shared; tiny-k (K-quant friendly widths) lives in the repository.
-  const fs::path shared = fs::path(DS4_FIXTURES_DIR) / name;
-  if (fs::exists(shared)) return shared.string();
-  return (fs::path(DS4_SOURCE_DIR) / "tests/data/fixtures" / name).string();
-}
+using testfix::fixture_dir;
 
-// GGUF of fixture `name` in `recipe`, converted once and reused until this binary is rebuilt.
 inline std::string converted(const std::string& name, const std::string& recipe) {
-  static std::mutex mu;
-  std::lock_guard<std::mutex> lock(mu);
-  const fs::path dir = fs::path(DS4_BINARY_DIR) / "tests" / "quality-cache";
-  fs::create_directories(dir);
-  const fs::path out = dir / (name + "-" + recipe + ".gguf");
-  if (fs::exists(out) && fs::last_write_time(out) > fs::last_write_time("/proc/self/exe"))
-    return out.string();
-  ds4::convert::ConvertOptions o;
-  o.input_dir = fixture_dir(name);
-  o.output_path = out.string() + "." + std::to_string(getpid());
-  o.recipe = recipe;
-  o.threads = 2;
-  ds4::convert::convert_checkpoint(o);
-  fs::rename(o.output_path, out);  // atomic: parallel test processes never see half a file
-  return out.string();
+  return testfix::converted(name, recipe, "quality-cache");
 }
 
 inline const ds4::model::Model& model(const std::string& name, const std::string& recipe) {
