@@ -128,15 +128,18 @@ class PtySession {
     }
     return false;
   }
+  // The exit status, or -1 if the child is still running after 30 s. Once the terminal has
+  // closed, wait_for returns at once, so the loop keeps time on a clock and sleeps.
   int wait_exit() {
     int st = 0;
-    // Drain output so the child never blocks on a full terminal buffer.
-    for (int i = 0; i < 600; ++i) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (std::chrono::steady_clock::now() < end) {
       if (::waitpid(pid_, &st, WNOHANG) == pid_) {
         waited_ = true;
         return decode_status(st);
       }
-      wait_for("\x01\x02never", 50);
+      // Drain output so the child never blocks on a full terminal buffer.
+      if (!wait_for("\x01\x02never", 50)) std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     return -1;
   }

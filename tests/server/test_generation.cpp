@@ -49,7 +49,8 @@ TEST_F(Gen, ChatNonStreaming) {
 TEST_F(Gen, ChatStreamingReasoningSeparate) {
   auto c = server->client();
   auto r = c.Post("/v1/chat/completions",
-                  json{{"messages", kUser}, {"max_tokens", 8}, {"stream", true}, {"stream_options", {{"include_usage", true}}}}.dump(),
+                  json{{"messages", kUser}, {"max_tokens", 8}, {"stream", true}, {"seed", 7},
+                       {"stream_options", {{"include_usage", true}}}}.dump(),
                   "application/json");
   ASSERT_TRUE(r);
   ASSERT_EQ(r->status, 200);
@@ -156,7 +157,7 @@ TEST_F(Gen, RawCompletionNoChatWrapping) {
 
 TEST_F(Gen, ResponsesStreamingEvents) {
   auto c = server->client();
-  const json body = {{"input", "hi"}, {"max_output_tokens", 200}, {"stream", true}, {"tools", json::array({{{"type", "function"},
+  const json body = {{"input", "hi"}, {"max_output_tokens", 200}, {"stream", true}, {"seed", 7}, {"tools", json::array({{{"type", "function"},
       {"name", "get_weather"}, {"parameters", kWeatherTool["function"]["parameters"]}}})},
       {"tool_choice", "required"}};
   auto r = c.Post("/v1/responses", body.dump(), "application/json");
@@ -183,7 +184,8 @@ TEST_F(Gen, ResponsesStreamingEvents) {
 
 TEST_F(Gen, AnthropicThinkingAndToolUse) {
   auto c = server->client();
-  const json body = {{"max_tokens", 300}, {"stream", true}, {"messages", kUser},
+  // A fixed seed: with a random one the demo model sometimes closes its thinking at once.
+  const json body = {{"max_tokens", 300}, {"stream", true}, {"messages", kUser}, {"seed", 7},
                      {"thinking", {{"type", "enabled"}, {"budget_tokens", 8}}},
                      {"tools", json::array({{{"name", "get_weather"}, {"input_schema", kWeatherTool["function"]["parameters"]}}})},
                      {"tool_choice", {{"type", "tool"}, {"name", "get_weather"}}}};
@@ -247,7 +249,8 @@ TEST(Cancel, DisconnectStopsGenerationAndNextRequestIsServed) {
     addr.sin_port = htons(static_cast<uint16_t>(s.port()));
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-    const std::string body = json{{"messages", kUser}, {"max_tokens", 3500}, {"stream", true}}.dump();
+    // A fixed seed whose answer is long: with a random one the demo model may end early.
+    const std::string body = json{{"messages", kUser}, {"max_tokens", 3500}, {"stream", true}, {"seed", 7}}.dump();
     const std::string req = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                             "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
     ASSERT_EQ(::send(fd, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
