@@ -6,8 +6,10 @@
 // the MoE experts do during decoding.
 //
 //   bench_matvec --benchmark_filter='Q8_0|Copy' --benchmark_min_time=0.5s
+//   bench_matvec --isa=avx512 ...   (force a lower kernel tier: scalar, avx2, avx512)
 #include <benchmark/benchmark.h>
 
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -189,6 +191,26 @@ struct MatShape {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // --isa=NAME forces a lower kernel tier (to compare kernels on one machine).
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a.rfind("--isa=", 0) != 0) continue;
+    const std::string want = a.substr(6);
+    bool found = false;
+    for (ds4::cpu::Isa isa : {ds4::cpu::Isa::Scalar, ds4::cpu::Isa::Avx2, ds4::cpu::Isa::Avx512,
+                              ds4::cpu::Isa::Avx512Vbmi})
+      if (want == ds4::cpu::isa_name(isa)) {
+        ds4::cpu::set_isa(isa);
+        found = true;
+      }
+    if (!found) {
+      std::fprintf(stderr, "bench_matvec: unknown --isa=%s\n", want.c_str());
+      return 1;
+    }
+    for (int j = i; j + 1 < argc; ++j) argv[j] = argv[j + 1];
+    --argc;
+    --i;
+  }
   // Flash shapes (rows = outputs, cols = inputs): attention q_b 1024 -> 32768, a 4096-wide
   // projection, routed expert gate/up 4096 -> 2048 and down 2048 -> 4096.
   const MatShape qb{"q_b", 32768, 1024}, proj{"proj", 4096, 4096};

@@ -31,6 +31,7 @@ inline std::vector<Isa> available_isas() {
   std::vector<Isa> out{Isa::Scalar};
   if (detected_isa() >= Isa::Avx2) out.push_back(Isa::Avx2);
   if (detected_isa() >= Isa::Avx512) out.push_back(Isa::Avx512);
+  if (detected_isa() >= Isa::Avx512Vbmi) out.push_back(Isa::Avx512Vbmi);
   return out;
 }
 

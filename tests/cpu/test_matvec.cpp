@@ -106,6 +106,35 @@ TEST(Matmul, EqualsRepeatedMatvec) {
   }
 }
 
+// Register-blocked matmul tiles (Q8_0, Q2_K, IQ2_XXS): every token count that splits into
+// full and partial token groups, realistic weights and activations (float sums that are not
+// exact, so a different summation order would show), each output equal to vec_dot.
+TEST(Matmul, TilesEqualVecDotBitForBit) {
+  IsaGuard guard;
+  std::mt19937 rng(21);
+  ThreadPool pool(2);
+  for (GgmlType t : {GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::IQ2_XXS, GgmlType::Q4_K}) {
+    const int64_t nrows = 7, ncols = t == GgmlType::Q8_0 ? 1056 : 1280;  // odd block counts
+    const auto w = real_weights(t, nrows, ncols, rng);
+    const size_t rb = row_bytes(t, ncols), ab = activation_bytes(t, ncols);
+    for (int64_t nb : {1, 3, 4, 8, 13}) {
+      const auto X = gaussian(nb * ncols, rng);
+      std::vector<uint8_t> acts(ab * static_cast<size_t>(nb));
+      for (int64_t b = 0; b < nb; ++b)
+        quantize_activation(t, X.data() + b * ncols, acts.data() + b * ab, ncols);
+      for (Isa isa : available_isas()) {
+        set_isa(isa);
+        std::vector<float> Y(static_cast<size_t>(nb * nrows));
+        matmul(t, w.data(), nrows, ncols, X.data(), nb, Y.data(), &pool);
+        for (int64_t b = 0; b < nb; ++b)
+          for (int64_t r = 0; r < nrows; ++r)
+            ASSERT_EQ(Y[b * nrows + r], vec_dot(t, w.data() + r * rb, acts.data() + b * ab, ncols))
+                << type_name(t) << " " << isa_name(isa) << " nb=" << nb << " token " << b << " row " << r;
+      }
+    }
+  }
+}
+
 TEST(Matmul, EmptyAndInvalid) {
   std::vector<uint8_t> w(row_bytes(GgmlType::Q8_0, 64) * 2);
   std::vector<float> x(128), y(4, 7.0f);

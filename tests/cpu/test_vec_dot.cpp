@@ -145,6 +145,30 @@ TEST(VecDot, ExtremeCodesDoNotOverflow) {
   }
 }
 
+// The VBMI IQ2_XXS kernel forms the same int32 lanes as the AVX-512 one and accumulates
+// them the same way, so on realistic data the two must agree bit for bit (a lane mix-up
+// that still sums correctly on exact inputs would show here).
+TEST(VecDot, Iq2XxsVbmiEqualsAvx512) {
+  if (detected_isa() < Isa::Avx512Vbmi) GTEST_SKIP() << "CPU has no AVX-512 VBMI";
+  IsaGuard guard;
+  std::mt19937 rng(31);
+  const GgmlType t = GgmlType::IQ2_XXS;
+  for (int64_t n : {256, 512, 768, 4096}) {
+    const int64_t nrows = 4;
+    const auto w = real_weights(t, nrows, n, rng);
+    const auto x = gaussian(n, rng);
+    std::vector<uint8_t> act(activation_bytes(t, n));
+    quantize_activation(t, x.data(), act.data(), n);
+    for (int64_t r = 0; r < nrows; ++r) {
+      const uint8_t* row = w.data() + r * row_bytes(t, n);
+      set_isa(Isa::Avx512);
+      const float ref = vec_dot(t, row, act.data(), n);
+      set_isa(Isa::Avx512Vbmi);
+      EXPECT_EQ(vec_dot(t, row, act.data(), n), ref) << "ncols=" << n << " row " << r;
+    }
+  }
+}
+
 TEST(VecDot, RejectsBadShapesAndTypes) {
   std::vector<uint8_t> buf(4096);
   EXPECT_THROW(vec_dot(GgmlType::Q8_0, buf.data(), buf.data(), 48), Error);
@@ -157,9 +181,10 @@ TEST(VecDot, IsaSelection) {
   IsaGuard guard;
   set_isa(Isa::Scalar);
   EXPECT_EQ(active_isa(), Isa::Scalar);
-  set_isa(Isa::Avx512);  // clamps to what the CPU has
+  set_isa(Isa::Avx512Vbmi);  // clamps to what the CPU has
   EXPECT_EQ(active_isa(), detected_isa());
   EXPECT_STREQ(isa_name(Isa::Avx2), "avx2");
+  EXPECT_STREQ(isa_name(Isa::Avx512Vbmi), "avx512vbmi");
 }
 
 TEST(VecDot, ActivationFormats) {

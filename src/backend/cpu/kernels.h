@@ -3,6 +3,7 @@
 // that only that file is compiled with the ISA's flags (src/CMakeLists.txt).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "core/ggml_type.h"
@@ -13,6 +14,13 @@ namespace ds4::cpu::detail {
 // format (matmul.h). ncols is a positive multiple of the weight type's block size.
 using VecDotFn = float (*)(const void* w_row, const void* act, int64_t ncols);
 
+// A register-blocked tile of dot products for prefill: for r < nr and t < nt,
+//   y[t * ldy + r] = VecDotFn(w + r * w_stride, act + t * act_stride, ncols)
+// bit for bit (same per-block integer sums, same float operations in the same order per
+// output), but each weight block is decoded once for several activation rows.
+using TileFn = void (*)(const void* w, size_t w_stride, int64_t nr, const void* act,
+                        size_t act_stride, int64_t nt, int64_t ncols, float* y, size_t ldy);
+
 struct KernelTable {
   VecDotFn f32 = nullptr;
   VecDotFn f16 = nullptr;
@@ -22,11 +30,16 @@ struct KernelTable {
   VecDotFn q4_k = nullptr;
   VecDotFn iq2_xxs = nullptr;
   VecDotFn mxfp4 = nullptr;
+  // Optional tiles (nullptr: matmul loops over vec_dot).
+  TileFn q8_0_tile = nullptr;
+  TileFn q2_k_tile = nullptr;
+  TileFn iq2_xxs_tile = nullptr;
 };
 
 const KernelTable& scalar_kernels();
 const KernelTable& avx2_kernels();
 const KernelTable& avx512_kernels();
+const KernelTable& avx512vbmi_kernels();  // avx512 plus the VBMI IQ2_XXS kernels
 
 // 2^(e-128), the MXFP4 block scale with ggml's kvalues (which are twice E2M1), including
 // the denormal results for e = 0 and 1 (formats.md 2.8).

@@ -25,7 +25,8 @@ Isa detect() {
                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                       __builtin_cpu_supports("avx512dq") &&
                       __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("bmi2");
-  return avx512 ? Isa::Avx512 : avx2 ? Isa::Avx2 : Isa::Scalar;
+  const bool vbmi = avx512 && __builtin_cpu_supports("avx512vbmi");
+  return vbmi ? Isa::Avx512Vbmi : avx512 ? Isa::Avx512 : avx2 ? Isa::Avx2 : Isa::Scalar;
 }
 
 std::atomic<Isa>& isa_state() {
@@ -35,6 +36,8 @@ std::atomic<Isa>& isa_state() {
 
 const detail::KernelTable& table(Isa isa) {
   switch (isa) {
+    case Isa::Avx512Vbmi:
+      return detail::avx512vbmi_kernels();
     case Isa::Avx512:
       return detail::avx512_kernels();
     case Isa::Avx2:
@@ -61,6 +64,16 @@ detail::VecDotFn kernel(GgmlType type) {
   fail("cpu matmul: weight type {} has no CPU kernel", type_name(type));
 }
 
+detail::TileFn tile_kernel(GgmlType type) {
+  const detail::KernelTable& t = table(active_isa());
+  switch (type) {
+    case GgmlType::Q8_0: return t.q8_0_tile;
+    case GgmlType::Q2_K: return t.q2_k_tile;
+    case GgmlType::IQ2_XXS: return t.iq2_xxs_tile;
+    default: return nullptr;
+  }
+}
+
 void check_shape(GgmlType type, int64_t nrows, int64_t ncols) {
   const int64_t block = type_traits(type).block_elems;
   if (nrows < 0 || ncols <= 0 || ncols % block != 0)
@@ -85,6 +98,7 @@ const char* isa_name(Isa isa) {
     case Isa::Scalar: return "scalar";
     case Isa::Avx2: return "avx2";
     case Isa::Avx512: return "avx512";
+    case Isa::Avx512Vbmi: return "avx512vbmi";
   }
   return "?";
 }
@@ -184,13 +198,23 @@ void matmul(GgmlType type, const void* W, int64_t nrows, int64_t ncols, const fl
   }
   const size_t rb = row_bytes(type, ncols);
   const uint8_t* w = static_cast<const uint8_t*>(W);
+  const detail::TileFn tile_fn = tile_kernel(type);
   // A tile of rows (~32 KiB of weights) stays in L1/L2 while every activation row streams
-  // past it, so the weights come from memory once per call, not once per token.
+  // past it, so the weights come from memory once per call, not once per token. Within it,
+  // a register-blocked kernel (when the type has one) decodes each weight block once for
+  // several tokens; every output still gets exactly vec_dot's value.
   const int64_t tile = std::clamp<int64_t>(int64_t(32768) / static_cast<int64_t>(rb), 1, 64);
   const int64_t ntiles = (nrows + tile - 1) / tile;
+  constexpr int64_t kTokens = 8;  // activation rows per kernel call (~37 KiB of Q8_K at 4096)
   parallel_for(pool, ntiles, 1, [&](int64_t t0, int64_t t1, int) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t r0 = t * tile, r1 = std::min(nrows, r0 + tile);
+      if (tile_fn) {
+        for (int64_t b = 0; b < nb; b += kTokens)
+          tile_fn(w + static_cast<size_t>(r0) * rb, rb, r1 - r0, acts + static_cast<size_t>(b) * ab, ab,
+                  std::min(kTokens, nb - b), ncols, Y + b * nrows + r0, static_cast<size_t>(nrows));
+        continue;
+      }
       for (int64_t b = 0; b < nb; ++b) {
         const uint8_t* a = acts + static_cast<size_t>(b) * ab;
         float* yb = Y + b * nrows;
