@@ -1,25 +1,26 @@
-// IQ2_XXS x Q8_K with AVX-512 VBMI (vpermb, vpermi2b, vpmultishiftqb): the tier
-// Isa::Avx512Vbmi. The older AVX-512 kernel (vec_dot_avx512.cpp) assembles the grid rows from
-// 32 scalar loads per block and expands signs with pdep; at ~24 cycles per 256 weights it
-// reached only ~22 % of the memory bandwidth. Here every step is a whole-register operation:
+// IQ2_XXS x Q8_K with AVX-512 VBMI + GFNI: the tier Isa::Avx512Vbmi. The older AVX-512
+// kernel (vec_dot_avx512.cpp) assembles the grid rows from 32 scalar loads per block and
+// expands signs with pdep; at ~24 cycles per 256 weights it reached only ~22 % of the memory
+// bandwidth. Here every step is a whole-register operation (docs/perf.md has the numbers):
 //
 //   1. Two blocks' payloads (2 x 64 bytes) are merged into one register of 64 grid indices
 //      and one of 64 seven-bit sign indices (vpmultishiftqb picks bits 7k.. of each aux).
 //   2. Table lookups by vpermi2b: the 128-entry ksigns table (two registers) gives the sign
-//      bytes; the grid is looked up in its compact form (kgrid_2bit_256: a 16-bit code of
-//      eight 2-bit levels per entry) as two 256-byte tables, low and high code byte (four
-//      registers each, two vpermi2b plus a blend on index bit 7 per table).
+//      bytes; the grid is looked up as two bit planes of its 3-level codes (bit j of plane p
+//      = bit p of the level of element j), two 256-byte tables of four registers each (two
+//      vpermi2b plus a blend on index bit 7 per table).
 //   3. Per output register (8 sub-groups of 8 weights): one vpermi2b + one masked vpermb
-//      put {code lo, code hi, sign byte} into each 64-bit lane; two vpmultishiftqb and a
-//      vpternlog form a 3-bit (level, sign) index per byte; a vpermb of a 64-byte table
-//      maps it to 64 +- G (21..107, unsigned).
+//      put {sign byte, plane 1, plane 0} into bytes 5..7 of each 64-bit lane; one
+//      vgf2p8affineqb with the identity-bit "matrix" transposes the lane, so byte j holds
+//      (level_j, sign_j) as a 3-bit index; a vpshufb maps it to 64 +- G (21..107, unsigned).
 //   4. The dot product is the same as the AVX-512 kernel's: vpmaddubsw against the Q8_K
 //      activations, vpdpwssd by (2 s_g + 1), the +64 offset removed through bsums. The
 //      int32 lanes and the float accumulation are identical to that kernel, so both give
-//      the same bits; the integer block sums equal the scalar reference's exactly.
+//      the same bits (tested); the integer block sums equal the scalar reference's exactly.
 //
-// The decode of a block is shared by up to kTileTokens activation rows (matmul tiles), each
-// with its own accumulator, so a tile gives the same result per (row, token) as vec_dot.
+// A block pair's decode is shared by up to 4 activation rows (matmul tiles), each with its own
+// accumulators, so a tile gives the same result per (row, token) as vec_dot; two weight rows
+// are interleaved for instruction-level parallelism.
 // GCC 12's intrinsic headers initialise "undefined" vectors from themselves (`__Y = __Y`),
 // which -Wuninitialized reports inside _mm512_reduce_add_ps and the cast intrinsics.
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -33,19 +34,18 @@
 #include "quant/quant.h"
 
 // The rest of the file may use VBMI; it is only reached when CPUID reports it (matmul.cpp).
-#pragma GCC target("avx512vbmi")
+#pragma GCC target("avx512vbmi,gfni")
 
 namespace ds4::cpu::detail {
 namespace {
 
 struct Iq2VbmiTables {
   alignas(64) uint8_t signs[128];    // ksigns_iq2xs
-  alignas(64) uint8_t code_lo[256];  // kgrid_2bit_256 low byte (levels of elements 0..3)
-  alignas(64) uint8_t code_hi[256];  // high byte (elements 4..7)
-  alignas(64) uint8_t value[64];     // bits 0-1 level, bit 2 sign -> 64 +- G (bits 3-5 ignored)
+  alignas(64) uint8_t plane0[256];   // grid entry -> bit j: bit 0 of the level of element j
+  alignas(64) uint8_t plane1[256];   // grid entry -> bit j: bit 1 of the level of element j
+  alignas(64) uint8_t value[64];     // bits 0-1 level, bit 2 sign -> 64 +- G (per 16 bytes)
   alignas(64) uint8_t spread[8][64];  // [2c + h]: lane L <- sub-group (2c + L/4, L%4) of block h
-  alignas(64) uint8_t ms_code[64];   // vpmultishiftqb: byte j <- bits 2j.. (level of element j)
-  alignas(64) uint8_t ms_sign[64];   // byte j <- bits 14+j.., so bit 2 = bit j of the sign byte
+  alignas(64) uint8_t select[64];    // byte j of each lane: 1 << j (the affine "matrix" input)
   alignas(64) uint8_t ms_sidx[64];   // byte k, 4+k <- bits 32+7k.. (sign index k of the aux)
   alignas(64) int16_t scale_idx[4][32];  // vpermw: word of (aux >> 27) | 1 for group 2c + k/16
   alignas(32) int16_t pair_idx[16];      // bsums word k -> scale word of group k/2
@@ -55,13 +55,13 @@ struct Iq2VbmiTables {
     // Levels from the byte grid itself ({8, 25, 43} -> 0, 1, 2), formats.md 2.5.
     const uint64_t* grid = quant::iq2xxs_grid();
     for (int i = 0; i < 256; ++i) {
-      uint16_t code = 0;
+      plane0[i] = plane1[i] = 0;
       for (int j = 0; j < 8; ++j) {
         const uint8_t g = static_cast<uint8_t>(grid[i] >> (8 * j));
-        code = static_cast<uint16_t>(code | ((g == 8 ? 0 : g == 25 ? 1 : 2) << (2 * j)));
+        const int level = g == 8 ? 0 : g == 25 ? 1 : 2;
+        plane0[i] = static_cast<uint8_t>(plane0[i] | ((level & 1) << j));
+        plane1[i] = static_cast<uint8_t>(plane1[i] | ((level >> 1) << j));
       }
-      code_lo[i] = static_cast<uint8_t>(code);
-      code_hi[i] = static_cast<uint8_t>(code >> 8);
     }
     const int levels[4] = {8, 25, 43, 0};
     for (int i = 0; i < 64; ++i) {
@@ -73,15 +73,14 @@ struct Iq2VbmiTables {
         for (int L = 0; L < 8; ++L) {
           const int p = 8 * (2 * c + L / 4) + 4 * h + L % 4;  // merged-register byte
           uint8_t* s = spread[2 * c + h] + 8 * L;
-          s[0] = static_cast<uint8_t>(p);       // code lo (first vpermi2b source)
-          s[1] = static_cast<uint8_t>(64 + p);  // code hi (second source)
-          s[2] = static_cast<uint8_t>(p);       // sign byte (masked vpermb of the signs)
-          for (int j = 3; j < 8; ++j) s[j] = 0;
+          for (int j = 0; j < 5; ++j) s[j] = 0;  // zeroed (maskz)
+          s[5] = static_cast<uint8_t>(p);       // sign byte (masked vpermb of the signs)
+          s[6] = static_cast<uint8_t>(64 + p);  // plane 1 (second vpermi2b source)
+          s[7] = static_cast<uint8_t>(p);       // plane 0 (first source)
         }
     for (int L = 0; L < 8; ++L)
       for (int j = 0; j < 8; ++j) {
-        ms_code[8 * L + j] = static_cast<uint8_t>(2 * j);
-        ms_sign[8 * L + j] = static_cast<uint8_t>(14 + j);
+        select[8 * L + j] = static_cast<uint8_t>(1 << j);
         ms_sidx[8 * L + j] = static_cast<uint8_t>(32 + 7 * (j % 4));
       }
     for (int c = 0; c < 4; ++c)
@@ -100,98 +99,137 @@ inline __m512i lookup256(__m512i idx, __mmask64 hi, const __m512i t[4]) {
   return _mm512_mask_blend_epi8(hi, a, b);
 }
 
-// Row x nt activation rows (nt <= kTileTokens); y[t * ldy] = vec_dot(row, act_t).
-template <int NT>
-void iq2_row(const BlockIQ2_XXS* w, const uint8_t* act, size_t ab, int64_t nblocks, float* y,
-             size_t ldy) {
-  __m512i code_lo[4], code_hi[4];
-  for (int i = 0; i < 4; ++i) {
-    code_lo[i] = ld(kT.code_lo + 64 * i);
-    code_hi[i] = ld(kT.code_hi + 64 * i);
+struct Iq2Consts {
+  __m512i plane0[4], plane1[4], signs0, signs1, value, select, ms_sidx, one;
+  __m256i pair_idx;
+  Iq2Consts() {
+    for (int i = 0; i < 4; ++i) {
+      plane0[i] = ld(kT.plane0 + 64 * i);
+      plane1[i] = ld(kT.plane1 + 64 * i);
+    }
+    signs0 = ld(kT.signs);
+    signs1 = ld(kT.signs + 64);
+    value = ld(kT.value);
+    select = ld(kT.select);
+    ms_sidx = ld(kT.ms_sidx);
+    one = _mm512_set1_epi32(1);
+    pair_idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(kT.pair_idx));
   }
-  const __m512i signs0 = ld(kT.signs), signs1 = ld(kT.signs + 64);
-  const __m512i value = ld(kT.value);
-  const __m512i ms_code = ld(kT.ms_code), ms_sign = ld(kT.ms_sign), ms_sidx = ld(kT.ms_sidx);
-  const __m512i three = _mm512_set1_epi8(3);
-  const __m512i one = _mm512_set1_epi32(1);
-  const __m256i pair_idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(kT.pair_idx));
-  const BlockQ8_K* x[NT];
-  for (int t = 0; t < NT; ++t) x[t] = reinterpret_cast<const BlockQ8_K*>(act + t * ab);
-  __m512 acc[NT];
-  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+};
 
-  for (int64_t b = 0; b < nblocks; b += 2) {
-    const int nh = b + 1 < nblocks ? 2 : 1;
-    const __m512i q0 = _mm512_loadu_si512(w[b].qs);
-    const __m512i q1 = nh == 2 ? _mm512_loadu_si512(w[b + 1].qs) : q0;
-    // bytes 0-3 of qword g: block b's grid indices of group g; bytes 4-7: block b+1's
-    const __m512i gidx = _mm512_mask_blend_epi32(0xAAAA, q0, _mm512_slli_epi64(q1, 32));
-    const __m512i sidx = _mm512_mask_multishift_epi64_epi8(
-        _mm512_multishift_epi64_epi8(ms_sidx, q0), 0xF0F0F0F0F0F0F0F0ull, ms_sidx, q1);
-    const __m512i sgn = _mm512_permutex2var_epi8(signs0, sidx, signs1);
-    const __mmask64 hi = _mm512_movepi8_mask(gidx);
-    const __m512i clo = lookup256(gidx, hi, code_lo);
-    const __m512i chi = lookup256(gidx, hi, code_hi);
-    for (int h = 0; h < nh; ++h) {
-      const BlockIQ2_XXS& blk = w[b + h];
-      const __m512i q = h == 0 ? q0 : q1;
-      // (aux >> 27) | 1 = 2 s_g + 1 in the low word of each aux dword
-      const __m512i scales = _mm512_or_si512(_mm512_srli_epi32(q, 27), one);
-      __m512i sumi[NT];
-      for (int t = 0; t < NT; ++t) sumi[t] = _mm512_setzero_si512();
-      for (int c = 0; c < 4; ++c) {
-        const __m512i sp_idx = ld(kT.spread[2 * c + h]);
-        const __m512i lanes = _mm512_mask_permutexvar_epi8(_mm512_permutex2var_epi8(clo, sp_idx, chi),
-                                                           0x0404040404040404ull, sp_idx, sgn);
-        const __m512i lv = _mm512_multishift_epi64_epi8(ms_code, lanes);
-        const __m512i sv = _mm512_multishift_epi64_epi8(ms_sign, lanes);
-        // bits 0-1 from lv (level), the rest from sv (bit 2 = sign)
-        const __m512i vi = _mm512_ternarylogic_epi64(lv, sv, three, 0xE4);
-        const __m512i u = _mm512_permutexvar_epi8(vi, value);
-        const __m512i sc = _mm512_permutexvar_epi16(ld(kT.scale_idx[c]), scales);
-        for (int t = 0; t < NT; ++t) {
-          const __m512i yv = _mm512_loadu_si512(x[t][b + h].qs + 64 * c);
-          sumi[t] = _mm512_dpwssd_epi32(sumi[t], _mm512_maddubs_epi16(u, yv), sc);
-        }
-      }
-      const __m256i sp = _mm512_castsi512_si256(
-          _mm512_permutexvar_epi16(_mm512_castsi256_si512(pair_idx), scales));
-      const float wd = _cvtsh_ss(blk.d);
+// Blocks b and b+1 (nh = 2) or b alone (nh = 1) of one weight row against NT activation
+// rows x[t], accumulated into acc[t] exactly as the single-row kernel does.
+template <int NT>
+[[gnu::always_inline]] inline void iq2_pair(const Iq2Consts& k, const BlockIQ2_XXS* w, int64_t b,
+                                            int nh, const BlockQ8_K* const* x, __m512* acc) {
+  const __m512i q0 = _mm512_loadu_si512(w[b].qs);
+  const __m512i q1 = nh == 2 ? _mm512_loadu_si512(w[b + 1].qs) : q0;
+  // bytes 0-3 of qword g: block b's grid indices of group g; bytes 4-7: block b+1's
+  const __m512i gidx = _mm512_mask_blend_epi32(0xAAAA, q0, _mm512_slli_epi64(q1, 32));
+  const __m512i sidx = _mm512_mask_multishift_epi64_epi8(
+      _mm512_multishift_epi64_epi8(k.ms_sidx, q0), 0xF0F0F0F0F0F0F0F0ull, k.ms_sidx, q1);
+  const __m512i sgn = _mm512_permutex2var_epi8(k.signs0, sidx, k.signs1);
+  const __mmask64 hi = _mm512_movepi8_mask(gidx);
+  const __m512i pl0 = lookup256(gidx, hi, k.plane0);
+  const __m512i pl1 = lookup256(gidx, hi, k.plane1);
+  for (int h = 0; h < nh; ++h) {
+    const BlockIQ2_XXS& blk = w[b + h];
+    const __m512i q = h == 0 ? q0 : q1;
+    // (aux >> 27) | 1 = 2 s_g + 1 in the low word of each aux dword
+    const __m512i scales = _mm512_or_si512(_mm512_srli_epi32(q, 27), k.one);
+    // Two partial sums per token (c even / odd) halve the vpdpwssd dependency chain;
+    // integer addition is exact, so the lanes are the same in any order.
+    __m512i sumi[2][NT];
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) sumi[0][t] = sumi[1][t] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      const __m512i sp_idx = ld(kT.spread[2 * c + h]);
+      // lane bytes {0,0,0,0,0, sign, plane 1, plane 0} of each sub-group
+      const __m512i lanes = _mm512_mask_permutexvar_epi8(
+          _mm512_maskz_permutex2var_epi8(0xC0C0C0C0C0C0C0C0ull, pl0, sp_idx, pl1),
+          0x2020202020202020ull, sp_idx, sgn);
+      // 8x8 bit transpose per lane: byte j <- bit j of lane bytes 7, 6, 5 (as bits 0, 1, 2)
+      const __m512i vi = _mm512_gf2p8affine_epi64_epi8(k.select, lanes, 0);
+      const __m512i u = _mm512_shuffle_epi8(k.value, vi);
+      const __m512i sc = _mm512_permutexvar_epi16(ld(kT.scale_idx[c]), scales);
+      #pragma GCC unroll 8
       for (int t = 0; t < NT; ++t) {
-        // offset correction: 64 * sum_k bsums_k * (2 s_{k/2} + 1), lanes 0..7
-        const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[t][b + h].bsums));
-        const __m256i corr = _mm256_slli_epi32(_mm256_madd_epi16(bs, sp), 6);
-        const __m512i s = _mm512_sub_epi32(sumi[t], _mm512_zextsi256_si512(corr));
-        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(wd * x[t][b + h].d * 0.125f),
-                                 acc[t]);
+        const __m512i yv = _mm512_loadu_si512(x[t][b + h].qs + 64 * c);
+        sumi[c & 1][t] = _mm512_dpwssd_epi32(sumi[c & 1][t], _mm512_maddubs_epi16(u, yv), sc);
       }
     }
+    const __m256i sp = _mm512_castsi512_si256(
+        _mm512_permutexvar_epi16(_mm512_castsi256_si512(k.pair_idx), scales));
+    const float wd = _cvtsh_ss(blk.d);
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      // offset correction: 64 * sum_k bsums_k * (2 s_{k/2} + 1), lanes 0..7
+      const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[t][b + h].bsums));
+      const __m256i corr = _mm256_slli_epi32(_mm256_madd_epi16(bs, sp), 6);
+      const __m512i s = _mm512_sub_epi32(_mm512_add_epi32(sumi[0][t], sumi[1][t]),
+                                         _mm512_zextsi256_si512(corr));
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(wd * x[t][b + h].d * 0.125f),
+                               acc[t]);
+    }
   }
-  for (int t = 0; t < NT; ++t) y[t * ldy] = _mm512_reduce_add_ps(acc[t]);
+}
+
+// NR weight rows (stride rb) x NT activation rows (stride ab):
+// y[t * ldy + r] = vec_dot(row r, activation t). Rows are interleaved block pair by block
+// pair, which gives the out-of-order core independent work (the decode chain is long).
+template <int NR, int NT>
+void iq2_rows(const uint8_t* w, size_t rb, const uint8_t* act, size_t ab, int64_t nblocks,
+              float* y, size_t ldy) {
+  const Iq2Consts k;
+  const BlockQ8_K* x[NT];
+  #pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) x[t] = reinterpret_cast<const BlockQ8_K*>(act + t * ab);
+  __m512 acc[NR][NT];
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r)
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nblocks; b += 2) {
+    const int nh = b + 1 < nblocks ? 2 : 1;
+    #pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r)
+      iq2_pair<NT>(k, reinterpret_cast<const BlockIQ2_XXS*>(w + r * rb), b, nh, x, acc[r]);
+  }
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r)
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
 float dot_iq2_xxs_vbmi(const void* w_row, const void* act, int64_t n) {
   float y;
-  iq2_row<1>(static_cast<const BlockIQ2_XXS*>(w_row), static_cast<const uint8_t*>(act), 0,
-             n / QK_K, &y, 1);
+  iq2_rows<1, 1>(static_cast<const uint8_t*>(w_row), 0, static_cast<const uint8_t*>(act), 0,
+                 n / QK_K, &y, 1);
   return y;
 }
 
+template <int NR>
+void iq2_tokens(const uint8_t* w, size_t rb, const uint8_t* a, size_t ab, int64_t nt,
+                int64_t nblocks, float* y, size_t ldy) {
+  int64_t t = 0;
+  for (; t + 4 <= nt; t += 4) iq2_rows<NR, 4>(w, rb, a + t * ab, ab, nblocks, y + t * ldy, ldy);
+  switch (nt - t) {
+    case 3: iq2_rows<NR, 3>(w, rb, a + t * ab, ab, nblocks, y + t * ldy, ldy); break;
+    case 2: iq2_rows<NR, 2>(w, rb, a + t * ab, ab, nblocks, y + t * ldy, ldy); break;
+    case 1: iq2_rows<NR, 1>(w, rb, a + t * ab, ab, nblocks, y + t * ldy, ldy); break;
+    default: break;
+  }
+}
+
+// Tiles of 2 rows x 4 tokens (matmul), or 2 rows x 1 token (matvec).
 void tile_iq2_xxs_vbmi(const void* w, size_t rb, int64_t nr, const void* act, size_t ab,
                        int64_t nt, int64_t n, float* y, size_t ldy) {
   const uint8_t* wb = static_cast<const uint8_t*>(w);
   const uint8_t* a = static_cast<const uint8_t*>(act);
-  for (int64_t r = 0; r < nr; ++r) {
-    const BlockIQ2_XXS* row = reinterpret_cast<const BlockIQ2_XXS*>(wb + r * rb);
-    int64_t t = 0;
-    for (; t + 4 <= nt; t += 4) iq2_row<4>(row, a + t * ab, ab, n / QK_K, y + t * ldy + r, ldy);
-    switch (nt - t) {
-      case 3: iq2_row<3>(row, a + t * ab, ab, n / QK_K, y + t * ldy + r, ldy); break;
-      case 2: iq2_row<2>(row, a + t * ab, ab, n / QK_K, y + t * ldy + r, ldy); break;
-      case 1: iq2_row<1>(row, a + t * ab, ab, n / QK_K, y + t * ldy + r, ldy); break;
-      default: break;
-    }
-  }
+  int64_t r = 0;
+  for (; r + 2 <= nr; r += 2) iq2_tokens<2>(wb + r * rb, rb, a, ab, nt, n / QK_K, y + r, ldy);
+  for (; r < nr; ++r) iq2_tokens<1>(wb + r * rb, rb, a, ab, nt, n / QK_K, y + r, ldy);
 }
 
 }  // namespace

@@ -25,7 +25,9 @@ Isa detect() {
                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                       __builtin_cpu_supports("avx512dq") &&
                       __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("bmi2");
-  const bool vbmi = avx512 && __builtin_cpu_supports("avx512vbmi");
+  // The IQ2_XXS tier also uses GFNI (vgf2p8affineqb as a bit transpose); every CPU with
+  // AVX-512 VBMI so far has it, but both are checked.
+  const bool vbmi = avx512 && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("gfni");
   return vbmi ? Isa::Avx512Vbmi : avx512 ? Isa::Avx512 : avx2 ? Isa::Avx2 : Isa::Scalar;
 }
 
@@ -173,8 +175,14 @@ void matvec_act(GgmlType type, const void* W, int64_t nrows, int64_t ncols, cons
   const detail::VecDotFn dot = kernel(type);
   const size_t rb = row_bytes(type, ncols);
   const uint8_t* w = static_cast<const uint8_t*>(W);
-  // Each y[r] comes from exactly one vec_dot, so the result does not depend on the split.
+  // Each y[r] equals one vec_dot, so the result does not depend on the split. Types with a
+  // tile kernel run it with one token: several rows per call, the same values.
+  const detail::TileFn tile_fn = tile_kernel(type);
   parallel_for(pool, nrows, row_grain(type, ncols), [&](int64_t r0, int64_t r1, int) {
+    if (tile_fn) {
+      tile_fn(w + static_cast<size_t>(r0) * rb, rb, r1 - r0, act, 0, 1, ncols, y + r0, 0);
+      return;
+    }
     for (int64_t r = r0; r < r1; ++r) y[r] = dot(w + static_cast<size_t>(r) * rb, act, ncols);
   });
 }

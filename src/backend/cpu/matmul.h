@@ -19,7 +19,7 @@ class ThreadPool;
 
 namespace ds4::cpu {
 
-// Avx512Vbmi = Avx512 plus AVX-512 VBMI (byte permutes), used by the IQ2_XXS kernel.
+// Avx512Vbmi = Avx512 plus AVX-512 VBMI (byte permutes) and GFNI, used by the IQ2_XXS kernel.
 enum class Isa { Scalar, Avx2, Avx512, Avx512Vbmi };
 Isa detected_isa();                 // best ISA of this CPU
 const char* isa_name(Isa isa);
