@@ -141,8 +141,11 @@ void BM_Matmul(benchmark::State& state, GgmlType t, int64_t nrows, int64_t ncols
     ds4::cpu::matmul(t, w.data(), nrows, ncols, X.data(), nb, Y.data(), pool);
     benchmark::DoNotOptimize(Y.data());
   }
-  // multiply-adds per second, reported as "items"
+  // multiply-adds per second, reported as "items"; rows x tokens per second as a counter
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * nb * nrows * ncols);
+  state.counters["row_tokens"] = benchmark::Counter(
+      static_cast<double>(state.iterations()) * static_cast<double>(nb * nrows), benchmark::Counter::kIsRate);
+  state.SetLabel(ds4::cpu::isa_name(ds4::cpu::active_isa()));
 }
 
 // STREAM "copy": bytes counted as read + written, as STREAM does.
@@ -239,10 +242,14 @@ int main(int argc, char** argv) {
           ->UseRealTime()
           ->Unit(benchmark::kMicrosecond);
     }
-    for (GgmlType t : {GgmlType::Q8_0, GgmlType::IQ2_XXS}) {
-      const std::string name = std::string("Matmul32/") + std::string(ds4::type_name(t)) +
-                               "/4096x4096/threads:" + std::to_string(threads);
-      benchmark::RegisterBenchmark(name.c_str(), BM_Matmul, t, 4096, 4096, threads)
+    // Prefill (register-blocked tiles): the 4096 x 4096 projection and the expert shapes.
+    const Case mm_cases[] = {{GgmlType::Q8_0, proj}, {GgmlType::IQ2_XXS, proj},
+                             {GgmlType::IQ2_XXS, up}, {GgmlType::Q2_K, down}};
+    for (const Case& c : mm_cases) {
+      const std::string name = std::string("Matmul32/") + std::string(ds4::type_name(c.type)) + "/" +
+                               std::to_string(c.shape.nrows) + "x" + std::to_string(c.shape.ncols) +
+                               "/threads:" + std::to_string(threads);
+      benchmark::RegisterBenchmark(name.c_str(), BM_Matmul, c.type, c.shape.nrows, c.shape.ncols, threads)
           ->UseRealTime()
           ->Unit(benchmark::kMillisecond);
     }

@@ -8,6 +8,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -82,37 +83,87 @@ float dot_half(const void* w_row, const void* act, int64_t n) {
 }
 
 // Q8_0 x Q8_0Act, two blocks per register. vpdpbusd multiplies unsigned by signed bytes,
-// so the weights are offset to w+128 and 128*sum(x) is subtracted: exact for all bytes.
-float dot_q8_0(const void* w_row, const void* act, int64_t n) {
-  const BlockQ8_0* w = static_cast<const BlockQ8_0*>(w_row);
-  const BlockQ8_0Act* x = static_cast<const BlockQ8_0Act*>(act);
-  const int64_t nblocks = n / QK8_0;
+// so the weights are offset to w+128 and 128*sum(x) is subtracted (vpdpbusd starts from
+// -vpdpbusd(0x80, x)): exact for all bytes. NR weight rows x NT activation rows at once
+// (matmul tiles; vec_dot is <1, 1>): each (row, token) keeps its own accumulators and gets
+// exactly the float operations of the one-row kernel, in the same order.
+template <int NR, int NT>
+void q8_0_rows(const uint8_t* wp, size_t rb, const uint8_t* ap, size_t ab, int64_t nblocks,
+               float* y, size_t ldy) {
   const __m512i off = _mm512_set1_epi8(static_cast<char>(0x80));
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  const BlockQ8_0* w[NR];
+  const BlockQ8_0Act* x[NT];
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) w[r] = reinterpret_cast<const BlockQ8_0*>(wp + r * rb);
+#pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) x[t] = reinterpret_cast<const BlockQ8_0Act*>(ap + t * ab);
+  __m512 acc0[NR][NT], acc1[NR][NT];
+  __m256 acc2[NR][NT];
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      acc0[r][t] = acc1[r][t] = _mm512_setzero_ps();
+      acc2[r][t] = _mm256_setzero_ps();
+    }
   int64_t b = 0;
   for (; b + 4 <= nblocks; b += 4) {
-    const __m512i w0 = load2x256(w[b].qs, w[b + 1].qs), x0 = load2x256(x[b].qs, x[b + 1].qs);
-    const __m512i w1 = load2x256(w[b + 2].qs, w[b + 3].qs), x1 = load2x256(x[b + 2].qs, x[b + 3].qs);
-    __m512i p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(w0, off), x0);
-    __m512i p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(w1, off), x1);
-    p0 = _mm512_sub_epi32(p0, _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, x0));
-    p1 = _mm512_sub_epi32(p1, _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, x1));
-    acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0),
-                           scale2(f16(w[b].d) * x[b].d, f16(w[b + 1].d) * x[b + 1].d), acc0);
-    acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1),
-                           scale2(f16(w[b + 2].d) * x[b + 2].d, f16(w[b + 3].d) * x[b + 3].d), acc1);
+    __m512i w0[NR], w1[NR];
+    __m512 wd0[NR], wd1[NR];
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) {
+      const BlockQ8_0* wr = w[r];
+      w0[r] = _mm512_xor_si512(load2x256(wr[b].qs, wr[b + 1].qs), off);
+      w1[r] = _mm512_xor_si512(load2x256(wr[b + 2].qs, wr[b + 3].qs), off);
+      wd0[r] = scale2(f16(wr[b].d), f16(wr[b + 1].d));
+      wd1[r] = scale2(f16(wr[b + 2].d), f16(wr[b + 3].d));
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      const BlockQ8_0Act* xt = x[t];
+      const __m512i x0 = load2x256(xt[b].qs, xt[b + 1].qs), x1 = load2x256(xt[b + 2].qs, xt[b + 3].qs);
+      const __m512i n0 = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, x0));
+      const __m512i n1 = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), off, x1));
+      const __m512 xd0 = scale2(xt[b].d, xt[b + 1].d), xd1 = scale2(xt[b + 2].d, xt[b + 3].d);
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) {
+        // lane-wise f16(w.d) * x.d: the same IEEE product as the scalar one
+        acc0[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(n0, w0[r], x0)),
+                                     _mm512_mul_ps(wd0[r], xd0), acc0[r][t]);
+        acc1[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(n1, w1[r], x1)),
+                                     _mm512_mul_ps(wd1[r], xd1), acc1[r][t]);
+      }
+    }
   }
-  __m256 acc2 = _mm256_setzero_ps();
   const __m256i off256 = _mm512_castsi512_si256(off);
   for (; b < nblocks; ++b) {
-    const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qs));
-    const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].qs));
-    __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_xor_si256(wq, off256), xq);
-    p = _mm256_sub_epi32(p, _mm256_dpbusd_epi32(_mm256_setzero_si256(), off256, xq));
-    acc2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(f16(w[b].d) * x[b].d), acc2);
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[t][b].qs));
+      const __m256i n = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                         _mm256_dpbusd_epi32(_mm256_setzero_si256(), off256, xq));
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) {
+        const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r][b].qs));
+        const __m256i p = _mm256_dpbusd_epi32(n, _mm256_xor_si256(wq, off256), xq);
+        acc2[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(f16(w[r][b].d) * x[t][b].d),
+                                     acc2[r][t]);
+      }
+    }
   }
-  const __m512 acc = _mm512_add_ps(acc0, acc1);
-  return _mm512_reduce_add_ps(acc) + _mm512_reduce_add_ps(_mm512_castps256_ps512(acc2));
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t)
+      y[t * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r][t], acc1[r][t])) +
+                       _mm512_reduce_add_ps(_mm512_zextps256_ps512(acc2[r][t]));
+}
+
+float dot_q8_0(const void* w_row, const void* act, int64_t n) {
+  float y;
+  q8_0_rows<1, 1>(static_cast<const uint8_t*>(w_row), 0, static_cast<const uint8_t*>(act), 0,
+                  n / QK8_0, &y, 1);
+  return y;
 }
 
 // vpermw indices that spread 16 per-sub-block int16 scales over the 32 int16 pair sums of
@@ -136,40 +187,68 @@ struct ScaleIndex {
 const ScaleIndex kIdx;
 
 // Q2_K x Q8_K (formats.md 2.10). 2-bit codes are unsigned, so vpmaddubsw forms exact
-// pair sums; vpdpwssd applies the sub-block scales; the mins go through bsums.
-float dot_q2_k(const void* w_row, const void* act, int64_t n) {
-  const BlockQ2_K* w = static_cast<const BlockQ2_K*>(w_row);
-  const BlockQ8_K* x = static_cast<const BlockQ8_K*>(act);
+// pair sums; vpdpwssd applies the sub-block scales; the mins go through bsums. One weight
+// row x NT activation rows (matmul tiles; vec_dot is NT = 1): the codes and scales of a
+// block are unpacked once, and each token gets exactly the one-row kernel's float operations.
+template <int NT>
+void q2_k_rows(const uint8_t* wp, const uint8_t* ap, size_t ab, int64_t nblocks, float* y,
+               size_t ldy) {
+  const BlockQ2_K* w = reinterpret_cast<const BlockQ2_K*>(wp);
+  const BlockQ8_K* x[NT];
+#pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) x[t] = reinterpret_cast<const BlockQ8_K*>(ap + t * ab);
   const __m512i m3 = _mm512_set1_epi8(3);
   const __m128i m4 = _mm_set1_epi8(0xF);
   __m512i idx[4];
   for (int c = 0; c < 4; ++c) idx[c] = _mm512_load_si512(kIdx.q2k[c]);
-  __m512 acc = _mm512_setzero_ps();
-  __m256 accm = _mm256_setzero_ps();
-  for (int64_t b = 0; b < n / QK_K; ++b) {
+  __m512 acc[NT];
+  __m256 accm[NT];
+#pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) {
+    acc[t] = _mm512_setzero_ps();
+    accm[t] = _mm256_setzero_ps();
+  }
+  for (int64_t b = 0; b < nblocks; ++b) {
     const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].scales));
-    const __m512i sc = _mm512_castsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(raw, m4)));
+    const __m512i sc = _mm512_zextsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(raw, m4)));
     const __m256i mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), m4));
-    const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[b].bsums));
-    const __m256i msum = _mm256_madd_epi16(mn, bs);
-    __m512i sumi = _mm512_setzero_si512();
+    __m512i codes[4], scales[4];  // elements 64c .. 64c+63
+#pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
       const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qs + 32 * h));
       const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 2), 1);
-      const __m512i lo = _mm512_and_si512(v, m3);                      // elements 128h + 0..63
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m3);  // 128h + 64..127
-      const __m512i y0 = _mm512_loadu_si512(x[b].qs + 128 * h);
-      const __m512i y1 = _mm512_loadu_si512(x[b].qs + 128 * h + 64);
-      sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(lo, y0),
-                                 _mm512_permutexvar_epi16(idx[2 * h], sc));
-      sumi = _mm512_dpwssd_epi32(sumi, _mm512_maddubs_epi16(hi, y1),
-                                 _mm512_permutexvar_epi16(idx[2 * h + 1], sc));
+      codes[2 * h] = _mm512_and_si512(v, m3);                          // 128h + 0..63
+      codes[2 * h + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m3);  // 128h + 64..127
     }
-    const float dall = x[b].d * f16(w[b].d), dmin = x[b].d * f16(w[b].dmin);
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), _mm512_set1_ps(dall), acc);
-    accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(dmin), accm);
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) scales[c] = _mm512_permutexvar_epi16(idx[c], sc);
+    const float wd = f16(w[b].d), wm = f16(w[b].dmin);
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      const BlockQ8_K& xb = x[t][b];
+      const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.bsums));
+      const __m256i msum = _mm256_madd_epi16(mn, bs);
+      // integer sums are exact, so two chains give the same lanes as one
+      __m512i s0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
+                                       _mm512_maddubs_epi16(codes[0], _mm512_loadu_si512(xb.qs)), scales[0]);
+      __m512i s1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
+                                       _mm512_maddubs_epi16(codes[1], _mm512_loadu_si512(xb.qs + 64)), scales[1]);
+      s0 = _mm512_dpwssd_epi32(s0, _mm512_maddubs_epi16(codes[2], _mm512_loadu_si512(xb.qs + 128)), scales[2]);
+      s1 = _mm512_dpwssd_epi32(s1, _mm512_maddubs_epi16(codes[3], _mm512_loadu_si512(xb.qs + 192)), scales[3]);
+      const float dall = xb.d * wd, dmin = xb.d * wm;
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), _mm512_set1_ps(dall), acc[t]);
+      accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(dmin), accm[t]);
+    }
   }
-  return _mm512_reduce_add_ps(acc) - _mm512_reduce_add_ps(_mm512_castps256_ps512(accm));
+#pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t)
+    y[t * ldy] = _mm512_reduce_add_ps(acc[t]) - _mm512_reduce_add_ps(_mm512_zextps256_ps512(accm[t]));
+}
+
+float dot_q2_k(const void* w_row, const void* act, int64_t n) {
+  float y;
+  q2_k_rows<1>(static_cast<const uint8_t*>(w_row), static_cast<const uint8_t*>(act), 0, n / QK_K, &y, 1);
+  return y;
 }
 
 // Q4_K x Q8_K (formats.md 2.10), same scheme with 4-bit codes and 32-element sub-blocks.
@@ -317,11 +396,62 @@ float dot_mxfp4(const void* w_row, const void* act, int64_t n) {
   return _mm512_reduce_add_ps(acc);
 }
 
+// Matmul tiles: Q8_0 in 2 rows x 4 tokens, Q2_K in 1 row x 4 tokens (register budget).
+void tile_q8_0(const void* w, size_t rb, int64_t nr, const void* act, size_t ab, int64_t nt,
+               int64_t n, float* y, size_t ldy) {
+  const uint8_t* wb = static_cast<const uint8_t*>(w);
+  const uint8_t* a = static_cast<const uint8_t*>(act);
+  const int64_t nblocks = n / QK8_0;
+  for (int64_t t = 0; t < nt; t += 4) {
+    const int64_t k = std::min<int64_t>(4, nt - t);
+    const uint8_t* at = a + t * ab;
+    float* yt = y + t * ldy;
+    int64_t r = 0;
+    for (; r + 2 <= nr; r += 2) {
+      const uint8_t* wr = wb + r * rb;
+      switch (k) {
+        case 4: q8_0_rows<2, 4>(wr, rb, at, ab, nblocks, yt + r, ldy); break;
+        case 3: q8_0_rows<2, 3>(wr, rb, at, ab, nblocks, yt + r, ldy); break;
+        case 2: q8_0_rows<2, 2>(wr, rb, at, ab, nblocks, yt + r, ldy); break;
+        default: q8_0_rows<2, 1>(wr, rb, at, ab, nblocks, yt + r, ldy); break;
+      }
+    }
+    if (r < nr) {
+      const uint8_t* wr = wb + r * rb;
+      switch (k) {
+        case 4: q8_0_rows<1, 4>(wr, rb, at, ab, nblocks, yt + r, ldy); break;
+        case 3: q8_0_rows<1, 3>(wr, rb, at, ab, nblocks, yt + r, ldy); break;
+        case 2: q8_0_rows<1, 2>(wr, rb, at, ab, nblocks, yt + r, ldy); break;
+        default: q8_0_rows<1, 1>(wr, rb, at, ab, nblocks, yt + r, ldy); break;
+      }
+    }
+  }
+}
+
+void tile_q2_k(const void* w, size_t rb, int64_t nr, const void* act, size_t ab, int64_t nt,
+               int64_t n, float* y, size_t ldy) {
+  const uint8_t* wb = static_cast<const uint8_t*>(w);
+  const uint8_t* a = static_cast<const uint8_t*>(act);
+  const int64_t nblocks = n / QK_K;
+  for (int64_t r = 0; r < nr; ++r) {
+    const uint8_t* wr = wb + r * rb;
+    int64_t t = 0;
+    for (; t + 4 <= nt; t += 4) q2_k_rows<4>(wr, a + t * ab, ab, nblocks, y + t * ldy + r, ldy);
+    switch (nt - t) {
+      case 3: q2_k_rows<3>(wr, a + t * ab, ab, nblocks, y + t * ldy + r, ldy); break;
+      case 2: q2_k_rows<2>(wr, a + t * ab, ab, nblocks, y + t * ldy + r, ldy); break;
+      case 1: q2_k_rows<1>(wr, a + t * ab, ab, nblocks, y + t * ldy + r, ldy); break;
+      default: break;
+    }
+  }
+}
+
 }  // namespace
 
 const KernelTable& avx512_kernels() {
   static const KernelTable table{dot_f32,  dot_half<false>, dot_half<true>, dot_q8_0,
-                                 dot_q2_k, dot_q4_k,        dot_iq2_xxs,    dot_mxfp4};
+                                 dot_q2_k, dot_q4_k,        dot_iq2_xxs,    dot_mxfp4,
+                                 tile_q8_0, tile_q2_k,      nullptr};
   return table;
 }
 
