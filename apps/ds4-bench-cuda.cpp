@@ -5,6 +5,8 @@
 // cannot sit in L2, so the numbers are DRAM numbers.
 //
 //   ds4-bench-cuda [--iters N] [--no-step]
+//   ds4-bench-cuda --prefill [--iters N]   prefill GEMMs (matmul.h): int8 TOPS at T = 512 and
+//                                          2048, and one grouped MoE layer for 2048 tokens
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
@@ -22,6 +24,7 @@
 #include "backend/cuda/bandwidth.h"
 #include "backend/cuda/buffer.h"
 #include "backend/cuda/device.h"
+#include "backend/cuda/matmul.h"
 #include "backend/cuda/matvec.h"
 #include "core/ggml_type.h"
 
@@ -266,14 +269,92 @@ void bench_step(void* stream, int iters, double copy_gbs) {
              double(step_bytes) / (copy_gbs * 1e9) * 1e3, copy_gbs * 1e9 / double(step_bytes));
 }
 
+// Prefill GEMMs: Y = X W^T for T tokens with the activations already quantized (the quantizer
+// is timed separately). ops = 2 * rows * cols * T; compute bound, so single launches timed
+// with events (each runs >= tens of microseconds; launch latency is a few percent at most).
+void bench_prefill(void* stream, int iters, const DeviceInfo& dev) {
+  using T = GgmlType;
+  const std::vector<Matrix> shapes = {
+      {T::Q8_0, 1024, 4096, "attn_q_a"},      {T::Q8_0, 32768, 1024, "attn_q_b"},
+      {T::Q8_0, 512, 4096, "attn_kv"},        {T::Q8_0, 8192, 4096, "attn_output_a"},
+      {T::Q8_0, 4096, 8192, "attn_output_b"}, {T::Q8_0, 2048, 4096, "shexp gate/up"},
+      {T::Q8_0, 4096, 2048, "shexp down"},    {T::IQ2_XXS, 2048, 4096, "expert gate/up q2"},
+      {T::Q2_K, 4096, 2048, "expert down q2"}, {T::Q4_K, 2048, 4096, "expert gate/up q4"},
+      {T::Q4_K, 4096, 2048, "expert down q4"}, {T::MXFP4, 2048, 4096, "expert gate/up mxfp4"},
+      {T::MXFP4, 4096, 2048, "expert down mxfp4"}, {T::F16, 256, 4096, "router f16"},
+      {T::F16, 1024, 4096, "f16 1024x4096"},
+  };
+  // H100 SXM: 1979 dense int8 TOPS (989 dense f16 TFLOP/s); H200 has the same tensor cores.
+  const double peak = 1979.0;
+  fmt::print("\nprefill GEMMs (matmul_q; dense int8 peak of the H100/H200 SXM: {:.0f} TOPS)\n", peak);
+  fmt::print("{:<22} {:>8} {:>14} {:>6} {:>10} {:>9} {:>7} {:>10}\n", "matmul", "type", "rows x cols", "T", "us",
+             "TOPS", "%peak", "quant us");
+  for (const Matrix& m : shapes) {
+    DeviceBuffer w(m.bytes());
+    fill_random_weights(m.type, w.data(), m.nrows, m.ncols, 3, stream);
+    for (int64_t tok : {int64_t(512), int64_t(2048)}) {
+      const auto x = random_vec(tok * m.ncols, 7);
+      DeviceBuffer dx(x.size() * sizeof(float));
+      dx.upload(x.data(), dx.size());
+      const size_t ab = activation_bytes(m.type, m.ncols);
+      DeviceBuffer act(std::max<size_t>(ab * size_t(tok), 16));
+      DeviceBuffer y(size_t(tok * m.nrows) * sizeof(float));
+      const void* a = ab ? act.data() : dx.data();
+      const double qms = ab ? median_ms(stream, 3, iters, [&](int) {
+        quantize_activation(m.type, dx.as<float>(), act.data(), tok * m.ncols, stream);
+      }) : 0.0;
+      const double ms = median_ms(stream, 3, iters, [&](int) {
+        matmul_q(m.type, w.data(), m.nrows, m.ncols, a, tok, y.as<float>(), stream);
+      });
+      const double tops = 2.0 * double(m.nrows) * double(m.ncols) * double(tok) / (ms * 1e-3) / 1e12;
+      fmt::print("{:<22} {:>8} {:>14} {:>6} {:>10.1f} {:>9.1f} {:>6.1f}% {:>10.1f}\n", m.name, type_name(m.type),
+                 fmt::format("{}x{}", m.nrows, m.ncols), tok, ms * 1e3, tops, 100.0 * tops / peak, qms * 1e3);
+    }
+  }
+
+  // One routed-expert layer for 2048 tokens: 256 experts, top-6, random distinct ids.
+  fmt::print("\ngrouped MoE layer (moe_experts_batch: quantize, route, gate/up+SwiGLU, quantize h, down, sum)\n");
+  fmt::print("{:<34} {:>6} {:>10} {:>9} {:>7} {:>10}\n", "experts", "T", "ms", "TOPS", "%peak", "tokens/s");
+  const std::pair<GgmlType, GgmlType> kinds[] = {{GgmlType::IQ2_XXS, GgmlType::Q2_K},
+                                                 {GgmlType::Q4_K, GgmlType::Q4_K},
+                                                 {GgmlType::MXFP4, GgmlType::MXFP4}};
+  for (auto [gu, dn] : kinds) {
+    Experts e = make_experts(gu, dn, 256, stream, 300);
+    MoeBatchShape s;
+    s.gate_up_type = gu;
+    s.down_type = dn;
+    for (int64_t tok : {int64_t(512), int64_t(2048)}) {
+      DeviceBuffer ids = random_ids(int(tok), s.n_used, s.n_expert, 11);
+      std::vector<float> w(size_t(tok * s.n_used), 0.25f);
+      DeviceBuffer dw(w.size() * sizeof(float));
+      dw.upload(w.data(), dw.size());
+      const auto x = random_vec(tok * s.n_embd, 5);
+      DeviceBuffer dx(x.size() * sizeof(float)), dy(x.size() * sizeof(float));
+      dx.upload(x.data(), dx.size());
+      DeviceBuffer ws(moe_batch_workspace_bytes(s, tok));
+      const double ms = median_ms(stream, 2, iters, [&](int) {
+        moe_experts_batch(s, e.gate.data(), e.up.data(), e.down.data(), ids.as<int32_t>(), dw.as<float>(),
+                          dx.as<float>(), tok, dy.as<float>(), ws.data(), stream);
+      });
+      const double ops = 2.0 * double(tok) * s.n_used * 3.0 * double(s.n_ff) * double(s.n_embd);
+      const double tops = ops / (ms * 1e-3) / 1e12;
+      fmt::print("{:<34} {:>6} {:>10.3f} {:>9.1f} {:>6.1f}% {:>10.0f}\n",
+                 fmt::format("{} gate/up, {} down", type_name(gu), type_name(dn)), tok, ms, tops,
+                 100.0 * tops / peak, double(tok) / (ms * 1e-3));
+    }
+  }
+  (void)dev;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"DwarfStar CUDA decode kernel benchmark"};
   int iters = 50;
-  bool no_step = false;
+  bool no_step = false, prefill = false;
   app.add_option("--iters", iters, "timed iterations per kernel (median reported)");
   app.add_flag("--no-step", no_step, "skip the decode-step estimate (needs ~9 GB of GPU memory)");
+  app.add_flag("--prefill", prefill, "prefill GEMMs and the grouped MoE layer instead of the decode kernels");
   CLI11_PARSE(app, argc, argv);
   try {
     const DeviceInfo dev = require_device(0);
@@ -282,6 +363,10 @@ int main(int argc, char** argv) {
     const double copy = measure_copy_bandwidth();
     fmt::print("measured copy bandwidth (read + write): {:.1f} GB/s\n", copy);
     Stream stream;
+    if (prefill) {
+      bench_prefill(stream.handle(), iters, dev);
+      return 0;
+    }
     bench_matvec(stream.handle(), iters, copy);
     bench_moe(stream.handle(), iters, copy);
     if (!no_step) bench_step(stream.handle(), std::max(5, iters / 5), copy);

@@ -1,0 +1,953 @@
+// Prefill GEMM kernels (matmul.h). Design, for a compute-bound product of T >= 1 quantized
+// activation rows with a quantized weight matrix that must equal the CPU per block:
+//  - a CTA computes a 128 (weight rows) x 64 (tokens) tile with 8 warps (4 x 2, each 32 x 32:
+//    2 x 4 mma.sync m16n8k32 s8 tiles), stepping through K in stages of 256 elements;
+//  - per stage the CTA copies the rows' raw block bytes to shared memory with the widest
+//    coalesced loads their alignment allows (17/34/66/84-byte blocks are not 16-byte aligned),
+//    decodes them to an int8 tile (+ per-chunk scales), and copies the int8 activation qs
+//    (+ scales, bsums) next to it; rows are padded to 272 bytes so that the fragment loads
+//    are bank-conflict free;
+//  - each 32-element chunk is one MMA k-step, giving the exact int32 chunk sum per (row,
+//    token); the chunk's integer scale (Q4_K 6-bit sc, IQ2_XXS 2s+1) is applied in int32,
+//    Q2_K's 4-bit sub-block scales are folded into the int8 weights (sc*q <= 45), and the
+//    float block scales are applied once per block as the CPU's vec_dot does (Q8_0/MXFP4:
+//    one 32-block per chunk). The K-quant min term sum_s m_s*bsums_s is an f16 m16n8k16 MMA
+//    of small integers (|m| <= 63, |bsums| <= 2048, exact in f16; sums < 2^24, exact in f32).
+// Two CTAs fit per SM (about 100 KB of shared memory each), so one CTA's copies and decode
+// overlap the other's MMAs.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <mutex>
+
+#include "backend/cuda/check.h"
+#include "backend/cuda/matmul_launch.h"
+#include "quant/block_codecs.h"
+#include "quant/blocks.h"
+#include "quant/quant.h"
+
+namespace ds4::cuda::detail {
+namespace {
+
+constexpr int BM = kMmRows, BN = kMmTokens, BK = 256, kThreads = 256;
+constexpr int AS = BK + 16;  // bytes per int8 tile row: (4 g + c) distinct banks per fragment load
+constexpr int SS = 9;        // stride of the per-chunk scale arrays (conflict-free)
+constexpr int MS = 24;       // halves per row of the min / bsum tiles (conflict-free f16 fragments)
+
+__device__ uint64_t g_grid[256];
+__device__ uint64_t g_sign_mask[128];
+__constant__ uint32_t c_mxfp4[4];
+
+void init_tables() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    uint64_t masks[128];
+    const uint8_t* signs = quant::ksigns_iq2xs();
+    for (int i = 0; i < 128; ++i) {
+      uint64_t m = 0;
+      for (int j = 0; j < 8; ++j)
+        if ((signs[i] >> j) & 1) m |= uint64_t(0xFF) << (8 * j);
+      masks[i] = m;
+    }
+    uint32_t mx[4];
+    for (int i = 0; i < 4; ++i) {
+      mx[i] = 0;
+      for (int j = 0; j < 4; ++j) mx[i] |= uint32_t(uint8_t(quant::kValuesMxfp4[4 * i + j])) << (8 * j);
+    }
+    DS4_CUDA_CHECK(cudaMemcpyToSymbol(g_grid, quant::iq2xxs_grid(), sizeof(g_grid)));
+    DS4_CUDA_CHECK(cudaMemcpyToSymbol(g_sign_mask, masks, sizeof(masks)));
+    DS4_CUDA_CHECK(cudaMemcpyToSymbol(c_mxfp4, mx, sizeof(mx)));
+  });
+}
+
+__device__ __forceinline__ float f16(const uint8_t* p) {
+  return __half2float(__ushort_as_half(uint16_t(p[0] | (p[1] << 8))));
+}
+__device__ __forceinline__ uint32_t ld2x2(const uint8_t* p) {
+  const uint16_t* q = reinterpret_cast<const uint16_t*>(p);
+  return uint32_t(q[0]) | (uint32_t(q[1]) << 16);
+}
+__device__ __forceinline__ uint32_t ld4(const uint8_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
+__device__ __forceinline__ uint32_t ld1x4(const uint8_t* p) {
+  return uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24);
+}
+
+// 2^(e-128) with the f32 denormals for e = 0, 1 (formats.md 2.8), as cpu::detail::mxfp4_scale.
+__device__ __forceinline__ float mxfp4_scale(uint32_t e) {
+  return __uint_as_float(e < 2 ? (0x00200000u << e) : (e - 1u) << 23);
+}
+
+// 8 nibbles of q looked up in the 16-entry int8 table t (low nibbles -> .x, high -> .y).
+__device__ __forceinline__ uint2 lookup16(uint32_t q, const uint32_t t[4]) {
+  uint32_t tmp[2];
+  const uint32_t sel_hi = 0x32103210u | ((q & 0x88888888u) >> 1);
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const uint32_t sh = 16 * i;
+    const uint32_t lo = __byte_perm(t[0], t[1], q >> sh);
+    const uint32_t hi = __byte_perm(t[2], t[3], q >> sh);
+    tmp[i] = __byte_perm(lo, hi, sel_hi >> sh);
+  }
+  return make_uint2(__byte_perm(tmp[0], tmp[1], 0x6420), __byte_perm(tmp[0], tmp[1], 0x7531));
+}
+
+__device__ __forceinline__ void q4k_scale_min(int j, const uint8_t* s, int& sc, int& m) {
+  if (j < 4) {
+    sc = s[j] & 63;
+    m = s[j + 4] & 63;
+  } else {
+    sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+    m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Weight decoders. decode(raw, j, w, fsc, isc): chunk j (32 elements) of the stage's raw
+// bytes of one row -> 8 words of int8 weights, its float scale (kFloatChunk) or integer
+// scale (kIntChunk). meta(raw, d, dmin): the per-block floats of the K-quants (one block per
+// stage); mins(raw, j, m0, m1): the min codes of sub-blocks 2j, 2j+1 of the 16-entry
+// min tile (Q4_K's 8 mins are duplicated to line up with the 16 bsums).
+// ---------------------------------------------------------------------------------------
+enum ChunkKind { kFloatChunk, kIntChunk, kFolded };
+struct Tabs {
+  const uint64_t* grid;
+  const uint64_t* signs;
+};
+
+struct DQ8_0 {
+  static constexpr int BB = 34, BE = 32, kKind = kFloatChunk;
+  static constexpr bool kMins = false, kTables = false;
+  __device__ static void decode(const uint8_t* raw, int j, uint32_t w[8], float& fsc, int&, const Tabs&) {
+    const uint8_t* b = raw + BB * j;
+    fsc = f16(b);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = ld2x2(b + 2 + 4 * i);
+  }
+  __device__ static void meta(const uint8_t*, float&, float&) {}
+  __device__ static void mins(const uint8_t*, int, int&, int&) {}
+};
+
+struct DMXFP4 {
+  static constexpr int BB = 17, BE = 32, kKind = kFloatChunk;
+  static constexpr bool kMins = false, kTables = false;
+  __device__ static void decode(const uint8_t* raw, int j, uint32_t w[8], float& fsc, int&, const Tabs&) {
+    const uint8_t* b = raw + BB * j;
+    const uint32_t t[4] = {c_mxfp4[0], c_mxfp4[1], c_mxfp4[2], c_mxfp4[3]};
+    fsc = mxfp4_scale(b[0]);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint2 v = lookup16(ld1x4(b + 1 + 4 * i), t);
+      w[i] = v.x;      // elements 4i..4i+3 (low nibbles)
+      w[4 + i] = v.y;  // elements 16+4i.. (high nibbles)
+    }
+  }
+  __device__ static void meta(const uint8_t*, float&, float&) {}
+  __device__ static void mins(const uint8_t*, int, int&, int&) {}
+};
+
+struct DQ2_K {  // element e = 32 j + i: q = (qs[32 (j/4) + i] >> 2 (j%4)) & 3, sub-block 2j + i/16
+  static constexpr int BB = 84, BE = 256, kKind = kFolded;
+  static constexpr bool kMins = true, kTables = false;
+  __device__ static void decode(const uint8_t* raw, int j, uint32_t w[8], float&, int&, const Tabs&) {
+    const uint32_t sc0 = raw[2 * j] & 0xF, sc1 = raw[2 * j + 1] & 0xF;
+    const uint8_t* q = raw + 16 + 32 * (j >> 2);
+    const int shift = 2 * (j & 3);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = ((ld4(q + 4 * i) >> shift) & 0x03030303u) * (i < 4 ? sc0 : sc1);  // <= 45 per byte
+  }
+  __device__ static void meta(const uint8_t* raw, float& d, float& dmin) {
+    d = f16(raw + 80);
+    dmin = f16(raw + 82);
+  }
+  __device__ static void mins(const uint8_t* raw, int j, int& m0, int& m1) {
+    m0 = raw[2 * j] >> 4;
+    m1 = raw[2 * j + 1] >> 4;
+  }
+};
+
+struct DQ4_K {  // element e = 32 j + i: nibble (j & 1) of qs[32 (j/2) + i], scale sc_j, min m_j
+  static constexpr int BB = 144, BE = 256, kKind = kIntChunk;
+  static constexpr bool kMins = true, kTables = false;
+  __device__ static void decode(const uint8_t* raw, int j, uint32_t w[8], float&, int& isc, const Tabs&) {
+    int m;
+    q4k_scale_min(j, raw + 4, isc, m);
+    const uint8_t* q = raw + 16 + 32 * (j >> 1);
+    const int shift = 4 * (j & 1);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = (ld4(q + 4 * i) >> shift) & 0x0F0F0F0Fu;
+  }
+  __device__ static void meta(const uint8_t* raw, float& d, float& dmin) {
+    d = f16(raw);
+    dmin = f16(raw + 2);
+  }
+  __device__ static void mins(const uint8_t* raw, int j, int& m0, int& m1) {
+    int sc;
+    q4k_scale_min(j, raw + 4, sc, m0);
+    m1 = m0;
+  }
+};
+
+struct DIQ2_XXS {  // chunk = group g: 4 grid bytes + u32 {4 x 7 sign bits, 4-bit scale}
+  static constexpr int BB = 66, BE = 256, kKind = kIntChunk;
+  static constexpr bool kMins = false, kTables = true;
+  __device__ static void decode(const uint8_t* raw, int j, uint32_t w[8], float&, int& isc, const Tabs& t) {
+    const uint32_t a0 = ld2x2(raw + 2 + 8 * j), a1 = ld2x2(raw + 6 + 8 * j);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const uint64_t gv = t.grid[(a0 >> (8 * k)) & 0xFF];
+      const uint64_t m = t.signs[(a1 >> (7 * k)) & 127];
+      const uint32_t mlo = uint32_t(m), mhi = uint32_t(m >> 32);
+      // (g ^ m) - m per byte negates exactly the bytes whose mask is 0xFF.
+      w[2 * k] = __vsub4(uint32_t(gv) ^ mlo, mlo);
+      w[2 * k + 1] = __vsub4(uint32_t(gv >> 32) ^ mhi, mhi);
+    }
+    isc = 2 * int(a1 >> 28) + 1;
+  }
+  // The CPU's block factor is fp16(d) * d_x * 0.125; a power of two commutes exactly.
+  __device__ static void meta(const uint8_t* raw, float& d, float& dmin) {
+    d = f16(raw) * 0.125f;
+    dmin = 0.0f;
+  }
+  __device__ static void mins(const uint8_t*, int, int&, int&) {}
+};
+
+// ---------------------------------------------------------------------------------------
+// Plans: where a CTA's weight rows, activation rows and outputs are.
+// ---------------------------------------------------------------------------------------
+struct Tile {
+  int64_t m0;   // first weight row
+  int64_t n0;   // first token (plain) or slot (grouped)
+  int nn;       // valid tokens in the tile
+  int64_t e;    // expert
+};
+
+struct PlainPlan {
+  const uint8_t* w;
+  size_t rb;
+  int64_t nrows;
+  const uint8_t* act;
+  size_t arb;
+  int64_t T;
+  float* y;
+  static constexpr bool kGateUp = false;
+  __device__ bool tile(Tile& t) const {
+    t.n0 = int64_t(blockIdx.x) * BN;
+    t.m0 = int64_t(blockIdx.y) * BM;
+    t.nn = int(std::min<int64_t>(BN, T - t.n0));
+    t.e = 0;
+    return true;
+  }
+  __device__ const uint8_t* wrow(const Tile& t, int a) const {
+    const int64_t r = t.m0 + a;
+    return r < nrows ? w + size_t(r) * rb : nullptr;
+  }
+  __device__ const uint8_t* arow(const Tile& t, int n) const { return act + size_t(t.n0 + n) * arb; }
+  __device__ void store(const Tile& t, int a, int n, float v) const {
+    const int64_t r = t.m0 + a;
+    if (r < nrows && n < t.nn) y[size_t(t.n0 + n) * size_t(nrows) + size_t(r)] = v;
+  }
+};
+
+// Gate and up rows interleaved in the A tile: warp row block wm (32 rows) holds 16 gate rows
+// (m-tile 0) and the same 16 up rows (m-tile 1), so one thread holds g and u of the same
+// (row, token) and SwiGLU runs in registers.
+struct GateUpPlan {
+  const uint8_t* gate;
+  const uint8_t* up;
+  size_t rb, slab;
+  int64_t n_ff;
+  const uint8_t* act;
+  size_t arb;
+  const int32_t* ctrl;
+  const int4* tiles;
+  const int32_t* slot_token;
+  const float* slot_w;
+  float* h;
+  float limit;
+  static constexpr bool kGateUp = true;
+  __device__ bool tile(Tile& t) const {
+    if (int(blockIdx.y) >= __ldg(ctrl)) return false;
+    const int4 d = tiles[blockIdx.y];
+    t.e = d.x;
+    t.n0 = d.y;
+    t.nn = d.z;
+    t.m0 = int64_t(blockIdx.x) * (BM / 2);
+    return true;
+  }
+  __device__ const uint8_t* wrow(const Tile& t, int a) const {
+    const int64_t r = t.m0 + (a >> 5) * 16 + (a & 15);
+    if (r >= n_ff) return nullptr;
+    return ((a & 16) ? up : gate) + size_t(t.e) * slab + size_t(r) * rb;
+  }
+  __device__ const uint8_t* arow(const Tile& t, int n) const {
+    return act + size_t(__ldg(slot_token + t.n0 + n)) * arb;
+  }
+  __device__ void store_pair(const Tile& t, int lrow, int n, float g, float u) const {
+    const int64_t r = t.m0 + lrow;
+    if (r >= n_ff || n >= t.nn) return;
+    g = fminf(g, limit);                 // gate: upper clamp only (architecture.md 3.5.2)
+    u = fminf(fmaxf(u, -limit), limit);  // up: both sides
+    const float silu = g / (1.0f + expf(-g));
+    const int64_t slot = t.n0 + n;
+    h[size_t(slot) * size_t(n_ff) + size_t(r)] = (silu * u) * __ldg(slot_w + slot);
+  }
+  __device__ void store(const Tile&, int, int, float) const {}
+};
+
+struct DownPlan {
+  const uint8_t* down;
+  size_t rb, slab;
+  int64_t n_embd;
+  const uint8_t* act;  // one row per slot
+  size_t arb;
+  const int32_t* ctrl;
+  const int4* tiles;
+  float* z;
+  static constexpr bool kGateUp = false;
+  __device__ bool tile(Tile& t) const {
+    if (int(blockIdx.y) >= __ldg(ctrl)) return false;
+    const int4 d = tiles[blockIdx.y];
+    t.e = d.x;
+    t.n0 = d.y;
+    t.nn = d.z;
+    t.m0 = int64_t(blockIdx.x) * BM;
+    return true;
+  }
+  __device__ const uint8_t* wrow(const Tile& t, int a) const {
+    const int64_t r = t.m0 + a;
+    return r < n_embd ? down + size_t(t.e) * slab + size_t(r) * rb : nullptr;
+  }
+  __device__ const uint8_t* arow(const Tile& t, int n) const { return act + size_t(t.n0 + n) * arb; }
+  __device__ void store(const Tile& t, int a, int n, float v) const {
+    const int64_t r = t.m0 + a;
+    if (r < n_embd && n < t.nn) z[size_t(t.n0 + n) * size_t(n_embd) + size_t(r)] = v;
+  }
+};
+
+// ---------------------------------------------------------------------------------------
+// Tensor-core primitives.
+// ---------------------------------------------------------------------------------------
+__device__ __forceinline__ void mma_s8(int (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ void mma_f16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Shared-memory layout of one CTA (bytes). One raw stage buffer: the next stage's weight bytes
+// are copied (cp.async) while the current stage's MMAs run; the activation tile is reloaded
+// after them (it is small and L2-resident: every row tile of the grid reads it).
+template <class K>
+struct Smem {
+  static constexpr int SB = (BK / K::BE) * K::BB;      // raw bytes of one full stage of a row
+  static constexpr int RS = (SB + 16 + 15) / 16 * 16;   // raw row stride (room for a start offset)
+  static constexpr int A = 0;
+  static constexpr int B = A + BM * AS;
+  static constexpr int RAW = B + BN * AS;
+  static constexpr int WSC = RAW + BM * RS;             // [BM][SS] f32 or int chunk scales
+  static constexpr int XSC = WSC + BM * SS * 4;         // [BN][SS] f32 activation scales
+  static constexpr int WD = XSC + BN * SS * 4;          // [BM] f32 block d
+  static constexpr int WDM = WD + BM * 4;               // [BM] f32 block dmin
+  static constexpr int MIN = WDM + BM * 4;              // [BM][MS] f16 min codes
+  static constexpr int BS = MIN + BM * MS * 2;          // [BN][MS] int16 bsums
+  static constexpr int DELTA = BS + BN * MS * 2;        // [BM] int: raw row start offsets
+  static constexpr int GRID = DELTA + BM * 4;           // IQ2_XXS tables
+  static constexpr int SIGN = GRID + 256 * 8;
+  static constexpr int BYTES = SIGN + 128 * 8;
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async8(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(smem_addr(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+// Issues the copies of stage s of every tile row: warp w takes rows w, w+8, ...; the lanes
+// copy vw-byte words covering [start, start + bytes) from the aligned word below start (any
+// block alignment works; the covering words never leave an aligned word holding a valid
+// byte, so they stay inside the allocation). delta[a] records where the stage begins.
+template <class K>
+__device__ __forceinline__ void issue_raw(const uint8_t* const* rows, int s, int bytes, int vw, uint8_t* sm) {
+  using L = Smem<K>;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  int* delta = reinterpret_cast<int*>(sm + L::DELTA);
+  for (int a = warp; a < BM; a += kThreads / 32) {
+    const uint8_t* src = rows[a];
+    if (src == nullptr) continue;
+    src += size_t(s) * L::SB;
+    const int d = int(reinterpret_cast<uintptr_t>(src) & uintptr_t(vw - 1));
+    const uint8_t* base = src - d;
+    uint8_t* dst = sm + L::RAW + a * L::RS;
+    if (lane == 0) delta[a] = d;
+    const int nw = (d + bytes + vw - 1) / vw;
+    if (vw == 16) {
+      for (int w = lane; w < nw; w += 32) cp_async16(dst + 16 * w, base + 16 * w);
+    } else if (vw == 8) {
+      for (int w = lane; w < nw; w += 32) cp_async8(dst + 8 * w, base + 8 * w);
+    } else {
+      for (int w = lane; w < nw; w += 32) cp_async4(dst + 4 * w, base + 4 * w);
+    }
+  }
+}
+
+// Issues the copies of stage s of the activation tile (qs, scales, bsums); rows past the
+// tile's tokens and chunks past the matrix are zeroed instead.
+template <class K, class P>
+__device__ __forceinline__ void issue_act(const P& p, const Tile& t, int s, int nch, uint8_t* sm) {
+  using L = Smem<K>;
+  float* xsc = reinterpret_cast<float*>(sm + L::XSC);
+#pragma unroll
+  for (int i = 0; i < (BN * 8) / kThreads; ++i) {
+    const int u = threadIdx.x + kThreads * i, n = u >> 3, j = u & 7;
+    uint32_t* dst = reinterpret_cast<uint32_t*>(sm + L::B + n * AS + 32 * j);
+    if constexpr (K::BE == 32) {
+      if (n < t.nn && j < nch) {
+        const uint8_t* blk = p.arow(t, n) + size_t(s * 8 + j) * sizeof(BlockQ8_0Act);
+#pragma unroll
+        for (int q = 0; q < 8; ++q) cp_async4(dst + q, blk + 4 + 4 * q);
+        cp_async4(xsc + n * SS + j, blk);
+      } else {
+#pragma unroll
+        for (int q = 0; q < 8; ++q) dst[q] = 0;
+        xsc[n * SS + j] = 0.0f;
+      }
+    } else {
+      uint32_t* bs = reinterpret_cast<uint32_t*>(sm + L::BS + n * MS * 2);
+      if (n < t.nn) {
+        const uint8_t* blk = p.arow(t, n) + size_t(s) * sizeof(BlockQ8_K);
+#pragma unroll
+        for (int q = 0; q < 8; ++q) cp_async4(dst + q, blk + 4 + 32 * j + 4 * q);
+        if (j == 0) cp_async4(xsc + n * SS, blk);
+        cp_async4(bs + j, blk + 4 + QK_K + 4 * j);  // bsums 2j, 2j+1
+      } else {
+#pragma unroll
+        for (int q = 0; q < 8; ++q) dst[q] = 0;
+        if (j == 0) xsc[n * SS] = 0.0f;
+        bs[j] = 0;
+      }
+    }
+  }
+}
+
+// float(p) for |p| < 2^22 with one integer and one float add (I2F is quarter rate): the
+// chunk sums are at most 32 * 127 * 128 in magnitude.
+__device__ __forceinline__ float i2f_small(int p) { return __fsub_rn(__int_as_float(p + 0x4B400000), 12582912.0f); }
+
+// Two int16 bsums -> two halves (exact: |bsum| <= 2048).
+__device__ __forceinline__ uint32_t bsums_to_h2(uint32_t w) {
+  const __half2 h = __halves2half2(__short2half_rn(short(w & 0xFFFF)), __short2half_rn(short(w >> 16)));
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+template <class K, class P>
+__global__ void __launch_bounds__(kThreads, 2) mm_kernel(P p, int64_t ncols, int vw) {
+  extern __shared__ __align__(16) uint8_t sm[];
+  using L = Smem<K>;
+  Tile t;
+  if (!p.tile(t)) return;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, c = lane & 3;
+  const int wm = warp & 3, wn = warp >> 2;
+
+  __shared__ const uint8_t* rows[BM];
+  for (int a = tid; a < BM; a += kThreads) rows[a] = p.wrow(t, a);
+  Tabs tabs{nullptr, nullptr};
+  if constexpr (K::kTables) {
+    uint64_t* gs = reinterpret_cast<uint64_t*>(sm + L::GRID);
+    uint64_t* ss = reinterpret_cast<uint64_t*>(sm + L::SIGN);
+    for (int i = tid; i < 256; i += kThreads) gs[i] = g_grid[i];
+    for (int i = tid; i < 128; i += kThreads) ss[i] = g_sign_mask[i];
+    tabs = Tabs{gs, ss};
+  }
+
+  float acc[2][4][4];
+  int bi[2][4][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int v = 0; v < 4; ++v) {
+        acc[mt][nt][v] = 0.0f;
+        bi[mt][nt][v] = 0;
+      }
+
+  const int nstages = int((ncols + BK - 1) / BK);
+  auto stage_k = [&](int s) { return int(std::min<int64_t>(BK, ncols - int64_t(s) * BK)); };
+  __syncthreads();  // rows[]
+  issue_raw<K>(rows, 0, (stage_k(0) / K::BE) * K::BB, vw, sm);
+  issue_act<K>(p, t, 0, stage_k(0) / 32, sm);
+  cp_async_commit();
+
+  for (int s = 0; s < nstages; ++s) {
+    const int nch = stage_k(s) / 32;
+    cp_async_wait_all();
+    __syncthreads();  // stage s landed for every thread; the previous MMAs are done with A
+    // Decode: unit (row a, chunk j).
+    const int* delta = reinterpret_cast<const int*>(sm + L::DELTA);
+#pragma unroll
+    for (int i = 0; i < (BM * 8) / kThreads; ++i) {
+      const int u = tid + kThreads * i, a = u >> 3, j = u & 7;
+      uint32_t w[8];
+      float fsc = 0.0f;
+      int isc = 0;
+      const bool ok = rows[a] != nullptr && j < nch;
+      const uint8_t* raw = sm + L::RAW + a * L::RS + (rows[a] != nullptr ? delta[a] : 0);
+      if (ok) {
+        K::decode(raw, j, w, fsc, isc, tabs);
+      } else {
+#pragma unroll
+        for (int q = 0; q < 8; ++q) w[q] = 0;
+      }
+      uint4* dst = reinterpret_cast<uint4*>(sm + L::A + a * AS + 32 * j);
+      dst[0] = make_uint4(w[0], w[1], w[2], w[3]);
+      dst[1] = make_uint4(w[4], w[5], w[6], w[7]);
+      if constexpr (K::kKind == kFloatChunk) reinterpret_cast<float*>(sm + L::WSC)[a * SS + j] = fsc;
+      if constexpr (K::kKind == kIntChunk) reinterpret_cast<int*>(sm + L::WSC)[a * SS + j] = isc;
+      if constexpr (K::BE == 256) {
+        if (j == 0) {
+          float d = 0.0f, dmin = 0.0f;
+          if (ok) K::meta(raw, d, dmin);
+          reinterpret_cast<float*>(sm + L::WD)[a] = d;
+          reinterpret_cast<float*>(sm + L::WDM)[a] = dmin;
+        }
+      }
+      if constexpr (K::kMins) {
+        int m0 = 0, m1 = 0;
+        if (ok) K::mins(raw, j, m0, m1);
+        __half* mn = reinterpret_cast<__half*>(sm + L::MIN) + a * MS;
+        mn[2 * j] = __int2half_rn(m0);
+        mn[2 * j + 1] = __int2half_rn(m1);
+      }
+    }
+    __syncthreads();  // A and its scales are ready; the raw buffer is free
+    if (s + 1 < nstages) {
+      issue_raw<K>(rows, s + 1, (stage_k(s + 1) / K::BE) * K::BB, vw, sm);
+      cp_async_commit();
+    }
+
+    // MMA over the stage's chunks.
+    const uint8_t* As = sm + L::A;
+    const uint8_t* Bs = sm + L::B;
+    const float* wsc = reinterpret_cast<const float*>(sm + L::WSC);
+    const int* isc = reinterpret_cast<const int*>(sm + L::WSC);
+    const float* xsc = reinterpret_cast<const float*>(sm + L::XSC);
+    for (int j = 0; j < nch; ++j) {
+      uint32_t af[2][4], bf[4][2];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const uint8_t* r0 = As + (wm * 32 + mt * 16 + g) * AS + 32 * j + 4 * c;
+        af[mt][0] = ld4(r0);
+        af[mt][1] = ld4(r0 + 8 * AS);
+        af[mt][2] = ld4(r0 + 16);
+        af[mt][3] = ld4(r0 + 8 * AS + 16);
+      }
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const uint8_t* r0 = Bs + (wn * 32 + nt * 8 + g) * AS + 32 * j + 4 * c;
+        bf[nt][0] = ld4(r0);
+        bf[nt][1] = ld4(r0 + 16);
+      }
+      if constexpr (K::kKind == kFolded) {
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt) mma_s8(bi[mt][nt], af[mt], bf[nt]);
+      } else {
+        float ws[2][2], xs[4][2];
+        int is[2][2];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = wm * 32 + mt * 16 + g + 8 * h;
+            if constexpr (K::kKind == kFloatChunk) ws[mt][h] = wsc[r * SS + j];
+            else is[mt][h] = isc[r * SS + j];
+          }
+        if constexpr (K::kKind == kFloatChunk) {
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) xs[nt][h] = xsc[(wn * 32 + nt * 8 + 2 * c + h) * SS + j];
+        }
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt) {
+            int pp[4] = {0, 0, 0, 0};
+            mma_s8(pp, af[mt], bf[nt]);
+#pragma unroll
+            for (int v = 0; v < 4; ++v) {
+              if constexpr (K::kKind == kFloatChunk)
+                acc[mt][nt][v] = fmaf(ws[mt][v >> 1] * xs[nt][v & 1], i2f_small(pp[v]), acc[mt][nt][v]);
+              else
+                bi[mt][nt][v] += is[mt][v >> 1] * pp[v];
+            }
+          }
+      }
+    }
+
+    // K-quants: one block per stage; apply d (and the min term) once per block.
+    if constexpr (K::BE == 256) {
+      const float* wd = reinterpret_cast<const float*>(sm + L::WD);
+      const float* wdm = reinterpret_cast<const float*>(sm + L::WDM);
+      float msum[2][4][4];
+      if constexpr (K::kMins) {
+        const __half* mn = reinterpret_cast<const __half*>(sm + L::MIN);
+        const uint8_t* bsm = sm + L::BS;
+        uint32_t am[2][4], bm[4][2];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          const uint32_t* r0 = reinterpret_cast<const uint32_t*>(mn + (wm * 32 + mt * 16 + g) * MS);
+          const uint32_t* r1 = reinterpret_cast<const uint32_t*>(mn + (wm * 32 + mt * 16 + g + 8) * MS);
+          am[mt][0] = r0[c];
+          am[mt][1] = r1[c];
+          am[mt][2] = r0[c + 4];
+          am[mt][3] = r1[c + 4];
+        }
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          const uint32_t* r0 = reinterpret_cast<const uint32_t*>(bsm + (wn * 32 + nt * 8 + g) * MS * 2);
+          bm[nt][0] = bsums_to_h2(r0[c]);
+          bm[nt][1] = bsums_to_h2(r0[c + 4]);
+        }
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt) {
+            float z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            mma_f16(z, am[mt], bm[nt]);
+#pragma unroll
+            for (int v = 0; v < 4; ++v) msum[mt][nt][v] = z[v];
+          }
+      }
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int r = wm * 32 + mt * 16 + g + 8 * h;
+          const float d = wd[r], dm = wdm[r];
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              const float dx = xsc[(wn * 32 + nt * 8 + 2 * c + q) * SS];
+              const int v = 2 * h + q;
+              float term = (dx * d) * float(bi[mt][nt][v]);
+              if constexpr (K::kMins) term -= (dx * dm) * msum[mt][nt][v];
+              acc[mt][nt][v] += term;
+              bi[mt][nt][v] = 0;
+            }
+        }
+    }
+    if (s + 1 < nstages) {
+      __syncthreads();  // every warp is done with B, the activation scales and bsums
+      issue_act<K>(p, t, s + 1, stage_k(s + 1) / 32, sm);
+      cp_async_commit();
+    }
+  }
+
+  // Epilogue.
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int v = 0; v < 4; ++v) {
+      const int n = wn * 32 + nt * 8 + 2 * c + (v & 1);
+      if constexpr (P::kGateUp) {
+        p.store_pair(t, wm * 16 + g + 8 * (v >> 1), n, acc[0][nt][v], acc[1][nt][v]);
+      } else {
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) p.store(t, wm * 32 + mt * 16 + g + 8 * (v >> 1), n, acc[mt][nt][v]);
+      }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Float weights (F32/F16/BF16) x f32 activations: f32 FMA on the CUDA cores, 64 x 64 tiles,
+// 4 x 4 outputs per thread. The CPU multiplies in f32 too; only the summation order differs.
+// ---------------------------------------------------------------------------------------
+constexpr int FT = 64, FK = 32;
+
+template <int kType>
+__device__ __forceinline__ float load_w(const uint8_t* w, size_t rb, int64_t r, int64_t k) {
+  const uint8_t* row = w + size_t(r) * rb;
+  if constexpr (kType == int(GgmlType::F32)) return __ldg(reinterpret_cast<const float*>(row) + k);
+  const uint16_t bits = __ldg(reinterpret_cast<const unsigned short*>(row) + k);
+  if constexpr (kType == int(GgmlType::F16)) return __half2float(__ushort_as_half(bits));
+  return __uint_as_float(uint32_t(bits) << 16);
+}
+
+template <int kType>
+__global__ void __launch_bounds__(256) float_mm_kernel(const uint8_t* w, size_t rb, int64_t nrows, int64_t ncols,
+                                                       const float* x, int64_t T, float* y) {
+  __shared__ float Ws[FK][FT + 4];
+  __shared__ float Xs[FK][FT + 4];
+  const int64_t n0 = int64_t(blockIdx.x) * FT, m0 = int64_t(blockIdx.y) * FT;
+  const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;  // tokens tx*4.., rows ty*4..
+  float acc[4][4] = {};
+  for (int64_t k0 = 0; k0 < ncols; k0 += FK) {
+    for (int i = threadIdx.x; i < FT * FK; i += 256) {
+      const int rr = i / FK, kk = i % FK;
+      const int64_t r = m0 + rr, k = k0 + kk, n = n0 + rr;
+      Ws[kk][rr] = (r < nrows && k < ncols) ? load_w<kType>(w, rb, r, k) : 0.0f;
+      Xs[kk][rr] = (n < T && k < ncols) ? __ldg(x + size_t(n) * size_t(ncols) + size_t(k)) : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int kk = 0; kk < FK; ++kk) {
+      float a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        a[i] = Ws[kk][ty * 4 + i];
+        b[i] = Xs[kk][tx * 4 + i];
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc[i][q] = fmaf(a[i], b[q], acc[i][q]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int64_t r = m0 + ty * 4 + i, n = n0 + tx * 4 + q;
+      if (r < nrows && n < T) y[size_t(n) * size_t(nrows) + size_t(r)] = acc[i][q];
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Launch helpers.
+// ---------------------------------------------------------------------------------------
+int align_of(uintptr_t v) {
+  for (int a : {16, 8, 4, 2})
+    if (v % uintptr_t(a) == 0) return a;
+  return 1;
+}
+
+// Copy width: 16 or 8 bytes when every row start and stage offset is aligned to it, else 4
+// (issue_raw then copies the aligned words covering each row's stage).
+template <class K>
+int copy_width(std::initializer_list<uintptr_t> bases, int64_t ncols) {
+  int vw = align_of(uintptr_t(Smem<K>::SB));
+  for (uintptr_t b : bases) vw = std::min(vw, align_of(b));
+  const int64_t tail = ncols % BK;
+  if (tail) vw = std::min(vw, align_of(uintptr_t((tail / K::BE) * K::BB)));
+  return std::max(vw, 4);
+}
+
+template <class K, class P>
+void launch_mm(const P& p, dim3 grid, int64_t ncols, int vw, void* stream) {
+  static const bool once = [] {
+    DS4_CUDA_CHECK(cudaFuncSetAttribute(mm_kernel<K, P>, cudaFuncAttributeMaxDynamicSharedMemorySize, Smem<K>::BYTES));
+    // Two CTAs per SM need (nearly) all of the unified L1/shared memory as shared memory.
+    DS4_CUDA_CHECK(cudaFuncSetAttribute(mm_kernel<K, P>, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+    return true;
+  }();
+  (void)once;
+  mm_kernel<K, P><<<grid, kThreads, Smem<K>::BYTES, static_cast<cudaStream_t>(stream)>>>(p, ncols, vw);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class K>
+void matmul_t(const void* w, int64_t nrows, int64_t ncols, const void* act, int64_t T, float* y, void* stream) {
+  const size_t rb = size_t(ncols / K::BE) * K::BB;
+  const size_t arb = K::BE == 32 ? size_t(ncols / 32) * sizeof(BlockQ8_0Act) : size_t(ncols / QK_K) * sizeof(BlockQ8_K);
+  PlainPlan p{static_cast<const uint8_t*>(w), rb, nrows, static_cast<const uint8_t*>(act), arb, T, y};
+  const dim3 grid(unsigned((T + BN - 1) / BN), unsigned((nrows + BM - 1) / BM));
+  launch_mm<K>(p, grid, ncols, copy_width<K>({reinterpret_cast<uintptr_t>(w), rb}, ncols), stream);
+}
+
+template <int kType>
+void float_mm_t(const void* w, int64_t nrows, int64_t ncols, const void* x, int64_t T, float* y, void* stream) {
+  const size_t rb = size_t(ncols) * (kType == int(GgmlType::F32) ? 4 : 2);
+  const dim3 grid(unsigned((T + FT - 1) / FT), unsigned((nrows + FT - 1) / FT));
+  float_mm_kernel<kType><<<grid, 256, 0, static_cast<cudaStream_t>(stream)>>>(
+      static_cast<const uint8_t*>(w), rb, nrows, ncols, static_cast<const float*>(x), T, y);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class K>
+void gate_up_batch_t(const void* gate, const void* up, int64_t n_embd, int64_t n_ff, float limit, const MoeBatchWs& ws,
+                     void* stream) {
+  const size_t rb = size_t(n_embd / K::BE) * K::BB, slab = rb * size_t(n_ff);
+  const size_t arb = K::BE == 32 ? size_t(n_embd / 32) * sizeof(BlockQ8_0Act) : size_t(n_embd / QK_K) * sizeof(BlockQ8_K);
+  GateUpPlan p{static_cast<const uint8_t*>(gate), static_cast<const uint8_t*>(up), rb, slab, n_ff,
+               static_cast<const uint8_t*>(ws.act_x), arb, ws.ctrl, reinterpret_cast<const int4*>(ws.tiles),
+               ws.slot_token, ws.slot_w, ws.h, limit};
+  const dim3 grid(unsigned((n_ff + BM / 2 - 1) / (BM / 2)), unsigned(ws.max_tiles));
+  launch_mm<K>(p, grid, n_embd,
+               copy_width<K>({reinterpret_cast<uintptr_t>(gate), reinterpret_cast<uintptr_t>(up), rb, slab}, n_embd),
+               stream);
+}
+
+template <class K>
+void down_batch_t(const void* down, int64_t n_embd, int64_t n_ff, const MoeBatchWs& ws, void* stream) {
+  const size_t rb = size_t(n_ff / K::BE) * K::BB, slab = rb * size_t(n_embd);
+  const size_t arb = K::BE == 32 ? size_t(n_ff / 32) * sizeof(BlockQ8_0Act) : size_t(n_ff / QK_K) * sizeof(BlockQ8_K);
+  DownPlan p{static_cast<const uint8_t*>(down), rb, slab, n_embd, static_cast<const uint8_t*>(ws.act_h), arb,
+             ws.ctrl, reinterpret_cast<const int4*>(ws.tiles), ws.z};
+  const dim3 grid(unsigned((n_embd + BM - 1) / BM), unsigned(ws.max_tiles));
+  launch_mm<K>(p, grid, n_ff, copy_width<K>({reinterpret_cast<uintptr_t>(down), rb, slab}, n_ff), stream);
+}
+
+// One block: count per expert, offsets in expert order, the tile table, then each entry's
+// slot. Slots of one expert are contiguous; their order inside the expert does not matter
+// (every slot is computed on its own and the final sum reads slots in a fixed order).
+__global__ void moe_route_kernel(const int32_t* __restrict__ ids, const float* __restrict__ route_w, int nk,
+                                 int n_used, int n_expert, int32_t* ctrl, int4* tiles, int32_t* slot_token,
+                                 float* slot_w, int32_t* slot_of) {
+  extern __shared__ int sh[];
+  int* cnt = sh;
+  int* off = sh + n_expert;
+  int* fill = sh + 2 * n_expert;
+  __shared__ int bad;
+  for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {
+    cnt[e] = 0;
+    fill[e] = 0;
+  }
+  if (threadIdx.x == 0) bad = 0;
+  __syncthreads();
+  for (int i = threadIdx.x; i < nk; i += blockDim.x) {
+    const int e = ids[i];
+    if (e >= 0 && e < n_expert) atomicAdd(&cnt[e], 1);
+    else atomicAdd(&bad, 1);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int o = 0, nt = 0;
+    for (int e = 0; e < n_expert; ++e) {
+      off[e] = o;
+      for (int st = 0; st < cnt[e]; st += BN) tiles[nt++] = make_int4(e, o + st, min(BN, cnt[e] - st), 0);
+      o += cnt[e];
+    }
+    ctrl[0] = nt;
+    ctrl[1] = bad;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < nk; i += blockDim.x) {
+    const int e = ids[i];
+    if (e >= 0 && e < n_expert) {
+      const int pos = off[e] + atomicAdd(&fill[e], 1);
+      slot_token[pos] = i / n_used;
+      slot_w[pos] = route_w[i];
+      slot_of[i] = pos;
+    } else {
+      slot_of[i] = -1;
+    }
+  }
+}
+
+// y[t] = sum of the token's expert outputs in ascending expert id (model/moe.cpp's order).
+__global__ void moe_combine_kernel(const int32_t* __restrict__ ids, const int32_t* __restrict__ slot_of, int n_used,
+                                   int64_t n_embd, const float* __restrict__ z, float* __restrict__ y) {
+  const int64_t t = blockIdx.x;
+  int order[32];
+  int n = 0;
+  for (int k = 0; k < n_used && k < 32; ++k) {
+    if (slot_of[t * n_used + k] < 0) continue;
+    const int e = ids[t * n_used + k];
+    int q = n;
+    while (q > 0 && ids[t * n_used + order[q - 1]] > e) {
+      order[q] = order[q - 1];
+      --q;
+    }
+    order[q] = k;
+    ++n;
+  }
+  for (int64_t d = threadIdx.x; d < n_embd; d += blockDim.x) {
+    float s = 0.0f;
+    for (int q = 0; q < n; ++q) s += z[size_t(slot_of[t * n_used + order[q]]) * size_t(n_embd) + size_t(d)];
+    y[size_t(t) * size_t(n_embd) + size_t(d)] = s;
+  }
+}
+
+}  // namespace
+
+void launch_matmul(GgmlType type, const void* w, int64_t nrows, int64_t ncols, const void* act, int64_t T, float* y,
+                   void* stream) {
+  if (nrows == 0 || T == 0) return;
+  init_tables();
+  switch (type) {
+    case GgmlType::Q8_0: return matmul_t<DQ8_0>(w, nrows, ncols, act, T, y, stream);
+    case GgmlType::MXFP4: return matmul_t<DMXFP4>(w, nrows, ncols, act, T, y, stream);
+    case GgmlType::Q2_K: return matmul_t<DQ2_K>(w, nrows, ncols, act, T, y, stream);
+    case GgmlType::Q4_K: return matmul_t<DQ4_K>(w, nrows, ncols, act, T, y, stream);
+    case GgmlType::IQ2_XXS: return matmul_t<DIQ2_XXS>(w, nrows, ncols, act, T, y, stream);
+    case GgmlType::F32: return float_mm_t<int(GgmlType::F32)>(w, nrows, ncols, act, T, y, stream);
+    case GgmlType::F16: return float_mm_t<int(GgmlType::F16)>(w, nrows, ncols, act, T, y, stream);
+    case GgmlType::BF16: return float_mm_t<int(GgmlType::BF16)>(w, nrows, ncols, act, T, y, stream);
+    default: break;
+  }
+}
+
+void launch_moe_route(const int32_t* ids, const float* route_w, int64_t T, int n_used, int n_expert,
+                      const MoeBatchWs& ws, void* stream) {
+  const size_t shmem = size_t(3) * size_t(n_expert) * sizeof(int);
+  static const bool once = [] {
+    DS4_CUDA_CHECK(cudaFuncSetAttribute(moe_route_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 160 * 1024));
+    return true;
+  }();
+  (void)once;
+  moe_route_kernel<<<1, 1024, shmem, static_cast<cudaStream_t>(stream)>>>(
+      ids, route_w, int(T * n_used), n_used, n_expert, ws.ctrl, reinterpret_cast<int4*>(ws.tiles), ws.slot_token,
+      ws.slot_w, ws.slot_of);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_moe_gate_up_batch(GgmlType type, const void* gate, const void* up, int64_t n_embd, int64_t n_ff,
+                              float limit, const MoeBatchWs& ws, void* stream) {
+  init_tables();
+  switch (type) {
+    case GgmlType::Q8_0: return gate_up_batch_t<DQ8_0>(gate, up, n_embd, n_ff, limit, ws, stream);
+    case GgmlType::MXFP4: return gate_up_batch_t<DMXFP4>(gate, up, n_embd, n_ff, limit, ws, stream);
+    case GgmlType::Q2_K: return gate_up_batch_t<DQ2_K>(gate, up, n_embd, n_ff, limit, ws, stream);
+    case GgmlType::Q4_K: return gate_up_batch_t<DQ4_K>(gate, up, n_embd, n_ff, limit, ws, stream);
+    case GgmlType::IQ2_XXS: return gate_up_batch_t<DIQ2_XXS>(gate, up, n_embd, n_ff, limit, ws, stream);
+    default: break;
+  }
+}
+
+void launch_moe_down_batch(GgmlType type, const void* down, int64_t n_embd, int64_t n_ff, const MoeBatchWs& ws,
+                           void* stream) {
+  init_tables();
+  switch (type) {
+    case GgmlType::Q8_0: return down_batch_t<DQ8_0>(down, n_embd, n_ff, ws, stream);
+    case GgmlType::MXFP4: return down_batch_t<DMXFP4>(down, n_embd, n_ff, ws, stream);
+    case GgmlType::Q2_K: return down_batch_t<DQ2_K>(down, n_embd, n_ff, ws, stream);
+    case GgmlType::Q4_K: return down_batch_t<DQ4_K>(down, n_embd, n_ff, ws, stream);
+    case GgmlType::IQ2_XXS: return down_batch_t<DIQ2_XXS>(down, n_embd, n_ff, ws, stream);
+    default: break;
+  }
+}
+
+void launch_moe_combine(const int32_t* ids, int64_t T, int n_used, int64_t n_embd, const MoeBatchWs& ws, float* y,
+                        void* stream) {
+  if (T == 0) return;
+  moe_combine_kernel<<<unsigned(T), 256, 0, static_cast<cudaStream_t>(stream)>>>(ids, ws.slot_of, n_used, n_embd,
+                                                                                 ws.z, y);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace ds4::cuda::detail
