@@ -4,7 +4,9 @@
 #include <cmath>
 #include <numeric>
 
+#include "core/error.h"
 #include "core/thread_pool.h"
+#include "model/decisions.h"
 #include "model/numerics_sim.h"
 
 namespace ds4::model {
@@ -43,6 +45,12 @@ IndexerSelection indexer_select(const HParams& hp, const LayerWeights& L, const 
     for (float& v : wts) v *= wscale;
   }
 
+  // A decision hook (decisions.h) sees each scored token's scores after the parallel part, in
+  // position order, so it needs no locking.
+  const DecisionHook* scope_hook = detail::decision_scope().hook;
+  const DecisionHook* hook = scope_hook && scope_hook->rows ? scope_hook : nullptr;
+  std::vector<std::vector<float>> kept(hook ? static_cast<size_t>(T) : 0);
+
   parallel_for(pool, T, 1, [&](int64_t begin, int64_t end, int) {
     std::vector<float> scores, cs(static_cast<size_t>(rope.n_rope()));
     for (int64_t t = begin; t < end; ++t) {
@@ -78,8 +86,21 @@ IndexerSelection indexer_select(const HParams& hp, const LayerWeights& L, const 
       }
       sel.count[static_cast<size_t>(t)] =
           static_cast<int32_t>(topk_lower_index(scores.data(), n_vis, K, out));
+      if (hook) kept[static_cast<size_t>(t)] = scores;
     }
   });
+  if (hook) {
+    for (int64_t t = 0; t < T; ++t) {
+      const auto& sc = kept[static_cast<size_t>(t)];
+      if (sc.empty()) continue;
+      const int64_t n_vis = static_cast<int64_t>(sc.size());
+      int32_t* out = sel.rows.data() + t * K;
+      hook->rows(L.il, p0 + t, sc.data(), n_vis, out, K);
+      for (int64_t k = 0; k < K; ++k)
+        if (out[k] < 0 || out[k] >= n_vis)
+          fail("layer {}: decision hook chose row {} of {} at position {}", L.il, out[k], n_vis, p0 + t);
+    }
+  }
   return sel;
 }
 

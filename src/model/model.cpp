@@ -67,6 +67,13 @@ void Session::eval_chunk(std::span<const int32_t> tokens, LogitsMode mode, float
   const int64_t T = static_cast<int64_t>(tokens.size()), p0 = st_.n_past;
   const int64_t row = hp.n_hc * hp.n_embd;
   std::vector<float> H(static_cast<size_t>(T * row));
+  // The decision hook is visible to this chunk's forward pass only (decisions.h).
+  struct ScopeGuard {
+    detail::DecisionScope saved = detail::decision_scope();
+    ~ScopeGuard() { detail::decision_scope() = saved; }
+  } guard;
+  const bool hooked = decisions_.experts || decisions_.rows;
+  detail::decision_scope() = {hooked ? &decisions_ : nullptr, p0};
   embed(hp, w, tokens.data(), T, H.data());
   for (int64_t il = 0; il < hp.n_layers; ++il) {
     const LayerWeights& L = w.layers[static_cast<size_t>(il)];

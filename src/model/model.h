@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "model/decisions.h"
 #include "model/hparams.h"
 #include "model/session_state.h"
 #include "model/weights.h"
@@ -104,6 +105,8 @@ class Session {
   void deserialize(std::span<const uint8_t> bytes) { restore(SessionState::deserialize(bytes)); }
 
   void set_layer_hook(LayerHook hook) { hook_ = std::move(hook); }
+  // Observes / overrides the discrete choices of every later eval (decisions.h); for tests.
+  void set_decision_hook(DecisionHook hook) { decisions_ = std::move(hook); }
 
  private:
   void eval_chunk(std::span<const int32_t> tokens, LogitsMode mode, float* out);
@@ -113,6 +116,7 @@ class Session {
   SessionOptions opts_;
   SessionState st_;
   LayerHook hook_;
+  DecisionHook decisions_;
 };
 
 }  // namespace ds4::model

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <vector>
 
+#include "core/error.h"
+#include "model/decisions.h"
 #include "model/indexer.h"
 #include "model/ops.h"
 
@@ -21,10 +23,9 @@ void swiglu_clamped(const float* g, const float* u, int64_t n, float limit, floa
   }
 }
 
-}  // namespace
-
-void route(const HParams& hp, const LayerWeights& L, const float* logits, int32_t token,
-           int32_t* ids, float* weights) {
+// route() at position `pos`, offering non-hash choices to `hook` (decisions.h) when set.
+void route_at(const HParams& hp, const LayerWeights& L, const float* logits, int32_t token,
+              int64_t pos, const DecisionHook* hook, int32_t* ids, float* weights) {
   const int64_t NE = hp.n_expert, K = hp.n_expert_used;
   std::vector<float> score(static_cast<size_t>(NE));
   for (int64_t e = 0; e < NE; ++e)
@@ -38,6 +39,12 @@ void route(const HParams& hp, const LayerWeights& L, const float* logits, int32_
     for (int64_t e = 0; e < NE; ++e)
       biased[static_cast<size_t>(e)] = score[static_cast<size_t>(e)] + L.router_bias[static_cast<size_t>(e)];
     topk_lower_index(biased.data(), NE, K, ids);
+    if (hook && hook->experts) {
+      hook->experts(L.il, pos, biased.data(), NE, ids, K);
+      for (int64_t k = 0; k < K; ++k)
+        if (ids[k] < 0 || ids[k] >= NE)
+          fail("layer {}: decision hook chose expert {} of {}", L.il, ids[k], NE);
+    }
   }
   double sum = 0.0;
   for (int64_t k = 0; k < K; ++k) sum += score[static_cast<size_t>(ids[k])];
@@ -46,6 +53,13 @@ void route(const HParams& hp, const LayerWeights& L, const float* logits, int32_
     if (hp.expert_weights_norm) w /= sum;
     weights[k] = static_cast<float>(w * hp.expert_weights_scale);
   }
+}
+
+}  // namespace
+
+void route(const HParams& hp, const LayerWeights& L, const float* logits, int32_t token,
+           int32_t* ids, float* weights) {
+  route_at(hp, L, logits, token, 0, nullptr, ids, weights);
 }
 
 void moe_forward(const HParams& hp, const LayerWeights& L, const float* xf,
@@ -58,8 +72,10 @@ void moe_forward(const HParams& hp, const LayerWeights& L, const float* xf,
   linear(L.router, xf, T, logits.data(), pool);
   std::vector<int32_t> ids(static_cast<size_t>(T * K));
   std::vector<float> wts(static_cast<size_t>(T * K));
+  const detail::DecisionScope& ds = detail::decision_scope();
   for (int64_t t = 0; t < T; ++t)
-    route(hp, L, logits.data() + t * NE, tokens[t], ids.data() + t * K, wts.data() + t * K);
+    route_at(hp, L, logits.data() + t * NE, tokens[t], ds.p0 + t, ds.hook, ids.data() + t * K,
+             wts.data() + t * K);
 
   // Routed experts, batched per expert over the tokens that chose it.
   std::fill(y, y + T * E, 0.0f);

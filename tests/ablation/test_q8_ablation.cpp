@@ -1,0 +1,312 @@
+// Where does the q8 recipe's logit error on the fixtures come from? (issue 3, "q8 within 2e-2")
+//
+// Ablation over the tensors of the lossless f32 conversion of each fixture: every variant
+// rewrites the f32 GGUF with some groups of matrices quantized to Q8_0 (the engine then
+// multiplies them by Q8_0-quantized activations, as the q8 recipe does), some stored as the
+// *dequantized* Q8_0 values in F32 ("q8 weights, float activations": the weight rounding
+// alone), some as F16, the rest left F32. Each variant runs both reference cases in exact
+// numerics and is compared with the float64 reference. A decision hook (model/decisions.h)
+// records the f32 model's discrete choices (routed experts of non-hash layers, indexer top-k
+// rows) with their margins, counts how many a variant changes, and can pin them to the f32
+// model's so that the remaining error is the continuous part alone.
+//
+// Run `build/tests/test_ablation --gtest_filter='Q8Ablation.*'` to print the tables; the
+// assertions below hold the measured decomposition (docs/quality.md, "Where the q8 error
+// comes from").
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "e2e/e2e_util.h"
+#include "gguf/gguf.h"
+#include "quant/quant.h"
+
+using ds4::GgmlType;
+using ds4::model::Numerics;
+
+namespace {
+
+// Groups of matrices, by GGUF name (architecture.md 2.2-2.3).
+enum Group : unsigned {
+  kAttn = 1u << 0,        // attn_q_a, attn_q_b, attn_kv, attn_output_a/b
+  kShared = 1u << 1,      // ffn_{gate,up,down}_shexp
+  kRouted = 1u << 2,      // ffn_{gate,up,down}_exps
+  kOutput = 1u << 3,      // output.weight (head)
+  kRouter = 1u << 4,      // ffn_gate_inp
+  kCompressor = 1u << 5,  // attn_compressor_{kv,gate,ape}
+  kIndexer = 1u << 6,     // indexer.attn_q_b, indexer.proj, indexer_compressor_{kv,gate,ape}
+  kHc = 1u << 7,          // hc_{attn,ffn}_fn, output_hc_fn
+  kEmbd = 1u << 8,        // token_embd
+  kAll = (1u << 9) - 1,
+};
+constexpr std::pair<Group, const char*> kGroups[] = {
+    {kAttn, "attention"}, {kShared, "shared expert"}, {kRouted, "routed experts"},
+    {kOutput, "output head"}, {kRouter, "router"}, {kCompressor, "compressor"},
+    {kIndexer, "indexer"}, {kHc, "HC fn"}, {kEmbd, "embedding"}};
+
+unsigned group_of(const std::string& name) {
+  auto has = [&](const char* s) { return name.find(s) != std::string::npos; };
+  if (name == "token_embd.weight") return kEmbd;
+  if (name == "output.weight") return kOutput;
+  if (has("hc_") && has("_fn")) return kHc;
+  if (has("_shexp")) return kShared;
+  if (has("_exps")) return kRouted;
+  if (has("ffn_gate_inp")) return kRouter;
+  if (has("indexer")) return kIndexer;
+  if (has("attn_compressor")) return kCompressor;
+  if (has("attn_q_a") || has("attn_q_b") || has("attn_kv.") || has("attn_output_"))
+    return kAttn;
+  ADD_FAILURE() << "unclassified matrix " << name;
+  return 0;
+}
+
+// How the matrices of a group are stored in a variant.
+struct Variant {
+  std::string name;
+  unsigned q8 = 0;      // Q8_0 (engine: Q8_0 x Q8_0-quantized activations)
+  unsigned q8sim = 0;   // dequantized Q8_0 stored as F32 (engine: float activations)
+  unsigned f16 = 0;     // F16 (engine: float activations)
+  bool pin = false;     // decisions pinned to the f32 model's
+  double scale = 1.0;   // q8sim stores w + scale * (dequant(Q8_0(w)) - w): a scaled rounding error
+};
+
+// Rewrites the f32 conversion `src` into `dst` with the variant's types.
+void write_variant(const std::string& src, const std::string& dst, const Variant& v) {
+  const ds4::gguf::File f = ds4::gguf::File::open(src);
+  ds4::gguf::Writer w(dst);
+  for (const auto& kv : f.metadata()) w.add_kv(kv.key, kv.value);
+  std::vector<GgmlType> types;
+  for (const auto& t : f.tensors()) {
+    GgmlType ty = t.type;
+    const bool matrix = t.type == GgmlType::F32 && t.ne.size() >= 2 && t.ne[1] > 1;
+    if (matrix) {
+      const unsigned g = group_of(t.name);
+      if (g & v.q8) ty = GgmlType::Q8_0;
+      if (g & v.f16) ty = GgmlType::F16;
+    }
+    types.push_back(ty);
+    w.add_tensor(t.name, ty, t.ne);
+  }
+  w.begin_data();
+  std::vector<uint8_t> q;
+  std::vector<float> row;
+  for (size_t i = 0; i < f.tensors().size(); ++i) {
+    const auto& t = f.tensors()[i];
+    const uint8_t* data = f.tensor_data(t);
+    const bool matrix = t.type == GgmlType::F32 && t.ne.size() >= 2 && t.ne[1] > 1;
+    const bool sim = matrix && (group_of(t.name) & v.q8sim) && types[i] == GgmlType::F32;
+    if (types[i] == t.type && !sim) {
+      w.write_tensor_data(data, t.nbytes);
+      continue;
+    }
+    const int64_t nc = t.ne[0], nr = t.n_rows();
+    const GgmlType qt = sim ? GgmlType::Q8_0 : types[i];
+    q.resize(ds4::row_bytes(qt, nc));
+    row.resize(static_cast<size_t>(nc));
+    for (int64_t r = 0; r < nr; ++r) {
+      const float* x = reinterpret_cast<const float*>(data) + r * nc;
+      ds4::quant::quantize_row(qt, x, q.data(), nc);
+      if (sim) {
+        ds4::quant::dequantize_row(qt, q.data(), row.data(), nc);
+        for (int64_t c = 0; c < nc; ++c)
+          row[static_cast<size_t>(c)] = static_cast<float>(
+              x[c] + v.scale * (static_cast<double>(row[static_cast<size_t>(c)]) - x[c]));
+        w.write_tensor_data(row.data(), row.size() * sizeof(float));
+      } else {
+        w.write_tensor_data(q.data(), q.size());
+      }
+    }
+  }
+  w.finish();
+}
+
+// One discrete choice of the f32 model: the chosen ids (sorted) and the relative margin
+// (k-th minus (k+1)-th score over the largest |score|).
+struct Choice {
+  std::vector<int32_t> ids;
+  double margin = 0;
+};
+using Key = std::tuple<int, int64_t, int64_t>;  // (case, layer, position)
+struct Decisions {
+  std::map<Key, Choice> experts, rows;
+  std::vector<std::vector<float>> layers;  // case 0: every layer's output H
+};
+
+double rel_margin(const float* s, int64_t n, const int32_t* ids, int64_t k) {
+  std::vector<float> v(s, s + n);
+  std::sort(v.begin(), v.end(), std::greater<>());
+  double mx = 0;
+  for (float x : v) mx = std::max(mx, std::abs(static_cast<double>(x)));
+  (void)ids;
+  if (k >= n || mx == 0) return 1.0;
+  return (static_cast<double>(v[static_cast<size_t>(k - 1)]) - v[static_cast<size_t>(k)]) / mx;
+}
+
+std::vector<int32_t> sorted(const int32_t* ids, int64_t k) {
+  std::vector<int32_t> v(ids, ids + k);
+  std::sort(v.begin(), v.end());
+  return v;
+}
+
+struct Result {
+  double rel = 0, kl = 0, top1 = 0;
+  int64_t expert_flips = 0, expert_total = 0, row_flips = 0, row_total = 0;
+  double flip_margin_max = 0;  // largest f32 margin among the flipped choices
+  std::vector<double> layer_rel;  // case 0: rel. error of each layer's output vs the f32 model
+};
+
+// Runs every case of `fixture` on `path`; records decisions into `rec` when given, else
+// compares with (and, if v.pin, pins to) `ref`.
+Result evaluate(const std::string& fixture, const std::string& path, const Variant& v,
+                Decisions* rec, const Decisions* ref) {
+  const auto m = ds4::model::Model::load(path, {.threads = 2});
+  const int64_t V = m.hparams().n_vocab;
+  Result r;
+  double n = 0;
+  int ci = 0;
+  for (const auto& c : e2e::load_cases(fixture)) {
+    ds4::model::Session s(m, {.max_ctx = 4096, .numerics = Numerics::Exact});
+    auto handle = [&, ci](std::map<Key, Choice>* recm, const std::map<Key, Choice>* refm,
+                          int64_t* flips, int64_t* total) {
+      return [=, &r](int64_t il, int64_t pos, const float* sc, int64_t ns, int32_t* ids,
+                     int64_t k) {
+        const Key key{ci, il, pos};
+        if (recm) {
+          (*recm)[key] = Choice{sorted(ids, k), rel_margin(sc, ns, ids, k)};
+          return;
+        }
+        const auto it = refm->find(key);
+        if (it == refm->end()) {
+          ADD_FAILURE() << "no f32 decision for layer " << il << " position " << pos;
+          return;
+        }
+        ++*total;
+        if (sorted(ids, k) != it->second.ids) {
+          ++*flips;
+          r.flip_margin_max = std::max(r.flip_margin_max, it->second.margin);
+        }
+        if (v.pin) std::copy(it->second.ids.begin(), it->second.ids.end(), ids);
+      };
+    };
+    ds4::model::DecisionHook hook;
+    hook.experts = handle(rec ? &rec->experts : nullptr, ref ? &ref->experts : nullptr,
+                          &r.expert_flips, &r.expert_total);
+    hook.rows = handle(rec ? &rec->rows : nullptr, ref ? &ref->rows : nullptr, &r.row_flips,
+                       &r.row_total);
+    s.set_decision_hook(hook);
+    if (ci == 0) {
+      s.set_layer_hook([&](int64_t il, int64_t, int64_t nt, const float* H) {
+        const size_t n_h = static_cast<size_t>(nt * m.hparams().n_hc * m.hparams().n_embd);
+        if (rec) {
+          rec->layers.emplace_back(H, H + n_h);
+        } else if (static_cast<size_t>(il) < ref->layers.size()) {
+          r.layer_rel.push_back(e2e::rel_err(H, ref->layers[static_cast<size_t>(il)].data(), n_h));
+        }
+      });
+    }
+    std::vector<float> out(c.tokens.size() * static_cast<size_t>(V));
+    s.eval(c.tokens, ds4::model::LogitsMode::All, out.data());
+    const auto a = e2e::agreement(out, c.logits, V);
+    r.rel = std::max(r.rel, e2e::rel_err(out, c.logits));
+    r.kl += a.kl * static_cast<double>(c.tokens.size());
+    r.top1 += a.top1 * static_cast<double>(c.tokens.size());
+    n += static_cast<double>(c.tokens.size());
+    ++ci;
+  }
+  r.kl /= n;
+  r.top1 /= n;
+  return r;
+}
+
+struct Table {
+  Decisions f32;
+  std::map<std::string, Result> rows;
+};
+
+std::string pct(int64_t a, int64_t b) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%lld/%lld", static_cast<long long>(a), static_cast<long long>(b));
+  return buf;
+}
+
+std::vector<Variant> variants() {
+  std::vector<Variant> vs;
+  vs.push_back({"q8 (every matrix Q8_0)", kAll, 0, 0, false});
+  vs.push_back({"q8, decisions pinned", kAll, 0, 0, true});
+  vs.push_back({"q8 weights, float activations", 0, kAll, 0, false});
+  vs.push_back({"q8 weights, float act., pinned", 0, kAll, 0, true});
+  // The same rounding error scaled down: how the error grows with the perturbation.
+  for (double sc : {0.3, 0.1, 0.03}) {
+    char name[96];
+    std::snprintf(name, sizeof name, "q8 weight error x%g, float act.", sc);
+    vs.push_back({name, 0, kAll, 0, false, sc});
+    std::snprintf(name, sizeof name, "q8 weight error x%g, float act., pinned", sc);
+    vs.push_back({name, 0, kAll, 0, true, sc});
+  }
+  for (const auto& [g, name] : kGroups)
+    vs.push_back({std::string("q8 but ") + name + " f32", kAll & ~g, 0, 0, false});
+  for (const auto& [g, name] : kGroups)
+    vs.push_back({std::string("only ") + name + " q8", g, 0, 0, false});
+  for (const auto& [g, name] : kGroups)
+    vs.push_back({std::string("only ") + name + " q8, pinned", g, 0, 0, true});
+  const unsigned f16 = kRouter | kEmbd | kHc | kCompressor | kIndexer;
+  vs.push_back({"q8, dialect F16 router/embd/HC/comp/idx", kAll & ~f16, 0, f16, false});
+  vs.push_back({"q8, dialect F16 ..., pinned", kAll & ~f16, 0, f16, true});
+  return vs;
+}
+
+const Table& table(const std::string& fixture) {
+  static std::map<std::string, Table> cache;
+  if (auto it = cache.find(fixture); it != cache.end()) return it->second;
+  Table& t = cache[fixture];
+  const std::string f32 = e2e::converted(fixture, "f32");
+  const std::string dir = std::string(DS4_BINARY_DIR) + "/tests/q8-ablation";
+  std::filesystem::create_directories(dir);
+  const Result base = evaluate(fixture, f32, {}, &t.f32, nullptr);
+  t.rows["f32 (lossless)"] = base;
+  std::printf("\n%s: %zu expert choices, %zu indexer top-k choices recorded from the f32 model\n",
+              fixture.c_str(), t.f32.experts.size(), t.f32.rows.size());
+  std::printf("| variant | max rel err | mean KL | top-1 | expert sets changed | top-k row sets changed | largest f32 margin flipped | case 0: layer outputs' rel. err |\n");
+  std::printf("|---|---:|---:|---:|---:|---:|---:|---|\n");
+  auto print = [](const std::string& name, const Result& r) {
+    std::printf("| %s | %.4f | %.2e | %.3f | %s | %s | %.2e |", name.c_str(), r.rel, r.kl, r.top1,
+                pct(r.expert_flips, r.expert_total).c_str(), pct(r.row_flips, r.row_total).c_str(),
+                r.flip_margin_max);
+    for (double e : r.layer_rel) std::printf(" %.4f", e);
+    std::printf("\n");
+  };
+  print("f32 (lossless)", base);
+  int i = 0;
+  for (const Variant& v : variants()) {
+    const std::string path = dir + "/" + fixture + "-" + std::to_string(i++) + ".gguf";
+    write_variant(f32, path, v);
+    const Result r = evaluate(fixture, path, v, nullptr, &t.f32);
+    t.rows[v.name] = r;
+    print(v.name, r);
+    std::fflush(stdout);
+  }
+  // Margin distribution of the f32 model's choices.
+  for (const auto* m : {&t.f32.experts, &t.f32.rows}) {
+    std::vector<double> ms;
+    for (const auto& [k, c] : *m) ms.push_back(c.margin);
+    std::sort(ms.begin(), ms.end());
+    if (ms.empty()) continue;
+    auto below = [&](double x) {
+      return std::lower_bound(ms.begin(), ms.end(), x) - ms.begin();
+    };
+    std::printf("%s margins: min %.2e, median %.2e; below 1e-3: %td, below 1e-2: %td, below 3e-2: %td of %zu\n",
+                m == &t.f32.experts ? "expert" : "top-k row", ms.front(), ms[ms.size() / 2],
+                below(1e-3), below(1e-2), below(3e-2), ms.size());
+  }
+  return t;
+}
+
+TEST(Q8Ablation, TinyA) { table("dsv4-tiny-a-bf16"); }
+TEST(Q8Ablation, TinyK) { table("dsv4-tiny-k-bf16"); }
+
+}  // namespace
