@@ -2,19 +2,20 @@
 // activation rows with a quantized weight matrix that must equal the CPU per block:
 //  - a CTA computes a 128 (weight rows) x 64 (tokens) tile with 8 warps (4 x 2, each 32 x 32:
 //    2 x 4 mma.sync m16n8k32 s8 tiles), stepping through K in stages of 256 elements;
-//  - per stage the CTA copies the rows' raw block bytes to shared memory with the widest
-//    coalesced loads their alignment allows (17/34/66/84-byte blocks are not 16-byte aligned),
-//    decodes them to an int8 tile (+ per-chunk scales), and copies the int8 activation qs
-//    (+ scales, bsums) next to it; rows are padded to 272 bytes so that the fragment loads
-//    are bank-conflict free;
+//  - per stage the rows' raw block bytes are copied to shared memory with cp.async (16/8/4-byte
+//    words; 17/34/66/84-byte blocks are not 16-byte aligned, so a row's stage may start inside
+//    a word), decoded to an int8 tile (+ per-chunk scales), and the int8 activation qs
+//    (+ scales, bsums) are copied next to it; tile rows are padded to 272 bytes so that the
+//    ldmatrix fragment loads are bank-conflict free. The next stage's weight bytes are in
+//    flight while the current stage's MMAs run;
 //  - each 32-element chunk is one MMA k-step, giving the exact int32 chunk sum per (row,
 //    token); the chunk's integer scale (Q4_K 6-bit sc, IQ2_XXS 2s+1) is applied in int32,
 //    Q2_K's 4-bit sub-block scales are folded into the int8 weights (sc*q <= 45), and the
 //    float block scales are applied once per block as the CPU's vec_dot does (Q8_0/MXFP4:
 //    one 32-block per chunk). The K-quant min term sum_s m_s*bsums_s is an f16 m16n8k16 MMA
 //    of small integers (|m| <= 63, |bsums| <= 2048, exact in f16; sums < 2^24, exact in f32).
-// Two CTAs fit per SM (about 100 KB of shared memory each), so one CTA's copies and decode
-// overlap the other's MMAs.
+// Two CTAs fit per SM (about 110 KB of shared memory each), so one CTA's decode overlaps the
+// other's MMAs. Measurements and the remaining gap: docs/cuda.md, "Prefill GEMMs".
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -117,7 +118,7 @@ struct Tabs {
 };
 
 struct DQ8_0 {
-  static constexpr int BB = 34, BE = 32, kKind = kFloatChunk;
+  static constexpr int BB = 34, BE = 32, kKind = kFloatChunk, VW = 16;
   static constexpr bool kMins = false, kTables = false;
   __device__ static void decode(const uint8_t* raw, int j, uint32_t w[8], float& fsc, int&, const Tabs&) {
     const uint8_t* b = raw + BB * j;
@@ -130,7 +131,7 @@ struct DQ8_0 {
 };
 
 struct DMXFP4 {
-  static constexpr int BB = 17, BE = 32, kKind = kFloatChunk;
+  static constexpr int BB = 17, BE = 32, kKind = kFloatChunk, VW = 8;
   static constexpr bool kMins = false, kTables = false;
   __device__ static void decode(const uint8_t* raw, int j, uint32_t w[8], float& fsc, int&, const Tabs&) {
     const uint8_t* b = raw + BB * j;
@@ -148,7 +149,7 @@ struct DMXFP4 {
 };
 
 struct DQ2_K {  // element e = 32 j + i: q = (qs[32 (j/4) + i] >> 2 (j%4)) & 3, sub-block 2j + i/16
-  static constexpr int BB = 84, BE = 256, kKind = kFolded;
+  static constexpr int BB = 84, BE = 256, kKind = kFolded, VW = 4;
   static constexpr bool kMins = true, kTables = false;
   __device__ static void decode(const uint8_t* raw, int j, uint32_t w[8], float&, int&, const Tabs&) {
     const uint32_t sc0 = raw[2 * j] & 0xF, sc1 = raw[2 * j + 1] & 0xF;
@@ -168,7 +169,7 @@ struct DQ2_K {  // element e = 32 j + i: q = (qs[32 (j/4) + i] >> 2 (j%4)) & 3, 
 };
 
 struct DQ4_K {  // element e = 32 j + i: nibble (j & 1) of qs[32 (j/2) + i], scale sc_j, min m_j
-  static constexpr int BB = 144, BE = 256, kKind = kIntChunk;
+  static constexpr int BB = 144, BE = 256, kKind = kIntChunk, VW = 16;
   static constexpr bool kMins = true, kTables = false;
   __device__ static void decode(const uint8_t* raw, int j, uint32_t w[8], float&, int& isc, const Tabs&) {
     int m;
@@ -190,7 +191,7 @@ struct DQ4_K {  // element e = 32 j + i: nibble (j & 1) of qs[32 (j/2) + i], sca
 };
 
 struct DIQ2_XXS {  // chunk = group g: 4 grid bytes + u32 {4 x 7 sign bits, 4-bit scale}
-  static constexpr int BB = 66, BE = 256, kKind = kIntChunk;
+  static constexpr int BB = 66, BE = 256, kKind = kIntChunk, VW = 4;
   static constexpr bool kMins = false, kTables = true;
   __device__ static void decode(const uint8_t* raw, int j, uint32_t w[8], float&, int& isc, const Tabs& t) {
     const uint32_t a0 = ld2x2(raw + 2 + 8 * j), a1 = ld2x2(raw + 6 + 8 * j);
@@ -329,12 +330,23 @@ struct DownPlan {
 // ---------------------------------------------------------------------------------------
 // Tensor-core primitives.
 // ---------------------------------------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
 __device__ __forceinline__ void mma_s8(int (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   asm volatile(
       "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
       : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Four 8x8 b16 matrices from shared memory (lane L gives the address of one row).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
 }
 
 __device__ __forceinline__ void mma_f16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
@@ -367,9 +379,6 @@ struct Smem {
   static constexpr int BYTES = SIGN + 128 * 8;
 };
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src));
 }
@@ -407,6 +416,30 @@ __device__ __forceinline__ void issue_raw(const uint8_t* const* rows, int s, int
     } else {
       for (int w = lane; w < nw; w += 32) cp_async4(dst + 4 * w, base + 4 * w);
     }
+  }
+}
+
+// Fast path of issue_raw when every row start is aligned to K::VW (all DS4 shapes): the
+// stage's start offset within an aligned word is the same for every row, and each thread
+// takes fixed (row, word) slots, so a stage costs a few instructions per thread.
+template <class K>
+__device__ __forceinline__ void issue_raw_aligned(const uint8_t* const* rows, int s, int bytes, int d, uint8_t* sm) {
+  using L = Smem<K>;
+  constexpr int VW = K::VW;
+  constexpr int NWM = L::SB % VW == 0 ? L::SB / VW : L::SB / VW + 2;  // words per row, at most
+  const int nw = (d + bytes + VW - 1) / VW;
+#pragma unroll 1  // cp.async needs no registers in flight; unrolling only raises register pressure
+  for (int i = 0; i < (BM * NWM + kThreads - 1) / kThreads; ++i) {
+    const int idx = threadIdx.x + kThreads * i;
+    const int a = idx / NWM, w = idx - a * NWM;
+    if (a >= BM || w >= nw) continue;
+    const uint8_t* src = rows[a];
+    if (src == nullptr) continue;
+    src += size_t(s) * L::SB - d + size_t(w) * VW;
+    uint8_t* dst = sm + L::RAW + a * L::RS + w * VW;
+    if constexpr (VW == 16) cp_async16(dst, src);
+    else if constexpr (VW == 8) cp_async8(dst, src);
+    else cp_async4(dst, src);
   }
 }
 
@@ -460,6 +493,8 @@ __device__ __forceinline__ uint32_t bsums_to_h2(uint32_t w) {
 }
 
 template <class K, class P>
+// vw: 0 when every row start is aligned to K::VW (issue_raw_aligned), else the copy width of
+// the general path (issue_raw).
 __global__ void __launch_bounds__(kThreads, 2) mm_kernel(P p, int64_t ncols, int vw) {
   extern __shared__ __align__(16) uint8_t sm[];
   using L = Smem<K>;
@@ -494,8 +529,15 @@ __global__ void __launch_bounds__(kThreads, 2) mm_kernel(P p, int64_t ncols, int
 
   const int nstages = int((ncols + BK - 1) / BK);
   auto stage_k = [&](int s) { return int(std::min<int64_t>(BK, ncols - int64_t(s) * BK)); };
+  // Start offset of stage s inside its aligned word (fast path: the same for every row).
+  auto stage_d = [&](int s) { return int((size_t(s) * L::SB) % K::VW); };
+  auto raw_copy = [&](int s) {
+    const int bytes = (stage_k(s) / K::BE) * K::BB;
+    if (vw == 0) issue_raw_aligned<K>(rows, s, bytes, stage_d(s), sm);
+    else issue_raw<K>(rows, s, bytes, vw, sm);
+  };
   __syncthreads();  // rows[]
-  issue_raw<K>(rows, 0, (stage_k(0) / K::BE) * K::BB, vw, sm);
+  raw_copy(0);
   issue_act<K>(p, t, 0, stage_k(0) / 32, sm);
   cp_async_commit();
 
@@ -512,7 +554,7 @@ __global__ void __launch_bounds__(kThreads, 2) mm_kernel(P p, int64_t ncols, int
       float fsc = 0.0f;
       int isc = 0;
       const bool ok = rows[a] != nullptr && j < nch;
-      const uint8_t* raw = sm + L::RAW + a * L::RS + (rows[a] != nullptr ? delta[a] : 0);
+      const uint8_t* raw = sm + L::RAW + a * L::RS + (rows[a] == nullptr ? 0 : vw == 0 ? stage_d(s) : delta[a]);
       if (ok) {
         K::decode(raw, j, w, fsc, isc, tabs);
       } else {
@@ -542,7 +584,7 @@ __global__ void __launch_bounds__(kThreads, 2) mm_kernel(P p, int64_t ncols, int
     }
     __syncthreads();  // A and its scales are ready; the raw buffer is free
     if (s + 1 < nstages) {
-      issue_raw<K>(rows, s + 1, (stage_k(s + 1) / K::BE) * K::BB, vw, sm);
+      raw_copy(s + 1);
       cp_async_commit();
     }
 
@@ -552,21 +594,22 @@ __global__ void __launch_bounds__(kThreads, 2) mm_kernel(P p, int64_t ncols, int
     const float* wsc = reinterpret_cast<const float*>(sm + L::WSC);
     const int* isc = reinterpret_cast<const int*>(sm + L::WSC);
     const float* xsc = reinterpret_cast<const float*>(sm + L::XSC);
+#pragma unroll 1
     for (int j = 0; j < nch; ++j) {
+      // ldmatrix: A (16 rows x 32 bytes) as four 8x8 b16 matrices {rows 0-7, 8-15} x {bytes
+      // 0-15, 16-31} gives exactly the m16n8k32 s8 A fragment; B likewise two n-tiles at once.
       uint32_t af[2][4], bf[4][2];
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt) {
-        const uint8_t* r0 = As + (wm * 32 + mt * 16 + g) * AS + 32 * j + 4 * c;
-        af[mt][0] = ld4(r0);
-        af[mt][1] = ld4(r0 + 8 * AS);
-        af[mt][2] = ld4(r0 + 16);
-        af[mt][3] = ld4(r0 + 8 * AS + 16);
-      }
+      for (int mt = 0; mt < 2; ++mt)
+        ldmatrix_x4(af[mt], As + (wm * 32 + mt * 16 + (lane & 15)) * AS + 32 * j + 16 * (lane >> 4));
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        const uint8_t* r0 = Bs + (wn * 32 + nt * 8 + g) * AS + 32 * j + 4 * c;
-        bf[nt][0] = ld4(r0);
-        bf[nt][1] = ld4(r0 + 16);
+      for (int np = 0; np < 2; ++np) {
+        uint32_t r[4];
+        ldmatrix_x4(r, Bs + (wn * 32 + np * 16 + (lane & 7) + 8 * (lane >> 4)) * AS + 32 * j + 16 * ((lane >> 3) & 1));
+        bf[2 * np][0] = r[0];
+        bf[2 * np][1] = r[1];
+        bf[2 * np + 1][0] = r[2];
+        bf[2 * np + 1][1] = r[3];
       }
       if constexpr (K::kKind == kFolded) {
 #pragma unroll
@@ -700,26 +743,43 @@ __device__ __forceinline__ float load_w(const uint8_t* w, size_t rb, int64_t r, 
 template <int kType>
 __global__ void __launch_bounds__(256) float_mm_kernel(const uint8_t* w, size_t rb, int64_t nrows, int64_t ncols,
                                                        const float* x, int64_t T, float* y) {
-  __shared__ float Ws[FK][FT + 4];
-  __shared__ float Xs[FK][FT + 4];
+  // [row or token][k], padded: the fills write consecutive k (conflict-free) and the inner
+  // loop reads one weight row per half-warp (broadcast) and 16 token rows (2-way at most).
+  __shared__ float Ws[FT][FK + 1];
+  __shared__ float Xs[FT][FK + 1];
   const int64_t n0 = int64_t(blockIdx.x) * FT, m0 = int64_t(blockIdx.y) * FT;
   const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;  // tokens tx*4.., rows ty*4..
-  float acc[4][4] = {};
-  for (int64_t k0 = 0; k0 < ncols; k0 += FK) {
-    for (int i = threadIdx.x; i < FT * FK; i += 256) {
-      const int rr = i / FK, kk = i % FK;
+  constexpr int kPer = FT * FK / 256;                      // elements per thread per tile
+  float wr[kPer], xr[kPer];
+  // The next tile is loaded into registers while the current one is multiplied, so the
+  // global latency is paid once per tile in parallel, not once per element.
+  auto load = [&](int64_t k0) {
+#pragma unroll
+    for (int q = 0; q < kPer; ++q) {
+      const int i = threadIdx.x + 256 * q, rr = i / FK, kk = i % FK;
       const int64_t r = m0 + rr, k = k0 + kk, n = n0 + rr;
-      Ws[kk][rr] = (r < nrows && k < ncols) ? load_w<kType>(w, rb, r, k) : 0.0f;
-      Xs[kk][rr] = (n < T && k < ncols) ? __ldg(x + size_t(n) * size_t(ncols) + size_t(k)) : 0.0f;
+      wr[q] = (r < nrows && k < ncols) ? load_w<kType>(w, rb, r, k) : 0.0f;
+      xr[q] = (n < T && k < ncols) ? __ldg(x + size_t(n) * size_t(ncols) + size_t(k)) : 0.0f;
+    }
+  };
+  float acc[4][4] = {};
+  load(0);
+  for (int64_t k0 = 0; k0 < ncols; k0 += FK) {
+#pragma unroll
+    for (int q = 0; q < kPer; ++q) {
+      const int i = threadIdx.x + 256 * q;
+      Ws[i / FK][i % FK] = wr[q];
+      Xs[i / FK][i % FK] = xr[q];
     }
     __syncthreads();
+    if (k0 + FK < ncols) load(k0 + FK);
 #pragma unroll 8
     for (int kk = 0; kk < FK; ++kk) {
       float a[4], b[4];
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        a[i] = Ws[kk][ty * 4 + i];
-        b[i] = Xs[kk][tx * 4 + i];
+        a[i] = Ws[ty * 4 + i][kk];
+        b[i] = Xs[tx * 4 + i][kk];
       }
 #pragma unroll
       for (int i = 0; i < 4; ++i)
@@ -746,12 +806,19 @@ int align_of(uintptr_t v) {
   return 1;
 }
 
-// Copy width: 16 or 8 bytes when every row start and stage offset is aligned to it, else 4
-// (issue_raw then copies the aligned words covering each row's stage).
+// 0 (the aligned fast path) when every base, row and expert stride is a multiple of K::VW;
+// else the widest of 16/8/4 they allow (issue_raw copies the aligned words covering each
+// row's stage, whatever the row's alignment).
 template <class K>
 int copy_width(std::initializer_list<uintptr_t> bases, int64_t ncols) {
-  int vw = align_of(uintptr_t(Smem<K>::SB));
-  for (uintptr_t b : bases) vw = std::min(vw, align_of(b));
+  bool aligned = true;
+  int vw = 16;
+  for (uintptr_t b : bases) {
+    aligned = aligned && b % uintptr_t(K::VW) == 0;
+    vw = std::min(vw, align_of(b));
+  }
+  if (aligned) return 0;
+  vw = std::min(vw, align_of(uintptr_t(Smem<K>::SB)));
   const int64_t tail = ncols % BK;
   if (tail) vw = std::min(vw, align_of(uintptr_t((tail / K::BE) * K::BB)));
   return std::max(vw, 4);
