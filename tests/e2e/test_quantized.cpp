@@ -3,18 +3,25 @@
 // routed-expert recipes need K-quant-friendly widths, so they run on dsv4-tiny-k.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <map>
+#include <tuple>
+#include <vector>
+
 #include "e2e_util.h"
 
 using ds4::model::Numerics;
 
 namespace {
 
-// Why the bounds are loose: Q8_0 alone moves a Gaussian weight matrix by 0.54 % RMS and the
-// kernels' Q8_0 activations add as much, ~0.8 % per product (measured); these random tiny
-// models amplify small perturbations about tenfold (layer 0 already moves by 2.8 % under q8,
-// and the MoE and indexer top-k choices flip), much like the official FP8 KV simulation moves
-// their logits by 14-30 %. The issue's "q8 within 2e-2" is therefore not reachable on these
-// fixtures by any Q8_0 engine; the tests assert the measured values with margin instead:
+// Why the bounds are loose (tests/ablation decomposes the q8 error; docs/quality.md, "Where
+// the q8 error comes from"): about two thirds of it are changed discrete choices — q8 changes the
+// routed experts of 25 % / 11 % of the tokens and the indexer top-k of 44 % of the scored queries,
+// and pinning them to the float model's choices leaves 0.076 / 0.072 — and the rest is the random
+// model's gain of ~10 from relative weight error to logits (Q8_0 weights with float activations
+// and pinned choices: 0.057 / 0.051). The fixtures guarantee their choices only to 5e-6 relative
+// margin, so the issue's "q8 within 2e-2" is not reachable on them by any Q8_0 engine; the tests
+// assert the measured values with margin instead:
 //   q8    tiny-a: rel 0.234, KL 0.026, top-1 0.73   tiny-k: rel 0.202, KL 0.020, top-1 0.77
 //   q4    tiny-k: rel 0.371, KL 0.069, top-1 0.50
 //   mxfp4 tiny-k: rel 0.485, KL 0.119, top-1 0.41
@@ -52,6 +59,53 @@ TEST(Quantized, Q8Bounds) {
     EXPECT_LT(q8.rel, 0.3) << f;
     EXPECT_LT(q8.kl, 0.04) << f;
     EXPECT_GT(q8.top1, 0.65) << f;
+  }
+}
+
+// The decomposition on the issue's own criterion: with every discrete choice (routed experts,
+// indexer top-k) pinned to the bf16 model's through the decision hook, q8 is 0.076 / 0.072 —
+// a third of the unpinned error, still above 2e-2 (the rest is the model's gain on the Q8_0
+// rounding; tests/ablation takes it apart further).
+TEST(Quantized, Q8WithPinnedDecisions) {
+  for (const char* f : {"dsv4-tiny-a-bf16", "dsv4-tiny-k-bf16"}) {
+    using Key = std::tuple<int, int64_t, int64_t>;  // (case, layer, position)
+    std::map<Key, std::vector<int32_t>> experts, rows;
+    const auto cases = e2e::load_cases(f);
+    auto run = [&](const ds4::model::Model& m, bool record, int64_t* changed) {
+      double rel = 0;
+      for (size_t ci = 0; ci < cases.size(); ++ci) {
+        auto hook = [&, ci](std::map<Key, std::vector<int32_t>>& seen) {
+          return [&, ci](int64_t il, int64_t pos, const float*, int64_t, int32_t* ids, int64_t k) {
+            std::vector<int32_t>& ref = seen[Key{static_cast<int>(ci), il, pos}];
+            std::vector<int32_t> got(ids, ids + k);
+            std::sort(got.begin(), got.end());
+            if (record) {
+              ref = got;
+              return;
+            }
+            ASSERT_EQ(ref.size(), got.size()) << "no bf16 choice for layer " << il << " position " << pos;
+            if (got != ref) ++*changed;
+            std::copy(ref.begin(), ref.end(), ids);
+          };
+        };
+        ds4::model::Session s(m, {.max_ctx = 4096, .numerics = Numerics::Exact});
+        s.set_decision_hook({.experts = hook(experts), .rows = hook(rows)});
+        std::vector<float> out(cases[ci].logits.size());
+        s.eval(cases[ci].tokens, ds4::model::LogitsMode::All, out.data());
+        rel = std::max(rel, e2e::rel_err(out, cases[ci].logits));
+      }
+      return rel;
+    };
+    int64_t changed = 0;
+    EXPECT_LT(run(e2e::model(f, "bf16"), true, &changed), 1e-4) << f;
+    const double pinned = run(e2e::model(f, "q8"), false, &changed);
+    const double free = measure(f, "q8").rel;
+    std::printf("%s q8 with bf16 decisions pinned: max rel err %.3e (%lld choices pinned back)\n",
+                f, pinned, static_cast<long long>(changed));
+    EXPECT_GT(changed, 100) << f;
+    EXPECT_GT(pinned, 0.04) << f;
+    EXPECT_LT(pinned, 0.10) << f;
+    EXPECT_LT(pinned, 0.45 * free) << f;
   }
 }
 
