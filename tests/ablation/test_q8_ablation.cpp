@@ -401,3 +401,58 @@ TEST(Q8Ablation, TinyA) { check_decomposition("dsv4-tiny-a-bf16"); }
 TEST(Q8Ablation, TinyK) { check_decomposition("dsv4-tiny-k-bf16"); }
 
 }  // namespace
+
+namespace {
+
+// The hook itself: observing changes nothing, every choice is offered once, and a choice
+// outside the candidates is refused with an error instead of reading out of bounds.
+TEST(DecisionHook, ObservesPinsAndRejects) {
+  const std::string fixture = "dsv4-tiny-a-bf16";
+  const auto m = ds4::model::Model::load(e2e::converted(fixture, "f32"), {.threads = 2});
+  const auto c = e2e::load_cases(fixture).at(1);  // 17 tokens: only expert choices are scored
+  const auto c0 = e2e::load_cases(fixture).at(0);  // 320 tokens: indexer choices too
+  const int64_t V = m.hparams().n_vocab;
+  auto eval = [&](const std::vector<int32_t>& toks, const ds4::model::DecisionHook& h) {
+    ds4::model::Session s(m, {.max_ctx = 4096, .numerics = Numerics::Exact});
+    s.set_decision_hook(h);
+    std::vector<float> out(toks.size() * static_cast<size_t>(V));
+    s.eval(toks, ds4::model::LogitsMode::All, out.data());
+    return out;
+  };
+  const auto plain = eval(c0.tokens, {});
+  int64_t n_experts = 0, n_rows = 0;
+  const auto seen = eval(c0.tokens, {.experts = [&](int64_t, int64_t, const float*, int64_t,
+                                                      int32_t*, int64_t) { ++n_experts; },
+                                      .rows = [&](int64_t, int64_t, const float*, int64_t,
+                                                  int32_t*, int64_t) { ++n_rows; }});
+  EXPECT_EQ(plain, seen);  // bit-identical
+  const auto& hp = m.hparams();
+  EXPECT_EQ(n_experts, (hp.n_layers - hp.n_hash_layers) * static_cast<int64_t>(c0.tokens.size()));
+  int64_t scored = 0;  // queries of indexer layers that see more than top-k compressed rows
+  for (const auto& L : m.weights().layers)
+    for (int64_t p = 0; L.has_indexer && p < static_cast<int64_t>(c0.tokens.size()); ++p)
+      scored += (p + 1) / L.ratio > hp.idx_topk ? 1 : 0;
+  EXPECT_GT(scored, 0);
+  EXPECT_EQ(n_rows, scored);
+
+  // Overwriting a choice changes the logits.
+  const auto other = eval(c0.tokens, {.experts = [](int64_t, int64_t, const float*, int64_t n,
+                                                    int32_t* ids, int64_t k) {
+    std::vector<bool> used(static_cast<size_t>(n));
+    for (int64_t i = 0; i < k; ++i) used[static_cast<size_t>(ids[i])] = true;
+    for (int32_t e = 0; e < n; ++e)
+      if (!used[static_cast<size_t>(e)]) { ids[0] = e; break; }
+  }, .rows = nullptr});
+  EXPECT_GT(e2e::rel_err(other, plain), 1e-3);
+
+  const auto bad_expert = [](int64_t, int64_t, const float*, int64_t n, int32_t* ids, int64_t) {
+    ids[0] = static_cast<int32_t>(n);
+  };
+  EXPECT_THROW(eval(c.tokens, {.experts = bad_expert, .rows = nullptr}), ds4::Error);
+  const auto bad_row = [](int64_t, int64_t, const float*, int64_t, int32_t* rows, int64_t) {
+    rows[0] = -1;
+  };
+  EXPECT_THROW(eval(c0.tokens, {.experts = nullptr, .rows = bad_row}), ds4::Error);
+}
+
+}  // namespace
