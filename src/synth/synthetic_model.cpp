@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <future>
 #include <numeric>
 
 #include "core/error.h"
@@ -83,10 +84,22 @@ struct Distribution {
   float mean = 0, scale = 1;  // Normal: mean + scale*N(0,1); Uniform: mean + scale*U[0,1)
 };
 
-Distribution distribution(const SynthTensor& t) {
+//
+// Full-scale files (Fill::Codes) differ in two tensors so that routing spreads over the
+// experts the way a trained, bias-balanced router's does. With the fixtures' scheme, the
+// embedding (N(0, 1/E)) is small next to the attention outputs, which are near-averages of the
+// same window of value rows for neighbouring tokens: the FFN input then has a large component
+// shared by all tokens, and with a router bias of 0.1 (a third of the score spread) a few
+// experts win most tokens (demo shape, 256 tokens: one expert took 70 % of them). A unit
+// embedding makes the token dominate the residual stream and a 0.01 bias only breaks ties
+// (most-used expert 1.3-1.7x the mean; tests/synth checks the spread). Every norm divides the
+// scale out again, so activations stay as well scaled as before. The demo model (Fill::Floats)
+// keeps the fixtures' scheme: its seeds are pinned by tests.
+Distribution distribution(const SynthTensor& t, Fill fill) {
   using convert::Role;
   const std::string& n = t.plan.name;
   const double fan_in = static_cast<double>(t.plan.ne[0]);
+  const bool full_scale = fill == Fill::Codes;
   switch (t.plan.role) {
     case Role::Tid2eid:
       return {Distribution::Tid2eid, 0, 0};
@@ -94,12 +107,13 @@ Distribution distribution(const SynthTensor& t) {
       if (ends_with(n, "norm.weight")) return {Distribution::Normal, 1.0f, 0.2f};
       if (ends_with(n, "_base.weight")) return {Distribution::Normal, 0.0f, 0.5f};
       if (ends_with(n, "_scale.weight")) return {Distribution::Uniform, 0.5f, 0.3f};
-      if (ends_with(n, "exp_probs_b.bias")) return {Distribution::Normal, 0.0f, 0.1f};
+      if (ends_with(n, "exp_probs_b.bias")) return {Distribution::Normal, 0.0f, full_scale ? 0.01f : 0.1f};
       return {Distribution::Normal, 0.0f, 1.0f};  // attention sinks
     case Role::HcFn:
       return {Distribution::Normal, 0.0f, static_cast<float>(0.5 / std::sqrt(fan_in))};
     default:
       if (n.find("_ape.") != std::string::npos) return {Distribution::Normal, 0.0f, 0.5f};
+      if (full_scale && n == "token_embd.weight") return {Distribution::Normal, 0.0f, 1.0f};
       return {Distribution::Normal, 0.0f, static_cast<float>(1.0 / std::sqrt(fan_in))};
   }
 }
@@ -254,8 +268,8 @@ std::vector<SynthTensor> synthetic_tensors(const convert::ModelConfig& cfg, conv
   return out;
 }
 
-double target_std(const SynthTensor& t) {
-  const Distribution d = distribution(t);
+double target_std(const SynthTensor& t, Fill fill) {
+  const Distribution d = distribution(t, fill);
   if (d.kind == Distribution::Uniform) return d.scale / std::sqrt(12.0);
   return d.scale;
 }
@@ -267,7 +281,7 @@ void generate_slab(const SynthTensor& t, uint64_t seed, Fill fill, int64_t slab,
   const int64_t r1 = std::min(t.n_rows(), r0 + rps);
   const size_t rb = t.row_bytes();
   const uint64_t th = fnv1a(t.plan.name);
-  const Distribution dist = distribution(t);
+  const Distribution dist = distribution(t, fill);
 
   if (dist.kind == Distribution::Tid2eid) {
     for (int64_t r = r0; r < r1; ++r) {
@@ -313,44 +327,84 @@ void generate_slab(const SynthTensor& t, uint64_t seed, Fill fill, int64_t slab,
                         out + static_cast<size_t>(r - r0) * rb, ncols, nullptr);
 }
 
+namespace {
+
+// Declares the metadata and tensors of (cfg, opts) on `w`; one place for write_gguf and
+// planned_file_bytes, so the planned size is the written size by construction.
+void declare(gguf::Writer& w, const convert::ModelConfig& cfg, const WriteOptions& opts,
+             const std::vector<SynthTensor>& tensors) {
+  for (auto& kv : convert::model_metadata(cfg, opts.name)) w.add_kv(kv.key, kv.value);
+  for (const auto& kv : opts.extra_kv) w.add_kv(kv.key, kv.value);
+  for (const auto& t : tensors) w.add_tensor(t.plan.name, t.type, t.plan.ne);
+}
+
+}  // namespace
+
+uint64_t planned_file_bytes(const convert::ModelConfig& cfg, const WriteOptions& opts) {
+  // The writer touches the disk only in begin_data(), so declaring is free.
+  gguf::Writer w("(planned synthetic model)");
+  declare(w, cfg, opts, synthetic_tensors(cfg, opts.recipe));
+  return w.total_bytes();
+}
+
+WriteOptions synthetic_options(const std::string& preset_name, convert::Recipe recipe,
+                               uint64_t seed) {
+  WriteOptions o;
+  o.name = "DeepSeek-V4 synthetic " + preset_name;
+  o.recipe = recipe;
+  o.seed = seed;
+  o.fill = Fill::Codes;
+  o.extra_kv.push_back({kSyntheticKey, gguf::Value::string(
+      "synthetic " + preset_name + ": random weights (seed " + std::to_string(seed) + ", recipe " +
+      std::string(convert::recipe_name(recipe)) + "), not DeepSeek's; for speed measurements")});
+  return o;
+}
+
 void write_gguf(const std::string& path, const convert::ModelConfig& cfg, const WriteOptions& opts) {
   const auto tensors = synthetic_tensors(cfg, opts.recipe);
   gguf::Writer w(path);
-  for (auto& kv : convert::model_metadata(cfg, opts.name)) w.add_kv(kv.key, kv.value);
-  for (const auto& kv : opts.extra_kv) w.add_kv(kv.key, kv.value);
+  declare(w, cfg, opts, tensors);
   uint64_t total = 0;
-  for (const auto& t : tensors) {
-    w.add_tensor(t.plan.name, t.type, t.plan.ne);
-    total += t.nbytes();
-  }
+  for (const auto& t : tensors) total += t.nbytes();
   w.begin_data();
 
   ThreadPool pool(opts.threads);
   const int64_t batch = std::max(1, pool.size());
-  uint64_t done = 0;
-  std::vector<std::vector<uint8_t>> bufs(static_cast<size_t>(batch));
+  uint64_t done = 0;  // touched only by the writing side (one job at a time)
+  // Two sets of slab buffers: the pool fills one while a writer job drains the other.
+  std::vector<std::vector<uint8_t>> bufs[2];
+  bufs[0].resize(static_cast<size_t>(batch));
+  bufs[1].resize(static_cast<size_t>(batch));
+  std::future<void> writing;
+  int cur = 0;
   for (const auto& t : tensors) {
     const int64_t rps = t.rows_per_slab();
     const int64_t n_slabs = (t.n_rows() + rps - 1) / rps;
     for (int64_t s0 = 0; s0 < n_slabs; s0 += batch) {
-      const int64_t s1 = std::min(n_slabs, s0 + batch);
-      pool.parallel_for(s1 - s0, 1, [&](int64_t b, int64_t e, int) {
+      const int64_t n = std::min(n_slabs, s0 + batch) - s0;
+      auto& set = bufs[cur];
+      pool.parallel_for(n, 1, [&](int64_t b, int64_t e, int) {
         for (int64_t i = b; i < e; ++i) {
           const int64_t slab = s0 + i;
           const int64_t rows = std::min(rps, t.n_rows() - slab * rps);
-          auto& buf = bufs[static_cast<size_t>(i)];
+          auto& buf = set[static_cast<size_t>(i)];
           buf.resize(static_cast<size_t>(rows) * t.row_bytes());
           generate_slab(t, opts.seed, opts.fill, slab, buf.data());
         }
       });
-      for (int64_t i = 0; i < s1 - s0; ++i) {
-        const auto& buf = bufs[static_cast<size_t>(i)];
-        w.write_tensor_data(buf.data(), buf.size());
-      }
+      if (writing.valid()) writing.get();  // rethrows a write error
+      writing = std::async(std::launch::async, [&w, &set, n, &done, total, &opts] {
+        for (int64_t i = 0; i < n; ++i) {
+          const auto& buf = set[static_cast<size_t>(i)];
+          w.write_tensor_data(buf.data(), buf.size());
+          done += buf.size();
+        }
+        if (opts.progress) opts.progress(done, total);
+      });
+      cur ^= 1;
     }
-    done += t.nbytes();
-    if (opts.progress) opts.progress(done, total);
   }
+  if (writing.valid()) writing.get();
   w.finish();
 }
 

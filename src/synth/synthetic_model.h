@@ -44,8 +44,9 @@ struct SynthTensor {
 std::vector<SynthTensor> synthetic_tensors(const convert::ModelConfig& cfg, convert::Recipe recipe);
 
 // Standard deviation the generator targets for the float values of a tensor, and what kind
-// of values it draws (see synthetic_model.cpp for the scheme, which follows the fixtures').
-double target_std(const SynthTensor& t);
+// of values it draws (see synthetic_model.cpp for the scheme, which follows the fixtures'
+// except for the embedding and router bias of full-scale Fill::Codes files).
+double target_std(const SynthTensor& t, Fill fill = Fill::Floats);
 
 // Generates the bytes of slab `slab` (rows [slab*rows_per_slab, ...)) into `out`
 // (rows_per_slab * row_bytes bytes). Deterministic in (seed, tensor name, slab).
@@ -59,13 +60,26 @@ struct WriteOptions {
   // Extra metadata (e.g. the tokenizer, or the demo label) appended after the model keys.
   std::vector<gguf::KeyValue> extra_kv;
   int threads = 0;  // 0 = all cores
-  // Called after each tensor with (bytes written, total bytes).
+  // Called from one thread at a time, after each batch of slabs reaches the file, with
+  // (tensor payload bytes written, total tensor payload bytes).
   std::function<void(uint64_t, uint64_t)> progress;
 };
 
-// Streams a complete GGUF to `path` (temp file + rename). Memory use is bounded by a few
-// slabs per thread, whatever the model size.
+// Streams a complete GGUF to `path` (temp file + rename). The worker threads generate one
+// batch of slabs (one per thread) while the previous batch is being written, so memory use is
+// bounded by two batches whatever the model size, and generation overlaps the disk writes.
 void write_gguf(const std::string& path, const convert::ModelConfig& cfg, const WriteOptions& opts);
+
+// The exact size in bytes of the file write_gguf(path, cfg, opts) writes (header, padding and
+// payload), from the same declarations and without writing anything: how the 80.76 GiB q2
+// Flash file is checked on machines whose disk cannot hold it, and how ds4-quantize checks
+// the free space before it starts.
+uint64_t planned_file_bytes(const convert::ModelConfig& cfg, const WriteOptions& opts);
+
+// Options for a full-scale synthetic file of preset `preset_name` (presets.h): random codes
+// (Fill::Codes), named and labelled (kSyntheticKey) as synthetic with its preset, recipe and seed.
+WriteOptions synthetic_options(const std::string& preset_name, convert::Recipe recipe,
+                               uint64_t seed = 1);
 
 // Metadata key that marks a file as synthetic; its value says how it was made. `ds4` and the
 // server show it so nobody mistakes a synthetic or demo model for the real one.
