@@ -6,6 +6,9 @@
 //       [--decode 16] [--csv FILE] [--svg FILE]
 //       frontier sweep (src/bench/frontier.h): prefill speed, decode speed and session bytes
 //       at growing context lengths, CSV and an SVG plot
+//   ds4-bench cuda [--synthetic flash-mini | -m MODEL] [--recipe q2] [--prompt 512] [--gen 64]
+//       CUDA backend: prefill and decode tokens/s and a per-phase breakdown of one decode step;
+//       a synthetic preset is built directly in GPU memory (no file; full Flash q2 needs 81 GiB)
 //   ds4-bench tokenizer --vocab FILE --text FILE [--reps 5]
 //       single-threaded encode speed in MB/s
 //
@@ -25,6 +28,7 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "model/model.h"
+#include "runtime/bench_cuda.h"
 #include "synth/presets.h"
 #include "synth/synthetic_model.h"
 #include "tokenizer/tokenizer.h"
@@ -214,6 +218,16 @@ int main(int argc, char** argv) {
   c->add_option("--threads", cpu.threads, "threads (0 = all cores)");
   c->add_option("--batch", cpu.batch, "prefill chunk size");
   c->add_option("--numerics", cpu.numerics, "exact or official");
+  ds4::runtime::CudaBenchArgs cu;
+  auto* g = app.add_subcommand("cuda", "prefill/decode speed of the CUDA backend, decode step by phase");
+  g->add_option("-m,--model", cu.model, "GGUF model (default: a synthetic model built on the GPU)");
+  g->add_option("--synthetic", cu.synthetic, "synthetic preset: flash-mini, demo, flash, pro");
+  g->add_option("--recipe", cu.recipe, "recipe of the synthetic model: q2, q4, q8, mxfp4, bf16, f32");
+  g->add_option("--prompt", cu.prompt, "prompt tokens (prefill)");
+  g->add_option("--gen", cu.gen, "decoded tokens");
+  g->add_option("--reps", cu.reps, "repetitions (the median is reported)");
+  g->add_option("--numerics", cu.numerics, "exact or official");
+  g->add_flag("!--no-graph", cu.graph, "plain launches instead of a CUDA graph per step");
   std::string vocab, text;
   int reps = 5;
   auto* t = app.add_subcommand("tokenizer", "tokenizer encode speed");
@@ -225,6 +239,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     if (*c) return run_cpu(cpu);
+    if (*g) return ds4::runtime::run_cuda_bench(cu);
     if (*sw) return run_sweep_command(sweep);
     return run_tokenizer(vocab, text, reps);
   } catch (const std::exception& e) {

@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
   app.add_option("--host", o.host, "bind address (default 127.0.0.1: loopback only)");
   app.add_option("--port", o.port, "TCP port (default 8000; 0 = any free port)");
   app.add_option("-c,--ctx", o.ctx, "context size per session in tokens (default 32768)");
-  app.add_option("--backend", o.backend, "compute backend: cpu (default)");
+  app.add_option("--backend", o.backend, "compute backend: cpu (default) or cuda");
   app.add_option("-t,--threads", o.threads, "CPU threads (default all cores)");
   app.add_option("--api-key", o.api_key, "require this API key on every route but /health");
   app.add_option("--api-key-file", key_file, "read the API key from the first line of FILE");
@@ -85,8 +85,8 @@ int main(int argc, char** argv) {
       ds4::server::write_demo_model(demo_out, demo_tokenizer);
       return 0;
     }
-    if (o.backend != "cpu" && o.backend != "auto")
-      throw std::runtime_error("--backend " + o.backend + " is not available in ds4-server yet (cpu only)");
+    if (o.backend != "cpu" && o.backend != "cuda" && o.backend != "auto")
+      throw std::runtime_error("--backend " + o.backend + " is unknown (cpu, cuda; auto = cpu)");
     if (!key_file.empty()) o.api_key = read_key_file(key_file);
     ds4::server::HttpServer server(o);
     g_server = &server;

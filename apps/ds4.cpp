@@ -3,7 +3,7 @@
 // others.
 //
 //   ds4 -m MODEL.gguf --tokens 5,17,9 --dump-logits OUT.f32 [--numerics exact|official]
-//       [--batch N] [--threads N]
+//       [--batch N] [--threads N] [--backend cpu|cuda]
 //     Evaluates the tokens (or --tokens @FILE: whitespace- or comma-separated ids) and writes
 //     raw little-endian float32 logits [n_tokens, vocab]; row i = logits after token i.
 //     --batch is the prefill chunk size; --batch 1 is pure token-by-token decode.
@@ -26,6 +26,7 @@
 #include "cli/cli.h"
 #include "core/error.h"
 #include "model/model.h"
+#include "runtime/backend.h"
 
 namespace {
 
@@ -34,6 +35,7 @@ struct Options {
   std::string tokens;
   std::string dump_logits;
   std::string numerics = "official";
+  std::string backend = "cpu";
   int64_t batch = 512;
   int threads = 0;
 };
@@ -74,12 +76,15 @@ std::vector<int32_t> parse_tokens(const std::string& spec) {
 int run_dump_logits(const Options& o) {
   const std::vector<int32_t> tokens = parse_tokens(o.tokens);
   if (o.batch <= 0) ds4::fail("--batch must be positive, got {}", o.batch);
+  const auto backend = ds4::runtime::parse_backend(o.backend);
   const auto model = ds4::model::Model::load(o.model_path, {.threads = o.threads});
   const int64_t V = model.hparams().n_vocab;
-  ds4::model::Session session(model, {.max_ctx = static_cast<int64_t>(tokens.size()),
-                                      .numerics = ds4::model::numerics_from_name(o.numerics),
-                                      .retain = 0,
-                                      .max_batch = o.batch});
+  const auto engine = ds4::runtime::open_engine(model, backend);
+  const auto session_ptr = engine->new_session({.max_ctx = static_cast<int64_t>(tokens.size()),
+                                                .numerics = ds4::model::numerics_from_name(o.numerics),
+                                                .retain = 0,
+                                                .max_batch = o.batch});
+  ds4::model::EvalSession& session = *session_ptr;
   std::FILE* f = std::fopen(o.dump_logits.c_str(), "wb");
   if (!f) ds4::fail("cannot create {}: {}", o.dump_logits, std::strerror(errno));
   std::vector<float> logits;
@@ -106,7 +111,7 @@ int run_dump_logits(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"ds4: DeepSeek V4 inference on CPU"};
+  CLI::App app{"ds4: DeepSeek V4 inference (CPU or CUDA)"};
   Options o;
   // The chat front end's flags include -m, --threads and --numerics, shared with this mode.
   ds4::cli::CliOptions co;
@@ -125,6 +130,7 @@ int main(int argc, char** argv) {
   o.model_path = co.model;
   o.threads = co.threads;
   o.numerics = co.numerics;
+  o.backend = co.backend;
   if (o.dump_logits.empty() && o.tokens.empty()) return ds4::cli::run(co);
   try {
     if (!o.dump_logits.empty()) {

@@ -76,7 +76,7 @@ std::unique_ptr<LoadedModel> load_model(const CliOptions& o, bool progress) {
         fail("{} has no usable tokenizer ({}); re-convert it with ds4-quantize", path, e.what());
       }
     }();
-    m = std::make_unique<LoadedModel>(LoadedModel{std::move(model), std::move(t), {}});
+    m = std::make_unique<LoadedModel>(LoadedModel{std::move(model), std::move(t), {}, nullptr});
   } catch (const Error& e) {
     if (progress) fmt::print(stderr, "\n");
     const std::string what = e.what();
@@ -146,9 +146,9 @@ void ChatSession::set_thinking(chat::Thinking t) { thinking_ = effective_thinkin
 void ChatSession::set_ctx(int64_t ctx) {
   check_context(m_->model, ctx);
   ctx_ = ctx;
-  gen_ = std::make_unique<gen::Generator>(
-      m_->model, m_->tokenizer,
-      model::SessionOptions{.max_ctx = ctx, .numerics = model::numerics_from_name(o_->numerics)});
+  const model::SessionOptions so{.max_ctx = ctx, .numerics = model::numerics_from_name(o_->numerics)};
+  gen_ = m_->engine ? std::make_unique<gen::Generator>(m_->model, m_->tokenizer, m_->engine->new_session(so))
+                    : std::make_unique<gen::Generator>(m_->model, m_->tokenizer, so);
   thinking_ = effective_thinking(thinking_, ctx_);
 }
 

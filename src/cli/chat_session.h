@@ -13,6 +13,7 @@
 #include "cli/cli.h"
 #include "generate/generator.h"
 #include "model/model.h"
+#include "runtime/backend.h"
 #include "tokenizer/tokenizer.h"
 
 namespace ds4::cli {
@@ -21,6 +22,8 @@ struct LoadedModel {
   model::Model model;
   tok::Tokenizer tokenizer;
   std::string synthetic;  // synth::kSyntheticKey's value; empty for a real model
+  // The --backend the sessions run on (opened by run(); null: CPU sessions).
+  std::unique_ptr<runtime::Engine> engine;
 };
 
 // Opens the model with the checks a user needs explained: a missing file (how to get one), a

@@ -33,8 +33,7 @@ extern "C" void on_sigint(int) { g_interrupt.store(true, std::memory_order_relax
 void check_backend(const std::string& backend) {
   if (backend == "cpu") return;
 #ifdef DS4_HAVE_CUDA
-  cuda::require_device();
-  fail("the CUDA backend cannot run whole models yet; use --backend cpu");
+  cuda::require_device();  // before loading the model: no GPU is a quick, clear error
 #else
   fail("this build has no CUDA backend; rebuild with -DDS4_CUDA=ON or use --backend cpu");
 #endif
@@ -140,7 +139,9 @@ int run_checked(const CliOptions& o) {
 
   const bool err_tty = ::isatty(STDERR_FILENO) != 0;
   auto m = load_model(o, err_tty);
+  m->engine = runtime::open_engine(m->model, runtime::parse_backend(o.backend));
   fmt::print(stderr, "{}\n", banner(*m, o.model, o.ctx));
+  if (m->engine->kind() != runtime::BackendKind::Cpu) fmt::print(stderr, "ds4: {}\n", m->engine->describe());
   ChatSession chat(*m, o);
   if (!o.kv_load.empty()) {
     chat.load(o.kv_load);

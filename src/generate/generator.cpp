@@ -52,16 +52,24 @@ size_t common_prefix(std::span<const TokenId> a, std::span<const TokenId> b) {
 
 Generator::Generator(const model::Model& model, const tok::Tokenizer& tokenizer,
                      model::SessionOptions opts)
-    : model_(&model), tok_(&tokenizer), session_(model, opts) {}
+    : model_(&model), tok_(&tokenizer), session_(std::make_unique<model::Session>(model, opts)) {}
+
+Generator::Generator(const model::Model& model, const tok::Tokenizer& tokenizer,
+                     std::unique_ptr<model::EvalSession> session)
+    : model_(&model), tok_(&tokenizer), session_(std::move(session)) {
+  if (!session_) fail("generator: no session");
+  if (session_->hparams().fingerprint() != model.hparams().fingerprint())
+    fail("generator: the session belongs to another model");
+}
 
 void Generator::reset() {
-  session_.reset();
+  session_->reset();
   logits_.clear();
   prompt_snapshot_.reset();
 }
 
 void Generator::restore(model::SessionState state) {
-  session_.restore(std::move(state));
+  session_->restore(std::move(state));
   logits_.clear();
   prompt_snapshot_.reset();
 }
@@ -70,30 +78,30 @@ int64_t Generator::reuse_prefix(std::span<const TokenId> prompt) {
   // At most prompt.size() - 1: the last prompt token is always evaluated again, because its
   // logits (the first sampling step's distribution) are not part of the state.
   const auto cap = static_cast<int64_t>(prompt.size()) - 1;
-  const auto live = std::min<int64_t>(cap, static_cast<int64_t>(common_prefix(session_.tokens(), prompt)));
-  const bool live_ok = live > 0 && live >= session_.min_truncate();
+  const auto live = std::min<int64_t>(cap, static_cast<int64_t>(common_prefix(session_->tokens(), prompt)));
+  const bool live_ok = live > 0 && live >= session_->min_truncate();
   int64_t snap = 0;
   if (prompt_snapshot_) {
     snap = std::min<int64_t>(cap, static_cast<int64_t>(common_prefix(prompt_snapshot_->tokens, prompt)));
     if (snap < prompt_snapshot_min_) snap = 0;
   }
   if (snap > 0 && snap > (live_ok ? live : 0)) {
-    session_.restore(*prompt_snapshot_);
-    session_.truncate(snap);
+    session_->restore(*prompt_snapshot_);
+    session_->truncate(snap);
     return snap;
   }
   if (live_ok) {
-    session_.truncate(live);
+    session_->truncate(live);
     return live;
   }
-  session_.reset();
+  session_->reset();
   return 0;
 }
 
 int64_t Generator::prefill(std::span<const TokenId> prompt, const GenerateOptions& opts) {
   const int64_t n = static_cast<int64_t>(prompt.size());
   if (n == 0) fail("the prompt is empty");
-  const int64_t ctx = session_.options().max_ctx;
+  const int64_t ctx = session_->options().max_ctx;
   if (n >= ctx)
     fail("the prompt has {} tokens and does not fit the context of {} tokens (it needs room for "
          "at least one generated token); use a larger --ctx",
@@ -109,7 +117,7 @@ int64_t Generator::prefill(std::span<const TokenId> prompt, const GenerateOption
     const int64_t len = std::min(opts.prefill_chunk, n - pos);
     const bool last = pos + len == n;
     if (last) logits_.resize(V);
-    session_.eval(prompt.subspan(static_cast<size_t>(pos), static_cast<size_t>(len)),
+    session_->eval(prompt.subspan(static_cast<size_t>(pos), static_cast<size_t>(len)),
                   last ? model::LogitsMode::Last : model::LogitsMode::None,
                   last ? logits_.data() : nullptr);
     pos += len;
@@ -122,8 +130,8 @@ int64_t Generator::prefill(std::span<const TokenId> prompt, const GenerateOption
     }
   }
   if (opts.keep_prompt_snapshot) {
-    prompt_snapshot_ = session_.snapshot();
-    prompt_snapshot_min_ = session_.min_truncate();
+    prompt_snapshot_ = session_->snapshot();
+    prompt_snapshot_min_ = session_->min_truncate();
   } else {
     prompt_snapshot_.reset();
   }
@@ -153,7 +161,7 @@ GenerateResult Generator::generate(std::span<const TokenId> prompt, const Genera
       r.text += text;
       if (opts.on_token) opts.on_token(TokenEvent{.token = t, .text = std::move(text), .logprobs = lp});
     };
-    const int64_t ctx = session_.options().max_ctx;
+    const int64_t ctx = session_->options().max_ctx;
     const auto t_decode = Clock::now();
     std::vector<TokenId> history(prompt.begin(), prompt.end());
     bool stopped_by_string = false;
@@ -191,13 +199,13 @@ GenerateResult Generator::generate(std::span<const TokenId> prompt, const Genera
         r.finish = FinishReason::MaxTokens;
         break;
       }
-      if (session_.n_past() + 1 > ctx) {
+      if (session_->n_past() + 1 > ctx) {
         r.finish = FinishReason::ContextFull;
         break;
       }
       // The token goes into the state only when another one follows: ending here saves a
       // forward pass, and the next prompt's prefix reuse evaluates it if it needs it.
-      session_.eval(std::span(&t, 1), model::LogitsMode::Last, logits_.data());
+      session_->eval(std::span(&t, 1), model::LogitsMode::Last, logits_.data());
     }
     if (!stopped_by_string) {
       StopResult tail = stops.push(decoder.flush());
@@ -211,7 +219,7 @@ GenerateResult Generator::generate(std::span<const TokenId> prompt, const Genera
       if (!rest.empty()) emit(kNoToken, std::move(rest), nullptr);
     }
     // The state no longer matches logits_ unless the last token was evaluated.
-    if (session_.tokens().size() != prompt.size() + r.tokens.size()) logits_.clear();
+    if (session_->tokens().size() != prompt.size() + r.tokens.size()) logits_.clear();
     r.decode_seconds = seconds_since(t_decode);
     return r;
   } catch (...) {

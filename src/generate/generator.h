@@ -24,6 +24,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -102,6 +103,9 @@ class Generator {
  public:
   // The model and tokenizer must outlive the generator.
   Generator(const model::Model& model, const tok::Tokenizer& tokenizer, model::SessionOptions opts);
+  // With a session of any backend (runtime::Engine::new_session); it must belong to `model`.
+  Generator(const model::Model& model, const tok::Tokenizer& tokenizer,
+            std::unique_ptr<model::EvalSession> session);
 
   // Prefills `prompt` (with prefix reuse) and generates. Throws ds4::Error when the prompt is
   // empty or does not fit the context, or when the model or sampler fail; the session is then
@@ -114,8 +118,8 @@ class Generator {
   int64_t prefill(std::span<const TokenId> prompt, const GenerateOptions& opts);
 
   // The live session: what was evaluated so far (prompt and generated tokens).
-  model::Session& session() { return session_; }
-  const model::Session& session() const { return session_; }
+  model::EvalSession& session() { return *session_; }
+  const model::EvalSession& session() const { return *session_; }
   const std::vector<float>& last_logits() const { return logits_; }
   // Forgets the live state and the prompt snapshot.
   void reset();
@@ -131,7 +135,7 @@ class Generator {
 
   const model::Model* model_;
   const tok::Tokenizer* tok_;
-  model::Session session_;
+  std::unique_ptr<model::EvalSession> session_;
   std::vector<float> logits_;  // after the last evaluated token; empty when unknown
   std::optional<model::SessionState> prompt_snapshot_;
   int64_t prompt_snapshot_min_ = 0;  // min_truncate() of the snapshot

@@ -160,7 +160,7 @@ KvFile read_kv_file(const std::string& path) {
 }
 
 void save_session(const std::string& path, const Generator& g, const std::string& note) {
-  const model::Session& s = g.session();
+  const model::EvalSession& s = g.session();
   KvFile f;
   f.model = model_identity(g.model());
   f.ctx = s.options().max_ctx;

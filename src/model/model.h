@@ -75,31 +75,56 @@ struct SessionOptions {
 // H[t][n_hc][n_embd] for positions p0 .. p0 + n_tokens - 1. For tests and debugging.
 using LayerHook = std::function<void(int64_t layer, int64_t p0, int64_t n_tokens, const float* H)>;
 
-class Session {
+// The session interface the programs drive, whatever the backend: Session below (CPU) and
+// the CUDA session (backend/cuda/gpu_session.h) implement it; src/runtime creates either.
+// Semantics are those documented on Session; snapshot() is a SessionState in the CPU layout,
+// so a snapshot taken on one backend restores on the other.
+class EvalSession {
+ public:
+  virtual ~EvalSession() = default;
+  virtual void eval(std::span<const int32_t> tokens, LogitsMode mode, float* out) = 0;
+  virtual int64_t n_past() const = 0;
+  virtual const std::vector<int32_t>& tokens() const = 0;
+  virtual const SessionOptions& options() const = 0;
+  virtual const HParams& hparams() const = 0;
+  virtual SessionState snapshot() const = 0;
+  virtual void restore(SessionState s) = 0;
+  virtual void truncate(int64_t n) = 0;
+  virtual int64_t min_truncate() const = 0;
+  virtual void reset() = 0;
+  virtual const char* backend_name() const = 0;
+
+  std::vector<uint8_t> serialize() const { return snapshot().serialize(); }
+  void deserialize(std::span<const uint8_t> bytes) { restore(SessionState::deserialize(bytes)); }
+};
+
+class Session : public EvalSession {
  public:
   Session(const Model& model, const SessionOptions& opts = {});
 
   // Evaluates `tokens` at positions n_past() .. n_past() + size - 1 and extends the state.
   // Many tokens are processed layer by layer in chunks of max_batch (prefill); one token is a
   // decode step. Any split of a sequence into calls gives the same logits.
-  void eval(std::span<const int32_t> tokens, LogitsMode mode, float* out);
+  void eval(std::span<const int32_t> tokens, LogitsMode mode, float* out) override;
 
-  int64_t n_past() const { return st_.n_past; }
-  const std::vector<int32_t>& tokens() const { return st_.tokens; }
-  const SessionOptions& options() const { return opts_; }
+  int64_t n_past() const override { return st_.n_past; }
+  const std::vector<int32_t>& tokens() const override { return st_.tokens; }
+  const SessionOptions& options() const override { return opts_; }
+  const HParams& hparams() const override { return model_->hparams(); }
+  const char* backend_name() const override { return "cpu"; }
   const Model& model() const { return *model_; }
 
   // Snapshot / restore by value. restore() checks that the state belongs to this model and
   // numerics mode.
   const SessionState& state() const { return st_; }
-  SessionState snapshot() const { return st_; }
-  void restore(SessionState s);
+  SessionState snapshot() const override { return st_; }
+  void restore(SessionState s) override;
   // Back to the first n tokens; exact for n >= n_past() - retain (session_state.h), throws
   // otherwise.
-  void truncate(int64_t n);
+  void truncate(int64_t n) override;
   // Smallest n truncate() accepts now.
-  int64_t min_truncate() const;
-  void reset();
+  int64_t min_truncate() const override;
+  void reset() override;
 
   std::vector<uint8_t> serialize() const { return st_.serialize(); }
   void deserialize(std::span<const uint8_t> bytes) { restore(SessionState::deserialize(bytes)); }

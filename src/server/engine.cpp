@@ -58,6 +58,7 @@ Engine::Engine(const ServerOptions& opt, Metrics& metrics, Trace& trace)
     fail("{}: tokenizer has {} tokens, the model only {} logits", opt.model_path, tok_->vocab_size(),
          model_.hparams().n_vocab);
   if (const auto* v = model_.file().find(synth::kSyntheticKey)) synthetic_note_ = v->as_string();
+  backend_ = runtime::open_engine(model_, runtime::parse_backend(opt_.backend == "auto" ? "cpu" : opt_.backend));
   if (!opt_.kv_disk_dir.empty()) {
     disk_ = std::make_unique<KvDiskCache>(opt_.kv_disk_dir, static_cast<uint64_t>(opt_.kv_disk_space_mb) << 20,
                                           gen::model_identity(model_), opt_.ctx,
@@ -133,12 +134,7 @@ void Engine::loop() {
 
 size_t Engine::slot_bytes(const Slot& s) const {
   size_t n = s.logits.capacity() * sizeof(float);
-  const model::SessionState& st = s.session->state();
-  n += st.tokens.capacity() * sizeof(int32_t);
-  for (const auto& l : st.layers)
-    n += (l.raw.capacity() + l.comp_kv.capacity() + l.comp_sc.capacity() + l.idx_kv.capacity() +
-          l.idx_sc.capacity() + l.comp.capacity() + l.icomp.capacity()) * sizeof(float);
-  return n;
+  return n + runtime::session_bytes(*s.session);
 }
 
 void Engine::evict_for_new_slot() {
@@ -152,7 +148,7 @@ void Engine::evict_for_new_slot() {
     const auto& toks = (*lru)->session->tokens();
     if (disk_ && static_cast<int64_t>(toks.size()) >= opt_.kv_disk_min_tokens) {
       // Evicted sessions go to disk so their client can come back without a cold prefill.
-      if (disk_->save(tok_->decode(toks), (*lru)->session->state())) ++metrics_.disk_writes;
+      if (disk_->save(tok_->decode(toks), (*lru)->session->snapshot())) ++metrics_.disk_writes;
     }
     trace_.log("engine", "evict", fmt::format("resident session of {} tokens", toks.size()));
     slots_.erase(lru);
@@ -204,8 +200,8 @@ Engine::Slot& Engine::prepare(GenJob& job, int64_t& reused) {
     if (best && usable > 0) why = fmt::format("prefix {} is beyond the rewind window", usable);
     evict_for_new_slot();
     auto s = std::make_unique<Slot>();
-    s->session = std::make_unique<model::Session>(
-        model_, model::SessionOptions{.max_ctx = opt_.ctx, .retain = opt_.session_retain, .max_batch = opt_.prefill_chunk});
+    s->session = backend_->new_session(
+        model::SessionOptions{.max_ctx = opt_.ctx, .retain = opt_.session_retain, .max_batch = opt_.prefill_chunk});
     slots_.push_back(std::move(s));
     slot = slots_.back().get();
     reused = 0;
@@ -266,7 +262,7 @@ void Engine::run(GenJob& job) {
   Slot& slot = prepare(job, reused);
   active_ = &slot;
   metrics_.resident_sessions = static_cast<int64_t>(slots_.size());
-  model::Session& s = *slot.session;
+  model::EvalSession& s = *slot.session;
   const std::vector<int32_t>& prompt = job.prompt;
   const size_t V = static_cast<size_t>(model_.hparams().n_vocab);
   slot.logits.resize(V);
@@ -296,7 +292,7 @@ void Engine::run(GenJob& job) {
   if (prefilled > 0 && job.result.prefill_s > 0) metrics_.last_prefill_tps = static_cast<double>(prefilled) / job.result.prefill_s;
   if (disk_ && prefilled >= opt_.kv_disk_min_tokens) {
     // A long new prefix is worth a file: the next process (or an evicted client) starts here.
-    if (disk_->save(tok_->decode(prompt), s.state())) {
+    if (disk_->save(tok_->decode(prompt), s.snapshot())) {
       ++metrics_.disk_writes;
       trace_.log(job.id, "cache", fmt::format("saved a disk snapshot of {} tokens", prompt.size()));
     }

@@ -33,6 +33,7 @@
 #include "generate/logprobs.h"
 #include "generate/sampler.h"
 #include "model/model.h"
+#include "runtime/backend.h"
 #include "server/call_guide.h"
 #include "server/kv_disk.h"
 #include "server/metrics.h"
@@ -94,7 +95,7 @@ class Engine {
 
  private:
   struct Slot {
-    std::unique_ptr<model::Session> session;
+    std::unique_ptr<model::EvalSession> session;  // on the --backend (runtime::Engine)
     std::vector<float> logits;  // after the last evaluated token
     bool logits_valid = false;
     int64_t last_used = 0;
@@ -112,6 +113,7 @@ class Engine {
   Metrics& metrics_;
   Trace& trace_;
   model::Model model_;
+  std::unique_ptr<runtime::Engine> backend_;  // cpu or cuda sessions of model_
   std::unique_ptr<tok::Tokenizer> tok_;
   std::string synthetic_note_;
   std::unique_ptr<KvDiskCache> disk_;

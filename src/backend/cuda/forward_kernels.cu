@@ -1,0 +1,668 @@
+// Forward-pass kernels besides the weight products (forward_kernels.h). Deliberately simple:
+// one block per vector (norms, heads, rows), one warp per dot product, reductions in double
+// where the CPU reference sums in double. Decode is memory bound on the weights; these
+// kernels touch kilobytes, so clarity wins over cleverness here.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "backend/cuda/check.h"
+#include "backend/cuda/forward_kernels.h"
+
+namespace ds4::cuda::fwd {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr unsigned kFull = 0xffffffffu;
+
+cudaStream_t st(void* s) { return static_cast<cudaStream_t>(s); }
+
+__device__ double warp_sum_d(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(kFull, v, o);
+  return v;
+}
+__device__ float warp_sum_f(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(kFull, v, o);
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
+__device__ double block_sum_d(double v) {
+  __shared__ double part[32];
+  __syncthreads();  // part may still be read by a previous call
+  v = warp_sum_d(v);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    double t = lane < nw ? part[lane] : 0.0;
+    t = warp_sum_d(t);
+    if (lane == 0) part[0] = t;
+  }
+  __syncthreads();
+  return part[0];
+}
+
+__device__ float block_max_f(float v) {
+  __shared__ float part[32];
+  __syncthreads();
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(kFull, v, o));
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    float t = lane < nw ? part[lane] : -INFINITY;
+    for (int o = 16; o > 0; o >>= 1) t = fmaxf(t, __shfl_down_sync(kFull, t, o));
+    if (lane == 0) part[0] = t;
+  }
+  __syncthreads();
+  return part[0];
+}
+
+__device__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// numerics_sim.cpp, bit for bit (powers of two are exact, rintf rounds half to even).
+__device__ float pow2_ceil(float r) {
+  int e = 0;
+  const float m = frexpf(r, &e);
+  return ldexpf(1.0f, m == 0.5f ? e - 1 : e);
+}
+__device__ float e4m3_round(float v) {
+  const float a = fabsf(v);
+  float step = ldexpf(1.0f, -9);
+  if (a >= ldexpf(1.0f, -6)) {
+    int e = 0;
+    frexpf(a, &e);
+    step = ldexpf(1.0f, e - 1 - 3);
+  }
+  float q = __fmul_rn(rintf(__fdiv_rn(a, step)), step);
+  q = fminf(q, 448.0f);
+  return copysignf(q, v);
+}
+__device__ float e2m1_round(float v) {
+  const float vals[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+  const float a = fminf(fabsf(v), 6.0f);
+  int best = 0;
+  for (int c = 1; c < 8; ++c) {
+    const float dc = fabsf(a - vals[c]), db = fabsf(a - vals[best]);
+    if (dc < db || (dc == db && (c % 2 == 0) && (best % 2 != 0))) best = c;
+  }
+  return copysignf(vals[best], v);
+}
+// One thread rounds one block of x (numerics_sim.cpp fp8_roundtrip / fp4_roundtrip).
+__device__ void fp8_block(float* x, int64_t n) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; ++i) amax = fmaxf(amax, fabsf(x[i]));
+  amax = fmaxf(amax, 1e-4f);
+  const float s = pow2_ceil(__fdiv_rn(amax, 448.0f));
+  for (int64_t i = 0; i < n; ++i)
+    x[i] = __fmul_rn(s, e4m3_round(fminf(fmaxf(__fdiv_rn(x[i], s), -448.0f), 448.0f)));
+}
+__device__ void fp4_block(float* x, int64_t n) {
+  const float floor_amax = 6.0f * ldexpf(1.0f, -126);
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; ++i) amax = fmaxf(amax, fabsf(x[i]));
+  amax = fmaxf(amax, floor_amax);
+  const float s = pow2_ceil(__fdiv_rn(amax, 6.0f));
+  for (int64_t i = 0; i < n; ++i)
+    x[i] = __fmul_rn(s, e2m1_round(fminf(fmaxf(__fdiv_rn(x[i], s), -6.0f), 6.0f)));
+}
+
+// RoPE of the last n_rope dims of r[0..d) at position pos (rope.cpp rotate).
+__device__ void rope_row(float* r, int64_t d, int64_t n_rope, const float* omega, int64_t pos,
+                         bool inverse) {
+  float* t = r + (d - n_rope);
+  const float p = static_cast<float>(pos);
+  for (int64_t i = threadIdx.x; i < n_rope / 2; i += blockDim.x) {
+    const float theta = __fmul_rn(omega[i], p);
+    const float c = cosf(theta), s = inverse ? -sinf(theta) : sinf(theta);
+    const float x0 = t[2 * i], x1 = t[2 * i + 1];
+    t[2 * i] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+    t[2 * i + 1] = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
+  }
+  __syncthreads();
+}
+
+// Norm, RoPE and simulation of one row held in shared memory by the whole block.
+__device__ void finish_row(const RowFinish& f, const float* omega, float* r, int64_t pos) {
+  const int64_t d = f.d;
+  if (f.do_norm) {
+    double ss = 0.0;
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) ss += static_cast<double>(r[i]) * r[i];
+    ss = block_sum_d(ss);
+    const float inv = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(d) + f.eps));
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
+      r[i] = f.norm ? __fmul_rn(__fmul_rn(r[i], inv), f.norm[i]) : __fmul_rn(r[i], inv);
+    __syncthreads();
+  }
+  if (f.n_rope > 0) rope_row(r, d, f.n_rope, omega, pos, false);
+  if (f.sim == Sim::Fp8Nope) {
+    for (int64_t b = threadIdx.x; b * 64 < f.n_nope; b += blockDim.x) {
+      const int64_t b0 = b * 64, n = f.n_nope - b0 < 64 ? f.n_nope - b0 : 64;
+      fp8_block(r + b0, n);
+    }
+    __syncthreads();
+  } else if (f.sim == Sim::HadamardFp4) {
+    // Natural-order fast Walsh-Hadamard transform, stage by stage as numerics_sim.cpp.
+    for (int64_t h = 1; h < d; h *= 2) {
+      for (int64_t p = threadIdx.x; p < d / 2; p += blockDim.x) {
+        const int64_t i = (p / h) * 2 * h + (p % h);
+        const float a = r[i], b = r[i + h];
+        r[i] = __fadd_rn(a, b);
+        r[i + h] = __fsub_rn(a, b);
+      }
+      __syncthreads();
+    }
+    const float scale = 1.0f / sqrtf(static_cast<float>(d));
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) r[i] = __fmul_rn(r[i], scale);
+    __syncthreads();
+    for (int64_t b = threadIdx.x; b * 32 < d; b += blockDim.x) fp4_block(r + b * 32, 32);
+    __syncthreads();
+  }
+}
+
+// ---- kernels ----
+
+__global__ void step_begin_kernel(StepCtl* ctl, const int32_t* tokens) {
+  ctl->token = tokens[ctl->index];
+}
+__global__ void step_end_kernel(StepCtl* ctl) {
+  ctl->pos += 1;
+  ctl->index += 1;
+}
+
+__global__ void embed_kernel(int type, const uint8_t* table, size_t row_bytes, int64_t E, int nc,
+                             const StepCtl* ctl, float* H) {
+  const uint8_t* row = table + static_cast<size_t>(ctl->token) * row_bytes;
+  for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < E; i += gridDim.x * blockDim.x) {
+    float v = 0.0f;
+    if (type == 0) {
+      v = reinterpret_cast<const float*>(row)[i];
+    } else if (type == 1) {
+      v = __half2float(reinterpret_cast<const __half*>(row)[i]);
+    } else if (type == 2) {
+      const uint32_t bits = static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(row)[i]) << 16;
+      v = __uint_as_float(bits);
+    } else {  // Q8_0: 34-byte blocks {fp16 d, int8 q[32]}
+      const uint8_t* blk = row + (i / 32) * 34;
+      const uint16_t dbits = static_cast<uint16_t>(blk[0] | (blk[1] << 8));
+      const float dd = __half2float(__ushort_as_half(dbits));
+      v = __fmul_rn(dd, static_cast<float>(static_cast<int8_t>(blk[2 + i % 32])));
+    }
+    for (int s = 0; s < nc; ++s) H[s * E + i] = v;
+  }
+}
+
+__global__ void rmsnorm_kernel(const float* x, const float* w, float* y, int64_t n, float eps) {
+  const float* xr = x + blockIdx.x * n;
+  float* yr = y + blockIdx.x * n;
+  double ss = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss += static_cast<double>(xr[i]) * xr[i];
+  ss = block_sum_d(ss);
+  const float r = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(n) + eps));
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+    yr[i] = w ? __fmul_rn(__fmul_rn(xr[i], r), w[i]) : __fmul_rn(xr[i], r);
+}
+
+__device__ float hc_inv_rms(const float* H, int64_t n, float eps) {
+  double ss = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss += static_cast<double>(H[i]) * H[i];
+  ss = block_sum_d(ss);
+  return static_cast<float>(1.0 / sqrt(ss / static_cast<double>(n) + eps));
+}
+
+// Sinkhorn on an nc x nc matrix by one thread (hyper_connection.cpp sinkhorn).
+__device__ void sinkhorn1(float* C, int n, int iters, float eps) {
+  for (int j = 0; j < n; ++j) {
+    float* row = C + j * n;
+    float mx = row[0];
+    for (int k = 1; k < n; ++k) mx = fmaxf(mx, row[k]);
+    float sum = 0.0f;
+    for (int k = 0; k < n; ++k) sum += (row[k] = expf(row[k] - mx));
+    for (int k = 0; k < n; ++k) row[k] = row[k] / sum + eps;
+  }
+  for (int it = 0; it < iters; ++it) {
+    if (it > 0) {  // row normalization (skipped before the first column pass)
+      for (int j = 0; j < n; ++j) {
+        float s = 0.0f;
+        for (int k = 0; k < n; ++k) s += C[j * n + k];
+        for (int k = 0; k < n; ++k) C[j * n + k] /= (s + eps);
+      }
+    }
+    for (int k = 0; k < n; ++k) {
+      float s = 0.0f;
+      for (int j = 0; j < n; ++j) s += C[j * n + k];
+      for (int j = 0; j < n; ++j) C[j * n + k] /= (s + eps);
+    }
+  }
+}
+
+constexpr int kMaxHc = 8;
+
+__global__ void hc_pre_kernel(HcShape s, const float* mix_raw, const float* H, const float* base,
+                              const float* scale, float* a, float* post, float* comb) {
+  __shared__ float pre[kMaxHc];
+  const int nc = s.nc;
+  const float r = hc_inv_rms(H, nc * s.E, s.rms_eps);
+  if (threadIdx.x == 0) {
+    float m[(2 + kMaxHc) * kMaxHc];
+    for (int i = 0; i < (2 + nc) * nc; ++i) m[i] = mix_raw[i] * r;
+    for (int k = 0; k < nc; ++k) {
+      pre[k] = sigmoidf_(scale[0] * m[k] + base[k]) + s.hc_eps;
+      post[k] = 2.0f * sigmoidf_(scale[1] * m[nc + k] + base[nc + k]);
+    }
+    float C[kMaxHc * kMaxHc];
+    for (int i = 0; i < nc * nc; ++i) C[i] = scale[2] * m[2 * nc + i] + base[2 * nc + i];
+    sinkhorn1(C, nc, s.iters, s.hc_eps);
+    for (int i = 0; i < nc * nc; ++i) comb[i] = C[i];
+  }
+  __syncthreads();
+  for (int64_t d = threadIdx.x; d < s.E; d += blockDim.x) {
+    float acc = 0.0f;
+    for (int k = 0; k < nc; ++k) acc += pre[k] * H[k * s.E + d];
+    a[d] = acc;
+  }
+}
+
+__global__ void hc_post_kernel(HcShape s, const float* f, const float* H_in, const float* post,
+                               const float* comb, float* H_out) {
+  const int nc = s.nc;
+  for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < nc * s.E; i += gridDim.x * blockDim.x) {
+    const int k = static_cast<int>(i / s.E);
+    const int64_t d = i % s.E;
+    float o = post[k] * f[d];
+    for (int j = 0; j < nc; ++j) o += comb[j * nc + k] * H_in[j * s.E + d];
+    H_out[i] = o;
+  }
+}
+
+__global__ void hc_head_kernel(HcShape s, const float* mix_raw, const float* H, const float* base,
+                               const float* scale, float* x) {
+  __shared__ float pre[kMaxHc];
+  const int nc = s.nc;
+  const float r = hc_inv_rms(H, nc * s.E, s.rms_eps);
+  if (threadIdx.x < nc)
+    pre[threadIdx.x] = sigmoidf_(scale[0] * r * mix_raw[threadIdx.x] + base[threadIdx.x]) + s.hc_eps;
+  __syncthreads();
+  for (int64_t d = threadIdx.x; d < s.E; d += blockDim.x) {
+    float acc = 0.0f;
+    for (int k = 0; k < nc; ++k) acc += pre[k] * H[k * s.E + d];
+    x[d] = acc;
+  }
+}
+
+__global__ void rows_finish_kernel(RowFinish f, const float* omega, const float* in, float* out,
+                                   int64_t stride, int64_t ring_cap, const StepCtl* ctl) {
+  extern __shared__ float row[];
+  const int64_t pos = ctl->pos;
+  const float* src = in + blockIdx.x * stride;
+  float* dst = ring_cap > 0 ? out + (pos % ring_cap) * f.d : out + blockIdx.x * stride;
+  for (int64_t i = threadIdx.x; i < f.d; i += blockDim.x) row[i] = src[i];
+  __syncthreads();
+  finish_row(f, omega, row, pos);
+  for (int64_t i = threadIdx.x; i < f.d; i += blockDim.x) dst[i] = row[i];
+}
+
+__global__ void comp_store_kernel(const float* kv, const float* sc, const float* ape, int64_t width,
+                                  int64_t ratio, float* ring_kv, float* ring_sc, int64_t cap,
+                                  const StepCtl* ctl) {
+  const int64_t pos = ctl->pos;
+  const float* a = ape + (pos % ratio) * width;
+  float* rk = ring_kv + (pos % cap) * width;
+  float* rs = ring_sc + (pos % cap) * width;
+  for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < width; i += gridDim.x * blockDim.x) {
+    rk[i] = kv[i];
+    rs[i] = sc[i] + a[i];
+  }
+}
+
+__global__ void comp_emit_kernel(RowFinish f, const float* omega, const float* ring_kv,
+                                 const float* ring_sc, int64_t cap, int64_t ratio, int c,
+                                 float* rows, const StepCtl* ctl) {
+  extern __shared__ float row[];
+  const int64_t pos = ctl->pos;
+  if ((pos + 1) % ratio != 0) return;
+  const int64_t win = (pos + 1) / ratio - 1, d = f.d, width = c * d;
+  const bool overlap = c == 2 && win > 0;
+  const int64_t b_off = c == 2 ? d : 0;
+  const int64_t cur0 = win * ratio, prev0 = (win - 1) * ratio;
+  for (int64_t ch = threadIdx.x; ch < d; ch += blockDim.x) {
+    double mx = -INFINITY;
+    for (int64_t r = 0; r < ratio; ++r) {
+      mx = fmax(mx, static_cast<double>(ring_sc[((cur0 + r) % cap) * width + b_off + ch]));
+      if (overlap) mx = fmax(mx, static_cast<double>(ring_sc[((prev0 + r) % cap) * width + ch]));
+    }
+    double den = 0.0, num = 0.0;
+    for (int64_t r = 0; r < ratio; ++r) {
+      const int64_t cr = ((cur0 + r) % cap) * width;
+      const double e = exp(ring_sc[cr + b_off + ch] - mx);
+      den += e;
+      num += e * ring_kv[cr + b_off + ch];
+      if (overlap) {
+        const int64_t pr = ((prev0 + r) % cap) * width;
+        const double ea = exp(ring_sc[pr + ch] - mx);
+        den += ea;
+        num += ea * ring_kv[pr + ch];
+      }
+    }
+    row[ch] = static_cast<float>(num / den);
+  }
+  __syncthreads();
+  finish_row(f, omega, row, win * ratio);
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) rows[win * d + i] = row[i];
+}
+
+__global__ void idx_scores_kernel(const float* q, const float* wts, float wscale, int64_t NI,
+                                  int64_t DI, const float* icomp, int64_t ratio, int64_t K,
+                                  float* scores, const StepCtl* ctl) {
+  const int64_t n_vis = (ctl->pos + 1) / ratio;
+  if (n_vis <= K) return;
+  const int lane = threadIdx.x & 31;
+  const int64_t warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int64_t n_warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
+  for (int64_t w = warp; w < n_vis; w += n_warps) {
+    const float* k = icomp + w * DI;
+    double s = 0.0;
+    for (int64_t h = lane; h < NI; h += 32) {
+      const float* qh = q + h * DI;
+      float d = 0.0f;
+      for (int64_t i = 0; i < DI; ++i) d += qh[i] * k[i];
+      if (d > 0.0f) s += static_cast<double>(wts[h] * wscale) * d;
+    }
+    s = warp_sum_d(s);
+    if (lane == 0) scores[w] = static_cast<float>(s);
+  }
+}
+
+// Selection by rank: a row's rank is the number of rows ordered before it by (score desc,
+// index asc), the order of topk_lower_index; ranks are distinct, so sel comes out sorted.
+__global__ void idx_topk_kernel(const float* scores, int64_t ratio, int64_t K, int32_t* sel,
+                                int32_t* n_sel, const StepCtl* ctl) {
+  const int64_t n_vis = (ctl->pos + 1) / ratio;
+  const int64_t tid = blockIdx.x * blockDim.x + threadIdx.x;
+  const int64_t nt = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  if (tid == 0) *n_sel = static_cast<int32_t>(n_vis <= K ? n_vis : K);
+  if (n_vis <= K) {
+    for (int64_t w = tid; w < n_vis; w += nt) sel[w] = static_cast<int32_t>(w);
+    return;
+  }
+  for (int64_t w = tid; w < n_vis; w += nt) {
+    const float sw = scores[w];
+    int64_t rank = 0;
+    for (int64_t j = 0; j < n_vis && rank < K; ++j) {
+      const float sj = scores[j];
+      rank += (sj > sw || (sj == sw && j < w)) ? 1 : 0;
+    }
+    if (rank < K) sel[rank] = static_cast<int32_t>(w);
+  }
+}
+
+__global__ void attention_kernel(AttnShape s, float scale, const float* q, const float* ring,
+                                 const float* comp, const int32_t* sel, const int32_t* n_sel,
+                                 const float* sinks, const float* omega, float* scratch_f,
+                                 double* scratch_d, float* o, const StepCtl* ctl) {
+  extern __shared__ float out_row[];
+  const int64_t h = blockIdx.x, D = s.D;
+  const int64_t pos = ctl->pos;
+  const int64_t start = pos - s.window + 1 > 0 ? pos - s.window + 1 : 0;
+  const int64_t n_raw = pos - start + 1;
+  int64_t n_comp = 0;
+  if (s.ratio > 0) n_comp = sel ? *n_sel : (pos + 1) / s.ratio;
+  const int64_t n = n_raw + n_comp;
+  float* sf = scratch_f + h * s.max_rows;
+  double* sd = scratch_d + h * s.max_rows;
+  const float* qh = q + h * D;
+  auto row_ptr = [&](int64_t r) -> const float* {
+    if (r < n_raw) return ring + ((start + r) % s.ring_cap) * D;
+    const int64_t c = r - n_raw;
+    return comp + static_cast<int64_t>(sel ? sel[c] : c) * D;
+  };
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  for (int64_t r = warp; r < n; r += nw) {
+    const float* row = row_ptr(r);
+    float acc = 0.0f;
+    for (int64_t i = lane; i < D; i += 32) acc += qh[i] * row[i];
+    acc = warp_sum_f(acc);
+    if (lane == 0) sf[r] = acc * scale;
+  }
+  __syncthreads();
+  float mx = sinks[h];
+  for (int64_t r = threadIdx.x; r < n; r += blockDim.x) mx = fmaxf(mx, sf[r]);
+  mx = block_max_f(mx);
+  double part = 0.0;
+  for (int64_t r = threadIdx.x; r < n; r += blockDim.x) {
+    const double e = exp(static_cast<double>(sf[r]) - mx);
+    sd[r] = e;
+    part += e;
+  }
+  const double den = exp(static_cast<double>(sinks[h]) - mx) + block_sum_d(part);
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    double acc = 0.0;
+    for (int64_t r = 0; r < n; ++r) acc += sd[r] * row_ptr(r)[d];
+    out_row[d] = static_cast<float>(acc / den);
+  }
+  __syncthreads();
+  // 3.4.9: V carries rotated tail dims; de-rotate at the query position.
+  rope_row(out_row, D, s.n_rope, omega, pos, true);
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) o[h * D + d] = out_row[d];
+}
+
+__device__ double softplus_d(double t) { return t > 20.0 ? t : log1p(exp(t)); }
+
+__global__ void route_kernel(const float* logits, int64_t NE, int64_t K, const float* bias,
+                             const int32_t* tid2eid, bool norm, float scale, const StepCtl* ctl,
+                             int32_t* ids, float* weights) {
+  extern __shared__ float sh[];
+  float* score = sh;
+  float* biased = sh + NE;
+  for (int64_t e = threadIdx.x; e < NE; e += blockDim.x) {
+    score[e] = static_cast<float>(sqrt(softplus_d(static_cast<double>(logits[e]))));
+    biased[e] = score[e] + (bias ? bias[e] : 0.0f);
+  }
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  int32_t chosen[64];
+  if (tid2eid) {
+    for (int64_t k = 0; k < K; ++k) chosen[k] = tid2eid[static_cast<int64_t>(ctl->token) * K + k];
+  } else {
+    for (int64_t k = 0; k < K; ++k) {
+      int64_t best = -1;
+      for (int64_t e = 0; e < NE; ++e) {
+        bool taken = false;
+        for (int64_t j = 0; j < k; ++j) taken |= chosen[j] == e;
+        if (taken) continue;
+        if (best < 0 || biased[e] > biased[best]) best = e;  // ties keep the lower index
+      }
+      chosen[k] = static_cast<int32_t>(best);
+    }
+  }
+  double sum = 0.0;
+  for (int64_t k = 0; k < K; ++k) sum += score[chosen[k]];
+  for (int64_t k = 0; k < K; ++k) {
+    double w = score[chosen[k]];
+    if (norm) w /= sum;
+    ids[k] = chosen[k];
+    weights[k] = static_cast<float>(w * scale);
+  }
+}
+
+__device__ float wload(int type, const void* base, int64_t i) {
+  if (type == 0) return static_cast<const float*>(base)[i];
+  if (type == 1) return __half2float(static_cast<const __half*>(base)[i]);
+  return __uint_as_float(static_cast<uint32_t>(static_cast<const uint16_t*>(base)[i]) << 16);
+}
+__device__ size_t welem(int type) { return type == 0 ? 4 : 2; }
+
+__global__ void moe_float_gate_up_kernel(int type, const uint8_t* gate, const uint8_t* up, int64_t E,
+                                         int64_t F, const int32_t* ids, const float* w, float limit,
+                                         const float* x, float* h) {
+  const int k = blockIdx.y;
+  const int lane = threadIdx.x & 31;
+  const int64_t f = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (f >= F) return;
+  const size_t off = (static_cast<size_t>(ids[k]) * F + f) * E * welem(type);
+  float g = 0.0f, u = 0.0f;
+  for (int64_t i = lane; i < E; i += 32) {
+    g += wload(type, gate + off, i) * x[i];
+    u += wload(type, up + off, i) * x[i];
+  }
+  g = warp_sum_f(g);
+  u = warp_sum_f(u);
+  if (lane == 0) {
+    const float gi = fminf(g, limit);
+    const float ui = fminf(fmaxf(u, -limit), limit);
+    h[k * F + f] = gi / (1.0f + expf(-gi)) * ui * w[k];
+  }
+}
+
+__global__ void moe_float_down_kernel(int type, const uint8_t* down, int64_t E, int64_t F,
+                                      const int32_t* ids, int K, const float* h, float* y) {
+  const int lane = threadIdx.x & 31;
+  const int64_t d = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (d >= E) return;
+  float total = 0.0f;
+  for (int k = 0; k < K; ++k) {
+    const size_t off = (static_cast<size_t>(ids[k]) * E + d) * F * welem(type);
+    float acc = 0.0f;
+    for (int64_t i = lane; i < F; i += 32) acc += wload(type, down + off, i) * h[k * F + i];
+    total += warp_sum_f(acc);
+  }
+  if (lane == 0) y[d] = total;
+}
+
+__global__ void add_kernel(const float* a, const float* b, float* y, int64_t n) {
+  for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+    y[i] = a[i] + b[i];
+}
+
+int grid_for(int64_t n) {
+  const int64_t g = (n + kThreads - 1) / kThreads;
+  return static_cast<int>(g < 1 ? 1 : (g > 1024 ? 1024 : g));
+}
+
+int float_type_code(GgmlType t) {
+  return t == GgmlType::F32 ? 0 : t == GgmlType::F16 ? 1 : 2;
+}
+
+}  // namespace
+
+void step_begin(StepCtl* ctl, const int32_t* tokens, void* stream) {
+  step_begin_kernel<<<1, 1, 0, st(stream)>>>(ctl, tokens);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+void step_end(StepCtl* ctl, void* stream) {
+  step_end_kernel<<<1, 1, 0, st(stream)>>>(ctl);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+void embed(GgmlType type, const void* table, size_t row_bytes, int64_t E, int nc, const StepCtl* ctl,
+           float* H, void* stream) {
+  const int code = type == GgmlType::F32 ? 0 : type == GgmlType::F16 ? 1 : type == GgmlType::BF16 ? 2 : 3;
+  embed_kernel<<<grid_for(E), kThreads, 0, st(stream)>>>(code, static_cast<const uint8_t*>(table),
+                                                          row_bytes, E, nc, ctl, H);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+void rmsnorm(const float* x, const float* w, float* y, int64_t n, int64_t rows, float eps, void* stream) {
+  rmsnorm_kernel<<<static_cast<unsigned>(rows), kThreads, 0, st(stream)>>>(x, w, y, n, eps);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+void hc_pre(const HcShape& s, const float* mix_raw, const float* H, const float* base, const float* scale,
+            float* a, float* post, float* comb, void* stream) {
+  hc_pre_kernel<<<1, 1024, 0, st(stream)>>>(s, mix_raw, H, base, scale, a, post, comb);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+void hc_post(const HcShape& s, const float* f, const float* H_in, const float* post, const float* comb,
+             float* H_out, void* stream) {
+  hc_post_kernel<<<grid_for(s.nc * s.E), kThreads, 0, st(stream)>>>(s, f, H_in, post, comb, H_out);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+void hc_head(const HcShape& s, const float* mix_raw, const float* H, const float* base, const float* scale,
+             float* x, void* stream) {
+  hc_head_kernel<<<1, 1024, 0, st(stream)>>>(s, mix_raw, H, base, scale, x);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+void rows_finish(const RowFinish& f, const float* omega, const float* in, float* out, int64_t rows,
+                 int64_t stride, int64_t ring_cap, const StepCtl* ctl, void* stream) {
+  rows_finish_kernel<<<static_cast<unsigned>(rows), kThreads, f.d * sizeof(float), st(stream)>>>(
+      f, omega, in, out, stride, ring_cap, ctl);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+void comp_store(const float* kv, const float* sc, const float* ape, int64_t width, int64_t ratio,
+                float* ring_kv, float* ring_sc, int64_t cap, const StepCtl* ctl, void* stream) {
+  comp_store_kernel<<<grid_for(width), kThreads, 0, st(stream)>>>(kv, sc, ape, width, ratio, ring_kv,
+                                                                  ring_sc, cap, ctl);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+void comp_emit(const RowFinish& f, const float* omega, const float* ring_kv, const float* ring_sc,
+               int64_t cap, int64_t ratio, int c, float* rows, const StepCtl* ctl, void* stream) {
+  comp_emit_kernel<<<1, kThreads, f.d * sizeof(float), st(stream)>>>(f, omega, ring_kv, ring_sc, cap,
+                                                                     ratio, c, rows, ctl);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+void idx_prep_q(float* q, int64_t NI, int64_t DI, int64_t n_rope, const float* omega, bool official,
+                const StepCtl* ctl, void* stream) {
+  RowFinish f;
+  f.d = DI;
+  f.n_rope = n_rope;
+  f.do_norm = false;
+  f.sim = official ? Sim::HadamardFp4 : Sim::None;
+  rows_finish(f, omega, q, q, NI, DI, 0, ctl, stream);
+}
+
+void idx_select(const float* q, const float* wts, float wscale, int64_t NI, int64_t DI, const float* icomp,
+                int64_t ratio, int64_t K, float* scores, int32_t* sel, int32_t* n_sel, const StepCtl* ctl,
+                void* stream) {
+  idx_scores_kernel<<<264, kThreads, 0, st(stream)>>>(q, wts, wscale, NI, DI, icomp, ratio, K, scores, ctl);
+  DS4_CUDA_CHECK(cudaGetLastError());
+  idx_topk_kernel<<<132, kThreads, 0, st(stream)>>>(scores, ratio, K, sel, n_sel, ctl);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+void attention(const AttnShape& s, const float* q, const float* ring, const float* comp, const int32_t* sel,
+               const int32_t* n_sel, const float* sinks, const float* omega, float* scratch_f,
+               double* scratch_d, float* o, const StepCtl* ctl, void* stream) {
+  const float scale = 1.0f / sqrtf(static_cast<float>(s.D));
+  attention_kernel<<<static_cast<unsigned>(s.NH), kThreads, s.D * sizeof(float), st(stream)>>>(
+      s, scale, q, ring, comp, sel, n_sel, sinks, omega, scratch_f, scratch_d, o, ctl);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+void route(const float* logits, int64_t NE, int64_t K, const float* bias, const int32_t* tid2eid, bool norm,
+           float scale, const StepCtl* ctl, int32_t* ids, float* weights, void* stream) {
+  route_kernel<<<1, kThreads, 2 * NE * sizeof(float), st(stream)>>>(logits, NE, K, bias, tid2eid, norm, scale,
+                                                                    ctl, ids, weights);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+void moe_float(GgmlType type, const void* gate, const void* up, const void* down, int64_t E, int64_t F,
+               const int32_t* ids, const float* w, int K, float limit, const float* x, float* h, float* y,
+               void* stream) {
+  const int code = float_type_code(type);
+  const int wpb = kThreads / 32;
+  moe_float_gate_up_kernel<<<dim3(static_cast<unsigned>((F + wpb - 1) / wpb), K), kThreads, 0, st(stream)>>>(
+      code, static_cast<const uint8_t*>(gate), static_cast<const uint8_t*>(up), E, F, ids, w, limit, x, h);
+  DS4_CUDA_CHECK(cudaGetLastError());
+  moe_float_down_kernel<<<static_cast<unsigned>((E + wpb - 1) / wpb), kThreads, 0, st(stream)>>>(
+      code, static_cast<const uint8_t*>(down), E, F, ids, K, h, y);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+void add(const float* a, const float* b, float* y, int64_t n, void* stream) {
+  add_kernel<<<grid_for(n), kThreads, 0, st(stream)>>>(a, b, y, n);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+void copy(const float* src, float* dst, int64_t n, void* stream) {
+  DS4_CUDA_CHECK(cudaMemcpyAsync(dst, src, static_cast<size_t>(n) * sizeof(float), cudaMemcpyDeviceToDevice,
+                                 st(stream)));
+}
+
+}  // namespace ds4::cuda::fwd

@@ -1,0 +1,133 @@
+// Kernels of the V4 forward pass on the GPU, one token per step (architecture.md 3), besides
+// the weight products (matvec.h). Plain C++ declarations (no CUDA types), so the session code
+// and the tests compile with the host compiler. Every kernel mirrors one CPU function of
+// src/model and follows its arithmetic (double where the CPU sums in double, the same
+// rounding simulations), so that results agree with the CPU up to float summation order.
+//
+// Position-dependent kernels read the token and position from a StepCtl in device memory,
+// never from a kernel argument: a decode step captured once in a CUDA graph then replays for
+// any position, and a prefill is a sequence of such steps without host synchronization.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/ggml_type.h"
+
+namespace ds4::cuda::fwd {
+
+struct StepCtl {
+  int64_t pos = 0;    // position of the token being evaluated
+  int32_t token = 0;  // its id (tokens[index])
+  int32_t index = 0;  // index into the chunk's token array
+};
+
+// ctl->token = tokens[ctl->index].
+void step_begin(StepCtl* ctl, const int32_t* tokens, void* stream);
+// ctl->pos += 1, ctl->index += 1.
+void step_end(StepCtl* ctl, void* stream);
+
+// H[s][0..E) = row ctl->token of the embedding table, for every stream s < nc (3.1).
+// Table types: F32, F16, BF16, Q8_0.
+void embed(GgmlType type, const void* table, size_t row_bytes, int64_t E, int nc,
+           const StepCtl* ctl, float* H, void* stream);
+
+// y[r] = RMSNorm(x[r]) * w (w may be null: unweighted) for `rows` rows of n (ops.cpp);
+// y may equal x.
+void rmsnorm(const float* x, const float* w, float* y, int64_t n, int64_t rows, float eps,
+             void* stream);
+
+struct HcShape {
+  int nc = 4;       // streams
+  int64_t E = 0;    // hidden size
+  float rms_eps = 1e-6f, hc_eps = 1e-6f;
+  int iters = 20;   // Sinkhorn iterations
+};
+// hyper_connection.cpp hc_pre after the fn product: mix_raw [(2 + nc) * nc] -> a [E],
+// post [nc], comb [nc][nc] (Sinkhorn-normalized).
+void hc_pre(const HcShape& s, const float* mix_raw, const float* H, const float* base,
+            const float* scale, float* a, float* post, float* comb, void* stream);
+// H_out[k] = post[k] * f + sum_j comb[j][k] * H_in[j].
+void hc_post(const HcShape& s, const float* f, const float* H_in, const float* post,
+             const float* comb, float* H_out, void* stream);
+// hc_head after the fn product: mix_raw [nc] -> x [E].
+void hc_head(const HcShape& s, const float* mix_raw, const float* H, const float* base,
+             const float* scale, float* x, void* stream);
+
+// What happens to a finished row (compressor.h RowSim).
+enum class Sim : int { None = 0, Fp8Nope = 1, HadamardFp4 = 2 };
+
+// For each of `rows` vectors of d floats (stride `stride`): optional RMSNorm (weight `norm`
+// or unweighted), RoPE of the last n_rope dims at ctl->pos with the layer's frequencies
+// `omega` [n_rope / 2], then the simulation `sim` (n_nope dims for Fp8Nope). in-place when
+// out == in. With ring_cap > 0, one row is written to out + (pos % ring_cap) * d (the raw
+// KV ring of the session).
+struct RowFinish {
+  int64_t d = 0;
+  int64_t n_rope = 0;
+  int64_t n_nope = 0;
+  bool do_norm = true;
+  const float* norm = nullptr;
+  float eps = 1e-6f;
+  Sim sim = Sim::None;
+};
+void rows_finish(const RowFinish& f, const float* omega, const float* in, float* out,
+                 int64_t rows, int64_t stride, int64_t ring_cap, const StepCtl* ctl,
+                 void* stream);
+
+// Compressor state for the step's token: ring_kv[pos % cap] = kv, ring_sc[pos % cap] = sc +
+// ape[pos % ratio] (width floats each, compressor_project).
+void comp_store(const float* kv, const float* sc, const float* ape, int64_t width,
+                int64_t ratio, float* ring_kv, float* ring_sc, int64_t cap, const StepCtl* ctl,
+                void* stream);
+// When pos + 1 completes window w = (pos + 1) / ratio - 1: pools it (and the previous
+// window's A half when c = 2) from the rings, finishes the row (RowFinish f with RoPE at the
+// window start) and writes it to rows[w]. No-op otherwise (compressor_advance).
+void comp_emit(const RowFinish& f, const float* omega, const float* ring_kv,
+               const float* ring_sc, int64_t cap, int64_t ratio, int c, float* rows,
+               const StepCtl* ctl, void* stream);
+
+// Lightning indexer (indexer.cpp) for the step's token. q [NI][DI] (rotated and simulated
+// in place by idx_prep_q), wts [NI] raw head weights (scaled by wscale here), icomp [.][DI].
+// Writes scores [n_vis] and the selection sel [K] / n_sel [1]: rows 0..n_vis-1 when
+// n_vis = (pos + 1) / ratio <= K, else the K best by (score desc, index asc).
+void idx_prep_q(float* q, int64_t NI, int64_t DI, int64_t n_rope, const float* omega,
+                bool official, const StepCtl* ctl, void* stream);
+void idx_select(const float* q, const float* wts, float wscale, int64_t NI, int64_t DI,
+                const float* icomp, int64_t ratio, int64_t K, float* scores, int32_t* sel,
+                int32_t* n_sel, const StepCtl* ctl, void* stream);
+
+// Attention with sinks (attention.cpp) for the step's token, all heads, followed by the
+// de-rotation of the output at pos: o [NH][D]. Rows: the raw window (ring) and compressed
+// rows comp (sel/n_sel selection, or all (pos + 1) / ratio when sel is null; none when
+// ratio == 0). scratch: NH * max_rows floats and NH * max_rows doubles.
+struct AttnShape {
+  int64_t NH = 0, D = 0, n_rope = 0, window = 0;
+  int64_t ring_cap = 0;
+  int64_t ratio = 0;
+  int64_t max_rows = 0;
+};
+void attention(const AttnShape& s, const float* q, const float* ring, const float* comp,
+               const int32_t* sel, const int32_t* n_sel, const float* sinks,
+               const float* omega, float* scratch_f, double* scratch_d, float* o,
+               const StepCtl* ctl, void* stream);
+
+// Routing (moe.cpp route): logits [NE] -> ids [K], weights [K]. Hash layers pass tid2eid
+// (int32 [n_vocab][K]) and use row ctl->token; others pick the top K of score + bias.
+void route(const float* logits, int64_t NE, int64_t K, const float* bias,
+           const int32_t* tid2eid, bool norm, float scale, const StepCtl* ctl, int32_t* ids,
+           float* weights, void* stream);
+
+// Experts of float type (F32, F16, BF16), which moe_experts does not take: the same
+// computation with plain dot products. gate/up [n_expert][F][E], down [n_expert][E][F].
+// h: K * F floats of workspace.
+void moe_float(GgmlType type, const void* gate, const void* up, const void* down, int64_t E,
+               int64_t F, const int32_t* ids, const float* w, int K, float limit,
+               const float* x, float* h, float* y, void* stream);
+
+// y = a + b (n floats).
+void add(const float* a, const float* b, float* y, int64_t n, void* stream);
+// Copies n floats (device to device, on the stream).
+void copy(const float* src, float* dst, int64_t n, void* stream);
+
+}  // namespace ds4::cuda::fwd

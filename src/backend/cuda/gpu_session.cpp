@@ -1,0 +1,679 @@
+#include "backend/cuda/gpu_session.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "backend/cuda/check.h"
+#include "backend/cuda/forward_kernels.h"
+#include "backend/cuda/matvec.h"
+#include "core/error.h"
+
+namespace ds4::cuda {
+
+using model::HParams;
+using model::LogitsMode;
+using model::Numerics;
+using model::SessionState;
+
+namespace {
+
+cudaStream_t cs(void* s) { return static_cast<cudaStream_t>(s); }
+
+bool is_float_type(GgmlType t) { return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16; }
+
+// One device allocation per array, zero-filled (so stale slots are finite).
+struct Arena {
+  std::vector<DeviceBuffer> bufs;
+  size_t bytes = 0;
+  template <class T>
+  T* get(int64_t n) {
+    if (n <= 0) return nullptr;
+    bufs.emplace_back(static_cast<size_t>(n) * sizeof(T));
+    bufs.back().fill_bytes(0);
+    bytes += static_cast<size_t>(n) * sizeof(T);
+    return bufs.back().as<T>();
+  }
+};
+
+}  // namespace
+
+struct GpuSession::Prof {
+  std::vector<cudaEvent_t> events;  // events[0] = start; events[i + 1] ends phase i
+  std::vector<PhaseTime> phases;
+};
+
+void GpuSession::mark(const char* phase, double bytes, void* s) {
+  if (!prof_) return;
+  cudaEvent_t e = nullptr;
+  DS4_CUDA_CHECK(cudaEventCreate(&e));
+  DS4_CUDA_CHECK(cudaEventRecord(e, cs(s)));
+  prof_->events.push_back(e);
+  prof_->phases.push_back({phase, 0.0, bytes});
+}
+
+struct GpuSession::LayerBufs {
+  float* raw = nullptr;              // ring [cap][D]
+  float* comp_kv = nullptr;          // ring [cap][c * D]
+  float* comp_sc = nullptr;
+  float* idx_kv = nullptr;           // ring [cap][2 * DI]
+  float* idx_sc = nullptr;
+  float* comp = nullptr;             // [max_ctx / ratio + 1][D]
+  float* icomp = nullptr;            // [max_ctx / ratio + 1][DI]
+  int64_t comp_w = 0, idx_w = 0;     // ring row widths
+};
+
+struct GpuSession::Scratch {
+  Arena arena;
+  fwd::StepCtl* ctl = nullptr;
+  int32_t* tokens = nullptr;         // [max_batch]
+  float *H = nullptr, *H2 = nullptr, *a = nullptr, *x = nullptr, *y = nullptr, *y2 = nullptr;
+  float *mix = nullptr, *post = nullptr, *comb = nullptr;
+  float *qa = nullptr, *qr = nullptr, *q = nullptr, *kv = nullptr, *o = nullptr, *low = nullptr;
+  float *ckv = nullptr, *csc = nullptr, *iq = nullptr, *iw = nullptr, *scores = nullptr;
+  int32_t *sel = nullptr, *n_sel = nullptr;
+  float* rlog = nullptr;             // router logits
+  int32_t* ids = nullptr;
+  float* rw = nullptr;
+  int32_t* ids0 = nullptr;           // {0}: the shared expert through the routed-expert path
+  float* w1 = nullptr;               // {1}
+  float* hbuf = nullptr;             // float-expert hidden [K][F]
+  void* moe_ws = nullptr;
+  void* act = nullptr;               // quantized activation of one product
+  float* attn_f = nullptr;
+  double* attn_d = nullptr;
+  float* logits = nullptr;
+  int64_t max_rows = 0;
+};
+
+GpuSession::GpuSession(const GpuModel& model, const model::SessionOptions& opts, const GpuSessionOptions& g)
+    : model_(&model), opts_(opts), gopts_(g) {
+  if (opts_.max_ctx <= 0) fail("session: max_ctx must be positive, got {}", opts_.max_ctx);
+  if (opts_.retain < 0) fail("session: retain must be >= 0, got {}", opts_.retain);
+  if (opts_.max_batch <= 0) fail("session: max_batch must be positive, got {}", opts_.max_batch);
+  const HParams& hp = model.hparams();
+  const int64_t E = hp.n_embd, NC = hp.n_hc, D = hp.head_dim, NH = hp.n_head;
+  if (NC > 8) fail("cuda session: {} hyper-connection streams (at most 8 supported)", NC);
+  if (hp.n_expert_used > 16) fail("cuda session: {} experts per token (at most 16 supported)", hp.n_expert_used);
+  if (hp.idx_dim > 0 && (hp.idx_dim & (hp.idx_dim - 1)) != 0)
+    fail("cuda session: indexer head dim {} is not a power of two", hp.idx_dim);
+
+  // History ring: covers what the CPU trimming rule may keep (window or two compressor
+  // windows, retain, the trimming slack) plus one prefill chunk written before the next trim.
+  int64_t max_ratio = 0;
+  for (const DLayer& L : model.layers()) max_ratio = std::max<int64_t>(max_ratio, L.ratio);
+  const int64_t slack = std::max<int64_t>(64, opts_.retain / 2 + 1);
+  keep_max_ = opts_.retain + std::max(hp.window, 2 * max_ratio) + slack;
+  cap_ = keep_max_ + opts_.max_batch + 1;
+  if (cap_ > opts_.max_ctx) {
+    cap_ = opts_.max_ctx + 1;  // never wraps
+    keep_max_ = cap_;
+  }
+
+  sc_ = std::make_unique<Scratch>();
+  Arena& A = sc_->arena;
+  const int64_t K = hp.n_expert_used, F = hp.n_ff_exp;
+  for (const DLayer& L : model.layers()) {
+    auto S = std::make_unique<LayerBufs>();
+    S->raw = A.get<float>(cap_ * D);
+    if (L.ratio > 0) {
+      S->comp_w = L.comp.c * D;
+      S->comp_kv = A.get<float>(cap_ * S->comp_w);
+      S->comp_sc = A.get<float>(cap_ * S->comp_w);
+      S->comp = A.get<float>((opts_.max_ctx / L.ratio + 1) * D);
+      sc_->max_rows = std::max(sc_->max_rows, hp.window + (L.has_indexer ? hp.idx_topk : opts_.max_ctx / L.ratio + 1));
+    } else {
+      sc_->max_rows = std::max(sc_->max_rows, hp.window);
+    }
+    if (L.has_indexer) {
+      S->idx_w = 2 * hp.idx_dim;
+      S->idx_kv = A.get<float>(cap_ * S->idx_w);
+      S->idx_sc = A.get<float>(cap_ * S->idx_w);
+      S->icomp = A.get<float>((opts_.max_ctx / L.ratio + 1) * hp.idx_dim);
+    }
+    layers_.push_back(std::move(S));
+  }
+  Scratch& s = *sc_;
+  s.ctl = A.get<fwd::StepCtl>(1);
+  s.tokens = A.get<int32_t>(opts_.max_batch);
+  s.H = A.get<float>(NC * E);
+  s.H2 = A.get<float>(NC * E);
+  s.a = A.get<float>(E);
+  s.x = A.get<float>(E);
+  s.y = A.get<float>(E);
+  s.y2 = A.get<float>(E);
+  s.mix = A.get<float>((2 + NC) * NC);
+  s.post = A.get<float>(NC);
+  s.comb = A.get<float>(NC * NC);
+  s.qa = A.get<float>(hp.q_lora);
+  s.qr = A.get<float>(hp.q_lora);
+  s.q = A.get<float>(NH * D);
+  s.kv = A.get<float>(D);
+  s.o = A.get<float>(NH * D);
+  s.low = A.get<float>(hp.o_groups * hp.o_lora);
+  s.ckv = A.get<float>(2 * std::max(D, hp.idx_dim));
+  s.csc = A.get<float>(2 * std::max(D, hp.idx_dim));
+  s.iq = A.get<float>(std::max<int64_t>(1, hp.idx_head * hp.idx_dim));
+  s.iw = A.get<float>(std::max<int64_t>(1, hp.idx_head));
+  s.scores = A.get<float>(opts_.max_ctx + 1);
+  s.sel = A.get<int32_t>(std::max<int64_t>(1, hp.idx_topk));
+  s.n_sel = A.get<int32_t>(1);
+  s.rlog = A.get<float>(hp.n_expert);
+  s.ids = A.get<int32_t>(K);
+  s.rw = A.get<float>(K);
+  s.ids0 = A.get<int32_t>(1);
+  s.w1 = A.get<float>(1);
+  const float one = 1.0f;
+  DS4_CUDA_CHECK(cudaMemcpy(s.w1, &one, sizeof(float), cudaMemcpyHostToDevice));
+  s.hbuf = A.get<float>(K * F);
+  // Workspaces sized for the largest product of the model.
+  size_t ws = 0, act = 0;
+  auto need_act = [&](const DTensor& t, int64_t cols) {
+    if (t.present()) act = std::max(act, activation_bytes(t.type, cols));
+  };
+  need_act(model.hc_head().fn, model.hc_head().fn.cols);
+  need_act(model.output(), model.output().cols);
+  for (const DLayer& L : model.layers()) {
+    for (const DTensor* t : {&L.hc_attn.fn, &L.hc_ffn.fn, &L.q_a, &L.q_b, &L.kv, &L.out_a, &L.out_b, &L.comp.kv,
+                             &L.comp.gate, &L.idx_comp.kv, &L.idx_comp.gate, &L.idx_q_b, &L.idx_proj, &L.router})
+      need_act(*t, t->cols);
+    if (L.gate_exps.present() && !is_float_type(L.gate_exps.type)) {
+      MoeShape m{L.gate_exps.type, L.down_exps.type, E, F, static_cast<int>(K), 1.0f};
+      ws = std::max(ws, moe_workspace_bytes(m));
+    }
+    if (L.gate_shexp.present() && !is_float_type(L.gate_shexp.type)) {
+      MoeShape m{L.gate_shexp.type, L.down_shexp.type, E, L.gate_shexp.rows, 1, 1.0f};
+      ws = std::max(ws, moe_workspace_bytes(m));
+    }
+  }
+  s.moe_ws = A.get<uint8_t>(static_cast<int64_t>(ws));
+  s.act = A.get<uint8_t>(static_cast<int64_t>(act));
+  s.max_rows = std::max<int64_t>(s.max_rows, 1);
+  s.attn_f = A.get<float>(NH * s.max_rows);
+  s.attn_d = A.get<double>(NH * s.max_rows);
+  s.logits = A.get<float>(hp.n_vocab);
+  state_bytes_ = A.bytes;
+  reset();
+}
+
+GpuSession::~GpuSession() = default;
+
+std::vector<GpuSession::PhaseTime> GpuSession::profile_step(int32_t token) {
+  if (token < 0 || token >= model_->hparams().n_vocab) fail("profile_step: token {} outside the vocabulary", token);
+  if (n_past_ + 1 > opts_.max_ctx) fail("profile_step: the session is full ({} positions)", n_past_);
+  void* s = stream_.handle();
+  stream_.synchronize();
+  DS4_CUDA_CHECK(cudaMemcpy(sc_->tokens, &token, sizeof(token), cudaMemcpyHostToDevice));
+  fwd::StepCtl ctl;
+  ctl.pos = n_past_;
+  DS4_CUDA_CHECK(cudaMemcpy(sc_->ctl, &ctl, sizeof(ctl), cudaMemcpyHostToDevice));
+  prof_ = std::make_unique<Prof>();
+  cudaEvent_t start = nullptr;
+  DS4_CUDA_CHECK(cudaEventCreate(&start));
+  DS4_CUDA_CHECK(cudaEventRecord(start, cs(s)));
+  prof_->events.push_back(start);
+  record_step(s, true);
+  stream_.synchronize();
+  std::vector<PhaseTime> out;
+  for (size_t i = 0; i < prof_->phases.size(); ++i) {
+    float ms = 0;
+    DS4_CUDA_CHECK(cudaEventElapsedTime(&ms, prof_->events[i], prof_->events[i + 1]));
+    auto it = std::find_if(out.begin(), out.end(), [&](const PhaseTime& p) { return p.name == prof_->phases[i].name; });
+    if (it == out.end()) it = out.insert(out.end(), {prof_->phases[i].name, 0.0, 0.0});
+    it->ms += ms;
+    it->bytes += prof_->phases[i].bytes;
+  }
+  for (cudaEvent_t e : prof_->events) cudaEventDestroy(e);
+  prof_.reset();
+  n_past_ += 1;
+  tokens_.push_back(token);
+  trim_history();
+  return out;
+}
+
+void GpuSession::reset() {
+  n_past_ = 0;
+  tokens_.clear();
+  hist_begin_.assign(static_cast<size_t>(model_->hparams().n_layers), 0);
+}
+
+// ---- one step: the forward of one token through every layer (architecture.md 3) ----
+
+void GpuSession::mv(const DTensor& W, const float* x, float* y, void* s, int64_t row0, int64_t nrows) {
+  if (nrows < 0) nrows = W.rows - row0;
+  matvec(W.type, W.row(row0), nrows, W.cols, x, y, sc_->act, s);
+}
+
+void GpuSession::hc_pre(const DHc& hc, const float* H, void* s) {
+  const HParams& hp = model_->hparams();
+  mv(hc.fn, H, sc_->mix, s);
+  fwd::HcShape sh{static_cast<int>(hp.n_hc), hp.n_embd, hp.rms_eps, hp.hc_eps, static_cast<int>(hp.hc_sinkhorn_iters)};
+  fwd::hc_pre(sh, sc_->mix, H, hc.base, hc.scale, sc_->a, sc_->post, sc_->comb, s);
+}
+
+void GpuSession::layer(const DLayer& L, LayerBufs& S, void* s) {
+  const HParams& hp = model_->hparams();
+  Scratch& b = *sc_;
+  const fwd::HcShape sh{static_cast<int>(hp.n_hc), hp.n_embd, hp.rms_eps, hp.hc_eps,
+                        static_cast<int>(hp.hc_sinkhorn_iters)};
+  // Attention half: collapse the streams, normalize, attend, expand and mix back (3.2-3.4).
+  hc_pre(L.hc_attn, b.H, s);
+  fwd::rmsnorm(b.a, L.attn_norm, b.x, hp.n_embd, 1, hp.rms_eps, s);
+  mark("hc pre + norm", static_cast<double>(L.hc_attn.fn.bytes()), s);
+  attention_sublayer(L, S, s);
+  fwd::hc_post(sh, b.y, b.H, b.post, b.comb, b.H2, s);
+  mark("hc post", 0, s);
+  // FFN half (3.5).
+  hc_pre(L.hc_ffn, b.H2, s);
+  fwd::rmsnorm(b.a, L.ffn_norm, b.x, hp.n_embd, 1, hp.rms_eps, s);
+  mark("hc pre + norm", static_cast<double>(L.hc_ffn.fn.bytes()), s);
+  moe(L, s);
+  fwd::hc_post(sh, b.y, b.H2, b.post, b.comb, b.H, s);
+  mark("hc post", 0, s);
+}
+
+void GpuSession::compressor(const DLayer& L, const DCompressor& C, int sim, int64_t n_nope, float* ring_kv,
+                            float* ring_sc, float* rows, void* s) {
+  const HParams& hp = model_->hparams();
+  Scratch& b = *sc_;
+  // 3.4.5: project the token into the ring; pool the window it completes, if any.
+  mv(C.kv, b.x, b.ckv, s);
+  mv(C.gate, b.x, b.csc, s);
+  fwd::comp_store(b.ckv, b.csc, C.ape, C.c * C.d, L.ratio, ring_kv, ring_sc, cap_, b.ctl, s);
+  fwd::RowFinish f;
+  f.d = C.d;
+  f.n_rope = hp.n_rope;
+  f.n_nope = n_nope;
+  f.norm = C.norm;
+  f.eps = hp.rms_eps;
+  f.sim = static_cast<fwd::Sim>(sim);
+  fwd::comp_emit(f, L.omega, ring_kv, ring_sc, cap_, L.ratio, C.c, rows, b.ctl, s);
+}
+
+void GpuSession::attention_sublayer(const DLayer& L, LayerBufs& S, void* s) {
+  const HParams& hp = model_->hparams();
+  Scratch& b = *sc_;
+  const int64_t D = hp.head_dim, NH = hp.n_head;
+  const bool official = opts_.numerics == Numerics::Official;
+
+  // 3.4.1 Query: qr = RMSNorm(wq_a x), q = wq_b qr, per-head unweighted RMSNorm and RoPE.
+  mv(L.q_a, b.x, b.qa, s);
+  fwd::rmsnorm(b.qa, L.q_a_norm, b.qr, hp.q_lora, 1, hp.rms_eps, s);
+  mv(L.q_b, b.qr, b.q, s);
+  fwd::RowFinish qf;
+  qf.d = D;
+  qf.n_rope = hp.n_rope;
+  qf.eps = hp.rms_eps;
+  fwd::rows_finish(qf, L.omega, b.q, b.q, NH, D, 0, b.ctl, s);
+
+  // 3.4.2 KV: one shared K = V row, normed, rotated, FP8 round trip (official) -> raw ring.
+  mv(L.kv, b.x, b.kv, s);
+  fwd::RowFinish kf = qf;
+  kf.norm = L.kv_norm;
+  kf.n_nope = hp.n_nope();
+  kf.sim = official ? fwd::Sim::Fp8Nope : fwd::Sim::None;
+  fwd::rows_finish(kf, L.omega, b.kv, S.raw, 1, D, cap_, b.ctl, s);
+  mark("q/kv projections", static_cast<double>(L.q_a.bytes() + L.q_b.bytes() + L.kv.bytes()), s);
+
+  // 3.4.5 / 3.4.7 Compressors and the lightning indexer.
+  const int32_t* sel = nullptr;
+  if (L.ratio > 0) {
+    compressor(L, L.comp, static_cast<int>(official ? fwd::Sim::Fp8Nope : fwd::Sim::None), hp.n_nope(), S.comp_kv,
+               S.comp_sc, S.comp, s);
+    if (L.has_indexer) {
+      compressor(L, L.idx_comp, static_cast<int>(official ? fwd::Sim::HadamardFp4 : fwd::Sim::None), 0, S.idx_kv,
+                 S.idx_sc, S.icomp, s);
+      mv(L.idx_q_b, b.qr, b.iq, s);
+      mv(L.idx_proj, b.x, b.iw, s);
+      fwd::idx_prep_q(b.iq, hp.idx_head, hp.idx_dim, hp.n_rope, L.omega, official, b.ctl, s);
+      const float wscale = 1.0f / std::sqrt(static_cast<float>(hp.idx_dim * hp.idx_head));
+      fwd::idx_select(b.iq, b.iw, wscale, hp.idx_head, hp.idx_dim, S.icomp, L.ratio, hp.idx_topk, b.scores, b.sel,
+                      b.n_sel, b.ctl, s);
+      sel = b.sel;
+    }
+  }
+  mark("compressor + indexer",
+       static_cast<double>(L.comp.kv.bytes() + L.comp.gate.bytes() + L.idx_comp.kv.bytes() + L.idx_comp.gate.bytes() +
+                           L.idx_q_b.bytes() + L.idx_proj.bytes()),
+       s);
+
+  // 3.4.8 Attention with sinks over the raw window and the compressed rows, de-rotated.
+  fwd::AttnShape as{NH, D, hp.n_rope, hp.window, cap_, L.ratio, b.max_rows};
+  fwd::attention(as, b.q, S.raw, S.comp, sel, b.n_sel, L.sinks, L.omega, b.attn_f, b.attn_d, b.o, b.ctl, s);
+  mark("attention core", 0, s);
+
+  // 3.4.9 Grouped output projection: group g uses rows g*R.. of wo_a on its heads.
+  const int64_t G = hp.o_groups, R = hp.o_lora, per_group = NH * D / G;
+  for (int64_t g = 0; g < G; ++g) mv(L.out_a, b.o + g * per_group, b.low + g * R, s, g * R, R);
+  mv(L.out_b, b.low, b.y, s);
+  mark("attention output", static_cast<double>(L.out_a.bytes() + L.out_b.bytes()), s);
+}
+
+void GpuSession::moe(const DLayer& L, void* s) {
+  const HParams& hp = model_->hparams();
+  Scratch& b = *sc_;
+  const int64_t E = hp.n_embd, K = hp.n_expert_used, F = hp.n_ff_exp;
+  // 3.5.1 Routing: sqrt-softplus scores, biased top-k or the hash table.
+  mv(L.router, b.x, b.rlog, s);
+  const bool hash = hp.is_hash_layer(L.il);
+  fwd::route(b.rlog, hp.n_expert, K, hash ? nullptr : L.router_bias,
+             hash ? static_cast<const int32_t*>(L.tid2eid.d) : nullptr, hp.expert_weights_norm,
+             hp.expert_weights_scale, b.ctl, b.ids, b.rw, s);
+  mark("router", static_cast<double>(L.router.bytes()), s);
+  // 3.5.2 Routed experts; 3.5.3 shared expert (same clamps, weight 1).
+  auto experts = [&](const DTensor& gate, const DTensor& up, const DTensor& down, const int32_t* ids,
+                     const float* w, int n_used, int64_t ff, float limit, float* y) {
+    if (is_float_type(gate.type) && is_float_type(down.type)) {
+      if (gate.type != up.type || gate.type != down.type)
+        fail("cuda session: layer {}: float experts of mixed types are not supported", L.il);
+      fwd::moe_float(gate.type, gate.d, up.d, down.d, E, ff, ids, w, n_used, limit, b.x, b.hbuf, y, s);
+    } else if (!is_float_type(gate.type) && !is_float_type(down.type)) {
+      MoeShape m{gate.type, down.type, E, ff, n_used, limit};
+      moe_experts(m, gate.d, up.d, down.d, ids, w, b.x, y, b.moe_ws, s);
+    } else {
+      fail("cuda session: layer {}: experts mixing float and quantized types are not supported", L.il);
+    }
+  };
+  experts(L.gate_exps, L.up_exps, L.down_exps, b.ids, b.rw, static_cast<int>(K), F,
+          hp.swiglu_limit[static_cast<size_t>(L.il)], b.y);
+  mark("routed experts",
+       static_cast<double>(L.gate_exps.bytes() + L.up_exps.bytes() + L.down_exps.bytes()) * static_cast<double>(K) /
+           static_cast<double>(hp.n_expert),
+       s);
+  if (hp.n_expert_shared > 0) {
+    experts(L.gate_shexp, L.up_shexp, L.down_shexp, b.ids0, b.w1, 1, L.gate_shexp.rows,
+            hp.swiglu_limit_shared[static_cast<size_t>(L.il)], b.y2);
+    fwd::add(b.y, b.y2, b.y, E, s);
+    mark("shared expert", static_cast<double>(L.gate_shexp.bytes() + L.up_shexp.bytes() + L.down_shexp.bytes()), s);
+  }
+}
+
+void GpuSession::head(void* s) {
+  const HParams& hp = model_->hparams();
+  Scratch& b = *sc_;
+  const fwd::HcShape sh{static_cast<int>(hp.n_hc), hp.n_embd, hp.rms_eps, hp.hc_eps,
+                        static_cast<int>(hp.hc_sinkhorn_iters)};
+  mv(model_->hc_head().fn, b.H, b.mix, s);
+  fwd::hc_head(sh, b.mix, b.H, model_->hc_head().base, model_->hc_head().scale, b.x, s);
+  fwd::rmsnorm(b.x, model_->output_norm(), b.x, hp.n_embd, 1, hp.rms_eps, s);
+  mv(model_->output(), b.x, b.logits, s);
+  mark("output head", static_cast<double>(model_->output().bytes() + model_->hc_head().fn.bytes()), s);
+}
+
+void GpuSession::record_step(void* s, bool with_head) {
+  const HParams& hp = model_->hparams();
+  Scratch& b = *sc_;
+  fwd::step_begin(b.ctl, b.tokens, s);
+  const DTensor& te = model_->tok_embd();
+  fwd::embed(te.type, te.d, te.row_bytes, hp.n_embd, static_cast<int>(hp.n_hc), b.ctl, b.H, s);
+  mark("embed", static_cast<double>(te.row_bytes), s);
+  for (size_t il = 0; il < model_->layers().size(); ++il) {
+    layer(model_->layers()[il], *layers_[il], s);
+    if (hook_) {
+      std::vector<float> H(static_cast<size_t>(hp.n_hc * hp.n_embd));
+      fwd::StepCtl c;
+      stream_.synchronize();
+      DS4_CUDA_CHECK(cudaMemcpy(H.data(), b.H, H.size() * sizeof(float), cudaMemcpyDeviceToHost));
+      DS4_CUDA_CHECK(cudaMemcpy(&c, b.ctl, sizeof(c), cudaMemcpyDeviceToHost));
+      hook_(static_cast<int64_t>(il), c.pos, 1, H.data());
+    }
+  }
+  if (with_head) head(s);
+  fwd::step_end(b.ctl, s);
+}
+
+void GpuSession::launch_step(bool with_head) {
+  void* s = stream_.handle();
+  if (!gopts_.use_graph || !warmed_ || hook_) {
+    record_step(s, with_head);
+    warmed_ = true;
+    return;
+  }
+  auto& g = graph_[with_head ? 1 : 0];
+  if (!g) g = std::make_unique<Graph>(s, [&](void* st) { record_step(st, with_head); });
+  g->launch(s);
+}
+
+// ---- eval ----
+
+void GpuSession::run_chunk(std::span<const int32_t> tokens, LogitsMode mode, float* out, bool copy_last) {
+  const HParams& hp = model_->hparams();
+  const int64_t T = static_cast<int64_t>(tokens.size()), V = hp.n_vocab;
+  void* s = stream_.handle();
+  stream_.synchronize();  // the previous chunk's steps have read the token array
+  DS4_CUDA_CHECK(cudaMemcpy(sc_->tokens, tokens.data(), tokens.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+  fwd::StepCtl ctl;
+  ctl.pos = n_past_;
+  DS4_CUDA_CHECK(cudaMemcpy(sc_->ctl, &ctl, sizeof(ctl), cudaMemcpyHostToDevice));
+  for (int64_t t = 0; t < T; ++t) {
+    const bool want = mode == LogitsMode::All || (mode == LogitsMode::Last && t == T - 1);
+    launch_step(want);
+    if (mode == LogitsMode::All)
+      DS4_CUDA_CHECK(cudaMemcpyAsync(out + t * V, sc_->logits, static_cast<size_t>(V) * sizeof(float),
+                                     cudaMemcpyDeviceToHost, cs(s)));
+  }
+  if (mode == LogitsMode::Last && copy_last)
+    DS4_CUDA_CHECK(cudaMemcpyAsync(out, sc_->logits, static_cast<size_t>(V) * sizeof(float),
+                                   cudaMemcpyDeviceToHost, cs(s)));
+  stream_.synchronize();
+  check_last_error("the forward step");
+  n_past_ += T;
+  tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
+  trim_history();
+}
+
+void GpuSession::eval(std::span<const int32_t> tokens, LogitsMode mode, float* out) {
+  const HParams& hp = model_->hparams();
+  if (tokens.empty()) fail("eval: no tokens");
+  if (mode != LogitsMode::None && out == nullptr) fail("eval: logits requested but no output buffer");
+  for (size_t i = 0; i < tokens.size(); ++i)
+    if (tokens[i] < 0 || tokens[i] >= hp.n_vocab)
+      fail("eval: token {} at index {} is outside the vocabulary [0, {})", tokens[i], i, hp.n_vocab);
+  if (n_past_ + static_cast<int64_t>(tokens.size()) > opts_.max_ctx)
+    fail("eval: {} + {} tokens exceed the session's max_ctx of {}", n_past_, tokens.size(), opts_.max_ctx);
+  const int64_t V = hp.n_vocab;
+  for (size_t i = 0; i < tokens.size(); i += static_cast<size_t>(opts_.max_batch)) {
+    const size_t n = std::min(tokens.size() - i, static_cast<size_t>(opts_.max_batch));
+    const bool last_chunk = i + n == tokens.size();
+    LogitsMode m = mode;
+    float* o = out;
+    if (mode == LogitsMode::All) o = out + static_cast<int64_t>(i) * V;
+    if (mode == LogitsMode::Last && !last_chunk) m = LogitsMode::None;
+    run_chunk(tokens.subspan(i, n), m, o, true);
+  }
+}
+
+void GpuSession::eval_device(std::span<const int32_t> tokens) {
+  if (tokens.empty()) fail("eval: no tokens");
+  if (n_past_ + static_cast<int64_t>(tokens.size()) > opts_.max_ctx)
+    fail("eval: {} + {} tokens exceed the session's max_ctx of {}", n_past_, tokens.size(), opts_.max_ctx);
+  for (size_t i = 0; i < tokens.size(); i += static_cast<size_t>(opts_.max_batch)) {
+    const size_t n = std::min(tokens.size() - i, static_cast<size_t>(opts_.max_batch));
+    const bool last_chunk = i + n == tokens.size();
+    run_chunk(tokens.subspan(i, n), last_chunk ? LogitsMode::Last : LogitsMode::None, nullptr, false);
+  }
+}
+
+const float* GpuSession::device_logits() const { return sc_->logits; }
+
+// ---- history bookkeeping: the CPU session's rules (model.cpp), on logical positions ----
+
+namespace {
+
+int64_t needed_begin(const HParams& hp, const DLayer& L, int64_t n_past, int64_t retain) {
+  const int64_t n = std::max<int64_t>(0, n_past - retain);
+  int64_t begin = n - (hp.window - 1);
+  if (L.ratio > 0) {
+    const int64_t r = L.ratio;
+    const int64_t win = n / r - (L.comp.c == 2 ? 1 : 0);
+    begin = std::min(begin, win * r);
+  }
+  return std::max<int64_t>(0, begin);
+}
+
+}  // namespace
+
+void GpuSession::trim_history() {
+  const HParams& hp = model_->hparams();
+  for (size_t il = 0; il < model_->layers().size(); ++il) {
+    const int64_t begin = needed_begin(hp, model_->layers()[il], n_past_, opts_.retain);
+    const int64_t drop = begin - hist_begin_[il];
+    if (drop <= 0 || drop < std::max<int64_t>(64, opts_.retain / 2 + 1)) continue;
+    hist_begin_[il] = begin;
+  }
+}
+
+int64_t GpuSession::min_truncate() const {
+  const HParams& hp = model_->hparams();
+  int64_t lo = 0;
+  for (size_t il = 0; il < model_->layers().size(); ++il) {
+    const DLayer& L = model_->layers()[il];
+    const int64_t hb = hist_begin_[il];
+    int64_t n = std::max<int64_t>(0, hb + hp.window - 1);
+    if (L.ratio > 0) {
+      const int64_t r = L.ratio;
+      const int64_t extra = L.comp.c == 2 ? 1 : 0;
+      n = std::max(n, ((hb + r - 1) / r + extra) * r);
+    }
+    if (hb == 0) n = 0;
+    lo = std::max(lo, n);
+  }
+  return std::min(lo, n_past_);
+}
+
+void GpuSession::truncate(int64_t n) {
+  if (n < 0 || n > n_past_) fail("truncate: position {} outside [0, {}]", n, n_past_);
+  if (n == n_past_) return;
+  const int64_t lo = min_truncate();
+  if (n < lo)
+    fail("truncate: cannot go back to {} tokens; the retained history allows {} .. {} "
+         "(SessionOptions::retain = {})", n, lo, n_past_, opts_.retain);
+  // Rows past n stay in the rings and arrays and are overwritten by the next evals.
+  n_past_ = n;
+  tokens_.resize(static_cast<size_t>(n));
+}
+
+// ---- snapshots in the CPU SessionState layout ----
+
+namespace {
+
+// Rows [begin, begin + n) of a ring of `cap` rows of `width` floats.
+std::vector<float> ring_download(const float* ring, int64_t cap, int64_t width, int64_t begin, int64_t n) {
+  std::vector<float> v(static_cast<size_t>(n * width));
+  int64_t done = 0;
+  while (done < n) {
+    const int64_t slot = (begin + done) % cap;
+    const int64_t len = std::min(n - done, cap - slot);
+    DS4_CUDA_CHECK(cudaMemcpy(v.data() + done * width, ring + slot * width,
+                              static_cast<size_t>(len * width) * sizeof(float), cudaMemcpyDeviceToHost));
+    done += len;
+  }
+  return v;
+}
+
+void ring_upload(float* ring, int64_t cap, int64_t width, int64_t begin, const float* src, int64_t n) {
+  int64_t done = 0;
+  while (done < n) {
+    const int64_t slot = (begin + done) % cap;
+    const int64_t len = std::min(n - done, cap - slot);
+    DS4_CUDA_CHECK(cudaMemcpy(ring + slot * width, src + done * width, static_cast<size_t>(len * width) * sizeof(float),
+                              cudaMemcpyHostToDevice));
+    done += len;
+  }
+}
+
+std::vector<float> download(const float* d, int64_t n) {
+  std::vector<float> v(static_cast<size_t>(n));
+  if (n > 0) DS4_CUDA_CHECK(cudaMemcpy(v.data(), d, static_cast<size_t>(n) * sizeof(float), cudaMemcpyDeviceToHost));
+  return v;
+}
+
+}  // namespace
+
+SessionState GpuSession::snapshot() const {
+  const HParams& hp = model_->hparams();
+  stream_.synchronize();
+  SessionState st;
+  st.fingerprint = hp.fingerprint();
+  st.numerics = opts_.numerics;
+  st.n_past = n_past_;
+  st.retain = opts_.retain;
+  st.tokens = tokens_;
+  st.layers.resize(model_->layers().size());
+  for (size_t il = 0; il < model_->layers().size(); ++il) {
+    const DLayer& L = model_->layers()[il];
+    const LayerBufs& S = *layers_[il];
+    model::LayerState& ls = st.layers[il];
+    ls.hist_begin = hist_begin_[il];
+    const int64_t nh = n_past_ - ls.hist_begin;
+    ls.raw = ring_download(S.raw, cap_, hp.head_dim, ls.hist_begin, nh);
+    if (L.ratio > 0) {
+      ls.comp_kv = ring_download(S.comp_kv, cap_, S.comp_w, ls.hist_begin, nh);
+      ls.comp_sc = ring_download(S.comp_sc, cap_, S.comp_w, ls.hist_begin, nh);
+      ls.comp = download(S.comp, (n_past_ / L.ratio) * hp.head_dim);
+    }
+    if (L.has_indexer) {
+      ls.idx_kv = ring_download(S.idx_kv, cap_, S.idx_w, ls.hist_begin, nh);
+      ls.idx_sc = ring_download(S.idx_sc, cap_, S.idx_w, ls.hist_begin, nh);
+      ls.icomp = download(S.icomp, (n_past_ / L.ratio) * hp.idx_dim);
+    }
+  }
+  return st;
+}
+
+void GpuSession::restore(SessionState s) {
+  const HParams& hp = model_->hparams();
+  if (s.fingerprint != hp.fingerprint())
+    fail("session state belongs to another model ({}), not this one ({})", s.fingerprint, hp.fingerprint());
+  if (s.numerics != opts_.numerics)
+    fail("session state was made with {} numerics, this session uses {}", model::numerics_name(s.numerics),
+         model::numerics_name(opts_.numerics));
+  if (s.n_past > opts_.max_ctx)
+    fail("session state holds {} positions, more than max_ctx {}", s.n_past, opts_.max_ctx);
+  if (s.layers.size() != model_->layers().size())
+    fail("session state has {} layers, the model {}", s.layers.size(), model_->layers().size());
+  for (size_t il = 0; il < model_->layers().size(); ++il) {
+    const DLayer& L = model_->layers()[il];
+    const model::LayerState& ls = s.layers[il];
+    const int64_t nh = s.n_past - ls.hist_begin;
+    const int64_t nc = L.ratio > 0 ? s.n_past / L.ratio : 0;
+    const int64_t cw = L.ratio > 0 ? L.comp.c * hp.head_dim : 0;
+    const int64_t iw = L.has_indexer ? 2 * hp.idx_dim : 0;
+    const bool ok = nh >= 0 && static_cast<int64_t>(ls.raw.size()) == nh * hp.head_dim &&
+                    static_cast<int64_t>(ls.comp_kv.size()) == nh * cw &&
+                    static_cast<int64_t>(ls.comp_sc.size()) == nh * cw &&
+                    static_cast<int64_t>(ls.idx_kv.size()) == nh * iw &&
+                    static_cast<int64_t>(ls.idx_sc.size()) == nh * iw &&
+                    static_cast<int64_t>(ls.comp.size()) == nc * hp.head_dim &&
+                    static_cast<int64_t>(ls.icomp.size()) == (L.has_indexer ? nc * hp.idx_dim : 0);
+    if (!ok) fail("session state: layer {} arrays do not match {} positions", il, s.n_past);
+  }
+  stream_.synchronize();
+  for (size_t il = 0; il < model_->layers().size(); ++il) {
+    const DLayer& L = model_->layers()[il];
+    const LayerBufs& S = *layers_[il];
+    const model::LayerState& ls = s.layers[il];
+    // A longer history than the ring holds keeps its most recent rows (all the session needs).
+    const int64_t hb = std::max(ls.hist_begin, s.n_past - keep_max_);
+    const int64_t skip = hb - ls.hist_begin, nh = s.n_past - hb;
+    ring_upload(S.raw, cap_, hp.head_dim, hb, ls.raw.data() + skip * hp.head_dim, nh);
+    if (L.ratio > 0) {
+      ring_upload(S.comp_kv, cap_, S.comp_w, hb, ls.comp_kv.data() + skip * S.comp_w, nh);
+      ring_upload(S.comp_sc, cap_, S.comp_w, hb, ls.comp_sc.data() + skip * S.comp_w, nh);
+      if (!ls.comp.empty())
+        DS4_CUDA_CHECK(cudaMemcpy(S.comp, ls.comp.data(), ls.comp.size() * sizeof(float), cudaMemcpyHostToDevice));
+    }
+    if (L.has_indexer) {
+      ring_upload(S.idx_kv, cap_, S.idx_w, hb, ls.idx_kv.data() + skip * S.idx_w, nh);
+      ring_upload(S.idx_sc, cap_, S.idx_w, hb, ls.idx_sc.data() + skip * S.idx_w, nh);
+      if (!ls.icomp.empty())
+        DS4_CUDA_CHECK(cudaMemcpy(S.icomp, ls.icomp.data(), ls.icomp.size() * sizeof(float), cudaMemcpyHostToDevice));
+    }
+    hist_begin_[il] = hb;
+  }
+  n_past_ = s.n_past;
+  tokens_ = std::move(s.tokens);
+}
+
+}  // namespace ds4::cuda

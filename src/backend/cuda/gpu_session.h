@@ -1,0 +1,113 @@
+// A DeepSeek V4 session on the GPU: the model::EvalSession semantics of model::Session
+// (prefill of many tokens, decode of one, any chunking gives the same logits; truncate,
+// snapshot/restore, serialize in the CPU SessionState format), with its state in GPU memory:
+//
+//  - per layer a *history ring* of `ring_cap` positions (slot = position % ring_cap) holding
+//    what the CPU session keeps as its token history: the raw KV row and, in compressed
+//    layers, the compressor and indexer-compressor projections (the compressors' frontier
+//    state); ring_cap covers the window, the compressor windows, `retain` tokens of
+//    truncation and a prefill chunk, so live rows are never overwritten;
+//  - the compressed rows (attention and indexer keys), append-only arrays of max_ctx / ratio.
+//
+// The logical history start of each layer follows exactly the CPU session's trimming rule,
+// so a snapshot has the same layout (and sizes) as the CPU one after the same evals.
+//
+// Every token is one *step* (forward of all layers for one token, then optionally the output
+// head), whose launches read the token and position from device memory: the step is captured
+// once in a CUDA graph and replayed for decode and for every prompt token of a prefill,
+// without host synchronization inside the step.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/buffer.h"
+#include "backend/cuda/gpu_model.h"
+#include "model/model.h"
+
+namespace ds4::cuda {
+
+struct GpuSessionOptions {
+  bool use_graph = true;  // replay each step as a CUDA graph (false: plain launches)
+};
+
+class GpuSession : public model::EvalSession {
+ public:
+  GpuSession(const GpuModel& model, const model::SessionOptions& opts, const GpuSessionOptions& g = {});
+  ~GpuSession() override;
+
+  void eval(std::span<const int32_t> tokens, model::LogitsMode mode, float* out) override;
+  int64_t n_past() const override { return n_past_; }
+  const std::vector<int32_t>& tokens() const override { return tokens_; }
+  const model::SessionOptions& options() const override { return opts_; }
+  const model::HParams& hparams() const override { return model_->hparams(); }
+  model::SessionState snapshot() const override;
+  void restore(model::SessionState s) override;
+  void truncate(int64_t n) override;
+  int64_t min_truncate() const override;
+  void reset() override;
+  const char* backend_name() const override { return "cuda"; }
+
+  // Evaluates `tokens` like eval(), leaving the logits of the last token in device memory
+  // (device_logits()) instead of copying them back; for GPU-side sampling and benchmarks.
+  void eval_device(std::span<const int32_t> tokens);
+  const float* device_logits() const;
+  void* stream() const { return stream_.handle(); }
+  // GPU memory held by the session state and scratch buffers.
+  size_t state_bytes() const { return state_bytes_; }
+  int64_t ring_cap() const { return cap_; }
+  // Called after every layer with its output H [n_hc][n_embd] of the step's token (as
+  // model::Session's hook, one token at a time); steps then run without a graph. For tests.
+  void set_layer_hook(model::LayerHook hook) { hook_ = std::move(hook); }
+
+  // Evaluates one token with plain launches and CUDA events between the phases of the step;
+  // returns the time of each phase summed over the layers (and the weight bytes it reads).
+  struct PhaseTime {
+    std::string name;
+    double ms = 0, bytes = 0;
+  };
+  std::vector<PhaseTime> profile_step(int32_t token);
+
+ private:
+  struct LayerBufs;
+  struct Scratch;
+  struct Prof;
+  // Records the end of a phase when profiling (profile_step); no-op otherwise.
+  void mark(const char* phase, double bytes, void* s);
+
+  void run_chunk(std::span<const int32_t> tokens, model::LogitsMode mode, float* out, bool copy_last);
+  void launch_step(bool head);
+  void record_step(void* s, bool head);
+  void layer(const DLayer& L, LayerBufs& S, void* s);
+  void attention_sublayer(const DLayer& L, LayerBufs& S, void* s);
+  void compressor(const DLayer& L, const DCompressor& C, int sim, int64_t n_nope, float* ring_kv,
+                  float* ring_sc, float* rows, void* s);
+  void moe(const DLayer& L, void* s);
+  void hc_pre(const DHc& hc, const float* H, void* s);
+  void head(void* s);
+  void mv(const DTensor& W, const float* x, float* y, void* s, int64_t row0 = 0, int64_t nrows = -1);
+  void trim_history();
+
+  const GpuModel* model_;
+  model::SessionOptions opts_;
+  GpuSessionOptions gopts_;
+  int64_t n_past_ = 0;
+  std::vector<int32_t> tokens_;
+  std::vector<int64_t> hist_begin_;
+  int64_t cap_ = 0;           // history ring positions
+  int64_t keep_max_ = 0;      // most history rows a restore may keep
+  size_t state_bytes_ = 0;
+  bool warmed_ = false;       // one step ran without a graph (one-time inits happen outside capture)
+
+  Stream stream_;
+  std::vector<std::unique_ptr<LayerBufs>> layers_;
+  std::unique_ptr<Scratch> sc_;
+  std::unique_ptr<Graph> graph_[2];  // without / with the output head
+  model::LayerHook hook_;
+  std::unique_ptr<Prof> prof_;
+};
+
+}  // namespace ds4::cuda
