@@ -204,9 +204,15 @@ std::string value_label(double v) {
   return fmt::format("{:.2f}", v);
 }
 
+// Tick values with as many decimals as the step needs (0, 2, 4 rather than 0.00, 2.00).
+std::string tick_label(double v, double step) {
+  const int decimals = std::clamp(static_cast<int>(-std::floor(std::log10(step) + 1e-9)), 0, 6);
+  return fmt::format("{:.{}f}", v, decimals);
+}
+
 // Axis maximum and tick step: 1, 2 or 5 times a power of ten, about 4-5 ticks.
 std::pair<double, double> nice_axis(double vmax) {
-  if (!(vmax > 0) || !std::isfinite(vmax)) return {1.0, 0.25};
+  if (!(vmax > 0) || !std::isfinite(vmax)) return {1.0, 0.2};
   const double raw = vmax / 4.0;
   const double p = std::pow(10.0, std::floor(std::log10(raw)));
   double step = p;
@@ -270,7 +276,7 @@ std::string sweep_svg(const std::vector<FrontierRow>& rows, std::string_view tit
       s += fmt::format(
           "<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#ddd\"/>\n"
           "<text x=\"{:.1f}\" y=\"{:.1f}\" text-anchor=\"end\" fill=\"#333\">{}</text>\n",
-          L, y, W - R, y, L - 6, y + 4, value_label(v));
+          L, y, W - R, y, L - 6, y + 4, tick_label(v, step));
     }
     // Vertical grid at each frontier.
     for (const auto& r : rows) {

@@ -142,6 +142,7 @@ TEST(SweepSvg, IsWellFormedWithTwoSeriesOfOnePointPerFrontier) {
   EXPECT_EQ(els[0].name, "svg");
   EXPECT_EQ(els[0].attrs["xmlns"], "http://www.w3.org/2000/svg");
   int polylines = 0, circles = 0;
+  std::vector<std::vector<double>> ys;  // y of each polyline's points
   for (const auto& e : els) {
     EXPECT_TRUE(e.name != "script" && e.name != "image" && e.name != "use") << "not self-contained";
     for (const auto& [k, v] : e.attrs) EXPECT_EQ(v.find("http"), k == "xmlns" ? 0 : std::string::npos);
@@ -151,6 +152,7 @@ TEST(SweepSvg, IsWellFormedWithTwoSeriesOfOnePointPerFrontier) {
       std::string p;
       int n = 0;
       double last_x = -1;
+      ys.emplace_back();
       while (pts >> p) {
         const double x = std::stod(p.substr(0, p.find(','))), y = std::stod(p.substr(p.find(',') + 1));
         EXPECT_GT(x, last_x);  // context increases left to right
@@ -158,6 +160,7 @@ TEST(SweepSvg, IsWellFormedWithTwoSeriesOfOnePointPerFrontier) {
         EXPECT_GE(y, 0);
         EXPECT_LE(y, std::stod(els[0].attrs["height"]));
         last_x = x;
+        ys.back().push_back(y);
         ++n;
       }
       EXPECT_EQ(n, 5);
@@ -165,6 +168,8 @@ TEST(SweepSvg, IsWellFormedWithTwoSeriesOfOnePointPerFrontier) {
     if (e.name == "circle") ++circles;
   }
   EXPECT_EQ(polylines, 2);
+  // Higher values sit higher (SVG y grows downwards): both series fall from 2K to 128K.
+  for (const auto& y : ys) EXPECT_LT(y.front(), y.back());
   EXPECT_EQ(circles, 10);
   // Title escaped, frontier labels and the values present as text.
   auto has = [&](const std::string& s) {
@@ -177,8 +182,10 @@ TEST(SweepSvg, IsWellFormedWithTwoSeriesOfOnePointPerFrontier) {
   EXPECT_TRUE(has("2K"));
   EXPECT_TRUE(has("9000"));
   EXPECT_TRUE(has("250"));
-  // Higher values sit higher: the decode polyline's first point (250) is above its last (210).
-  // (SVG y grows downwards.)
+  // Axis ticks: round steps printed without needless decimals.
+  EXPECT_TRUE(has("0"));
+  EXPECT_TRUE(has("100"));
+  EXPECT_FALSE(has("0.00"));
 }
 
 TEST(SweepSvg, EmptyAndZeroRowsStillWellFormed) {
