@@ -3,7 +3,7 @@
 //   ds4-bench cpu [--synthetic flash-mini | -m MODEL] [--recipe q2] [--prompt 512] [--gen 32]
 //       prefill and decode tokens/s of the CPU backend (medians over --reps runs)
 //   ds4-bench sweep [--synthetic flash-mini | -m MODEL] [--frontiers 2K,8K,32K,64K,128K]
-//       [--decode 16] [--csv FILE] [--svg FILE]
+//       [--decode 16] [--backend cpu|cuda] [--csv FILE] [--svg FILE]
 //       frontier sweep (src/bench/frontier.h): prefill speed, decode speed and session bytes
 //       at growing context lengths, CSV and an SVG plot
 //   ds4-bench cuda [--synthetic flash-mini | -m MODEL] [--recipe q2] [--prompt 512] [--gen 64]
@@ -28,6 +28,7 @@
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "model/model.h"
+#include "runtime/backend.h"
 #include "runtime/bench_cuda.h"
 #include "synth/presets.h"
 #include "synth/synthetic_model.h"
@@ -128,7 +129,7 @@ int run_tokenizer(const std::string& vocab, const std::string& text_path, int re
   return 0;
 }
 
-// ---- ds4-bench sweep (CPU backend) ------------------------------------------------------------
+// ---- ds4-bench sweep (any backend through src/runtime) -------------------------------------------
 
 struct SweepArgs {
   std::string model;
@@ -139,6 +140,7 @@ struct SweepArgs {
   int threads = 0;
   int batch = 512;
   std::string numerics = "official";
+  std::string backend = "cpu";
   std::string csv, svg, label;
 };
 
@@ -153,6 +155,7 @@ CLI::App* add_sweep_command(CLI::App& app, SweepArgs& a) {
   c->add_option("--threads", a.threads, "threads (0 = all cores)");
   c->add_option("--batch", a.batch, "prefill chunk size (tokens per layer pass)")->capture_default_str();
   c->add_option("--numerics", a.numerics, "exact or official")->capture_default_str();
+  c->add_option("--backend", a.backend, "cpu or cuda")->capture_default_str();
   c->add_option("--csv", a.csv, "write the rows as CSV to this file");
   c->add_option("--svg", a.svg, "write the plot as SVG to this file");
   c->add_option("--label", a.label, "machine description for the plot (e.g. \"2-core VM\")");
@@ -175,16 +178,21 @@ int run_sweep_command(const SweepArgs& a) {
     }
     path = tmp.string();
   }
+  const auto kind = ds4::runtime::parse_backend(a.backend);
   auto model = ds4::model::Model::load(path, {.threads = a.threads});
   const auto& hp = model.hparams();
   o.vocab = static_cast<int32_t>(hp.n_vocab);
   const int threads = model.pool() ? model.pool()->size() : 1;
-  ds4::model::Session session(model, {.max_ctx = ds4::bench::sweep_max_context(o),
-                                      .numerics = ds4::model::numerics_from_name(a.numerics),
-                                      .max_batch = a.batch});
-  ds4::bench::CpuSweepSession s(session);
-  fmt::print("model {} ({} layers, {} experts), cpu, {} threads, numerics {}\n", hp.name,
-             hp.n_layers, hp.n_expert, threads, a.numerics);
+  const auto engine = ds4::runtime::open_engine(model, kind);
+  const auto session = engine->new_session({.max_ctx = ds4::bench::sweep_max_context(o),
+                                            .numerics = ds4::model::numerics_from_name(a.numerics),
+                                            .max_batch = a.batch});
+  ds4::bench::EvalSweepSession s(*session);
+  const std::string where = kind == ds4::runtime::BackendKind::Cpu
+                                ? fmt::format("cpu, {} threads", threads)
+                                : engine->describe();
+  fmt::print("model {} ({} layers, {} experts), {}, numerics {}\n", hp.name, hp.n_layers,
+             hp.n_expert, where, a.numerics);
   fmt::print("{:>8} {:>9} {:>12} {:>12} {:>14}\n", "context", "prefilled", "prefill t/s",
              "decode t/s", "state MiB");
   o.on_row = [](const ds4::bench::FrontierRow& r) {
@@ -195,8 +203,8 @@ int run_sweep_command(const SweepArgs& a) {
   const auto rows = ds4::bench::run_sweep(s, o);
   if (!a.csv.empty()) ds4::bench::write_text_file(a.csv, ds4::bench::sweep_csv(rows));
   if (!a.svg.empty()) {
-    const std::string sub = fmt::format("cpu backend, {} threads, numerics {}, decode median of {}{}{}",
-                                        threads, a.numerics, a.decode, a.label.empty() ? "" : ", ", a.label);
+    const std::string sub = fmt::format("{}, numerics {}, decode median of {}{}{}", where, a.numerics,
+                                        a.decode, a.label.empty() ? "" : ", ", a.label);
     ds4::bench::write_text_file(a.svg, ds4::bench::sweep_svg(rows, "ds4-bench sweep: " + hp.name, sub));
   }
   return 0;

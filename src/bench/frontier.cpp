@@ -16,28 +16,35 @@
 namespace ds4::bench {
 
 // ---------------------------------------------------------------------------------------------
-// CPU session adapter
+// EvalSession adapter
 // ---------------------------------------------------------------------------------------------
 
-CpuSweepSession::CpuSweepSession(model::Session& s)
-    : s_(s), logits_(static_cast<size_t>(s.model().hparams().n_vocab)) {}
+EvalSweepSession::EvalSweepSession(model::EvalSession& s)
+    : s_(s), logits_(static_cast<size_t>(s.hparams().n_vocab)) {}
 
-int32_t CpuSweepSession::eval(std::span<const int32_t> tokens) {
+int32_t EvalSweepSession::eval(std::span<const int32_t> tokens) {
   s_.eval(tokens, model::LogitsMode::Last, logits_.data());
   return static_cast<int32_t>(std::max_element(logits_.begin(), logits_.end()) - logits_.begin());
 }
 
-int64_t CpuSweepSession::n_past() const { return s_.n_past(); }
+int64_t EvalSweepSession::n_past() const { return s_.n_past(); }
 
-uint64_t CpuSweepSession::state_bytes() const {
-  // The float arrays of every layer plus the token list: what serialize() writes, without
-  // its fixed-size header and checksum (and without copying the state to count it).
-  const auto& st = s_.state();
+namespace {
+// The float arrays of every layer plus the token list: what serialize() writes, without its
+// fixed-size header and checksum.
+uint64_t count_state_bytes(const model::SessionState& st) {
   uint64_t n = st.tokens.size() * sizeof(int32_t);
   for (const auto& l : st.layers)
     n += (l.raw.size() + l.comp_kv.size() + l.comp_sc.size() + l.idx_kv.size() + l.idx_sc.size() +
           l.comp.size() + l.icomp.size()) * sizeof(float);
   return n;
+}
+}  // namespace
+
+uint64_t EvalSweepSession::state_bytes() const {
+  // The CPU session's state is readable in place; other backends copy it back.
+  if (const auto* cpu = dynamic_cast<const model::Session*>(&s_)) return count_state_bytes(cpu->state());
+  return count_state_bytes(s_.snapshot());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -151,6 +158,8 @@ std::vector<int64_t> parse_frontiers(std::string_view text) {
     int64_t v = 0;
     for (char c : digits) v = v * 10 + (c - '0');
     if (v == 0) fail("frontiers \"{}\": \"{}\" is zero", text, item);
+    if (!out.empty() && v * mult <= out.back())
+      fail("frontiers \"{}\": they must increase (\"{}\" follows {})", text, item, out.back());
     out.push_back(v * mult);
     pos = comma + 1;
   }

@@ -6,8 +6,9 @@
 // Long-context cost shows up as falling decode speed; one sweep covers every context length
 // with a single prefill pass.
 //
-// The session is reached through SweepSession, so the same sweep measures the CPU session
-// (CpuSweepSession below) and any other backend that implements the three calls.
+// The session is reached through SweepSession, so the same sweep measures any backend:
+// EvalSweepSession adapts model::EvalSession (CPU and CUDA sessions); others implement the
+// three calls.
 #pragma once
 
 #include <cstdint>
@@ -18,7 +19,7 @@
 #include <vector>
 
 namespace ds4::model {
-class Session;
+class EvalSession;
 }
 
 namespace ds4::bench {
@@ -35,16 +36,18 @@ class SweepSession {
   virtual uint64_t state_bytes() const = 0;
 };
 
-// The CPU backend's model::Session (greedy from the last logits).
-class CpuSweepSession final : public SweepSession {
+// Any backend's model::EvalSession (the CPU model::Session, the CUDA session), greedy from the
+// last logits. state_bytes() counts the SessionState arrays: free for the CPU session, a
+// snapshot (a copy back from the device) otherwise, taken outside the timed steps.
+class EvalSweepSession final : public SweepSession {
  public:
-  explicit CpuSweepSession(model::Session& s);
+  explicit EvalSweepSession(model::EvalSession& s);
   int32_t eval(std::span<const int32_t> tokens) override;
   int64_t n_past() const override;
   uint64_t state_bytes() const override;
 
  private:
-  model::Session& s_;
+  model::EvalSession& s_;
   std::vector<float> logits_;
 };
 
@@ -79,8 +82,8 @@ std::vector<FrontierRow> run_sweep(SweepSession& s, const SweepOptions& opts);
 // The largest context a sweep reaches: last frontier + warmup + decode steps.
 int64_t sweep_max_context(const SweepOptions& opts);
 
-// "2K,8K,32K" / "2048, 8192" / "1M" -> token counts (K = 1024, M = 1024 * 1024). Throws
-// ds4::Error naming the bad item.
+// "2K,8K,32K" / "2048, 8192" / "1M" -> increasing token counts (K = 1024, M = 1024 * 1024).
+// Throws ds4::Error naming the bad item.
 std::vector<int64_t> parse_frontiers(std::string_view text);
 // 2048 -> "2K", 1536 -> "1536", 1048576 -> "1M".
 std::string frontier_label(int64_t n);

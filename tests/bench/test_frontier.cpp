@@ -228,7 +228,7 @@ TEST(Frontiers, ParseAndLabel) {
   EXPECT_EQ(parse_frontiers("2K,8K, 32k,64K,128K"),
             (std::vector<int64_t>{2048, 8192, 32768, 65536, 131072}));
   EXPECT_EQ(parse_frontiers("16,32,1M"), (std::vector<int64_t>{16, 32, 1048576}));
-  for (const char* bad : {"", "2K,,8K", "x", "0", "-5", "2KB", "2K,", "99999999999K"})
+  for (const char* bad : {"", "2K,,8K", "x", "0", "-5", "2KB", "2K,", "99999999999K", "8K,2K", "2K,2048"})
     EXPECT_THROW(parse_frontiers(bad), Error) << bad;
   EXPECT_EQ(frontier_label(2048), "2K");
   EXPECT_EQ(frontier_label(1536), "1536");
@@ -310,6 +310,27 @@ TEST(Sweep, RefusesBadOptions) {
   EXPECT_THROW(run({16}), Error);
 }
 
+// An EvalSession that is not a model::Session (as the CUDA session is not): the adapter must
+// take its state bytes from a snapshot.
+class Forwarding final : public model::EvalSession {
+ public:
+  explicit Forwarding(model::Session& s) : s_(s) {}
+  void eval(std::span<const int32_t> t, model::LogitsMode m, float* out) override { s_.eval(t, m, out); }
+  int64_t n_past() const override { return s_.n_past(); }
+  const std::vector<int32_t>& tokens() const override { return s_.tokens(); }
+  const model::SessionOptions& options() const override { return s_.options(); }
+  const model::HParams& hparams() const override { return s_.hparams(); }
+  model::SessionState snapshot() const override { return s_.snapshot(); }
+  void restore(model::SessionState st) override { s_.restore(std::move(st)); }
+  void truncate(int64_t n) override { s_.truncate(n); }
+  int64_t min_truncate() const override { return s_.min_truncate(); }
+  void reset() override { s_.reset(); }
+  const char* backend_name() const override { return "forwarding"; }
+
+ private:
+  model::Session& s_;
+};
+
 // ---------------------------------------------------------------------------------------------
 // The real CPU session on a small demo-shaped model.
 // ---------------------------------------------------------------------------------------------
@@ -329,7 +350,7 @@ TEST(Sweep, CpuSessionOnDemoModel) {
     o.decode_tokens = 4;
     o.vocab = static_cast<int32_t>(m.hparams().n_vocab);
     model::Session sess(m, {.max_ctx = sweep_max_context(o), .retain = 1 << 20});
-    CpuSweepSession s(sess);
+    EvalSweepSession s(sess);
     const auto rows = run_sweep(s, o);
     ASSERT_EQ(rows.size(), 3u);
     EXPECT_EQ(sess.n_past(), 64 + 5);
@@ -345,13 +366,16 @@ TEST(Sweep, CpuSessionOnDemoModel) {
     const auto ser = sess.serialize();
     EXPECT_LE(s.state_bytes(), ser.size());
     EXPECT_LT(ser.size() - s.state_bytes(), 4096u);
+    // Another backend's session: the same bytes, counted from a snapshot.
+    Forwarding fw(sess);
+    EXPECT_EQ(EvalSweepSession(fw).state_bytes(), s.state_bytes());
     // The adapter's greedy token is the argmax of the session's logits.
     model::Session ref(m, {.max_ctx = 8});
     std::vector<float> logits(static_cast<size_t>(m.hparams().n_vocab));
     const std::vector<int32_t> p = {5, 9, 200, 31};
     ref.eval(p, model::LogitsMode::Last, logits.data());
     model::Session other(m, {.max_ctx = 8});
-    CpuSweepSession os(other);
+    EvalSweepSession os(other);
     EXPECT_EQ(os.eval(p), std::max_element(logits.begin(), logits.end()) - logits.begin());
     // Output files are written and named in errors.
     write_text_file((dir / "s.csv").string(), sweep_csv(rows));
