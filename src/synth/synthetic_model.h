@@ -8,7 +8,9 @@
 //    depend only on (seed, tensor name, row), so one seed gives the same model in every
 //    recipe (the demo model relies on this).
 //  - Codes: draw valid random block codes directly, scaled to the same standard deviation.
-//    Orders of magnitude faster (an 80 GiB Flash file in minutes); used for full-scale files.
+//    Orders of magnitude faster; used for full-scale files. These also take a unit-variance
+//    embedding and a 0.01 router bias so that routing spreads over the experts
+//    (synthetic_model.cpp, `distribution`).
 #pragma once
 
 #include <cstdint>
