@@ -5,6 +5,7 @@
 #include <set>
 
 #include "chat/py_json.h"
+#include "tokenizer/stream_decoder.h"
 
 namespace ds4::chat {
 namespace {
@@ -60,6 +61,17 @@ std::optional<std::map<std::string, std::string>> parse_attrs(std::string_view h
   }
 }
 
+// Length of a trailing UTF-8 sequence that is incomplete but could still become valid.
+size_t incomplete_utf8_tail(std::string_view s) {
+  for (size_t k = 1; k <= 3 && k <= s.size(); ++k) {
+    const auto c = static_cast<unsigned char>(s[s.size() - k]);
+    if ((c & 0xC0) == 0x80) continue;  // continuation byte: look further back
+    const size_t need = c >= 0xF0 && c <= 0xF4 ? 4 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xC2 && c <= 0xDF ? 2 : 1;
+    return need > k ? k : 0;
+  }
+  return 0;
+}
+
 }  // namespace
 
 DsmlStreamParser::DsmlStreamParser(bool thinking) : state_(thinking ? State::Reasoning : State::Content) {}
@@ -67,6 +79,7 @@ DsmlStreamParser::DsmlStreamParser(bool thinking) : state_(thinking ? State::Rea
 void DsmlStreamParser::error(std::vector<DsmlEvent>& ev, std::string what) {
   DsmlEvent e = make_event(DsmlEvent::Kind::Error, std::move(what));
   e.index = call_index_;
+  e.first_call = call_index_ >= block_first_call_ ? block_first_call_ : -1;
   // The raw report is what the block consumed; the unconsumed rest flows on as text, so
   // text + raw + text reproduces the output whatever the split of the input.
   e.raw = std::move(block_raw_);
@@ -144,6 +157,7 @@ bool DsmlStreamParser::step(std::vector<DsmlEvent>& ev) {
         buf_.erase(0, open);
         block_raw_.clear();
         consume(kBlockOpen.size());
+        block_first_call_ = call_index_ + 1;
         state_ = State::BlockOpen;
         return true;
       }
@@ -206,7 +220,8 @@ bool DsmlStreamParser::step(std::vector<DsmlEvent>& ev) {
                          : "malformed <｜DSML｜parameter> tag (expected name=\"...\")");
         return true;
       }
-      std::string name = (*attrs)["name"];
+      // Names go into JSON text: bytes that are not UTF-8 must not.
+      std::string name = tok::sanitize_utf8((*attrs)["name"]);
       if (invoke) {
         if (attrs->size() != 1) {
           error(ev, "unexpected attribute in <｜DSML｜invoke> tag");
@@ -238,6 +253,7 @@ bool DsmlStreamParser::step(std::vector<DsmlEvent>& ev) {
       consume(gt + 1);
       param_is_string_ = str->second == "true";
       param_value_.clear();
+      utf8_hold_.clear();
       args((first_param_ ? "" : ", ") + py_quote(name) + ": " + (param_is_string_ ? "\"" : ""));
       first_param_ = false;
       state_ = State::ParamValue;
@@ -275,14 +291,18 @@ bool DsmlStreamParser::step(std::vector<DsmlEvent>& ev) {
       size_t close = buf_.find(kParamClose);
       size_t take = close != std::string::npos ? close : buf_.size() - (eof_ ? 0 : partial_suffix(buf_, kParamClose));
       std::string value = buf_.substr(0, take);
-      param_value_ += value;
       consume(take);
       if (param_is_string_) {
+        // A character split between pieces waits for its last byte; invalid bytes become U+FFFD.
+        value.insert(0, utf8_hold_);
+        const size_t hold = close == std::string::npos && !eof_ ? incomplete_utf8_tail(value) : 0;
+        utf8_hold_ = value.substr(value.size() - hold);
+        value.resize(value.size() - hold);
         std::string esc;
-        py_escape_append(esc, value);
+        py_escape_append(esc, tok::sanitize_utf8(value));
         args(std::move(esc));
       } else {
-        args(std::move(value));
+        param_value_ += value;
       }
       if (close == std::string::npos) {
         if (eof_) error(ev, "tool-call block ended inside a parameter value");
@@ -291,7 +311,10 @@ bool DsmlStreamParser::step(std::vector<DsmlEvent>& ev) {
       consume(kParamClose.size());
       if (param_is_string_) {
         args("\"");
-      } else if (!Json::accept(param_value_)) {
+      } else if (Json::accept(param_value_)) {
+        args(std::move(param_value_));
+        param_value_.clear();
+      } else {
         error(ev, "parameter value with string=\"false\" is not valid JSON in call to " + call_name_);
         return true;
       }

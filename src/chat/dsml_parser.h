@@ -4,6 +4,9 @@
 // invoke tag is complete, arguments stream as a JSON object text while parameter values
 // arrive, and text that might be the start of a marker is held back until disambiguated.
 // A block that breaks the grammar is reported as an error with its raw text, never guessed.
+// The arguments text is always valid JSON once CallEnd comes: string values are escaped (bytes
+// that are not UTF-8 become U+FFFD), and a string="false" value is streamed only after its
+// closing tag, once it parsed as JSON (else the block is an error).
 #pragma once
 
 #include <set>
@@ -31,6 +34,9 @@ struct DsmlEvent {
   int index = -1;
   std::string name;
   std::string raw;
+  // Error: index of the first call of the failed block already announced by CallStart (its
+  // arguments are now void), or -1 when the block announced none.
+  int first_call = -1;
 };
 
 class DsmlStreamParser {
@@ -56,11 +62,13 @@ class DsmlStreamParser {
   std::string buf_;        // unconsumed input
   std::string block_raw_;  // text of the current block so far (for error reports)
   int call_index_ = -1;
+  int block_first_call_ = 0;  // index the block's first call gets
   std::string call_name_;
   std::string call_args_;
   bool first_param_ = true;
   bool param_is_string_ = true;
-  std::string param_value_;  // for validating non-string values at the closing tag
+  std::string param_value_;  // a non-string value, emitted only once valid at the closing tag
+  std::string utf8_hold_;    // a string value's incomplete UTF-8 tail, until the next piece
   std::set<std::string> param_names_;
 };
 

@@ -301,7 +301,9 @@ void Engine::run(GenJob& job) {
   // Decode.
   const auto t1 = Clock::now();
   gen::Sampler sampler(job.sampling);
-  CallGuide guide(*tok_, job.thinking, job.reasoning_budget, job.forced, job.sampling.max_tokens);
+  CallGuide guide(*tok_, job.thinking, job.reasoning_budget, job.forced, job.sampling.max_tokens,
+                  job.param_kinds.get());
+  std::vector<float> masked;
   std::deque<std::pair<int32_t, bool>> pending;  // (token, forced)
   gen::StepLogprobs lp;
   const int64_t max_tokens = job.sampling.max_tokens < 0 ? opt_.ctx : job.sampling.max_tokens;
@@ -334,6 +336,13 @@ void Engine::run(GenJob& job) {
     } else {
       token = sampler.sample(slot.logits, s.tokens());
       forced = false;
+      if (!guide.allows(token)) {
+        // Inside a JSON value the token would break it: sample again among those that keep it
+        // valid (the full mask is only built when the model strays).
+        masked = slot.logits;
+        guide.mask(masked);
+        token = sampler.sample(masked, s.tokens());
+      }
       const std::vector<int32_t> repl = guide.intercept(token, generated);
       if (!repl.empty()) {
         for (int32_t t : repl) pending.emplace_back(t, true);

@@ -68,6 +68,7 @@ struct GenJob {
   bool thinking = false;          // output starts inside <think>
   int64_t reasoning_budget = -1;
   std::optional<ForcedCall> forced;
+  std::shared_ptr<const ParamKinds> param_kinds;  // declared tool parameter types (JSON guiding)
   int top_logprobs = -1;          // < 0: no logprobs
   // Engine thread, once per output token; false ends generation (a stop string was hit).
   std::function<bool(const TokenOut&)> on_token;

@@ -40,11 +40,16 @@ void OutputProcessor::feed(const std::string& text, std::vector<OutEvent>& out) 
       case chat::DsmlEvent::Kind::CallStart: add(OutEvent::Kind::CallStart, {}, e.index, e.name); break;
       case chat::DsmlEvent::Kind::CallArgs: add(OutEvent::Kind::CallArgs, std::move(e.text), e.index); break;
       case chat::DsmlEvent::Kind::CallEnd: add(OutEvent::Kind::CallEnd, std::move(e.text), e.index, e.name); break;
-      case chat::DsmlEvent::Kind::Error:
+      case chat::DsmlEvent::Kind::Error: {
         // A malformed block comes back as plain text so the agent can see and recover from it.
         parse_errors.push_back(e.text);
-        add(OutEvent::Kind::Text, std::move(e.raw));
+        OutEvent o;
+        o.text = std::move(e.raw);
+        o.revoke_from = e.first_call;
+        o.error = e.text;
+        if (!o.text.empty() || o.revoke_from >= 0) out.push_back(std::move(o));
         break;
+      }
     }
   }
 }
@@ -83,7 +88,9 @@ std::vector<OutEvent> OutputProcessor::finish() {
         parse_errors.push_back(e.text);
         OutEvent o;
         o.text = std::move(e.raw);
-        if (!o.text.empty()) out.push_back(std::move(o));
+        o.revoke_from = e.first_call;
+        o.error = e.text;
+        if (!o.text.empty() || o.revoke_from >= 0) out.push_back(std::move(o));
       } else if (e.kind == chat::DsmlEvent::Kind::Text || e.kind == chat::DsmlEvent::Kind::Reasoning) {
         OutEvent o;
         o.kind = e.kind == chat::DsmlEvent::Kind::Text ? OutEvent::Kind::Text : OutEvent::Kind::Reasoning;
@@ -142,6 +149,8 @@ class Channel {
 };
 
 void collect(const OutEvent& e, Collected& c, const Protocol& proto) {
+  if (e.revoke_from >= 0 && c.calls.size() > static_cast<size_t>(e.revoke_from))
+    c.calls.resize(static_cast<size_t>(e.revoke_from));
   switch (e.kind) {
     case OutEvent::Kind::Reasoning: c.reasoning += e.text; break;
     case OutEvent::Kind::Text: c.content += e.text; break;
@@ -222,6 +231,16 @@ void serve_generation(ServerContext& ctx, httplib::Response& res, std::shared_pt
       std::vector<OutEvent> evs;
       const bool done = ch->wait(evs, r, keepalive);
       for (const OutEvent& e : evs) {
+        if (stream && e.revoke_from >= 0 && col.calls.size() > static_cast<size_t>(e.revoke_from)) {
+          // The client already holds the start of a call whose block then broke: it cannot be
+          // taken back, so the stream ends with the API's error event instead of a broken call.
+          job->cancelled = true;
+          c->trace->log(job->id, "tool parser error", e.error + " (after the call was streamed)");
+          c->metrics.count_request(endpoint, 500);
+          write(proto->stream_error("the model wrote a malformed tool call: " + e.error));
+          sink.done();
+          return true;
+        }
         collect(e, col, *proto);
         if (stream && !write(proto->stream_event(e, col))) return false;
       }

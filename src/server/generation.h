@@ -35,6 +35,11 @@ struct OutEvent {
   int index = -1;
   std::string name;
   std::vector<gen::StepLogprobs> logprobs;  // tokens that produced this text (when requested)
+  // Text of a malformed tool-call block (`error` says why). When the block had already
+  // announced calls (CallStart), calls from index `revoke_from` on are void: a response drops
+  // them (the block comes back as text), a stream that already sent them ends with an error.
+  int revoke_from = -1;
+  std::string error;
 };
 
 // Engine thread side: tokens in, events out.

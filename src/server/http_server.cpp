@@ -111,6 +111,11 @@ void HttpServer::routes() {
       } catch (const ApiError& e) {
         send_error(res, req.path, e);
         ctx.metrics.count_request(name, e.status);
+      } catch (const nlohmann::json::exception& e) {
+        // A request field of an unexpected JSON type that a reader accessed without checking
+        // (e.g. a non-string "type"): the client's mistake, not the server's.
+        send_error(res, req.path, ApiError(400, "invalid_request_error", std::string("invalid request: ") + e.what()));
+        ctx.metrics.count_request(name, 400);
       } catch (const std::exception& e) {
         send_error(res, req.path, ApiError(500, "server_error", e.what()));
         ctx.metrics.count_request(name, 500);

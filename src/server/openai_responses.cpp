@@ -1,8 +1,14 @@
 // POST /v1/responses (OpenAI Responses API, as Codex CLI uses it). Stateless: the client sends
 // the whole transcript in `input`; previous_response_id is refused (400) rather than guessed.
-// Reasoning is returned as a reasoning item with reasoning_text content; every streamed event
-// carries a sequence_number.
+// Reasoning is returned as a reasoning item with reasoning_text content, or, when the request
+// asks `reasoning: {summary}`, as the item's summary (DeepSeek writes no separate summary: the
+// summary is the reasoning text itself). Every streamed event carries a sequence_number.
+// Tools: function tools; `custom` tools (free-form text input) are offered to the model as a
+// function with one string parameter `input` and come back as custom_tool_call items;
+// `namespace` groups are flattened to "namespace.name" and split again on output.
 #include <httplib.h>
+
+#include <map>
 
 #include <fmt/format.h>
 
@@ -17,6 +23,21 @@
 namespace ds4::server {
 
 namespace {
+
+constexpr const char* kCustomInput = "input";  // the one parameter a custom tool gets
+
+// What the Responses protocol needs beyond the shared request.
+struct ResponsesExtras {
+  std::string summary;  // reasoning.summary requested ("auto" | "concise" | "detailed"), else empty
+  std::string effort;
+  struct ToolName {
+    std::string ns, name;
+    bool custom = false;
+  };
+  std::map<std::string, ToolName> tools;  // flattened DSML name -> how the client named it
+};
+
+std::string flat_name(const std::string& ns, const std::string& name) { return ns.empty() ? name : ns + "." + name; }
 
 // Consecutive reasoning, assistant message and function_call items form one assistant turn:
 // calls join the turn before them; text joins a turn that has only reasoning so far.
@@ -58,9 +79,18 @@ void parse_input(const json& j, ApiRequest& r) {
       c.name = opt_string(item, "name").value_or("");
       c.arguments = opt_string(item, "arguments").value_or("{}");
       if (c.name.empty()) bad_request("input", "a function_call item needs a name");
+      c.name = flat_name(opt_string(item, "namespace").value_or(""), c.name);
       chat::Message& m = assistant_turn(r.conv, true);
       m.tool_calls.push_back(std::move(c));
-    } else if (type == "function_call_output") {
+    } else if (type == "custom_tool_call") {
+      chat::ToolCall c;
+      c.id = opt_string(item, "call_id").value_or("");
+      c.name = flat_name(opt_string(item, "namespace").value_or(""), opt_string(item, "name").value_or(""));
+      c.arguments = json{{kCustomInput, opt_string(item, "input").value_or("")}}.dump();
+      if (c.name.empty()) bad_request("input", "a custom_tool_call item needs a name");
+      chat::Message& m = assistant_turn(r.conv, true);
+      m.tool_calls.push_back(std::move(c));
+    } else if (type == "function_call_output" || type == "custom_tool_call_output") {
       const auto& out = item.contains("output") ? item["output"] : json();
       r.conv.messages.push_back(chat::tool_message(opt_string(item, "call_id").value_or(""),
                                                    out.is_string() ? out.get<std::string>() : content_text(out, "output")));
@@ -81,7 +111,35 @@ void parse_input(const json& j, ApiRequest& r) {
   }
 }
 
-ApiRequest parse_responses(const json& j, ServerContext& ctx) {
+// One client tool (function or custom, possibly inside a namespace) as a DSML function.
+void add_tool(const json& t, const std::string& ns, ApiRequest& r, ResponsesExtras& x) {
+  const std::string type = t.value("type", "");
+  if (type != "function" && type != "custom") return;  // hosted tools: none here
+  const auto name = opt_string(t, "name");
+  if (!name || name->empty()) bad_request("tools", fmt::format("a {} tool needs a name", type));
+  const std::string flat = flat_name(ns, *name);
+  chat::Json fn = {{"name", flat}};
+  if (type == "function") {
+    if (t.contains("description") && !t["description"].is_null()) fn["description"] = t["description"];
+    if (t.contains("parameters") && !t["parameters"].is_null()) fn["parameters"] = t["parameters"];
+  } else {
+    std::string desc = opt_string(t, "description").value_or("");
+    std::string input_desc = "The tool's input as free-form text.";
+    if (const json* f = opt_field(t, "format", json::value_t::object, "an object")) {
+      if (f->value("type", "text") == "grammar")
+        input_desc = fmt::format("The tool's input; it must follow this {} grammar:\n{}", f->value("syntax", "lark"),
+                                 f->value("definition", ""));
+    }
+    if (!desc.empty()) fn["description"] = desc;
+    fn["parameters"] = {{"type", "object"},
+                        {"properties", {{kCustomInput, {{"type", "string"}, {"description", input_desc}}}}},
+                        {"required", json::array({kCustomInput})}};
+  }
+  x.tools[flat] = {ns, *name, type == "custom"};
+  r.conv.tools.push_back(std::move(fn));
+}
+
+ApiRequest parse_responses(const json& j, ServerContext& ctx, ResponsesExtras& x) {
   ApiRequest r;
   parse_common(j, r, ctx);
   if (j.contains("previous_response_id") && !j["previous_response_id"].is_null())
@@ -92,38 +150,55 @@ ApiRequest parse_responses(const json& j, ServerContext& ctx) {
   parse_input(j, r);
   if (const json* tools = opt_field(j, "tools", json::value_t::array, "an array")) {
     for (const json& t : *tools) {
-      if (!t.is_object() || t.value("type", "") != "function") continue;  // hosted tools: none here
-      if (!opt_string(t, "name")) bad_request("tools", "a function tool needs a name");
-      chat::Json fn = {{"name", t["name"]}};
-      if (t.contains("description")) fn["description"] = t["description"];
-      if (t.contains("parameters")) fn["parameters"] = t["parameters"];
-      r.conv.tools.push_back(std::move(fn));
+      if (!t.is_object()) bad_request("tools", "'tools' entries must be objects");
+      if (t.value("type", "") == "namespace") {
+        const auto ns = opt_string(t, "name");
+        if (!ns || ns->empty()) bad_request("tools", "a namespace tool needs a name");
+        if (const json* inner = opt_field(t, "tools", json::value_t::array, "an array"))
+          for (const json& it : *inner)
+            if (it.is_object()) add_tool(it, *ns, r, x);
+        continue;
+      }
+      add_tool(t, "", r, x);
     }
   }
   if (auto it = j.find("tool_choice"); it != j.end() && !it->is_null()) {
     if (it->is_string() && *it == "auto") r.tool_choice = ToolChoice::Auto;
     else if (it->is_string() && *it == "none") r.tool_choice = ToolChoice::None;
     else if (it->is_string() && *it == "required") r.tool_choice = ToolChoice::Required;
-    else if (it->is_object() && it->value("type", "") == "function" && opt_string(*it, "name")) {
+    else if (it->is_object() && (it->value("type", "") == "function" || it->value("type", "") == "custom") &&
+             opt_string(*it, "name")) {
       r.tool_choice = ToolChoice::Named;
-      r.tool_name = *opt_string(*it, "name");
+      r.tool_name = flat_name(opt_string(*it, "namespace").value_or(""), *opt_string(*it, "name"));
     } else {
-      bad_request("tool_choice", "'tool_choice' must be auto, none, required or {type: function, name}");
+      bad_request("tool_choice", "'tool_choice' must be auto, none, required, {type: function, name} or {type: custom, name}");
     }
   }
   if (auto mt = opt_int(j, "max_output_tokens")) {
     if (*mt < 1) bad_request("max_output_tokens", "'max_output_tokens' must be at least 1");
     r.max_tokens = *mt;
   }
-  if (const json* re = opt_field(j, "reasoning", json::value_t::object, "an object"))
-    if (auto e = opt_string(*re, "effort")) r.thinking = thinking_from_effort(*e, ctx.opt.ctx, "reasoning.effort");
+  if (const json* re = opt_field(j, "reasoning", json::value_t::object, "an object")) {
+    if (auto e = opt_string(*re, "effort")) {
+      r.thinking = thinking_from_effort(*e, ctx.opt.ctx, "reasoning.effort");
+      x.effort = *e;
+    }
+    // generate_summary is the deprecated spelling of summary.
+    for (const char* key : {"summary", "generate_summary"}) {
+      if (auto sm = opt_string(*re, key)) {
+        if (*sm != "auto" && *sm != "concise" && *sm != "detailed")
+          bad_request(fmt::format("reasoning.{}", key), fmt::format("'reasoning.{}' must be auto, concise or detailed", key));
+        x.summary = *sm;
+      }
+    }
+  }
   return r;
 }
 
 class ResponsesProtocol : public Protocol {
  public:
-  ResponsesProtocol(ServerContext& ctx, ApiRequest r, int64_t prompt_tokens)
-      : req_(std::move(r)), id_(random_id("resp_")), created_(unix_now()), prompt_tokens_(prompt_tokens) {
+  ResponsesProtocol(ServerContext& ctx, ApiRequest r, ResponsesExtras x)
+      : req_(std::move(r)), x_(std::move(x)), id_(random_id("resp_")), created_(unix_now()) {
     (void)ctx;
   }
 
@@ -143,11 +218,19 @@ class ResponsesProtocol : public Protocol {
           open_ = Open::Reasoning;
           index_ = next_index_++;
           out += ev("response.output_item.added", {{"output_index", index_}, {"item", reasoning_item("", "in_progress")}});
-          out += ev("response.content_part.added", {{"item_id", rs_id_}, {"output_index", index_}, {"content_index", 0},
-                                                     {"part", {{"type", "reasoning_text"}, {"text", ""}}}});
+          if (summary())
+            out += ev("response.reasoning_summary_part.added", {{"item_id", rs_id_}, {"output_index", index_}, {"summary_index", 0},
+                                                                 {"part", {{"type", "summary_text"}, {"text", ""}}}});
+          else
+            out += ev("response.content_part.added", {{"item_id", rs_id_}, {"output_index", index_}, {"content_index", 0},
+                                                       {"part", {{"type", "reasoning_text"}, {"text", ""}}}});
         }
-        out += ev("response.reasoning_text.delta",
-                  {{"item_id", rs_id_}, {"output_index", index_}, {"content_index", 0}, {"delta", e.text}});
+        if (summary())
+          out += ev("response.reasoning_summary_text.delta",
+                    {{"item_id", rs_id_}, {"output_index", index_}, {"summary_index", 0}, {"delta", e.text}});
+        else
+          out += ev("response.reasoning_text.delta",
+                    {{"item_id", rs_id_}, {"output_index", index_}, {"content_index", 0}, {"delta", e.text}});
         break;
       case OutEvent::Kind::Text:
         if (e.text.empty()) break;
@@ -171,7 +254,8 @@ class ResponsesProtocol : public Protocol {
                   {{"output_index", index_}, {"item", call_item(c.calls.back(), fc_ids_.back(), "", "in_progress")}});
         break;
       case OutEvent::Kind::CallArgs:
-        if (!e.text.empty())
+        // A custom tool's input is plain text, not JSON: it goes out whole when the call ends.
+        if (!e.text.empty() && !is_custom(c.calls.back()))
           out += ev("response.function_call_arguments.delta",
                     {{"item_id", fc_ids_.back()}, {"output_index", index_}, {"delta", e.text}});
         break;
@@ -203,11 +287,40 @@ class ResponsesProtocol : public Protocol {
     for (auto it = body.begin(); it != body.end(); ++it) e[it.key()] = it.value();
     return sse_event(type, e);
   }
+  bool summary() const { return !x_.summary.empty(); }
+  json named_choice() const {
+    const auto it = x_.tools.find(req_.tool_name);
+    if (it == x_.tools.end()) return {{"type", "function"}, {"name", req_.tool_name}};
+    json c = {{"type", it->second.custom ? "custom" : "function"}, {"name", it->second.name}};
+    if (!it->second.ns.empty()) c["namespace"] = it->second.ns;
+    return c;
+  }
+  const ResponsesExtras::ToolName* tool_of(const CollectedCall& call) const {
+    auto it = x_.tools.find(call.name);
+    return it == x_.tools.end() ? nullptr : &it->second;
+  }
+  bool is_custom(const CollectedCall& call) const {
+    const auto* t = tool_of(call);
+    return t && t->custom;
+  }
+  // A custom tool's input: the `input` string of the DSML call's arguments.
+  static std::string custom_input(const std::string& args) {
+    const json a = json::parse(args, nullptr, false);
+    if (a.is_object() && a.contains(kCustomInput))
+      return a[kCustomInput].is_string() ? a[kCustomInput].get<std::string>() : a[kCustomInput].dump();
+    return a.is_discarded() ? args : a.dump();
+  }
   json reasoning_item(const std::string& text, const char* status) {
     if (rs_id_.empty()) rs_id_ = random_id("rs_");
-    json content = json::array();
-    if (std::string(status) != "in_progress") content.push_back({{"type", "reasoning_text"}, {"text", text}});
-    return {{"id", rs_id_}, {"type", "reasoning"}, {"status", status}, {"summary", json::array()}, {"content", content}};
+    const bool done = std::string(status) != "in_progress";
+    json item = {{"id", rs_id_}, {"type", "reasoning"}, {"status", status}, {"summary", json::array()}};
+    if (summary()) {
+      if (done) item["summary"].push_back({{"type", "summary_text"}, {"text", text}});
+    } else {
+      item["content"] = json::array();
+      if (done) item["content"].push_back({{"type", "reasoning_text"}, {"text", text}});
+    }
+    return item;
   }
   static json text_part(const std::string& text) {
     return {{"type", "output_text"}, {"text", text}, {"annotations", json::array()}, {"logprobs", json::array()}};
@@ -218,19 +331,35 @@ class ResponsesProtocol : public Protocol {
     if (std::string(status) != "in_progress") content.push_back(text_part(text));
     return {{"id", msg_id_}, {"type", "message"}, {"status", status}, {"role", "assistant"}, {"content", content}};
   }
-  static json call_item(const CollectedCall& call, const std::string& id, const std::string& args, const char* status) {
-    return {{"id", id}, {"type", "function_call"}, {"status", status}, {"call_id", call.id}, {"name", call.name},
-            {"arguments", args}};
+  json call_item(const CollectedCall& call, const std::string& id, const std::string& args, const char* status) const {
+    const auto* t = tool_of(call);
+    json item;
+    if (t && t->custom) {
+      item = {{"id", id}, {"type", "custom_tool_call"}, {"status", status}, {"call_id", call.id}, {"name", t->name},
+              {"input", args.empty() ? std::string() : custom_input(args)}};
+    } else {
+      item = {{"id", id}, {"type", "function_call"}, {"status", status}, {"call_id", call.id},
+              {"name", t ? t->name : call.name}, {"arguments", args}};
+    }
+    if (t && !t->ns.empty()) item["namespace"] = t->ns;
+    return item;
   }
   std::string close_item(const Collected& c) {
     std::string out;
     switch (open_) {
       case Open::None: break;
       case Open::Reasoning:
-        out += ev("response.reasoning_text.done",
-                  {{"item_id", rs_id_}, {"output_index", index_}, {"content_index", 0}, {"text", c.reasoning}});
-        out += ev("response.content_part.done", {{"item_id", rs_id_}, {"output_index", index_}, {"content_index", 0},
-                                                  {"part", {{"type", "reasoning_text"}, {"text", c.reasoning}}}});
+        if (summary()) {
+          out += ev("response.reasoning_summary_text.done",
+                    {{"item_id", rs_id_}, {"output_index", index_}, {"summary_index", 0}, {"text", c.reasoning}});
+          out += ev("response.reasoning_summary_part.done", {{"item_id", rs_id_}, {"output_index", index_}, {"summary_index", 0},
+                                                              {"part", {{"type", "summary_text"}, {"text", c.reasoning}}}});
+        } else {
+          out += ev("response.reasoning_text.done",
+                    {{"item_id", rs_id_}, {"output_index", index_}, {"content_index", 0}, {"text", c.reasoning}});
+          out += ev("response.content_part.done", {{"item_id", rs_id_}, {"output_index", index_}, {"content_index", 0},
+                                                    {"part", {{"type", "reasoning_text"}, {"text", c.reasoning}}}});
+        }
         out += ev("response.output_item.done", {{"output_index", index_}, {"item", reasoning_item(c.reasoning, "completed")}});
         break;
       case Open::Message:
@@ -241,9 +370,18 @@ class ResponsesProtocol : public Protocol {
         out += ev("response.output_item.done", {{"output_index", index_}, {"item", message_item(c.content, "completed")}});
         break;
       case Open::Call: {
+        if (c.calls.empty()) break;  // voided by a malformed block (the stream ends with an error)
         const CollectedCall& call = c.calls.back();
-        out += ev("response.function_call_arguments.done",
-                  {{"item_id", fc_ids_.back()}, {"output_index", index_}, {"arguments", call.arguments}});
+        if (is_custom(call)) {
+          const std::string input = custom_input(call.arguments);
+          out += ev("response.custom_tool_call_input.delta",
+                    {{"item_id", fc_ids_.back()}, {"output_index", index_}, {"delta", input}});
+          out += ev("response.custom_tool_call_input.done",
+                    {{"item_id", fc_ids_.back()}, {"output_index", index_}, {"input", input}});
+        } else {
+          out += ev("response.function_call_arguments.done",
+                    {{"item_id", fc_ids_.back()}, {"output_index", index_}, {"arguments", call.arguments}});
+        }
         out += ev("response.output_item.done",
                   {{"output_index", index_}, {"item", call_item(call, fc_ids_.back(), call.arguments, "completed")}});
         break;
@@ -272,13 +410,18 @@ class ResponsesProtocol : public Protocol {
     }
     json tools = json::array();
     for (const auto& t : req_.conv.tools) {
-      json fn = {{"type", "function"}, {"name", t.value("name", "")}, {"strict", false}};
+      const auto it = x_.tools.find(t.value("name", ""));
+      json fn;
+      if (it != x_.tools.end() && it->second.custom) {
+        fn = {{"type", "custom"}, {"name", it->second.name}};
+      } else {
+        fn = {{"type", "function"}, {"name", it != x_.tools.end() ? it->second.name : t.value("name", "")}, {"strict", false}};
+        fn["parameters"] = t.contains("parameters") ? t["parameters"] : json::object();
+      }
       if (t.contains("description")) fn["description"] = t["description"];
-      fn["parameters"] = t.contains("parameters") ? t["parameters"] : json::object();
       tools.push_back(std::move(fn));
     }
     const bool incomplete = std::string(status) == "incomplete";
-    (void)prompt_tokens_;
     return {{"id", id_},
             {"object", "response"},
             {"created_at", created_},
@@ -291,13 +434,14 @@ class ResponsesProtocol : public Protocol {
             {"output", output},
             {"parallel_tool_calls", true},
             {"previous_response_id", nullptr},
-            {"reasoning", {{"effort", nullptr}, {"summary", nullptr}}},
+            {"reasoning", {{"effort", x_.effort.empty() ? json() : json(x_.effort)},
+                           {"summary", summary() ? json(x_.summary) : json()}}},
             {"store", false},
             {"temperature", req_.sampling.temperature},
             {"text", {{"format", {{"type", "text"}}}}},
             {"tool_choice", req_.tool_choice == ToolChoice::None       ? json("none")
                             : req_.tool_choice == ToolChoice::Required ? json("required")
-                            : req_.tool_choice == ToolChoice::Named    ? json{{"type", "function"}, {"name", req_.tool_name}}
+                            : req_.tool_choice == ToolChoice::Named    ? named_choice()
                                                                        : json("auto")},
             {"tools", tools},
             {"top_p", req_.sampling.top_p},
@@ -307,9 +451,9 @@ class ResponsesProtocol : public Protocol {
   }
 
   ApiRequest req_;
+  ResponsesExtras x_;
   std::string id_;
   int64_t created_;
-  int64_t prompt_tokens_;
   int64_t seq_ = 0;
   Open open_ = Open::None;
   int index_ = -1, next_index_ = 0;
@@ -320,11 +464,11 @@ class ResponsesProtocol : public Protocol {
 }  // namespace
 
 void handle_responses(ServerContext& ctx, const httplib::Request& req, httplib::Response& res) {
-  ApiRequest r = parse_responses(parse_body(req.body), ctx);
+  ResponsesExtras x;
+  ApiRequest r = parse_responses(parse_body(req.body), ctx, x);
   auto job = make_job(r, ctx);
   const bool stream = r.stream;
-  const int64_t n = static_cast<int64_t>(job->prompt.size());
-  serve_generation(ctx, res, job, std::make_shared<ResponsesProtocol>(ctx, std::move(r), n), stream, true, {},
+  serve_generation(ctx, res, job, std::make_shared<ResponsesProtocol>(ctx, std::move(r), std::move(x)), stream, true, {},
                    "responses");
 }
 

@@ -86,6 +86,79 @@ await test('responses streaming with a forced function call', async () => {
   assert.ok(plain.output.length >= 1);
 });
 
+await test('forced tool calls with typed parameters: arguments are JSON of the declared types', async () => {
+  const parameters = {
+    type: 'object',
+    properties: {
+      days: { type: 'integer' }, budget: { type: 'number' }, flexible: { type: 'boolean' },
+      prefs: { type: 'object' }, stops: { type: 'array' }, note: { type: ['integer', 'null'] },
+    },
+    required: ['days', 'budget', 'flexible', 'prefs', 'stops', 'note'],
+  };
+  const check = (args) => {
+    assert.ok(Number.isInteger(args.days), JSON.stringify(args));
+    assert.equal(typeof args.budget, 'number');
+    assert.equal(typeof args.flexible, 'boolean');
+    assert.ok(args.prefs !== null && typeof args.prefs === 'object' && !Array.isArray(args.prefs));
+    assert.ok(Array.isArray(args.stops));
+    assert.ok(args.note === null || Number.isInteger(args.note));
+  };
+  const tools = [{ type: 'function', function: { name: 'plan', parameters } }];
+  for (let seed = 1; seed <= 6; seed++) {
+    const body = { model, messages: [{ role: 'user', content: 'Plan a trip' }], tools, tool_choice: 'required',
+      max_tokens: 60 + 40 * seed, reasoning_effort: 'none', seed };
+    const r = await openai.chat.completions.create(body);
+    check(JSON.parse(r.choices[0].message.tool_calls[0].function.arguments));
+    const stream = openai.chat.completions.stream(body);
+    for await (const _ of stream) { /* drain */ }
+    const final = await stream.finalChatCompletion();
+    check(JSON.parse(final.choices[0].message.tool_calls[0].function.arguments));
+  }
+});
+
+await test('responses: reasoning summary, custom tool, namespace tool', async () => {
+  const stream = openai.responses.stream({ model, input: 'Think first.', max_output_tokens: 24, seed: 7,
+    reasoning: { effort: 'high', summary: 'auto' } });
+  const types = new Set();
+  let summary = '';
+  for await (const ev of stream) {
+    types.add(ev.type);
+    if (ev.type === 'response.reasoning_summary_text.delta') summary += ev.delta;
+  }
+  const final = await stream.finalResponse();
+  assert.ok(types.has('response.reasoning_summary_part.added') && types.has('response.reasoning_summary_text.done'));
+  assert.ok(!types.has('response.reasoning_text.delta'));
+  const rs = final.output.find((o) => o.type === 'reasoning');
+  assert.equal(rs.summary[0].type, 'summary_text');
+  assert.equal(rs.summary[0].text, summary);
+  assert.equal(final.reasoning.summary, 'auto');
+  const tools = [
+    { type: 'custom', name: 'apply_patch', description: 'Apply a patch' },
+    { type: 'namespace', name: 'weather', description: 'Weather', tools: [{ type: 'function', name: 'get', parameters: weather }] },
+  ];
+  const cstream = openai.responses.stream({ model, input: 'Patch it', max_output_tokens: 120, reasoning: { effort: 'none' },
+    tools, tool_choice: { type: 'custom', name: 'apply_patch' } });
+  let input = '';
+  for await (const ev of cstream) if (ev.type === 'response.custom_tool_call_input.delta') input += ev.delta;
+  const cfinal = await cstream.finalResponse();
+  const cc = cfinal.output.find((o) => o.type === 'custom_tool_call');
+  assert.equal(cc.name, 'apply_patch');
+  assert.equal(typeof cc.input, 'string');
+  assert.equal(cc.input, input);
+  const ns = await openai.responses.create({ model, input: 'Weather?', max_output_tokens: 120, reasoning: { effort: 'none' },
+    tools, tool_choice: { type: 'function', name: 'get', namespace: 'weather' } });
+  const fc = ns.output.find((o) => o.type === 'function_call');
+  assert.equal(fc.name, 'get');
+  assert.equal(fc.namespace, 'weather');
+  assert.equal(typeof JSON.parse(fc.arguments).city, 'string');
+  const replay = await openai.responses.create({ model, max_output_tokens: 2, tools, input: [
+    { role: 'user', content: 'Patch it' },
+    { type: 'custom_tool_call', call_id: cc.call_id, name: 'apply_patch', input: cc.input },
+    { type: 'custom_tool_call_output', call_id: cc.call_id, output: 'applied' },
+  ] });
+  assert.equal(replay.object, 'response');
+});
+
 await test('anthropic messages streaming with thinking and tool_use', async () => {
   const stream = anthropic.messages.stream({
     model, max_tokens: 400, messages: [{ role: 'user', content: 'Weather in Paris?' }],
