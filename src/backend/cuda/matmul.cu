@@ -5,17 +5,18 @@
 //  - per stage the rows' raw block bytes are copied to shared memory with cp.async (16/8/4-byte
 //    words; 17/34/66/84-byte blocks are not 16-byte aligned, so a row's stage may start inside
 //    a word), decoded to an int8 tile (+ per-chunk scales), and the int8 activation qs
-//    (+ scales, bsums) are copied next to it; tile rows are padded to 272 bytes so that the
-//    ldmatrix fragment loads are bank-conflict free. The next stage's weight bytes are in
-//    flight while the current stage's MMAs run;
+//    (+ scales, bsums) are copied next to it; tile rows are 256 bytes with their 16-byte
+//    units XOR-swizzled by the row so that the ldmatrix fragment loads are bank-conflict free.
+//    The next stage's weight bytes and activation tile (double-buffered) are in flight while
+//    the current stage's MMAs run: two barriers per stage;
 //  - each 32-element chunk is one MMA k-step, giving the exact int32 chunk sum per (row,
 //    token); the chunk's integer scale (Q4_K 6-bit sc, IQ2_XXS 2s+1) is applied in int32,
 //    Q2_K's 4-bit sub-block scales are folded into the int8 weights (sc*q <= 45), and the
 //    float block scales are applied once per block as the CPU's vec_dot does (Q8_0/MXFP4:
 //    one 32-block per chunk). The K-quant min term sum_s m_s*bsums_s is an f16 m16n8k16 MMA
 //    of small integers (|m| <= 63, |bsums| <= 2048, exact in f16; sums < 2^24, exact in f32).
-// Two CTAs fit per SM (about 110 KB of shared memory each), so one CTA's decode overlaps the
-// other's MMAs. Measurements and the remaining gap: docs/cuda.md, "Prefill GEMMs".
+// Two CTAs fit per SM (at most about 110 KB of shared memory each), so one CTA's decode
+// overlaps the other's MMAs. Measurements and the remaining gap: docs/cuda.md, "Prefill GEMMs".
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -33,7 +34,9 @@ namespace ds4::cuda::detail {
 namespace {
 
 constexpr int BM = kMmRows, BN = kMmTokens, BK = 256, kThreads = 256;
-constexpr int AS = BK + 16;  // bytes per int8 tile row: (4 g + c) distinct banks per fragment load
+// int8 tile rows are BK = 256 bytes, unpadded; the 16-byte unit u of row r is stored at unit
+// u ^ (r & 7), so the 8 rows of one ldmatrix 8x8 matrix land in 8 distinct bank groups.
+__device__ __forceinline__ int swz(int r, int unit) { return r * BK + ((unit ^ (r & 7)) << 4); }
 constexpr int SS = 9;        // stride of the per-chunk scale arrays (conflict-free)
 constexpr int MS = 24;       // halves per row of the min / bsum tiles (conflict-free f16 fragments)
 
@@ -334,6 +337,14 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// d = a b + {c, c, c, c}: a separate accumulator input, so a constant start costs nothing per MMA.
+__device__ __forceinline__ void mma_s8_c(int (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], int c) {
+  asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%10,%10,%10,%10};\n"
+      : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(c));
+}
+
 __device__ __forceinline__ void mma_s8(int (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   asm volatile(
       "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -358,25 +369,31 @@ __device__ __forceinline__ void mma_f16(float (&d)[4], const uint32_t (&a)[4], c
 }
 
 // Shared-memory layout of one CTA (bytes). One raw stage buffer: the next stage's weight bytes
-// are copied (cp.async) while the current stage's MMAs run; the activation tile is reloaded
-// after them (it is small and L2-resident: every row tile of the grid reads it).
+// are copied (cp.async) while the current stage's MMAs run. The activation tile (qs, scales,
+// bsums) is double-buffered: stage s+1's copy is issued together with the weights, before
+// stage s's MMAs, so its L2 latency is hidden too. Arrays a type does not use take no room
+// (Q8_0 must stay under ~113 KB for two CTAs per SM).
 template <class K>
 struct Smem {
+  static constexpr bool kKq = K::BE == 256;
   static constexpr int SB = (BK / K::BE) * K::BB;      // raw bytes of one full stage of a row
   static constexpr int RS = (SB + 16 + 15) / 16 * 16;   // raw row stride (room for a start offset)
-  static constexpr int A = 0;
-  static constexpr int B = A + BM * AS;
-  static constexpr int RAW = B + BN * AS;
+  static constexpr int A = 0;                           // [BM][BK] int8, swizzled (swz)
+  static constexpr int B = A + BM * BK;                 // 2 x [BN][BK] int8, swizzled
+  static constexpr int BBUF = BN * BK;
+  static constexpr int RAW = B + 2 * BBUF;
   static constexpr int WSC = RAW + BM * RS;             // [BM][SS] f32 or int chunk scales
-  static constexpr int XSC = WSC + BM * SS * 4;         // [BN][SS] f32 activation scales
-  static constexpr int WD = XSC + BN * SS * 4;          // [BM] f32 block d
-  static constexpr int WDM = WD + BM * 4;               // [BM] f32 block dmin
-  static constexpr int MIN = WDM + BM * 4;              // [BM][MS] f16 min codes
-  static constexpr int BS = MIN + BM * MS * 2;          // [BN][MS] int16 bsums
-  static constexpr int DELTA = BS + BN * MS * 2;        // [BM] int: raw row start offsets
+  static constexpr int XSC = WSC + BM * SS * 4;         // 2 x [BN][SS] f32 activation scales
+  static constexpr int XBUF = BN * SS * 4;
+  static constexpr int WD = XSC + 2 * XBUF;             // [BM] f32 block d
+  static constexpr int WDM = WD + (kKq ? BM * 4 : 0);   // [BM] f32 block dmin
+  static constexpr int MIN = WDM + (kKq ? BM * 4 : 0);  // [BM][MS] f16 min codes
+  static constexpr int BS = MIN + (K::kMins ? BM * MS * 2 : 0);  // 2 x [BN][MS] int16 bsums
+  static constexpr int SBUF = BN * MS * 2;
+  static constexpr int DELTA = BS + (K::kMins ? 2 * SBUF : 0);  // [BM] int: raw row start offsets
   static constexpr int GRID = DELTA + BM * 4;           // IQ2_XXS tables
-  static constexpr int SIGN = GRID + 256 * 8;
-  static constexpr int BYTES = SIGN + 128 * 8;
+  static constexpr int SIGN = GRID + (K::kTables ? 256 * 8 : 0);
+  static constexpr int BYTES = SIGN + (K::kTables ? 128 * 8 : 0);
 };
 
 __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
@@ -445,46 +462,57 @@ __device__ __forceinline__ void issue_raw_aligned(const uint8_t* const* rows, in
 
 // Issues the copies of stage s of the activation tile (qs, scales, bsums); rows past the
 // tile's tokens and chunks past the matrix are zeroed instead.
+// Buffer buf (stage parity) receives it.
 template <class K, class P>
-__device__ __forceinline__ void issue_act(const P& p, const Tile& t, int s, int nch, uint8_t* sm) {
+__device__ __forceinline__ void issue_act(const P& p, const Tile& t, int s, int nch, int buf, uint8_t* sm) {
   using L = Smem<K>;
-  float* xsc = reinterpret_cast<float*>(sm + L::XSC);
+  float* xsc = reinterpret_cast<float*>(sm + L::XSC + buf * L::XBUF);
+  uint8_t* bt = sm + L::B + buf * L::BBUF;
 #pragma unroll
   for (int i = 0; i < (BN * 8) / kThreads; ++i) {
     const int u = threadIdx.x + kThreads * i, n = u >> 3, j = u & 7;
-    uint32_t* dst = reinterpret_cast<uint32_t*>(sm + L::B + n * AS + 32 * j);
+    // Chunk j of row n = 16-byte units 2j, 2j+1 (swizzled).
+    uint32_t* d0 = reinterpret_cast<uint32_t*>(bt + swz(n, 2 * j));
+    uint32_t* d1 = reinterpret_cast<uint32_t*>(bt + swz(n, 2 * j + 1));
     if constexpr (K::BE == 32) {
       if (n < t.nn && j < nch) {
         const uint8_t* blk = p.arow(t, n) + size_t(s * 8 + j) * sizeof(BlockQ8_0Act);
 #pragma unroll
-        for (int q = 0; q < 8; ++q) cp_async4(dst + q, blk + 4 + 4 * q);
+        for (int q = 0; q < 4; ++q) {
+          cp_async4(d0 + q, blk + 4 + 4 * q);
+          cp_async4(d1 + q, blk + 20 + 4 * q);
+        }
         cp_async4(xsc + n * SS + j, blk);
       } else {
 #pragma unroll
-        for (int q = 0; q < 8; ++q) dst[q] = 0;
+        for (int q = 0; q < 4; ++q) d0[q] = d1[q] = 0;
         xsc[n * SS + j] = 0.0f;
       }
     } else {
-      uint32_t* bs = reinterpret_cast<uint32_t*>(sm + L::BS + n * MS * 2);
+      uint32_t* bs = reinterpret_cast<uint32_t*>(sm + L::BS + buf * L::SBUF + n * MS * 2);
       if (n < t.nn) {
         const uint8_t* blk = p.arow(t, n) + size_t(s) * sizeof(BlockQ8_K);
 #pragma unroll
-        for (int q = 0; q < 8; ++q) cp_async4(dst + q, blk + 4 + 32 * j + 4 * q);
+        for (int q = 0; q < 4; ++q) {
+          cp_async4(d0 + q, blk + 4 + 32 * j + 4 * q);
+          cp_async4(d1 + q, blk + 20 + 32 * j + 4 * q);
+        }
         if (j == 0) cp_async4(xsc + n * SS, blk);
-        cp_async4(bs + j, blk + 4 + QK_K + 4 * j);  // bsums 2j, 2j+1
+        if constexpr (K::kMins) cp_async4(bs + j, blk + 4 + QK_K + 4 * j);  // bsums 2j, 2j+1
       } else {
 #pragma unroll
-        for (int q = 0; q < 8; ++q) dst[q] = 0;
+        for (int q = 0; q < 4; ++q) d0[q] = d1[q] = 0;
         if (j == 0) xsc[n * SS] = 0.0f;
-        bs[j] = 0;
+        if constexpr (K::kMins) bs[j] = 0;
       }
     }
   }
 }
 
-// float(p) for |p| < 2^22 with one integer and one float add (I2F is quarter rate): the
-// chunk sums are at most 32 * 127 * 128 in magnitude.
-__device__ __forceinline__ float i2f_small(int p) { return __fsub_rn(__int_as_float(p + 0x4B400000), 12582912.0f); }
+// float(p) for |p| < 2^22 by the bits of 1.5 * 2^23 + p minus 1.5 * 2^23 (I2F is quarter
+// rate); the chunk sums are at most 32 * 127 * 128 in magnitude.
+constexpr int kMagicBits = 0x4B400000;  // 1.5 * 2^23
+constexpr float kMagic = 12582912.0f;
 
 // Two int16 bsums -> two halves (exact: |bsum| <= 2048).
 __device__ __forceinline__ uint32_t bsums_to_h2(uint32_t w) {
@@ -538,13 +566,14 @@ __global__ void __launch_bounds__(kThreads, 2) mm_kernel(P p, int64_t ncols, int
   };
   __syncthreads();  // rows[]
   raw_copy(0);
-  issue_act<K>(p, t, 0, stage_k(0) / 32, sm);
+  issue_act<K>(p, t, 0, stage_k(0) / 32, 0, sm);
   cp_async_commit();
 
   for (int s = 0; s < nstages; ++s) {
     const int nch = stage_k(s) / 32;
     cp_async_wait_all();
-    __syncthreads();  // stage s landed for every thread; the previous MMAs are done with A
+    __syncthreads();  // stage s landed for every thread; the previous MMAs are done with A and
+                      // with activation buffer (s + 1) & 1
     // Decode: unit (row a, chunk j).
     const int* delta = reinterpret_cast<const int*>(sm + L::DELTA);
 #pragma unroll
@@ -561,9 +590,8 @@ __global__ void __launch_bounds__(kThreads, 2) mm_kernel(P p, int64_t ncols, int
 #pragma unroll
         for (int q = 0; q < 8; ++q) w[q] = 0;
       }
-      uint4* dst = reinterpret_cast<uint4*>(sm + L::A + a * AS + 32 * j);
-      dst[0] = make_uint4(w[0], w[1], w[2], w[3]);
-      dst[1] = make_uint4(w[4], w[5], w[6], w[7]);
+      *reinterpret_cast<uint4*>(sm + L::A + swz(a, 2 * j)) = make_uint4(w[0], w[1], w[2], w[3]);
+      *reinterpret_cast<uint4*>(sm + L::A + swz(a, 2 * j + 1)) = make_uint4(w[4], w[5], w[6], w[7]);
       if constexpr (K::kKind == kFloatChunk) reinterpret_cast<float*>(sm + L::WSC)[a * SS + j] = fsc;
       if constexpr (K::kKind == kIntChunk) reinterpret_cast<int*>(sm + L::WSC)[a * SS + j] = isc;
       if constexpr (K::BE == 256) {
@@ -583,29 +611,30 @@ __global__ void __launch_bounds__(kThreads, 2) mm_kernel(P p, int64_t ncols, int
       }
     }
     __syncthreads();  // A and its scales are ready; the raw buffer is free
+    const int buf = s & 1;
     if (s + 1 < nstages) {
       raw_copy(s + 1);
+      issue_act<K>(p, t, s + 1, stage_k(s + 1) / 32, buf ^ 1, sm);
       cp_async_commit();
     }
 
     // MMA over the stage's chunks.
     const uint8_t* As = sm + L::A;
-    const uint8_t* Bs = sm + L::B;
+    const uint8_t* Bs = sm + L::B + buf * L::BBUF;
     const float* wsc = reinterpret_cast<const float*>(sm + L::WSC);
     const int* isc = reinterpret_cast<const int*>(sm + L::WSC);
-    const float* xsc = reinterpret_cast<const float*>(sm + L::XSC);
-#pragma unroll 1
-    for (int j = 0; j < nch; ++j) {
+    const float* xsc = reinterpret_cast<const float*>(sm + L::XSC + buf * L::XBUF);
+    auto mma_chunk = [&](int j) {
       // ldmatrix: A (16 rows x 32 bytes) as four 8x8 b16 matrices {rows 0-7, 8-15} x {bytes
       // 0-15, 16-31} gives exactly the m16n8k32 s8 A fragment; B likewise two n-tiles at once.
       uint32_t af[2][4], bf[4][2];
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt)
-        ldmatrix_x4(af[mt], As + (wm * 32 + mt * 16 + (lane & 15)) * AS + 32 * j + 16 * (lane >> 4));
+        ldmatrix_x4(af[mt], As + swz(wm * 32 + mt * 16 + (lane & 15), 2 * j + (lane >> 4)));
 #pragma unroll
       for (int np = 0; np < 2; ++np) {
         uint32_t r[4];
-        ldmatrix_x4(r, Bs + (wn * 32 + np * 16 + (lane & 7) + 8 * (lane >> 4)) * AS + 32 * j + 16 * ((lane >> 3) & 1));
+        ldmatrix_x4(r, Bs + swz(wn * 32 + np * 16 + (lane & 7) + 8 * (lane >> 4), 2 * j + ((lane >> 3) & 1)));
         bf[2 * np][0] = r[0];
         bf[2 * np][1] = r[1];
         bf[2 * np + 1][0] = r[2];
@@ -637,17 +666,31 @@ __global__ void __launch_bounds__(kThreads, 2) mm_kernel(P p, int64_t ncols, int
         for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
           for (int nt = 0; nt < 4; ++nt) {
-            int pp[4] = {0, 0, 0, 0};
-            mma_s8(pp, af[mt], bf[nt]);
+            int pp[4];
+            // Float chunks: the MMA starts from the bits of 1.5 * 2^23, so pp holds the f32
+            // 1.5 * 2^23 + sum exactly (|sum| < 2^22) and one subtraction gives float(sum)
+            // (no integer add, no quarter-rate I2F).
+            mma_s8_c(pp, af[mt], bf[nt], K::kKind == kFloatChunk ? kMagicBits : 0);
 #pragma unroll
             for (int v = 0; v < 4; ++v) {
               if constexpr (K::kKind == kFloatChunk)
-                acc[mt][nt][v] = fmaf(ws[mt][v >> 1] * xs[nt][v & 1], i2f_small(pp[v]), acc[mt][nt][v]);
+                acc[mt][nt][v] = fmaf(ws[mt][v >> 1] * xs[nt][v & 1], __fsub_rn(__int_as_float(pp[v]), kMagic),
+                                      acc[mt][nt][v]);
               else
                 bi[mt][nt][v] += is[mt][v >> 1] * pp[v];
             }
           }
       }
+    };
+    // Float chunks (Q8_0, MXFP4): two chunks per iteration let one chunk's fragment loads
+    // overlap the other's MMAs and scaling (measured +4-5%; 128 registers, 8 bytes spilled);
+    // the integer-scale and folded types spill up to 132 bytes when unrolled (-5 to -15%).
+    if constexpr (K::kKind == kFloatChunk) {
+#pragma unroll 2
+      for (int j = 0; j < nch; ++j) mma_chunk(j);
+    } else {
+#pragma unroll 1
+      for (int j = 0; j < nch; ++j) mma_chunk(j);
     }
 
     // K-quants: one block per stage; apply d (and the min term) once per block.
@@ -657,7 +700,7 @@ __global__ void __launch_bounds__(kThreads, 2) mm_kernel(P p, int64_t ncols, int
       float msum[2][4][4];
       if constexpr (K::kMins) {
         const __half* mn = reinterpret_cast<const __half*>(sm + L::MIN);
-        const uint8_t* bsm = sm + L::BS;
+        const uint8_t* bsm = sm + L::BS + buf * L::SBUF;
         uint32_t am[2][4], bm[4][2];
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
@@ -702,11 +745,6 @@ __global__ void __launch_bounds__(kThreads, 2) mm_kernel(P p, int64_t ncols, int
               bi[mt][nt][v] = 0;
             }
         }
-    }
-    if (s + 1 < nstages) {
-      __syncthreads();  // every warp is done with B, the activation scales and bsums
-      issue_act<K>(p, t, s + 1, stage_k(s + 1) / 32, sm);
-      cp_async_commit();
     }
   }
 
