@@ -12,6 +12,7 @@
 #include "model/model.h"
 
 #ifdef DS4_HAVE_CUDA
+#include "backend/cuda/device.h"
 #include "backend/cuda/gpu_model.h"
 #include "backend/cuda/gpu_session.h"
 #include "convert/model_config.h"
@@ -137,6 +138,24 @@ int run_cuda_bench(const CudaBenchArgs& a) {
   for (const auto& p : phases)
     fmt::print("  {:<22} {:8.3f} ms {:5.1f}% {:8.1f} GB/s\n", p.name, p.ms, 100.0 * p.ms / total,
                p.bytes > 0 ? p.bytes / 1e6 / p.ms : 0.0);
+
+  // GPU memory at long contexts: a session is allocated in full at construction (rings,
+  // compressed rows for max_ctx, scratch), so its allocation and the device's used memory
+  // right after it are the memory that context needs.
+  for (const int64_t ctx : {int64_t{32768}, int64_t{262144}}) {
+    try {
+      cuda::GpuSession big(*g, {.max_ctx = ctx, .numerics = so.numerics, .retain = 0, .max_batch = 512},
+                           {.use_graph = a.graph});
+      const auto dev = cuda::list_devices();
+      const double used = dev.empty() ? 0.0 : static_cast<double>(dev[0].total_bytes - dev[0].free_bytes);
+      fmt::print("GPU memory at context {}: session {:.2f} GiB; device used {:.2f} GiB of {:.2f} GiB (weights {:.2f} "
+                 "GiB + this session + the first session + CUDA context)\n",
+                 ctx, static_cast<double>(big.state_bytes()) / (1 << 30), used / (1 << 30),
+                 dev.empty() ? 0.0 : static_cast<double>(dev[0].total_bytes) / (1 << 30), gib);
+    } catch (const Error& e) {
+      fmt::print("GPU memory at context {}: no session ({})\n", ctx, e.what());
+    }
+  }
   return 0;
 }
 #endif

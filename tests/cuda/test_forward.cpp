@@ -21,6 +21,7 @@
 #include "backend/cuda/gpu_model.h"
 #include "backend/cuda/gpu_session.h"
 #include "backend/cuda/matvec.h"
+#include "core/fp16.h"
 #include "e2e/e2e_util.h"
 #include "model/attention.h"
 #include "model/compressor.h"
@@ -199,6 +200,47 @@ TEST(ForwardKernels, HyperConnectionsMatchCpu) {
   EXPECT_LT(max_rel(down<float>(dcomb, nc * nc), comb), 1e-5);
   EXPECT_LT(max_rel(down<float>(dHout, nc * E), Hout), 1e-5);
 
+  // The fused path (fn product, hc_pre and the RMSNorm in two launches), with f32, f16 and
+  // bf16 fn weights, twice in a row (the last-block counters must reset themselves) and
+  // bit-identical between the two calls.
+  std::vector<float> nw = randv(E, 34, 0.5f);
+  for (float& v : nw) v += 1.0f;
+  for (ds4::GgmlType t : {ds4::GgmlType::F32, ds4::GgmlType::F16, ds4::GgmlType::BF16}) {
+    std::vector<float> fnq = fn;  // the weights the CPU sees: rounded to t
+    std::vector<uint8_t> bytes;
+    if (t == ds4::GgmlType::F32) {
+      bytes.resize(fn.size() * 4);
+      std::memcpy(bytes.data(), fn.data(), bytes.size());
+    } else {
+      bytes.resize(fn.size() * 2);
+      for (size_t i = 0; i < fn.size(); ++i) {
+        const uint16_t b = t == ds4::GgmlType::F16 ? ds4::f32_to_fp16(fn[i]) : ds4::f32_to_bf16(fn[i]);
+        std::memcpy(bytes.data() + 2 * i, &b, 2);
+        fnq[i] = t == ds4::GgmlType::F16 ? ds4::fp16_to_f32(b) : ds4::bf16_to_f32(b);
+      }
+    }
+    ds4::model::HcWeights wq = w;
+    wq.fn = f32_tensor(fnq, nc * E, n_mix);
+    std::vector<float> aq(E), postq(nc), combq(nc * nc), xq(E);
+    ds4::model::hc_pre(hp, wq, H.data(), 1, aq.data(), postq.data(), combq.data(), scratch.data(), nullptr);
+    ds4::model::rmsnorm(xq.data(), aq.data(), nw.data(), E, 1e-6f);
+    auto dfnq = up(bytes), dnw = up(nw);
+    DeviceBuffer dx(E * 4), scr(fwd::hc_fused_scratch_bytes(s));
+    scr.fill_bytes(0);
+    std::vector<float> first;
+    for (int rep = 0; rep < 2; ++rep) {
+      fwd::hc_pre_fused(s, t, dfnq.data(), dH.as<float>(), dbase.as<float>(), dscale.as<float>(), dnw.as<float>(),
+                        da.as<float>(), dx.as<float>(), dpost.as<float>(), dcomb.as<float>(), scr.data(), nullptr);
+      const auto gx = down<float>(dx, E);
+      EXPECT_LT(max_rel(down<float>(da, E), aq), 1e-5) << ds4::type_name(t);
+      EXPECT_LT(max_rel(gx, xq), 1e-5) << ds4::type_name(t);
+      EXPECT_LT(max_rel(down<float>(dpost, nc), postq), 1e-5) << ds4::type_name(t);
+      EXPECT_LT(max_rel(down<float>(dcomb, nc * nc), combq), 1e-5) << ds4::type_name(t);
+      if (rep == 0) first = gx;
+      else EXPECT_EQ(std::memcmp(first.data(), gx.data(), E * 4), 0) << ds4::type_name(t);
+    }
+  }
+
   // Output head collapse.
   auto hfn = randv(nc * E * nc, 34, 0.02f);
   ds4::model::HcWeights hw;
@@ -234,7 +276,8 @@ TEST(ForwardKernels, AttentionMatchesCpu) {
   auto dq = up(q), dring = up(ring), dcomp = up(comp), dsinks = up(sinks), dom = up(rope.omega()), dsel = up(sel);
   auto dn = up(std::vector<int32_t>{static_cast<int32_t>(K)});
   const int64_t max_rows = hp.window + (pos + 1) / ratio + 1;
-  DeviceBuffer sf(NH * max_rows * 4), sd(NH * max_rows * 8), dout(NH * D * 4);
+  const fwd::AttnShape shape{NH, D, hp.n_rope, hp.window, cap, ratio, max_rows};
+  DeviceBuffer sf(fwd::attention_scratch_floats(shape) * 4), dout(NH * D * 4);
   auto c = ctl_at(pos);
   for (int with_sel = 0; with_sel < 2; ++with_sel) {
     ds4::model::AttentionInputs in;
@@ -253,10 +296,11 @@ TEST(ForwardKernels, AttentionMatchesCpu) {
     std::vector<float> ref(NH * D);
     ds4::model::attention_core(hp, sinks.data(), in, ref.data(), nullptr);
     for (int64_t h = 0; h < NH; ++h) rope.apply(ref.data() + h * D, D, pos, true);
-    fwd::AttnShape s{NH, D, hp.n_rope, hp.window, cap, ratio, max_rows};
-    fwd::attention(s, dq.as<float>(), dring.as<float>(), dcomp.as<float>(), with_sel ? dsel.as<int32_t>() : nullptr,
-                   dn.as<int32_t>(), dsinks.as<float>(), dom.as<float>(), sf.as<float>(), sd.as<double>(),
-                   dout.as<float>(), ctl(c), nullptr);
+    // 378 rows without the selection, 192 with it: several chunks of kAttnChunk, the last
+    // one partial, merged with the sink.
+    fwd::attention(shape, dq.as<float>(), dring.as<float>(), dcomp.as<float>(), with_sel ? dsel.as<int32_t>() : nullptr,
+                   dn.as<int32_t>(), dsinks.as<float>(), dom.as<float>(), sf.as<float>(), dout.as<float>(), ctl(c),
+                   nullptr);
     EXPECT_LT(max_rel(down<float>(dout, NH * D), ref), 1e-5) << "selection " << with_sel;
   }
 }

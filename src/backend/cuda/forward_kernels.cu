@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "backend/cuda/check.h"
@@ -18,6 +19,10 @@ constexpr int kThreads = 256;
 constexpr unsigned kFull = 0xffffffffu;
 
 cudaStream_t st(void* s) { return static_cast<cudaStream_t>(s); }
+
+// Preconditions the callers (gpu_session.cpp, tests) establish; a violation is reported as
+// cudaErrorInvalidValue with the condition's text.
+#define DS4_FWD_REQUIRE(cond) DS4_CUDA_CHECK((cond) ? cudaSuccess : cudaErrorInvalidValue)
 
 __device__ double warp_sum_d(double v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(kFull, v, o);
@@ -39,22 +44,6 @@ __device__ double block_sum_d(double v) {
   if (warp == 0) {
     double t = lane < nw ? part[lane] : 0.0;
     t = warp_sum_d(t);
-    if (lane == 0) part[0] = t;
-  }
-  __syncthreads();
-  return part[0];
-}
-
-__device__ float block_max_f(float v) {
-  __shared__ float part[32];
-  __syncthreads();
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(kFull, v, o));
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  if (lane == 0) part[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    float t = lane < nw ? part[lane] : -INFINITY;
-    for (int o = 16; o > 0; o >>= 1) t = fmaxf(t, __shfl_down_sync(kFull, t, o));
     if (lane == 0) part[0] = t;
   }
   __syncthreads();
@@ -266,6 +255,160 @@ __global__ void hc_pre_kernel(HcShape s, const float* mix_raw, const float* H, c
   }
 }
 
+// ---- fused HC pre + RMSNorm (hc_pre_fused) ----
+constexpr int kHcCols = 256;  // fn columns per block of the first launch
+constexpr int kHcOut = 256;   // outputs per block of the second launch
+
+// Byte layout of the fused scratch (host and device agree on it).
+struct HcLayout {
+  int64_t nb = 0, nb2 = 0, n_mix = 0;
+  size_t ss_a = 0, ss_b = 0, part = 0, pre = 0, total = 0;
+  __host__ __device__ explicit HcLayout(const HcShape& s) {
+    n_mix = static_cast<int64_t>(2 + s.nc) * s.nc;
+    nb = (s.nc * s.E + kHcCols - 1) / kHcCols;
+    nb2 = (s.E + kHcOut - 1) / kHcOut;
+    ss_a = 16;  // two counters first
+    ss_b = ss_a + static_cast<size_t>(nb) * 8;
+    part = ss_b + static_cast<size_t>(nb2) * 8;
+    pre = part + static_cast<size_t>(nb * n_mix) * 4;
+    total = pre + 16 * 4;
+  }
+};
+
+// Every thread learns whether its block is the last of the grid to get here (the
+// threadfence-reduction pattern); the last one resets the counter for the next launch.
+__device__ bool last_block(unsigned* counter) {
+  __shared__ bool is_last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    is_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+    if (is_last) *counter = 0;
+  }
+  __syncthreads();
+  if (is_last) __threadfence();
+  return is_last;
+}
+
+__global__ void hc_mix_kernel(HcShape s, int wtype, const uint8_t* fn, const float* H,
+                              const float* base, const float* scale, float* post, float* comb,
+                              uint8_t* scr) {
+  const HcLayout L(s);
+  unsigned* cnt = reinterpret_cast<unsigned*>(scr);
+  double* ss_a = reinterpret_cast<double*>(scr + L.ss_a);
+  float* part = reinterpret_cast<float*>(scr + L.part);
+  float* pre_g = reinterpret_cast<float*>(scr + L.pre);
+  const int64_t ncols = s.nc * s.E;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kHcCols;
+  const int64_t c1 = c0 + kHcCols < ncols ? c0 + kHcCols : ncols;
+  double ss = 0.0;
+  for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) ss += static_cast<double>(H[c]) * H[c];
+  ss = block_sum_d(ss);
+  if (threadIdx.x == 0) ss_a[blockIdx.x] = ss;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const size_t es = wtype == 0 ? 4 : 2;
+  for (int64_t m = warp; m < L.n_mix; m += nw) {
+    const uint8_t* row = fn + static_cast<size_t>(m) * static_cast<size_t>(ncols) * es;
+    float acc = 0.0f;
+    for (int64_t c = c0 + lane; c < c1; c += 32) {
+      const float w = wtype == 0 ? reinterpret_cast<const float*>(row)[c]
+                      : wtype == 1 ? __half2float(reinterpret_cast<const __half*>(row)[c])
+                                   : __uint_as_float(static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(row)[c]) << 16);
+      acc += w * H[c];
+    }
+    acc = warp_sum_f(acc);
+    if (lane == 0) part[blockIdx.x * L.n_mix + m] = acc;
+  }
+  if (!last_block(&cnt[0])) return;
+  // The last block: partials summed in block order, then hyper_connection.cpp hc_pre.
+  __shared__ float mix[(2 + kMaxHc) * kMaxHc];
+  __shared__ float C[kMaxHc * kMaxHc];
+  __shared__ float r_sh;
+  const int nc = s.nc;
+  for (int64_t i = threadIdx.x; i < L.n_mix; i += blockDim.x) {
+    float v = 0.0f;
+    for (int64_t b = 0; b < L.nb; ++b) v += __ldcg(part + b * L.n_mix + i);
+    mix[i] = v;
+  }
+  if (threadIdx.x == 0) {
+    double t = 0.0;
+    for (int64_t b = 0; b < L.nb; ++b) t += __ldcg(ss_a + b);
+    r_sh = static_cast<float>(1.0 / sqrt(t / static_cast<double>(ncols) + s.rms_eps));
+  }
+  __syncthreads();
+  if (warp != 0) return;
+  const float r = r_sh;
+  for (int i = lane; i < L.n_mix; i += 32) mix[i] *= r;
+  __syncwarp();
+  if (lane < nc) {
+    pre_g[lane] = sigmoidf_(scale[0] * mix[lane] + base[lane]) + s.hc_eps;
+    post[lane] = 2.0f * sigmoidf_(scale[1] * mix[nc + lane] + base[nc + lane]);
+  }
+  for (int i = lane; i < nc * nc; i += 32) C[i] = scale[2] * mix[2 * nc + i] + base[2 * nc + i];
+  __syncwarp();
+  // Sinkhorn (hyper_connection.cpp sinkhorn): lane j owns row j, lane k column k; each sum
+  // is the CPU's sequential one.
+  const float eps = s.hc_eps;
+  if (lane < nc) {
+    float* row = C + lane * nc;
+    float mx = row[0];
+    for (int k = 1; k < nc; ++k) mx = fmaxf(mx, row[k]);
+    float sum = 0.0f;
+    for (int k = 0; k < nc; ++k) sum += (row[k] = expf(row[k] - mx));
+    for (int k = 0; k < nc; ++k) row[k] = row[k] / sum + eps;
+  }
+  __syncwarp();
+  for (int it = 0; it < s.iters; ++it) {
+    if (it > 0) {
+      if (lane < nc) {
+        float t = 0.0f;
+        for (int k = 0; k < nc; ++k) t += C[lane * nc + k];
+        for (int k = 0; k < nc; ++k) C[lane * nc + k] /= (t + eps);
+      }
+      __syncwarp();
+    }
+    if (lane < nc) {
+      float t = 0.0f;
+      for (int j = 0; j < nc; ++j) t += C[j * nc + lane];
+      for (int j = 0; j < nc; ++j) C[j * nc + lane] /= (t + eps);
+    }
+    __syncwarp();
+  }
+  for (int i = lane; i < nc * nc; i += 32) comb[i] = C[i];
+}
+
+__global__ void hc_apply_norm_kernel(HcShape s, const float* H, const float* norm, float* a,
+                                     float* x, uint8_t* scr) {
+  const HcLayout L(s);
+  unsigned* cnt = reinterpret_cast<unsigned*>(scr);
+  double* ss_b = reinterpret_cast<double*>(scr + L.ss_b);
+  const float* pre_g = reinterpret_cast<const float*>(scr + L.pre);
+  const int nc = s.nc;
+  const int64_t d = static_cast<int64_t>(blockIdx.x) * kHcOut + threadIdx.x;
+  double ss = 0.0;
+  if (d < s.E) {
+    float acc = 0.0f;
+    for (int k = 0; k < nc; ++k) acc += pre_g[k] * H[k * s.E + d];
+    a[d] = acc;
+    ss = static_cast<double>(acc) * acc;
+  }
+  ss = block_sum_d(ss);
+  if (threadIdx.x == 0) ss_b[blockIdx.x] = ss;
+  if (!last_block(&cnt[1])) return;
+  __shared__ float r_sh;
+  if (threadIdx.x == 0) {
+    double t = 0.0;
+    for (int64_t b = 0; b < L.nb2; ++b) t += __ldcg(ss_b + b);
+    r_sh = static_cast<float>(1.0 / sqrt(t / static_cast<double>(s.E) + s.rms_eps));
+  }
+  __syncthreads();
+  const float r = r_sh;
+  for (int64_t i = threadIdx.x; i < s.E; i += blockDim.x) {
+    const float v = __ldcg(a + i);
+    x[i] = norm ? __fmul_rn(__fmul_rn(v, r), norm[i]) : __fmul_rn(v, r);
+  }
+}
+
 __global__ void hc_post_kernel(HcShape s, const float* f, const float* H_in, const float* post,
                                const float* comb, float* H_out) {
   const int nc = s.nc;
@@ -399,48 +542,100 @@ __global__ void idx_topk_kernel(const float* scores, int64_t ratio, int64_t K, i
   }
 }
 
-__global__ void attention_kernel(AttnShape s, float scale, const float* q, const float* ring,
-                                 const float* comp, const int32_t* sel, const int32_t* n_sel,
-                                 const float* sinks, const float* omega, float* scratch_f,
-                                 double* scratch_d, float* o, const StepCtl* ctl) {
-  extern __shared__ float out_row[];
-  const int64_t h = blockIdx.x, D = s.D;
-  const int64_t pos = ctl->pos;
+// Flash-decoding part: block (chunk c, head h) over rows [c * kAttnChunk, ...) of the
+// step's n rows. Writes {o[D], max, sum} of its chunk; chunks past n write nothing.
+__device__ int64_t attn_rows(const AttnShape& s, const int32_t* sel, const int32_t* n_sel,
+                             int64_t pos, int64_t* n_raw_out, int64_t* start_out) {
   const int64_t start = pos - s.window + 1 > 0 ? pos - s.window + 1 : 0;
   const int64_t n_raw = pos - start + 1;
   int64_t n_comp = 0;
   if (s.ratio > 0) n_comp = sel ? *n_sel : (pos + 1) / s.ratio;
-  const int64_t n = n_raw + n_comp;
-  float* sf = scratch_f + h * s.max_rows;
-  double* sd = scratch_d + h * s.max_rows;
-  const float* qh = q + h * D;
-  auto row_ptr = [&](int64_t r) -> const float* {
-    if (r < n_raw) return ring + ((start + r) % s.ring_cap) * D;
-    const int64_t c = r - n_raw;
-    return comp + static_cast<int64_t>(sel ? sel[c] : c) * D;
-  };
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  for (int64_t r = warp; r < n; r += nw) {
-    const float* row = row_ptr(r);
-    float acc = 0.0f;
-    for (int64_t i = lane; i < D; i += 32) acc += qh[i] * row[i];
-    acc = warp_sum_f(acc);
-    if (lane == 0) sf[r] = acc * scale;
+  *n_raw_out = n_raw;
+  *start_out = start;
+  return n_raw + n_comp;
+}
+
+__global__ void attention_part_kernel(AttnShape s, float scale, const float* q, const float* ring,
+                                      const float* comp, const int32_t* sel, const int32_t* n_sel,
+                                      float* part, const StepCtl* ctl) {
+  extern __shared__ const float* rows[];                   // [kAttnChunk] row pointers
+  float* qs = reinterpret_cast<float*>(rows + kAttnChunk);  // [D]
+  float* p = qs + s.D;                                      // [kAttnChunk]
+  const int64_t h = blockIdx.y, D = s.D, c = blockIdx.x;
+  int64_t n_raw = 0, start = 0;
+  const int64_t n = attn_rows(s, sel, n_sel, ctl->pos, &n_raw, &start);
+  const int64_t r0 = c * kAttnChunk;
+  if (r0 >= n) return;
+  const int64_t nr = n - r0 < kAttnChunk ? n - r0 : kAttnChunk;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) qs[i] = q[h * D + i];
+  for (int64_t r = threadIdx.x; r < nr; r += blockDim.x) {
+    const int64_t rr = r0 + r;
+    if (rr < n_raw) {
+      rows[r] = ring + ((start + rr) % s.ring_cap) * D;
+    } else {
+      const int64_t ci = rr - n_raw;
+      rows[r] = comp + static_cast<int64_t>(sel ? sel[ci] : ci) * D;
+    }
   }
   __syncthreads();
-  float mx = sinks[h];
-  for (int64_t r = threadIdx.x; r < n; r += blockDim.x) mx = fmaxf(mx, sf[r]);
-  mx = block_max_f(mx);
-  double part = 0.0;
-  for (int64_t r = threadIdx.x; r < n; r += blockDim.x) {
-    const double e = exp(static_cast<double>(sf[r]) - mx);
-    sd[r] = e;
-    part += e;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  for (int64_t r = warp; r < nr; r += nw) {
+    const float* row = rows[r];
+    float acc = 0.0f;
+    for (int64_t i = lane; i < D; i += 32) acc += qs[i] * row[i];
+    acc = warp_sum_f(acc);
+    if (lane == 0) p[r] = acc * scale;
   }
-  const double den = exp(static_cast<double>(sinks[h]) - mx) + block_sum_d(part);
+  __syncthreads();
+  // Every thread scans the (at most 64) scores itself: no reduction barrier needed.
+  float mx = -INFINITY;
+  for (int64_t r = 0; r < nr; ++r) mx = fmaxf(mx, p[r]);
+  __syncthreads();
+  for (int64_t r = threadIdx.x; r < nr; r += blockDim.x) p[r] = expf(p[r] - mx);
+  __syncthreads();
+  float* out = part + (h * gridDim.x + c) * (D + 2);
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    float acc = 0.0f;
+#pragma unroll 8
+    for (int64_t r = 0; r < nr; ++r) acc += p[r] * rows[r][d];
+    out[d] = acc;
+  }
+  if (threadIdx.x == 0) {
+    float l = 0.0f;
+    for (int64_t r = 0; r < nr; ++r) l += p[r];
+    out[D] = mx;
+    out[D + 1] = l;
+  }
+}
+
+// Merge of a head's chunks in chunk order with the sink (in double), then the de-rotation.
+__global__ void attention_merge_kernel(AttnShape s, const int32_t* sel, const int32_t* n_sel,
+                                       const float* sinks, const float* omega, const float* part,
+                                       int nchunks, float* o, const StepCtl* ctl) {
+  extern __shared__ double wgt[];                          // [nchunks], then out_row [D]
+  float* out_row = reinterpret_cast<float*>(wgt + nchunks);
+  __shared__ double den_sh;
+  const int64_t h = blockIdx.x, D = s.D, pos = ctl->pos;
+  int64_t n_raw = 0, start = 0;
+  const int64_t n = attn_rows(s, sel, n_sel, pos, &n_raw, &start);
+  const int64_t nc = (n + kAttnChunk - 1) / kAttnChunk;  // <= nchunks (max_rows >= n)
+  const float* ph = part + h * nchunks * (D + 2);
+  if (threadIdx.x == 0) {
+    double mx = sinks[h];
+    for (int64_t c = 0; c < nc; ++c) mx = fmax(mx, static_cast<double>(ph[c * (D + 2) + D]));
+    double den = exp(static_cast<double>(sinks[h]) - mx);
+    for (int64_t c = 0; c < nc; ++c) {
+      const double w = exp(static_cast<double>(ph[c * (D + 2) + D]) - mx);
+      wgt[c] = w;
+      den += w * ph[c * (D + 2) + D + 1];
+    }
+    den_sh = den;
+  }
+  __syncthreads();
+  const double den = den_sh;
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
     double acc = 0.0;
-    for (int64_t r = 0; r < n; ++r) acc += sd[r] * row_ptr(r)[d];
+    for (int64_t c = 0; c < nc; ++c) acc += wgt[c] * ph[c * (D + 2) + d];
     out_row[d] = static_cast<float>(acc / den);
   }
   __syncthreads();
@@ -575,6 +770,22 @@ void hc_pre(const HcShape& s, const float* mix_raw, const float* H, const float*
   hc_pre_kernel<<<1, 1024, 0, st(stream)>>>(s, mix_raw, H, base, scale, a, post, comb);
   DS4_CUDA_CHECK(cudaGetLastError());
 }
+size_t hc_fused_scratch_bytes(const HcShape& s) { return HcLayout(s).total; }
+
+void hc_pre_fused(const HcShape& s, GgmlType fn_type, const void* fn, const float* H, const float* base,
+                  const float* scale, const float* norm, float* a, float* x, float* post, float* comb,
+                  void* scratch, void* stream) {
+  DS4_FWD_REQUIRE(s.nc <= kMaxHc);
+  DS4_FWD_REQUIRE(fn_type == GgmlType::F32 || fn_type == GgmlType::F16 || fn_type == GgmlType::BF16);
+  const HcLayout L(s);
+  auto* scr = static_cast<uint8_t*>(scratch);
+  hc_mix_kernel<<<static_cast<unsigned>(L.nb), kThreads, 0, st(stream)>>>(
+      s, float_type_code(fn_type), static_cast<const uint8_t*>(fn), H, base, scale, post, comb, scr);
+  DS4_CUDA_CHECK(cudaGetLastError());
+  hc_apply_norm_kernel<<<static_cast<unsigned>(L.nb2), kHcOut, 0, st(stream)>>>(s, H, norm, a, x, scr);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
 void hc_post(const HcShape& s, const float* f, const float* H_in, const float* post, const float* comb,
              float* H_out, void* stream) {
   hc_post_kernel<<<grid_for(s.nc * s.E), kThreads, 0, st(stream)>>>(s, f, H_in, post, comb, H_out);
@@ -626,12 +837,23 @@ void idx_select(const float* q, const float* wts, float wscale, int64_t NI, int6
   DS4_CUDA_CHECK(cudaGetLastError());
 }
 
+size_t attention_scratch_floats(const AttnShape& s) {
+  const int64_t nchunks = (std::max<int64_t>(s.max_rows, 1) + kAttnChunk - 1) / kAttnChunk;
+  return static_cast<size_t>(s.NH * nchunks * (s.D + 2));
+}
+
 void attention(const AttnShape& s, const float* q, const float* ring, const float* comp, const int32_t* sel,
-               const int32_t* n_sel, const float* sinks, const float* omega, float* scratch_f,
-               double* scratch_d, float* o, const StepCtl* ctl, void* stream) {
+               const int32_t* n_sel, const float* sinks, const float* omega, float* scratch, float* o,
+               const StepCtl* ctl, void* stream) {
   const float scale = 1.0f / sqrtf(static_cast<float>(s.D));
-  attention_kernel<<<static_cast<unsigned>(s.NH), kThreads, s.D * sizeof(float), st(stream)>>>(
-      s, scale, q, ring, comp, sel, n_sel, sinks, omega, scratch_f, scratch_d, o, ctl);
+  const int64_t nchunks = (std::max<int64_t>(s.max_rows, 1) + kAttnChunk - 1) / kAttnChunk;
+  const size_t smem = static_cast<size_t>(s.D + kAttnChunk) * sizeof(float) + kAttnChunk * sizeof(float*);
+  attention_part_kernel<<<dim3(static_cast<unsigned>(nchunks), static_cast<unsigned>(s.NH)), kThreads, smem,
+                          st(stream)>>>(s, scale, q, ring, comp, sel, n_sel, scratch, ctl);
+  DS4_CUDA_CHECK(cudaGetLastError());
+  const size_t msmem = static_cast<size_t>(nchunks) * sizeof(double) + static_cast<size_t>(s.D) * sizeof(float);
+  attention_merge_kernel<<<static_cast<unsigned>(s.NH), kThreads, msmem, st(stream)>>>(
+      s, sel, n_sel, sinks, omega, scratch, static_cast<int>(nchunks), o, ctl);
   DS4_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -47,6 +47,18 @@ struct HcShape {
 // post [nc], comb [nc][nc] (Sinkhorn-normalized).
 void hc_pre(const HcShape& s, const float* mix_raw, const float* H, const float* base,
             const float* scale, float* a, float* post, float* comb, void* stream);
+// The whole of hc_pre plus the RMSNorm that follows it (3.2), for float fn weights (F32, F16,
+// BF16): mix = fn . H, the RMS factor, sigmoids and Sinkhorn, a = sum_k pre[k] H[k] and
+// x = RMSNorm(a) * norm. Two launches that use the whole GPU (hc_pre above is one block after
+// a separate fn product): the first splits the nc*E columns over blocks (partial products and
+// sums of squares), the second the E outputs; in each the last block to finish (a counter in
+// the scratch) sums the partials in block order, so results do not depend on timing. Sinkhorn
+// runs on one warp, a lane per row / column, with the CPU's sequential sums. scratch:
+// hc_fused_scratch_bytes(s), zero-filled once (the counters reset themselves).
+size_t hc_fused_scratch_bytes(const HcShape& s);
+void hc_pre_fused(const HcShape& s, GgmlType fn_type, const void* fn, const float* H,
+                  const float* base, const float* scale, const float* norm, float* a, float* x,
+                  float* post, float* comb, void* scratch, void* stream);
 // H_out[k] = post[k] * f + sum_j comb[j][k] * H_in[j].
 void hc_post(const HcShape& s, const float* f, const float* H_in, const float* post,
              const float* comb, float* H_out, void* stream);
@@ -100,17 +112,21 @@ void idx_select(const float* q, const float* wts, float wscale, int64_t NI, int6
 // Attention with sinks (attention.cpp) for the step's token, all heads, followed by the
 // de-rotation of the output at pos: o [NH][D]. Rows: the raw window (ring) and compressed
 // rows comp (sel/n_sel selection, or all (pos + 1) / ratio when sel is null; none when
-// ratio == 0). scratch: NH * max_rows floats and NH * max_rows doubles.
+// ratio == 0). Flash-decoding: the rows are split into chunks of kAttnChunk, one block per
+// (chunk, head) keeps its chunk's max, sum of exponentials and weighted V sum in float; a
+// second launch merges the chunks of a head in chunk order (in double, with the sink), so the
+// result is deterministic. scratch: attention_scratch_floats(s).
 struct AttnShape {
   int64_t NH = 0, D = 0, n_rope = 0, window = 0;
   int64_t ring_cap = 0;
   int64_t ratio = 0;
   int64_t max_rows = 0;
 };
+inline constexpr int64_t kAttnChunk = 64;
+size_t attention_scratch_floats(const AttnShape& s);
 void attention(const AttnShape& s, const float* q, const float* ring, const float* comp,
                const int32_t* sel, const int32_t* n_sel, const float* sinks,
-               const float* omega, float* scratch_f, double* scratch_d, float* o,
-               const StepCtl* ctl, void* stream);
+               const float* omega, float* scratch, float* o, const StepCtl* ctl, void* stream);
 
 // Routing (moe.cpp route): logits [NE] -> ids [K], weights [K]. Hash layers pass tid2eid
 // (int32 [n_vocab][K]) and use row ctl->token; others pick the top K of score + bias.

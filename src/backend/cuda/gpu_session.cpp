@@ -81,8 +81,9 @@ struct GpuSession::Scratch {
   float* hbuf = nullptr;             // float-expert hidden [K][F]
   void* moe_ws = nullptr;
   void* act = nullptr;               // quantized activation of one product
-  float* attn_f = nullptr;
-  double* attn_d = nullptr;
+  void* act_o = nullptr;             // quantized attention output, all o_a groups at once
+  void* hc_scr = nullptr;            // hc_pre_fused partials and counters
+  float* attn_f = nullptr;           // attention chunk partials
   float* logits = nullptr;
   int64_t max_rows = 0;
 };
@@ -190,8 +191,16 @@ GpuSession::GpuSession(const GpuModel& model, const model::SessionOptions& opts,
   s.moe_ws = A.get<uint8_t>(static_cast<int64_t>(ws));
   s.act = A.get<uint8_t>(static_cast<int64_t>(act));
   s.max_rows = std::max<int64_t>(s.max_rows, 1);
-  s.attn_f = A.get<float>(NH * s.max_rows);
-  s.attn_d = A.get<double>(NH * s.max_rows);
+  {
+    const fwd::AttnShape as{NH, D, hp.n_rope, hp.window, cap_, 0, s.max_rows};
+    s.attn_f = A.get<float>(static_cast<int64_t>(fwd::attention_scratch_floats(as)));
+    const fwd::HcShape hs{static_cast<int>(NC), E, hp.rms_eps, hp.hc_eps, static_cast<int>(hp.hc_sinkhorn_iters)};
+    s.hc_scr = A.get<uint8_t>(static_cast<int64_t>(fwd::hc_fused_scratch_bytes(hs)));
+  }
+  size_t act_o = 0;
+  for (const DLayer& L : model.layers())
+    if (L.out_a.present()) act_o = std::max(act_o, activation_bytes(L.out_a.type, NH * D));
+  s.act_o = A.get<uint8_t>(static_cast<int64_t>(act_o));
   s.logits = A.get<float>(hp.n_vocab);
   state_bytes_ = A.bytes;
   reset();
@@ -245,11 +254,17 @@ void GpuSession::mv(const DTensor& W, const float* x, float* y, void* s, int64_t
   matvec(W.type, W.row(row0), nrows, W.cols, x, y, sc_->act, s);
 }
 
-void GpuSession::hc_pre(const DHc& hc, const float* H, void* s) {
+void GpuSession::hc_pre_norm(const DHc& hc, const float* H, const float* norm, void* s) {
   const HParams& hp = model_->hparams();
-  mv(hc.fn, H, sc_->mix, s);
   fwd::HcShape sh{static_cast<int>(hp.n_hc), hp.n_embd, hp.rms_eps, hp.hc_eps, static_cast<int>(hp.hc_sinkhorn_iters)};
+  if (is_float_type(hc.fn.type)) {  // every DS4 recipe: the fn product fused, two wide launches
+    fwd::hc_pre_fused(sh, hc.fn.type, hc.fn.d, H, hc.base, hc.scale, norm, sc_->a, sc_->x, sc_->post, sc_->comb,
+                      sc_->hc_scr, s);
+    return;
+  }
+  mv(hc.fn, H, sc_->mix, s);
   fwd::hc_pre(sh, sc_->mix, H, hc.base, hc.scale, sc_->a, sc_->post, sc_->comb, s);
+  fwd::rmsnorm(sc_->a, norm, sc_->x, hp.n_embd, 1, hp.rms_eps, s);
 }
 
 void GpuSession::layer(const DLayer& L, LayerBufs& S, void* s) {
@@ -258,15 +273,13 @@ void GpuSession::layer(const DLayer& L, LayerBufs& S, void* s) {
   const fwd::HcShape sh{static_cast<int>(hp.n_hc), hp.n_embd, hp.rms_eps, hp.hc_eps,
                         static_cast<int>(hp.hc_sinkhorn_iters)};
   // Attention half: collapse the streams, normalize, attend, expand and mix back (3.2-3.4).
-  hc_pre(L.hc_attn, b.H, s);
-  fwd::rmsnorm(b.a, L.attn_norm, b.x, hp.n_embd, 1, hp.rms_eps, s);
+  hc_pre_norm(L.hc_attn, b.H, L.attn_norm, s);
   mark("hc pre + norm", static_cast<double>(L.hc_attn.fn.bytes()), s);
   attention_sublayer(L, S, s);
   fwd::hc_post(sh, b.y, b.H, b.post, b.comb, b.H2, s);
   mark("hc post", 0, s);
   // FFN half (3.5).
-  hc_pre(L.hc_ffn, b.H2, s);
-  fwd::rmsnorm(b.a, L.ffn_norm, b.x, hp.n_embd, 1, hp.rms_eps, s);
+  hc_pre_norm(L.hc_ffn, b.H2, L.ffn_norm, s);
   mark("hc pre + norm", static_cast<double>(L.hc_ffn.fn.bytes()), s);
   moe(L, s);
   fwd::hc_post(sh, b.y, b.H2, b.post, b.comb, b.H, s);
@@ -340,12 +353,26 @@ void GpuSession::attention_sublayer(const DLayer& L, LayerBufs& S, void* s) {
 
   // 3.4.8 Attention with sinks over the raw window and the compressed rows, de-rotated.
   fwd::AttnShape as{NH, D, hp.n_rope, hp.window, cap_, L.ratio, b.max_rows};
-  fwd::attention(as, b.q, S.raw, S.comp, sel, b.n_sel, L.sinks, L.omega, b.attn_f, b.attn_d, b.o, b.ctl, s);
+  fwd::attention(as, b.q, S.raw, S.comp, sel, b.n_sel, L.sinks, L.omega, b.attn_f, b.o, b.ctl, s);
   mark("attention core", 0, s);
 
   // 3.4.9 Grouped output projection: group g uses rows g*R.. of wo_a on its heads.
   const int64_t G = hp.o_groups, R = hp.o_lora, per_group = NH * D / G;
-  for (int64_t g = 0; g < G; ++g) mv(L.out_a, b.o + g * per_group, b.low + g * R, s, g * R, R);
+  const bool one_quantize = !is_float_type(L.out_a.type) && per_group % 256 == 0 &&
+                            activation_bytes(L.out_a.type, per_group) % 16 == 0;
+  if (!one_quantize) {
+    for (int64_t g = 0; g < G; ++g) mv(L.out_a, b.o + g * per_group, b.low + g * R, s, g * R, R);
+  } else {
+    // All groups' activations quantized in one launch (blocks never straddle a group when
+    // per_group is a multiple of 256; each group's slice stays 16-byte aligned), then one
+    // product per group on its slice: G + 1 launches instead of 2 G, the same bytes as
+    // quantizing each group on its own.
+    quantize_activation(L.out_a.type, b.o, b.act_o, NH * D, s);
+    const size_t gb = activation_bytes(L.out_a.type, per_group);
+    for (int64_t g = 0; g < G; ++g)
+      matvec_q(L.out_a.type, L.out_a.row(g * R), R, L.out_a.cols, static_cast<const uint8_t*>(b.act_o) + g * gb,
+               b.low + g * R, s);
+  }
   mv(L.out_b, b.low, b.y, s);
   mark("attention output", static_cast<double>(L.out_a.bytes() + L.out_b.bytes()), s);
 }

@@ -86,7 +86,8 @@ class GpuSession : public model::EvalSession {
   void compressor(const DLayer& L, const DCompressor& C, int sim, int64_t n_nope, float* ring_kv,
                   float* ring_sc, float* rows, void* s);
   void moe(const DLayer& L, void* s);
-  void hc_pre(const DHc& hc, const float* H, void* s);
+  // hc_pre followed by RMSNorm(a) * norm into the scratch x (3.2).
+  void hc_pre_norm(const DHc& hc, const float* H, const float* norm, void* s);
   void head(void* s);
   void mv(const DTensor& W, const float* x, float* y, void* s, int64_t row0 = 0, int64_t nrows = -1);
   void trim_history();
