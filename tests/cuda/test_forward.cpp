@@ -404,6 +404,21 @@ TEST(ForwardKernels, RoutingMatchesCpu) {
     EXPECT_EQ(down<int32_t>(ids, 6), rids) << "layer " << il;
     EXPECT_LT(max_rel(down<float>(w, 6), rw), 1e-6) << "layer " << il;
   }
+  // An exact tie between two experts that are both chosen, in different warps of the
+  // block-wide argmax (100 and 200): the lower index comes first, as on the CPU.
+  logits[100] = logits[200] = 9.0f;
+  L.router_bias[100] = L.router_bias[200] = 0.05f;
+  L.il = 1;
+  auto dl2 = up(logits), db2 = up(L.router_bias);
+  std::vector<int32_t> rids(6);
+  std::vector<float> rw(6);
+  ds4::model::route(hp, L, logits.data(), token, rids.data(), rw.data());
+  ASSERT_EQ(rids[0], 100);
+  ASSERT_EQ(rids[1], 200);
+  fwd::route(dl2.as<float>(), hp.n_expert, 6, db2.as<float>(), nullptr, true, 1.5f, ctl(c), ids.as<int32_t>(),
+             w.as<float>(), nullptr);
+  EXPECT_EQ(down<int32_t>(ids, 6), rids);
+  EXPECT_LT(max_rel(down<float>(w, 6), rw), 1e-6);
 }
 
 // ---------------------------------------------------------------- whole models

@@ -656,23 +656,48 @@ __global__ void route_kernel(const float* logits, int64_t NE, int64_t K, const f
     score[e] = static_cast<float>(sqrt(softplus_d(static_cast<double>(logits[e]))));
     biased[e] = score[e] + (bias ? bias[e] : 0.0f);
   }
+  __shared__ int32_t chosen[64];
+  __shared__ float wbest[32];
+  __shared__ int32_t wbest_i[32];
   __syncthreads();
-  if (threadIdx.x != 0) return;
-  int32_t chosen[64];
   if (tid2eid) {
-    for (int64_t k = 0; k < K; ++k) chosen[k] = tid2eid[static_cast<int64_t>(ctl->token) * K + k];
+    if (threadIdx.x == 0)
+      for (int64_t k = 0; k < K; ++k) chosen[k] = tid2eid[static_cast<int64_t>(ctl->token) * K + k];
   } else {
+    // K rounds of a block-wide argmax by (biased desc, index asc), the CPU's order (ties keep
+    // the lower index); a chosen expert's biased score is set to -inf. One thread scanning
+    // all experts K times took ~250 us per layer with 256 experts.
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     for (int64_t k = 0; k < K; ++k) {
-      int64_t best = -1;
-      for (int64_t e = 0; e < NE; ++e) {
-        bool taken = false;
-        for (int64_t j = 0; j < k; ++j) taken |= chosen[j] == e;
-        if (taken) continue;
-        if (best < 0 || biased[e] > biased[best]) best = e;  // ties keep the lower index
+      float bv = -INFINITY;
+      int32_t bi = 0x7fffffff;
+      for (int64_t e = threadIdx.x; e < NE; e += blockDim.x) {
+        const float v = biased[e];
+        if (v > bv || (v == bv && e < bi)) { bv = v; bi = static_cast<int32_t>(e); }
       }
-      chosen[k] = static_cast<int32_t>(best);
+      for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_down_sync(kFull, bv, o);
+        const int32_t oi = __shfl_down_sync(kFull, bi, o);
+        if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+      }
+      if (lane == 0) { wbest[warp] = bv; wbest_i[warp] = bi; }
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        float v = wbest[0];
+        int32_t i = wbest_i[0];
+        for (int w = 1; w < nw; ++w)
+          if (wbest[w] > v || (wbest[w] == v && wbest_i[w] < i)) { v = wbest[w]; i = wbest_i[w]; }
+        if (i == 0x7fffffff)  // only NaNs left: the CPU loop keeps the first untaken expert
+          for (int64_t e = 0; e < NE; ++e)
+            if (biased[e] != -INFINITY) { i = static_cast<int32_t>(e); break; }
+        if (i == 0x7fffffff) i = 0;
+        chosen[k] = i;
+        biased[i] = -INFINITY;
+      }
+      __syncthreads();
     }
   }
+  if (threadIdx.x != 0) return;
   double sum = 0.0;
   for (int64_t k = 0; k < K; ++k) sum += score[chosen[k]];
   for (int64_t k = 0; k < K; ++k) {
