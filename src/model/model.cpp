@@ -184,34 +184,9 @@ void Session::truncate(int64_t n) {
 }
 
 void Session::restore(SessionState s) {
-  const HParams& hp = model_->hparams();
-  const ModelWeights& w = model_->weights();
-  if (s.fingerprint != hp.fingerprint())
-    fail("session state belongs to another model ({}), not this one ({})", s.fingerprint, hp.fingerprint());
-  if (s.numerics != opts_.numerics)
-    fail("session state was made with {} numerics, this session uses {}", numerics_name(s.numerics),
-         numerics_name(opts_.numerics));
-  if (s.n_past > opts_.max_ctx)
-    fail("session state holds {} positions, more than max_ctx {}", s.n_past, opts_.max_ctx);
-  if (static_cast<int64_t>(s.layers.size()) != hp.n_layers)
-    fail("session state has {} layers, the model {}", s.layers.size(), hp.n_layers);
-  // Every array must have exactly the size its layer needs at n_past.
-  for (int64_t il = 0; il < hp.n_layers; ++il) {
-    const LayerWeights& L = w.layers[static_cast<size_t>(il)];
-    const LayerState& ls = s.layers[static_cast<size_t>(il)];
-    const int64_t nh = s.n_past - ls.hist_begin;
-    const int64_t nc = L.ratio > 0 ? s.n_past / L.ratio : 0;
-    const int64_t cw = L.ratio > 0 ? L.comp.c * hp.head_dim : 0;
-    const int64_t iw = L.has_indexer ? 2 * hp.idx_dim : 0;
-    const bool ok = nh >= 0 && static_cast<int64_t>(ls.raw.size()) == nh * hp.head_dim &&
-                    static_cast<int64_t>(ls.comp_kv.size()) == nh * cw &&
-                    static_cast<int64_t>(ls.comp_sc.size()) == nh * cw &&
-                    static_cast<int64_t>(ls.idx_kv.size()) == nh * iw &&
-                    static_cast<int64_t>(ls.idx_sc.size()) == nh * iw &&
-                    static_cast<int64_t>(ls.comp.size()) == nc * hp.head_dim &&
-                    static_cast<int64_t>(ls.icomp.size()) == (L.has_indexer ? nc * hp.idx_dim : 0);
-    if (!ok) fail("session state: layer {} arrays do not match {} positions", il, s.n_past);
-  }
+  std::vector<LayerStateShape> shapes;
+  for (const LayerWeights& L : model_->weights().layers) shapes.push_back({L.ratio, L.comp.c, L.has_indexer});
+  check_restorable(s, model_->hparams(), shapes, opts_.numerics, opts_.max_ctx);
   s.retain = opts_.retain;
   st_ = std::move(s);
 }

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "model/hparams.h"
 
 namespace ds4::model {
 namespace {
@@ -151,6 +152,34 @@ SessionState SessionState::deserialize(std::span<const uint8_t> bytes) {
   }
   if (!r.done()) fail("session state: trailing bytes after the last layer");
   return s;
+}
+
+void check_restorable(const SessionState& s, const HParams& hp, std::span<const LayerStateShape> layers,
+                      Numerics numerics, int64_t max_ctx) {
+  if (s.fingerprint != hp.fingerprint())
+    fail("session state belongs to another model ({}), not this one ({})", s.fingerprint, hp.fingerprint());
+  if (s.numerics != numerics)
+    fail("session state was made with {} numerics, this session uses {}", numerics_name(s.numerics),
+         numerics_name(numerics));
+  if (s.n_past > max_ctx) fail("session state holds {} positions, more than max_ctx {}", s.n_past, max_ctx);
+  if (s.layers.size() != layers.size())
+    fail("session state has {} layers, the model {}", s.layers.size(), layers.size());
+  for (size_t il = 0; il < layers.size(); ++il) {
+    const LayerStateShape& L = layers[il];
+    const LayerState& ls = s.layers[il];
+    const int64_t nh = s.n_past - ls.hist_begin;
+    const int64_t nc = L.ratio > 0 ? s.n_past / L.ratio : 0;
+    const int64_t cw = L.ratio > 0 ? L.comp_c * hp.head_dim : 0;
+    const int64_t iw = L.has_indexer ? 2 * hp.idx_dim : 0;
+    const bool ok = nh >= 0 && static_cast<int64_t>(ls.raw.size()) == nh * hp.head_dim &&
+                    static_cast<int64_t>(ls.comp_kv.size()) == nh * cw &&
+                    static_cast<int64_t>(ls.comp_sc.size()) == nh * cw &&
+                    static_cast<int64_t>(ls.idx_kv.size()) == nh * iw &&
+                    static_cast<int64_t>(ls.idx_sc.size()) == nh * iw &&
+                    static_cast<int64_t>(ls.comp.size()) == nc * hp.head_dim &&
+                    static_cast<int64_t>(ls.icomp.size()) == (L.has_indexer ? nc * hp.idx_dim : 0);
+    if (!ok) fail("session state: layer {} arrays do not match {} positions", il, s.n_past);
+  }
 }
 
 }  // namespace ds4::model

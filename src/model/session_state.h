@@ -29,6 +29,8 @@
 
 namespace ds4::model {
 
+struct HParams;
+
 enum class Numerics : uint32_t {
   Exact = 0,     // no activation rounding simulation (matches the HF reference fixtures)
   Official = 1,  // DeepSeek's inference code: FP8 KV round trip, Hadamard + FP4 indexer
@@ -60,5 +62,19 @@ struct SessionState {
   // Throws ds4::Error on a bad magic, version, size or checksum.
   static SessionState deserialize(std::span<const uint8_t> bytes);
 };
+
+// What a layer's state arrays depend on besides the model-wide sizes.
+struct LayerStateShape {
+  int64_t ratio = 0;         // compress ratio (0: window only)
+  int64_t comp_c = 1;        // 2 = overlapped compressor windows
+  bool has_indexer = false;
+};
+
+// Throws ds4::Error unless `s` can be restored into a session of the model `hp` (one entry of
+// `layers` per layer) with these numerics and max_ctx: same model fingerprint and numerics,
+// n_past within max_ctx, and every array exactly the size its layer needs at n_past. Shared by
+// the CPU and GPU sessions, so a snapshot is accepted or refused the same way by both.
+void check_restorable(const SessionState& s, const HParams& hp, std::span<const LayerStateShape> layers,
+                      Numerics numerics, int64_t max_ctx);
 
 }  // namespace ds4::model
