@@ -25,6 +25,7 @@
 #include <mutex>
 
 #include "backend/cuda/check.h"
+#include "backend/cuda/kernel_tables.h"
 #include "backend/cuda/matmul_launch.h"
 #include "quant/block_codecs.h"
 #include "quant/blocks.h"
@@ -48,18 +49,9 @@ void init_tables() {
   static std::once_flag once;
   std::call_once(once, [] {
     uint64_t masks[128];
-    const uint8_t* signs = quant::ksigns_iq2xs();
-    for (int i = 0; i < 128; ++i) {
-      uint64_t m = 0;
-      for (int j = 0; j < 8; ++j)
-        if ((signs[i] >> j) & 1) m |= uint64_t(0xFF) << (8 * j);
-      masks[i] = m;
-    }
+    iq2xxs_sign_masks(masks);
     uint32_t mx[4];
-    for (int i = 0; i < 4; ++i) {
-      mx[i] = 0;
-      for (int j = 0; j < 4; ++j) mx[i] |= uint32_t(uint8_t(quant::kValuesMxfp4[4 * i + j])) << (8 * j);
-    }
+    mxfp4_values_packed(mx);
     DS4_CUDA_CHECK(cudaMemcpyToSymbol(g_grid, quant::iq2xxs_grid(), sizeof(g_grid)));
     DS4_CUDA_CHECK(cudaMemcpyToSymbol(g_sign_mask, masks, sizeof(masks)));
     DS4_CUDA_CHECK(cudaMemcpyToSymbol(c_mxfp4, mx, sizeof(mx)));
