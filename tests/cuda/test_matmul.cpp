@@ -18,6 +18,7 @@
 
 #include "backend/cpu/matmul.h"
 #include "backend/cuda/buffer.h"
+#include "cuda_test_util.h"
 #include "backend/cuda/device.h"
 #include "backend/cuda/matmul.h"
 #include "backend/cuda/matvec.h"
@@ -32,62 +33,13 @@ namespace {
     if (list_devices().empty()) GTEST_SKIP() << "no CUDA GPU: GPU prefill test not run"; \
   } while (0)
 
-ThreadPool& pool() {
-  static ThreadPool p;
-  return p;
-}
-
-std::vector<float> gaussian(int64_t n, float sigma, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, sigma);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& f : v) f = dist(rng);
-  return v;
-}
-
-template <class T>
-DeviceBuffer upload(const std::vector<T>& v) {
-  DeviceBuffer b(std::max<size_t>(v.size() * sizeof(T), 16));
-  b.upload(v.data(), v.size() * sizeof(T));
-  return b;
-}
-
-template <class T>
-std::vector<T> download(const DeviceBuffer& b, size_t n, size_t offset = 0) {
-  std::vector<T> v(n);
-  b.download(v.data(), n * sizeof(T), offset);
-  return v;
-}
-
-struct Err {
-  double max_abs = 0, max_ref = 0, rel_l2 = 0;
-  bool finite = true;
-};
-
-Err compare(const std::vector<float>& got, const std::vector<float>& ref) {
-  Err e;
-  double num = 0, den = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    if (!std::isfinite(got[i])) e.finite = false;
-    const double d = double(got[i]) - double(ref[i]);
-    e.max_abs = std::max(e.max_abs, std::fabs(d));
-    e.max_ref = std::max(e.max_ref, std::fabs(double(ref[i])));
-    num += d * d;
-    den += double(ref[i]) * double(ref[i]);
-  }
-  e.rel_l2 = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-  return e;
-}
-
-void expect_close(const std::vector<float>& got, const std::vector<float>& ref, const std::string& what,
-                  double max_rel = 1e-4, double l2 = 1e-5) {
-  ASSERT_EQ(got.size(), ref.size()) << what;
-  const Err e = compare(got, ref);
-  EXPECT_TRUE(e.finite) << what << ": non-finite output (unwritten element?)";
-  EXPECT_GT(e.max_ref, 0.0) << what << ": reference is all zero";
-  EXPECT_LE(e.max_abs, max_rel * e.max_ref) << what << " max_abs " << e.max_abs << " max_ref " << e.max_ref;
-  EXPECT_LE(e.rel_l2, l2) << what << " rel_l2 " << e.rel_l2;
-}
+using test_util::compare;
+using test_util::download;
+using test_util::Err;
+using test_util::expect_close;
+using test_util::gaussian;
+using test_util::pool;
+using test_util::upload;
 
 struct Case {
   GgmlType type;
