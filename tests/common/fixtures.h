@@ -6,10 +6,13 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 
 #include "convert/convert.h"
+#include "model/model.h"
 
 namespace testfix {
 
@@ -41,6 +44,19 @@ inline std::string converted(const std::string& name, const std::string& recipe,
   ds4::convert::convert_checkpoint(o);
   fs::rename(o.output_path, out);  // atomic: parallel test processes never see half a file
   return out.string();
+}
+
+// The fixture converted with `recipe` into `cache`, loaded once per process and kept.
+inline const ds4::model::Model& loaded(const std::string& name, const std::string& recipe,
+                                       const std::string& cache) {
+  static std::map<std::string, std::unique_ptr<ds4::model::Model>> models;
+  const std::string key = cache + "/" + name + "/" + recipe;
+  auto it = models.find(key);
+  if (it == models.end())
+    it = models.emplace(key, std::make_unique<ds4::model::Model>(
+                                 ds4::model::Model::load(converted(name, recipe, cache), {.threads = 2})))
+             .first;
+  return *it->second;
 }
 
 }  // namespace testfix

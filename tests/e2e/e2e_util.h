@@ -127,14 +127,7 @@ inline std::vector<float> run(const ds4::model::Model& m, const std::vector<int3
 
 // Models are loaded once per process and shared by the tests.
 inline const ds4::model::Model& model(const std::string& name, const std::string& recipe) {
-  static std::map<std::string, std::unique_ptr<ds4::model::Model>> cache;
-  const std::string key = name + "/" + recipe;
-  auto it = cache.find(key);
-  if (it == cache.end())
-    it = cache.emplace(key, std::make_unique<ds4::model::Model>(
-                                ds4::model::Model::load(converted(name, recipe), {.threads = 2})))
-             .first;
-  return *it->second;
+  return testfix::loaded(name, recipe, "e2e-cache");
 }
 
 }  // namespace e2e

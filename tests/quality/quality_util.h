@@ -27,14 +27,7 @@ inline std::string converted(const std::string& name, const std::string& recipe)
 }
 
 inline const ds4::model::Model& model(const std::string& name, const std::string& recipe) {
-  static std::map<std::string, std::unique_ptr<ds4::model::Model>> cache;
-  const std::string key = name + "/" + recipe;
-  auto it = cache.find(key);
-  if (it == cache.end())
-    it = cache.emplace(key, std::make_unique<ds4::model::Model>(
-                                ds4::model::Model::load(converted(name, recipe), {.threads = 2})))
-             .first;
-  return *it->second;
+  return testfix::loaded(name, recipe, "quality-cache");
 }
 
 // A deterministic stream of n ids below `vocab` (a fixed LCG: the same on every platform).
