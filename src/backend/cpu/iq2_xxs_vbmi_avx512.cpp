@@ -9,11 +9,16 @@
 //      bytes; the grid is looked up as two bit planes of its 3-level codes (bit j of plane p
 //      = bit p of the level of element j), two 256-byte tables of four registers each (two
 //      vpermi2b plus a blend on index bit 7 per table).
-//   3. Per output register (8 sub-groups of 8 weights): one vpermi2b + one masked vpermb
-//      put {sign byte, plane 1, plane 0} into bytes 5..7 of each 64-bit lane; one
-//      vgf2p8affineqb with the identity-bit "matrix" transposes the lane, so byte j holds
-//      (level_j, sign_j) as a 3-bit index; a vpshufb maps it to 64 +- G (21..107, unsigned).
-//   4. The dot product is the same as the AVX-512 kernel's: vpmaddubsw against the Q8_K
+//   3. Per pair of output registers (2 x 8 sub-groups of 8 weights): one vpermi2b + one
+//      masked vpermb put {sign byte, plane 1, plane 0} of both registers' sub-groups into
+//      bytes 2..7 of each 64-bit lane; one vgf2p8affineqb with the identity-bit "matrix"
+//      transposes the lane, so byte j holds the 3-bit (level, sign) codes of element j of
+//      both registers (bits 0-2 and 3-5); a vpshufb (bits 0-2) and a vpermb (bits 3-5) map
+//      them to 64 +- G (21..107, unsigned).
+//   4. The group scales 2 s + 1 of both blocks are made once per pair (a vpermi2b of the
+//      top aux bytes, a vgf2p8affineqb for (x >> 4) * 2 + 1) and spread into words by one
+//      in-lane vpshufb per register.
+//   5. The dot product is the same as the AVX-512 kernel's: vpmaddubsw against the Q8_K
 //      activations, vpdpwssd by (2 s_g + 1), the +64 offset removed through bsums. The
 //      int32 lanes and the float accumulation are identical to that kernel, so both give
 //      the same bits (tested); the integer block sums equal the scalar reference's exactly.
@@ -43,12 +48,20 @@ struct Iq2VbmiTables {
   alignas(64) uint8_t signs[128];    // ksigns_iq2xs
   alignas(64) uint8_t plane0[256];   // grid entry -> bit j: bit 0 of the level of element j
   alignas(64) uint8_t plane1[256];   // grid entry -> bit j: bit 1 of the level of element j
-  alignas(64) uint8_t value[64];     // bits 0-1 level, bit 2 sign -> 64 +- G (per 16 bytes)
-  alignas(64) uint8_t spread[8][64];  // [2c + h]: lane L <- sub-group (2c + L/4, L%4) of block h
+  // 3-bit code (bits 0-1 level, bit 2 sign) -> 64 +- G. value_lo: vpshufb table of the code
+  // in bits 0-2 (per 16 bytes, bit 3 ignored); value_hi: vpermb table of the code in bits 3-5.
+  alignas(64) uint8_t value_lo[64];
+  alignas(64) uint8_t value_hi[64];
+  // [2e + h]: lane L <- sub-group L of output registers 2e (bytes 5-7) and 2e + 1 (bytes
+  // 2-4) of block h: {sign, plane 1, plane 0} each, bytes 0-1 zeroed
+  alignas(64) uint8_t spread[4][64];
   alignas(64) uint8_t select[64];    // byte j of each lane: 1 << j (the affine "matrix" input)
   alignas(64) uint8_t ms_sidx[64];   // byte k, 4+k <- bits 32+7k.. (sign index k of the aux)
-  alignas(64) int16_t scale_idx[4][32];  // vpermw: word of (aux >> 27) | 1 for group 2c + k/16
-  alignas(32) int16_t pair_idx[16];      // bsums word k -> scale word of group k/2
+  // every 16 bytes: the top aux byte of group k of block 0 (byte k) and block 1 (byte 8 + k)
+  alignas(64) uint8_t scale_bytes[64];
+  // vpshufb of the per-pair scale bytes: [2c + h]: word k <- 2 s + 1 of group 2c + k/16
+  alignas(64) uint8_t scale_idx[8][64];
+  alignas(32) uint8_t pair_idx[2][32];  // [h]: word k <- 2 s + 1 of group k/2 (the bsums pairs)
   Iq2VbmiTables() {
     const uint8_t* ks = quant::ksigns_iq2xs();
     std::memcpy(signs, ks, 128);
@@ -63,29 +76,47 @@ struct Iq2VbmiTables {
         plane1[i] = static_cast<uint8_t>(plane1[i] | ((level >> 1) << j));
       }
     }
-    const int levels[4] = {8, 25, 43, 0};
+    const auto value = [](int code) {
+      const int levels[4] = {8, 25, 43, 0};
+      const int g = levels[code & 3];
+      return static_cast<uint8_t>((code & 4) ? 64 - g : 64 + g);
+    };
     for (int i = 0; i < 64; ++i) {
-      const int g = levels[i & 3];
-      value[i] = static_cast<uint8_t>((i & 4) ? 64 - g : 64 + g);
+      value_lo[i] = value(i & 7);
+      value_hi[i] = value(i >> 3);
     }
-    for (int c = 0; c < 4; ++c)
+    for (int e = 0; e < 2; ++e)
       for (int h = 0; h < 2; ++h)
         for (int L = 0; L < 8; ++L) {
-          const int p = 8 * (2 * c + L / 4) + 4 * h + L % 4;  // merged-register byte
-          uint8_t* s = spread[2 * c + h] + 8 * L;
-          for (int j = 0; j < 5; ++j) s[j] = 0;  // zeroed (maskz)
-          s[5] = static_cast<uint8_t>(p);       // sign byte (masked vpermb of the signs)
-          s[6] = static_cast<uint8_t>(64 + p);  // plane 1 (second vpermi2b source)
-          s[7] = static_cast<uint8_t>(p);       // plane 0 (first source)
+          // merged-register bytes of sub-group L of output registers 2e and 2e + 1
+          const int pa = 8 * (2 * (2 * e) + L / 4) + 4 * h + L % 4;
+          const int pb = 8 * (2 * (2 * e + 1) + L / 4) + 4 * h + L % 4;
+          uint8_t* s = spread[2 * e + h] + 8 * L;
+          const uint8_t bytes[8] = {0, 0, static_cast<uint8_t>(pb), static_cast<uint8_t>(64 + pb),
+                                    static_cast<uint8_t>(pb), static_cast<uint8_t>(pa),
+                                    static_cast<uint8_t>(64 + pa), static_cast<uint8_t>(pa)};
+          std::memcpy(s, bytes, 8);
         }
     for (int L = 0; L < 8; ++L)
       for (int j = 0; j < 8; ++j) {
         select[8 * L + j] = static_cast<uint8_t>(1 << j);
         ms_sidx[8 * L + j] = static_cast<uint8_t>(32 + 7 * (j % 4));
       }
+    for (int i = 0; i < 64; ++i) {
+      const int k = i % 16;
+      scale_bytes[i] = static_cast<uint8_t>(k < 8 ? 8 * k + 7 : 64 + 8 * (k - 8) + 7);
+    }
     for (int c = 0; c < 4; ++c)
-      for (int k = 0; k < 32; ++k) scale_idx[c][k] = static_cast<int16_t>(4 * (2 * c + k / 16) + 2);
-    for (int k = 0; k < 16; ++k) pair_idx[k] = static_cast<int16_t>(4 * (k / 2) + 2);
+      for (int h = 0; h < 2; ++h)
+        for (int k = 0; k < 32; ++k) {
+          scale_idx[2 * c + h][2 * k] = static_cast<uint8_t>(8 * h + 2 * c + k / 16);
+          scale_idx[2 * c + h][2 * k + 1] = 0x80;  // high byte zero
+        }
+    for (int h = 0; h < 2; ++h)
+      for (int k = 0; k < 16; ++k) {
+        pair_idx[h][2 * k] = static_cast<uint8_t>(8 * h + k / 2);
+        pair_idx[h][2 * k + 1] = 0x80;
+      }
   }
 };
 const Iq2VbmiTables kT;
@@ -100,8 +131,7 @@ inline __m512i lookup256(__m512i idx, __mmask64 hi, const __m512i t[4]) {
 }
 
 struct Iq2Consts {
-  __m512i plane0[4], plane1[4], signs0, signs1, value, select, ms_sidx, one;
-  __m256i pair_idx;
+  __m512i plane0[4], plane1[4], signs0, signs1, value_lo, value_hi, select, ms_sidx, scale_gather;
   Iq2Consts() {
     for (int i = 0; i < 4; ++i) {
       plane0[i] = ld(kT.plane0 + 64 * i);
@@ -109,13 +139,17 @@ struct Iq2Consts {
     }
     signs0 = ld(kT.signs);
     signs1 = ld(kT.signs + 64);
-    value = ld(kT.value);
+    value_lo = ld(kT.value_lo);
+    value_hi = ld(kT.value_hi);
     select = ld(kT.select);
     ms_sidx = ld(kT.ms_sidx);
-    one = _mm512_set1_epi32(1);
-    pair_idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(kT.pair_idx));
+    scale_gather = ld(kT.scale_bytes);
   }
 };
+
+// byte x -> ((x >> 4) << 1) | 1 as a GF(2) affine map: output bits 1-4 <- input bits 4-7
+// (matrix row 7 - i selects the input bits of output bit i), plus the constant bit 0.
+constexpr long long kScaleMatrix = 0x0010204080000000ll;
 
 // Blocks b and b+1 (nh = 2) or b alone (nh = 1) of one weight row against NT activation
 // rows x[t], accumulated into acc[t] exactly as the single-row kernel does.
@@ -136,35 +170,43 @@ template <int NT>
   const __mmask64 hi = _mm512_movepi8_mask(gidx);
   const __m512i pl0 = lookup256(gidx, hi, k.plane0);
   const __m512i pl1 = lookup256(gidx, hi, k.plane1);
+  // 2 s_g + 1 of both blocks' groups (top aux byte >> 4, doubled, plus one), all 16 in
+  // every 128-bit lane so that vpshufb can spread them into scale words
+  const __m512i scale_bytes = _mm512_gf2p8affine_epi64_epi8(
+      _mm512_permutex2var_epi8(q0, k.scale_gather, q1), _mm512_set1_epi64(kScaleMatrix), 1);
   for (int h = 0; h < nh; ++h) {
     const BlockIQ2_XXS& blk = w[b + h];
-    const __m512i q = h == 0 ? q0 : q1;
-    // (aux >> 27) | 1 = 2 s_g + 1 in the low word of each aux dword
-    const __m512i scales = _mm512_or_si512(_mm512_srli_epi32(q, 27), k.one);
     // Two partial sums per token (c even / odd) halve the vpdpwssd dependency chain;
     // integer addition is exact, so the lanes are the same in any order.
     __m512i sumi[2][NT];
     #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) sumi[0][t] = sumi[1][t] = _mm512_setzero_si512();
-#pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c) {
-      const __m512i sp_idx = ld(kT.spread[2 * c + h]);
-      // lane bytes {0,0,0,0,0, sign, plane 1, plane 0} of each sub-group
+#pragma GCC unroll 2
+    for (int e = 0; e < 2; ++e) {
+      const __m512i sp_idx = ld(kT.spread[2 * e + h]);
+      // lane bytes {0, 0, sign, plane 1, plane 0 of register 2e+1, sign, plane 1, plane 0
+      // of register 2e} of each sub-group
       const __m512i lanes = _mm512_mask_permutexvar_epi8(
-          _mm512_maskz_permutex2var_epi8(0xC0C0C0C0C0C0C0C0ull, pl0, sp_idx, pl1),
-          0x2020202020202020ull, sp_idx, sgn);
-      // 8x8 bit transpose per lane: byte j <- bit j of lane bytes 7, 6, 5 (as bits 0, 1, 2)
+          _mm512_maskz_permutex2var_epi8(0xD8D8D8D8D8D8D8D8ull, pl0, sp_idx, pl1),
+          0x2424242424242424ull, sp_idx, sgn);
+      // 8x8 bit transpose per lane: byte j <- bit j of lane bytes 7..2 (as bits 0..5), i.e.
+      // the 3-bit codes of element j of both registers
       const __m512i vi = _mm512_gf2p8affine_epi64_epi8(k.select, lanes, 0);
-      const __m512i u = _mm512_shuffle_epi8(k.value, vi);
-      const __m512i sc = _mm512_permutexvar_epi16(ld(kT.scale_idx[c]), scales);
-      #pragma GCC unroll 8
-      for (int t = 0; t < NT; ++t) {
-        const __m512i yv = _mm512_loadu_si512(x[t][b + h].qs + 64 * c);
-        sumi[c & 1][t] = _mm512_dpwssd_epi32(sumi[c & 1][t], _mm512_maddubs_epi16(u, yv), sc);
+      const __m512i u[2] = {_mm512_shuffle_epi8(k.value_lo, vi), _mm512_permutexvar_epi8(vi, k.value_hi)};
+      #pragma GCC unroll 2
+      for (int odd = 0; odd < 2; ++odd) {
+        const int c = 2 * e + odd;
+        const __m512i sc = _mm512_shuffle_epi8(scale_bytes, ld(kT.scale_idx[2 * c + h]));
+        #pragma GCC unroll 8
+        for (int t = 0; t < NT; ++t) {
+          const __m512i yv = _mm512_loadu_si512(x[t][b + h].qs + 64 * c);
+          sumi[odd][t] = _mm512_dpwssd_epi32(sumi[odd][t], _mm512_maddubs_epi16(u[odd], yv), sc);
+        }
       }
     }
-    const __m256i sp = _mm512_castsi512_si256(
-        _mm512_permutexvar_epi16(_mm512_castsi256_si512(k.pair_idx), scales));
+    const __m256i sp = _mm256_shuffle_epi8(
+        _mm512_castsi512_si256(scale_bytes),
+        _mm256_load_si256(reinterpret_cast<const __m256i*>(kT.pair_idx[h])));
     const float wd = _cvtsh_ss(blk.d);
     #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
