@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "backend/cuda/check.h"
+#include "backend/cuda/decision_log.h"
 #include "backend/cuda/forward_kernels.h"
 #include "backend/cuda/matvec.h"
 #include "core/error.h"
@@ -235,6 +236,7 @@ std::vector<GpuSession::PhaseTime> GpuSession::profile_step(int32_t token) {
   }
   for (cudaEvent_t e : prof_->events) cudaEventDestroy(e);
   prof_.reset();
+  collect_log(1);
   n_past_ += 1;
   tokens_.push_back(token);
   trim_history();
@@ -245,6 +247,57 @@ void GpuSession::reset() {
   n_past_ = 0;
   tokens_.clear();
   hist_begin_.assign(static_cast<size_t>(model_->hparams().n_layers), 0);
+  if (log_dev_) set_decision_log(true);
+}
+
+// ---- decision log (tests) ----
+
+void GpuSession::set_decision_log(bool on) {
+  const HParams& hp = model_->hparams();
+  stream_.synchronize();
+  graph_[0].reset();  // the captured steps contain (or lack) the log copies
+  graph_[1].reset();
+  log_ = {};
+  log_dev_.reset();
+  if (!on) return;
+  log_layer_w_ = hp.n_expert_used + hp.idx_topk + 1;
+  log_dev_ = std::make_unique<DeviceBuffer>(static_cast<size_t>(opts_.max_batch * hp.n_layers * log_layer_w_) *
+                                            sizeof(int32_t));
+  log_dev_->fill_bytes(0);  // layers without an indexer keep a row count of 0
+  log_.n_layers = hp.n_layers;
+  log_.n_expert_used = hp.n_expert_used;
+  log_.idx_topk = hp.idx_topk;
+  log_.pos0 = n_past_;
+}
+
+void GpuSession::log_choices(const int32_t* d_src, int64_t n, int64_t il, int64_t offset, void* s) {
+  if (!log_dev_) return;
+  fwd::copy_to_step_slot(d_src, n, log_dev_->as<int32_t>() + il * log_layer_w_ + offset,
+                         model_->hparams().n_layers * log_layer_w_, sc_->ctl, s);
+}
+
+void GpuSession::log_batch(const int32_t* d_src, int64_t n, int64_t T, int64_t il, int64_t offset, void* s) {
+  if (!log_dev_) return;
+  const size_t pitch = static_cast<size_t>(model_->hparams().n_layers * log_layer_w_) * sizeof(int32_t);
+  DS4_CUDA_CHECK(cudaMemcpy2DAsync(log_dev_->as<int32_t>() + il * log_layer_w_ + offset, pitch, d_src,
+                                   static_cast<size_t>(n) * sizeof(int32_t), static_cast<size_t>(n) * sizeof(int32_t),
+                                   static_cast<size_t>(T), cudaMemcpyDeviceToDevice, cs(s)));
+}
+
+void GpuSession::collect_log(int64_t T) {
+  if (!log_dev_) return;
+  const int64_t NL = log_.n_layers, K = log_.n_expert_used, TK = log_.idx_topk;
+  std::vector<int32_t> h(static_cast<size_t>(T * NL * log_layer_w_));
+  stream_.synchronize();
+  log_dev_->download(h.data(), h.size() * sizeof(int32_t));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t il = 0; il < NL; ++il) {
+      const int32_t* e = h.data() + (t * NL + il) * log_layer_w_;
+      log_.experts.insert(log_.experts.end(), e, e + K);
+      log_.rows.insert(log_.rows.end(), e + K, e + K + TK);
+      log_.row_count.push_back(e[K + TK]);
+    }
+  log_.n_tokens += T;
 }
 
 // ---- one step: the forward of one token through every layer (architecture.md 3) ----
@@ -343,6 +396,8 @@ void GpuSession::attention_sublayer(const DLayer& L, LayerBufs& S, void* s) {
       const float wscale = 1.0f / std::sqrt(static_cast<float>(hp.idx_dim * hp.idx_head));
       fwd::idx_select(b.iq, b.iw, wscale, hp.idx_head, hp.idx_dim, S.icomp, L.ratio, hp.idx_topk, b.scores, b.sel,
                       b.n_sel, b.ctl, s);
+      log_choices(b.sel, hp.idx_topk, L.il, hp.n_expert_used, s);
+      log_choices(b.n_sel, 1, L.il, hp.n_expert_used + hp.idx_topk, s);
       sel = b.sel;
     }
   }
@@ -387,6 +442,7 @@ void GpuSession::moe(const DLayer& L, void* s) {
   fwd::route(b.rlog, hp.n_expert, K, hash ? nullptr : L.router_bias,
              hash ? static_cast<const int32_t*>(L.tid2eid.d) : nullptr, hp.expert_weights_norm,
              hp.expert_weights_scale, b.ctl, b.ids, b.rw, s);
+  log_choices(b.ids, K, L.il, 0, s);
   mark("router", static_cast<double>(L.router.bytes()), s);
   // 3.5.2 Routed experts; 3.5.3 shared expert (same clamps, weight 1).
   auto experts = [&](const DTensor& gate, const DTensor& up, const DTensor& down, const int32_t* ids,
@@ -485,6 +541,7 @@ void GpuSession::run_chunk(std::span<const int32_t> tokens, LogitsMode mode, flo
                                    cudaMemcpyDeviceToHost, cs(s)));
   stream_.synchronize();
   check_last_error("the forward step");
+  collect_log(T);
   n_past_ += T;
   tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
   trim_history();
@@ -579,6 +636,7 @@ void GpuSession::truncate(int64_t n) {
   // Rows past n stay in the rings and arrays and are overwritten by the next evals.
   n_past_ = n;
   tokens_.resize(static_cast<size_t>(n));
+  log_.keep_before(n);
 }
 
 // ---- snapshots in the CPU SessionState layout ----
@@ -679,6 +737,7 @@ void GpuSession::restore(SessionState s) {
   }
   n_past_ = s.n_past;
   tokens_ = std::move(s.tokens);
+  if (log_dev_) set_decision_log(true);  // the record restarts at the restored position
 }
 
 }  // namespace ds4::cuda

@@ -63,6 +63,15 @@ class GpuSession : public model::EvalSession {
   // model::Session's hook, one token at a time); steps then run without a graph. For tests.
   void set_layer_hook(model::LayerHook hook) { hook_ = std::move(hook); }
 
+  // Decision log, for tests: while on, every step also copies its discrete choices (the
+  // routing ids of every layer, the indexer selection of indexer layers) into a device buffer
+  // of one chunk, downloaded after the chunk into decision_log(): a model::DecisionRecord of
+  // the positions evaluated since the log was turned on, with which a CPU session is pinned to
+  // the GPU's choices (model::pin_decisions) so the backends can be compared on the continuous
+  // part alone. Off by default: no buffer, no extra launch. Turning it on clears the record.
+  void set_decision_log(bool on);
+  const model::DecisionRecord& decision_log() const { return log_; }
+
   // Evaluates one token with plain launches and CUDA events between the phases of the step;
   // returns the time of each phase summed over the layers (and the weight bytes it reads).
   struct PhaseTime {
@@ -91,6 +100,13 @@ class GpuSession : public model::EvalSession {
   void head(void* s);
   void mv(const DTensor& W, const float* x, float* y, void* s, int64_t row0 = 0, int64_t nrows = -1);
   void trim_history();
+  // Decision log (no-ops while it is off): a step's n choices of layer il into its chunk slot
+  // at `offset` ints into the layer's entry (0: K expert ids, K: idx_topk rows, K + idx_topk:
+  // the row count); the same for T tokens of a batched pass whose choices lie [T][n] in d_src;
+  // the download after the chunk's T tokens.
+  void log_choices(const int32_t* d_src, int64_t n, int64_t il, int64_t offset, void* s);
+  void log_batch(const int32_t* d_src, int64_t n, int64_t T, int64_t il, int64_t offset, void* s);
+  void collect_log(int64_t T);
 
   const GpuModel* model_;
   model::SessionOptions opts_;
@@ -109,6 +125,9 @@ class GpuSession : public model::EvalSession {
   std::unique_ptr<Graph> graph_[2];  // without / with the output head
   model::LayerHook hook_;
   std::unique_ptr<Prof> prof_;
+  std::unique_ptr<DeviceBuffer> log_dev_;  // [max_batch][n_layers][log_layer_w_] while logging
+  int64_t log_layer_w_ = 0;                // ints per layer: K ids, idx_topk rows, the row count
+  model::DecisionRecord log_;
 };
 
 }  // namespace ds4::cuda
