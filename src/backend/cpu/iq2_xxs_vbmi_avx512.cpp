@@ -178,9 +178,19 @@ template <int NT>
     const BlockIQ2_XXS& blk = w[b + h];
     // Two partial sums per token (c even / odd) halve the vpdpwssd dependency chain;
     // integer addition is exact, so the lanes are the same in any order.
+    // Chain 0 starts from the offset correction -64 * sum_k bsums_k * (2 s_{k/2} + 1) in
+    // lanes 0..7 (words -64 (2 s + 1) >= -1984 fit; the lane sums are exact in int32).
+    const __m256i sp = _mm256_shuffle_epi8(
+        _mm512_castsi512_si256(scale_bytes),
+        _mm256_load_si256(reinterpret_cast<const __m256i*>(kT.pair_idx[h])));
+    const __m256i sp_neg64 = _mm256_mullo_epi16(sp, _mm256_set1_epi16(-64));
     __m512i sumi[2][NT];
     #pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) sumi[0][t] = sumi[1][t] = _mm512_setzero_si512();
+    for (int t = 0; t < NT; ++t) {
+      const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[t][b + h].bsums));
+      sumi[0][t] = _mm512_zextsi256_si512(_mm256_madd_epi16(bs, sp_neg64));
+      sumi[1][t] = _mm512_setzero_si512();
+    }
 #pragma GCC unroll 2
     for (int e = 0; e < 2; ++e) {
       const __m512i sp_idx = ld(kT.spread[2 * e + h]);
@@ -204,17 +214,10 @@ template <int NT>
         }
       }
     }
-    const __m256i sp = _mm256_shuffle_epi8(
-        _mm512_castsi512_si256(scale_bytes),
-        _mm256_load_si256(reinterpret_cast<const __m256i*>(kT.pair_idx[h])));
     const float wd = _cvtsh_ss(blk.d);
     #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
-      // offset correction: 64 * sum_k bsums_k * (2 s_{k/2} + 1), lanes 0..7
-      const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[t][b + h].bsums));
-      const __m256i corr = _mm256_slli_epi32(_mm256_madd_epi16(bs, sp), 6);
-      const __m512i s = _mm512_sub_epi32(_mm512_add_epi32(sumi[0][t], sumi[1][t]),
-                                         _mm512_zextsi256_si512(corr));
+      const __m512i s = _mm512_add_epi32(sumi[0][t], sumi[1][t]);
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(wd * x[t][b + h].d * 0.125f),
                                acc[t]);
     }
