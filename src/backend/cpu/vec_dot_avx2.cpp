@@ -199,8 +199,47 @@ struct Iq2Signs {
 };
 const Iq2Signs kIq2Signs;
 
+// Group scales 2 s + 1 of an IQ2_XXS block as bytes, the same 8 in both 128-bit lanes (see
+// iq2_scale_bytes), and the vpshufb indices that spread them into 16-bit words.
+struct Iq2ScaleIdx {
+  alignas(32) uint8_t group[8][32];  // [g]: every word <- 2 s_g + 1
+  alignas(32) uint8_t pair[32];      // word k <- 2 s_{k/2} + 1 (the bsums of 16 elements)
+  Iq2ScaleIdx() {
+    // byte position of group g in iq2_scale_bytes: lane-0 aux of groups 0,1 then the
+    // lane-0 aux of groups 4,5 (bytes 0-3), the same of the upper lanes (bytes 4-7)
+    const uint8_t pos[8] = {0, 1, 4, 5, 2, 3, 6, 7};
+    for (int g = 0; g < 8; ++g)
+      for (int k = 0; k < 16; ++k) {
+        group[g][2 * k] = pos[g];
+        group[g][2 * k + 1] = 0x80;  // high byte zero
+      }
+    for (int k = 0; k < 16; ++k) {
+      pair[2 * k] = pos[(k % 8) / 2 + 4 * (k / 8)];
+      pair[2 * k + 1] = 0x80;
+    }
+  }
+};
+const Iq2ScaleIdx kIq2ScaleIdx;
+
+// (aux >> 27) | 1 = 2 s_g + 1 of the eight groups of one block, as bytes 0-7 of both lanes
+// (order per Iq2ScaleIdx::pos): 7 vector ops per block instead of scalar shifts and a
+// broadcast per group.
+inline __m256i iq2_scale_bytes(const BlockIQ2_XXS& blk) {
+  const __m256i lo = loadu(blk.qs), hi = loadu(blk.qs + 16);  // groups 0-3, 4-7
+  // dword 2g+1 (the aux of group g or g+4): byte 0 <- 2 s_g + 1, byte 1 <- 2 s_{g+4} + 1
+  const __m256i s = _mm256_or_si256(
+      _mm256_or_si256(_mm256_srli_epi32(lo, 27), _mm256_slli_epi32(_mm256_srli_epi32(hi, 27), 8)),
+      _mm256_set1_epi16(0x0101));
+  // per lane: bytes 0-3 <- {g, g+2, g+4, g+6} of that lane's two aux dwords
+  const __m256i packed = _mm256_shuffle_epi8(
+      s, _mm256_setr_epi8(4, 12, 5, 13, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,  //
+                          4, 12, 5, 13, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1));
+  return _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4));
+}
+
 // IQ2_XXS x Q8_K (formats.md 2.10). Signed grid bytes (+-8/25/43) plus 64 are unsigned
-// for vpmaddubsw without saturation; the offset is removed through bsums.
+// for vpmaddubsw without saturation; the offset is removed through bsums (in the int32 lanes,
+// before the exact block reduction).
 float dot_iq2_xxs(const void* w_row, const void* act, int64_t n) {
   const BlockIQ2_XXS* w = static_cast<const BlockIQ2_XXS*>(w_row);
   const BlockQ8_K* x = static_cast<const BlockQ8_K*>(act);
@@ -210,8 +249,11 @@ float dot_iq2_xxs(const void* w_row, const void* act, int64_t n) {
   float sum = 0.0f;
   for (int64_t b = 0; b < n / QK_K; ++b) {
     const uint8_t* qs = reinterpret_cast<const uint8_t*>(w[b].qs);
-    __m256i sumi = _mm256_setzero_si256();
-    int32_t corr = 0;
+    const __m256i scales = iq2_scale_bytes(w[b]);
+    // -64 * sum_k bsums_k * (2 s_{k/2} + 1) in lanes 0..7
+    const __m256i corr = _mm256_madd_epi16(loadu(x[b].bsums),
+                                           _mm256_shuffle_epi8(scales, loadu(kIq2ScaleIdx.pair)));
+    __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 6));
     for (int g = 0; g < 8; ++g) {
       const uint8_t* a = qs + 8 * g;
       uint32_t aux;
@@ -223,13 +265,12 @@ float dot_iq2_xxs(const void* w_row, const void* act, int64_t n) {
           static_cast<long long>(sg[(aux >> 7) & 127]), static_cast<long long>(sg[aux & 127]));
       const __m256i u = _mm256_add_epi8(_mm256_sign_epi8(gv, sv), off);
       const __m256i p = _mm256_maddubs_epi16(u, loadu(x[b].qs + 32 * g));
-      const int32_t ls = static_cast<int32_t>(2 * (aux >> 28) + 1);
-      sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(static_cast<short>(ls))));
-      corr += ls * (int32_t(x[b].bsums[2 * g]) + int32_t(x[b].bsums[2 * g + 1]));
+      const __m256i ls = _mm256_shuffle_epi8(scales, loadu(kIq2ScaleIdx.group[g]));
+      sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls));
     }
-    // Lanes carry the +64 offset and can exceed 2^24: reduce exactly in int32 first, then
-    // accumulate like the scalar reference.
-    const int32_t bsum = hsum_i32(sumi) - 64 * corr;
+    // Lanes can exceed 2^24: reduce exactly in int32 first, then accumulate like the
+    // scalar reference.
+    const int32_t bsum = hsum_i32(sumi);
     sum = std::fmaf(f16(w[b].d) * x[b].d * 0.125f, static_cast<float>(bsum), sum);
   }
   return sum;
