@@ -118,6 +118,65 @@ void bench_matvec(void* stream, int iters, double copy_gbs) {
   }
 }
 
+// Products that run as one launch in the decode step, against the launches they replace
+// (graph of 16 calls, weights rotated out of L2 as above): the grouped o_a (8 groups of
+// 1024x4096, each on its slice of the 32768-value attention output) and q_a + kv (one input).
+void bench_fused(void* stream, int iters, double copy_gbs) {
+  using T = GgmlType;
+  const int64_t G = 8, R = 1024, C = 4096;
+  const Matrix o_a{T::Q8_0, G * R, C, ""}, q_a{T::Q8_0, 1024, C, ""}, kv{T::Q8_0, 512, C, ""};
+  auto copies_of = [&](const Matrix& m) {
+    const int copies = int(std::clamp<size_t>(kRotateBytes / m.bytes() + 1, 2, 64));
+    std::vector<DeviceBuffer> w;
+    for (int c = 0; c < copies; ++c) {
+      w.emplace_back(m.bytes());
+      fill_random_weights(m.type, w.back().data(), m.nrows, m.ncols, uint64_t(c + 11), stream);
+    }
+    return w;
+  };
+  const auto x = random_vec(G * C, 8);
+  DeviceBuffer dx(x.size() * sizeof(float)), y(size_t(G * R) * sizeof(float)), y2(size_t(kv.nrows) * sizeof(float));
+  dx.upload(x.data(), dx.size());
+  DeviceBuffer act(activation_bytes(T::Q8_0, G * C));
+  quantize_activation(T::Q8_0, dx.as<float>(), act.data(), G * C, stream);
+  const size_t gb = activation_bytes(T::Q8_0, C);
+  const auto* a = static_cast<const uint8_t*>(act.data());
+  fmt::print("
+{:<34} {:>8} {:>10} {:>9} {:>7}
+", "fused launches (graph of 16)", "MB", "us/call", "GB/s", "%copy");
+  auto row = [&](const char* name, size_t bytes, double us) {
+    const double gbs = double(bytes) / (us * 1e-6) / 1e9;
+    fmt::print("{:<34} {:>8.2f} {:>10.2f} {:>9.1f} {:>6.1f}%
+", name, double(bytes) / 1e6, us, gbs,
+               100.0 * gbs / copy_gbs);
+  };
+  {
+    const auto w = copies_of(o_a);
+    const size_t rb = row_bytes(T::Q8_0, C);
+    auto weights = [&](int i) { return static_cast<const uint8_t*>(w[size_t(i) % w.size()].data()); };
+    row("o_a: 8 group launches", o_a.bytes(), graph_us(stream, iters, 16, [&](int i) {
+          for (int64_t g = 0; g < G; ++g)
+            matvec_q(T::Q8_0, weights(i) + size_t(g * R) * rb, R, C, a + g * gb, y.as<float>() + g * R, stream);
+        }));
+    row("o_a: one grouped launch", o_a.bytes(), graph_us(stream, iters, 16, [&](int i) {
+          matvec_grouped_q(T::Q8_0, weights(i), G * R, C, G, a, y.as<float>(), stream);
+        }));
+  }
+  {
+    const auto wq = copies_of(q_a), wk = copies_of(kv);
+    const size_t bytes = q_a.bytes() + kv.bytes();
+    row("q_a + kv: two launches", bytes, graph_us(stream, iters, 16, [&](int i) {
+          matvec_q(T::Q8_0, wq[size_t(i) % wq.size()].data(), q_a.nrows, C, a, y.as<float>(), stream);
+          matvec_q(T::Q8_0, wk[size_t(i) % wk.size()].data(), kv.nrows, C, a, y2.as<float>(), stream);
+        }));
+    row("q_a + kv: one launch", bytes, graph_us(stream, iters, 16, [&](int i) {
+          const MatvecPart parts[] = {{wq[size_t(i) % wq.size()].data(), q_a.nrows, y.as<float>()},
+                                      {wk[size_t(i) % wk.size()].data(), kv.nrows, y2.as<float>()}};
+          matvec_parts_q(T::Q8_0, C, parts, 2, a, stream);
+        }));
+  }
+}
+
 // Random distinct expert ids for `sets` tokens, uploaded as [sets][n_used] int32.
 DeviceBuffer random_ids(int sets, int n_used, int n_expert, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -186,8 +245,8 @@ void bench_moe(void* stream, int iters, double copy_gbs) {
 
 // One decode step's products for the q2 recipe: 43 layers of attention projections (Q8_0),
 // router (F16), shared expert (Q8_0), 6 routed experts (IQ2_XXS/Q2_K, one 256-expert set
-// reused by every layer with different ids), then the Q8_0 output head. attn_output_a is
-// timed as one 8192x4096 product (its 8 groups read the same bytes).
+// reused by every layer with different ids), then the Q8_0 output head, launched as the
+// session does: q_a + kv as one launch, attn_output_a as one grouped launch (8 groups).
 void bench_step(void* stream, int iters, double copy_gbs) {
   using T = GgmlType;
   const int n_layer = 43;
@@ -237,12 +296,14 @@ void bench_step(void* stream, int iters, double copy_gbs) {
   auto step = [&](void* s) {
     for (int l = 0; l < n_layer; ++l) {
       const Layer& L = layers[size_t(l)];
-      // Attention input x: q_a and kv share one quantization.
+      // Attention input x: q_a and kv share one quantization and one launch.
       quantize_activation(T::Q8_0, X, act.data(), 4096, s);
-      matvec_q(T::Q8_0, L.q_a.data(), 1024, 4096, act.data(), y1, s);
-      matvec_q(T::Q8_0, L.kv.data(), 512, 4096, act.data(), y2, s);
+      const MatvecPart q_a_kv[] = {{L.q_a.data(), 1024, y1}, {L.kv.data(), 512, y2}};
+      matvec_parts_q(T::Q8_0, 4096, q_a_kv, 2, act.data(), s);
       matvec(T::Q8_0, L.q_b.data(), 32768, 1024, y1, y3, act.data(), s);
-      matvec(T::Q8_0, L.o_a.data(), 8192, 4096, y3, y1, act.data(), s);
+      // o_a: 8 groups of 1024 rows, each on its 4096-value slice of the 32768-value input.
+      quantize_activation(T::Q8_0, y3, act.data(), 32768, s);
+      matvec_grouped_q(T::Q8_0, L.o_a.data(), 8192, 4096, 8, act.data(), y1, s);
       matvec(T::Q8_0, L.o_b.data(), 4096, 8192, y1, y2, act.data(), s);
       // FFN input: router, shared expert, routed experts.
       matvec_q(T::F16, L.router.data(), 256, 4096, y2, y3, s);
@@ -369,6 +430,7 @@ int main(int argc, char** argv) {
     }
     bench_matvec(stream.handle(), iters, copy);
     bench_moe(stream.handle(), iters, copy);
+    bench_fused(stream.handle(), iters, copy);
     if (!no_step) bench_step(stream.handle(), std::max(5, iters / 5), copy);
   } catch (const std::exception& e) {
     fmt::print(stderr, "ds4-bench-cuda: {}\n", e.what());

@@ -22,6 +22,7 @@
 #include "backend/cuda/matvec.h"
 #include "core/thread_pool.h"
 #include "quant/blocks.h"
+#include "quant/quant.h"
 
 namespace ds4::cuda::test {
 namespace {
@@ -100,6 +101,128 @@ TEST(CudaMatvec, MatchesCpuReferenceAtFlashShapes) {
     device_synchronize();
     expect_close(download<float>(dy, ref.size()), ref, what);
   }
+}
+
+// Random weights of `type` made on the device, and their bytes on the host for the reference.
+struct HostDeviceWeights {
+  DeviceBuffer d;
+  std::vector<uint8_t> h;
+};
+HostDeviceWeights random_weights(GgmlType type, int64_t nrows, int64_t ncols, uint64_t seed) {
+  const size_t bytes = row_bytes(type, ncols) * size_t(nrows);
+  HostDeviceWeights w{DeviceBuffer(std::max<size_t>(bytes, 16)), {}};
+  if (nrows > 0) fill_random_weights(type, w.d.data(), nrows, ncols, seed);
+  w.h = download<uint8_t>(w.d, bytes);
+  return w;
+}
+
+// The activation a product reads: x itself for float weights, else quantized on the device.
+DeviceBuffer device_activation(GgmlType type, const DeviceBuffer& dx, int64_t n) {
+  DeviceBuffer act(std::max<size_t>(activation_bytes(type, n), 16));
+  quantize_activation(type, dx.as<float>(), act.data(), n);
+  return act;
+}
+bool reads_floats(GgmlType type) { return activation_bytes(type, 256) == 0; }
+
+// The grouped output projection in one launch vs cpu::matvec of each group's rows on its own
+// slice of x: the Flash o_a (8 groups of 1024 rows, 4096 columns each), other types, and odd
+// shapes (unaligned rows, groups smaller than a warp's share).
+TEST(CudaMatvec, GroupedProductMatchesCpuPerGroup) {
+  DS4_REQUIRE_GPU();
+  struct GroupCase {
+    GgmlType type;
+    int64_t groups, rows_per_group, ncols;
+  };
+  using T = GgmlType;
+  uint64_t seed = 500;
+  for (const GroupCase& c : {GroupCase{T::Q8_0, 8, 1024, 4096}, GroupCase{T::Q8_0, 6, 5, 96},
+                             GroupCase{T::IQ2_XXS, 4, 300, 512}, GroupCase{T::Q2_K, 3, 7, 768},
+                             GroupCase{T::Q2_K, 2, 100, 2048},
+                             GroupCase{T::MXFP4, 5, 33, 64}, GroupCase{T::F16, 4, 64, 1024},
+                             GroupCase{T::F32, 3, 9, 36}}) {
+    const int64_t nrows = c.groups * c.rows_per_group;
+    const std::string what = std::string("grouped ") + std::string(type_name(c.type)) + " " +
+                             std::to_string(c.groups) + "x" + std::to_string(c.rows_per_group) + "x" +
+                             std::to_string(c.ncols);
+    const HostDeviceWeights w = random_weights(c.type, nrows, c.ncols, seed++);
+    const auto x = gaussian(c.groups * c.ncols, 1.0f, uint32_t(seed++));
+    std::vector<float> ref(size_t(nrows));
+    const size_t rb = row_bytes(c.type, c.ncols);
+    for (int64_t g = 0; g < c.groups; ++g)
+      cpu::matvec(c.type, w.h.data() + size_t(g * c.rows_per_group) * rb, c.rows_per_group, c.ncols,
+                  x.data() + g * c.ncols, ref.data() + g * c.rows_per_group, &pool());
+
+    DeviceBuffer dx = upload(x);
+    // All groups quantized in one call, as the session does.
+    const DeviceBuffer act = device_activation(c.type, dx, c.groups * c.ncols);
+    DeviceBuffer dy(ref.size() * sizeof(float));
+    dy.fill_bytes(0xFF);
+    matvec_grouped_q(c.type, w.d.data(), nrows, c.ncols, c.groups, reads_floats(c.type) ? dx.data() : act.data(),
+                     dy.as<float>());
+    check_last_error(what.c_str());
+    device_synchronize();
+    expect_close(download<float>(dy, ref.size()), ref, what);
+  }
+  DeviceBuffer b(4096);
+  EXPECT_THROW(matvec_grouped_q(GgmlType::Q8_0, b.data(), 10, 32, 3, b.data(), b.as<float>()), std::exception);
+  EXPECT_THROW(matvec_grouped_q(GgmlType::Q8_0, b.data(), 10, 32, 0, b.data(), b.as<float>()), std::exception);
+}
+
+// Several products of one input in one launch vs cpu::matvec of each: q_a + kv (Q8_0), the
+// compressor and indexer products of x (F16, up to six), and odd shapes (unaligned rows, an
+// empty part, parts shorter than a warp's share).
+TEST(CudaMatvec, SharedInputPartsMatchCpu) {
+  DS4_REQUIRE_GPU();
+  struct PartsCase {
+    GgmlType type;
+    int64_t ncols;
+    std::vector<int64_t> rows;
+  };
+  using T = GgmlType;
+  uint64_t seed = 700;
+  for (const PartsCase& c : {PartsCase{T::Q8_0, 4096, {1024, 512}}, PartsCase{T::F16, 4096, {1024, 1024, 256, 256, 64}},
+                             PartsCase{T::Q8_0, 96, {37, 0, 5, 1, 70, 3}}, PartsCase{T::IQ2_XXS, 4096, {2048, 2048}},
+                             PartsCase{T::Q4_K, 512, {9, 300}}, PartsCase{T::BF16, 40, {37, 2}}}) {
+    const std::string what = std::string("parts ") + std::string(type_name(c.type)) + " x" +
+                             std::to_string(c.ncols) + " (" + std::to_string(c.rows.size()) + " parts)";
+    const auto x = gaussian(c.ncols, 1.0f, uint32_t(seed++));
+    DeviceBuffer dx = upload(x);
+    const DeviceBuffer act = device_activation(c.type, dx, c.ncols);
+    std::vector<HostDeviceWeights> ws;
+    std::vector<DeviceBuffer> ys;
+    std::vector<MatvecPart> parts;
+    for (int64_t n : c.rows) {
+      ws.push_back(random_weights(c.type, n, c.ncols, seed++));
+      ys.emplace_back(std::max<size_t>(size_t(n) * sizeof(float), 16));
+      ys.back().fill_bytes(0xFF);
+      parts.push_back(MatvecPart{ws.back().d.data(), n, ys.back().as<float>()});
+    }
+    matvec_parts_q(c.type, c.ncols, parts.data(), int(parts.size()), reads_floats(c.type) ? dx.data() : act.data());
+    check_last_error(what.c_str());
+    device_synchronize();
+    for (size_t i = 0; i < parts.size(); ++i) {
+      if (c.rows[i] == 0) continue;
+      std::vector<float> ref(size_t(c.rows[i]));
+      cpu::matvec(c.type, ws[i].h.data(), c.rows[i], c.ncols, x.data(), ref.data(), &pool());
+      expect_close(download<float>(ys[i], ref.size()), ref, what + " part " + std::to_string(i));
+    }
+  }
+  DeviceBuffer b(4096);
+  std::vector<MatvecPart> too_many(size_t(kMaxMatvecParts + 1), MatvecPart{b.data(), 1, b.as<float>()});
+  EXPECT_THROW(matvec_parts_q(GgmlType::Q8_0, 32, too_many.data(), int(too_many.size()), b.data()), std::exception);
+  EXPECT_THROW(matvec_parts_q(GgmlType::Q8_0, 32, too_many.data(), 0, b.data()), std::exception);
+  EXPECT_THROW(matvec_parts_q(GgmlType::Q8_0, 33, too_many.data(), 1, b.data()), std::exception);
+}
+
+// The IQ2_XXS decoder negates a grid byte g as (g ^ 0xFF) + 1 with one 32-bit add, which is
+// exact only when no byte is 0 (the +1 would carry into the next byte) or >= 128.
+TEST(CudaMatvec, Iq2xxsGridBytesAllowCarryFreeNegation) {
+  const uint64_t* grid = quant::iq2xxs_grid();
+  for (int i = 0; i < 256; ++i)
+    for (int j = 0; j < 8; ++j) {
+      const int byte = int((grid[i] >> (8 * j)) & 0xFF);
+      EXPECT_TRUE(byte >= 1 && byte <= 127) << "grid entry " << i << " byte " << j << " = " << byte;
+    }
 }
 
 // Activations with the special cases the CPU quantizers define: all-zero blocks, equal

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 
 #include "backend/cuda/check.h"
 #include "backend/cuda/decision_log.h"
@@ -21,6 +22,33 @@ using model::SessionState;
 namespace {
 
 cudaStream_t cs(void* s) { return static_cast<cudaStream_t>(s); }
+
+// Products that read the same x: with one type and width they run as one launch on one
+// quantization of x (matvec_parts_q) instead of a quantize + product pair each.
+struct ProductOfX {
+  const DTensor& w;
+  float* y;
+};
+void products_of_x(std::initializer_list<ProductOfX> ps, const float* x, void* act_scratch, void* s) {
+  const DTensor& w0 = ps.begin()->w;
+  MatvecPart parts[kMaxMatvecParts];
+  int n = 0;
+  bool one_launch = ps.size() <= size_t(kMaxMatvecParts);
+  for (const ProductOfX& p : ps) {
+    one_launch = one_launch && p.w.type == w0.type && p.w.cols == w0.cols;
+    if (n < kMaxMatvecParts) parts[n++] = MatvecPart{p.w.d, p.w.rows, p.y};
+  }
+  if (!one_launch) {
+    for (const ProductOfX& p : ps) matvec(p.w.type, p.w.d, p.w.rows, p.w.cols, x, p.y, act_scratch, s);
+    return;
+  }
+  const void* act = x;
+  if (activation_bytes(w0.type, w0.cols) > 0) {
+    quantize_activation(w0.type, x, act_scratch, w0.cols, s);
+    act = act_scratch;
+  }
+  matvec_parts_q(w0.type, w0.cols, parts, n, act, s);
+}
 
 bool is_float_type(GgmlType t) { return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16; }
 
@@ -344,8 +372,7 @@ void GpuSession::compressor(const DLayer& L, const DCompressor& C, int sim, int6
   const HParams& hp = model_->hparams();
   Scratch& b = *sc_;
   // 3.4.5: project the token into the ring; pool the window it completes, if any.
-  mv(C.kv, b.x, b.ckv, s);
-  mv(C.gate, b.x, b.csc, s);
+  products_of_x({{C.kv, b.ckv}, {C.gate, b.csc}}, b.x, b.act, s);
   fwd::comp_store(b.ckv, b.csc, C.ape, C.c * C.d, L.ratio, ring_kv, ring_sc, cap_, b.ctl, s);
   fwd::RowFinish f;
   f.d = C.d;
@@ -364,7 +391,8 @@ void GpuSession::attention_sublayer(const DLayer& L, LayerBufs& S, void* s) {
   const bool official = opts_.numerics == Numerics::Official;
 
   // 3.4.1 Query: qr = RMSNorm(wq_a x), q = wq_b qr, per-head unweighted RMSNorm and RoPE.
-  mv(L.q_a, b.x, b.qa, s);
+  // wq_a x and the KV row wkv x (3.4.2) read the same x: one launch.
+  products_of_x({{L.q_a, b.qa}, {L.kv, b.kv}}, b.x, b.act, s);
   fwd::rmsnorm(b.qa, L.q_a_norm, b.qr, hp.q_lora, 1, hp.rms_eps, s);
   mv(L.q_b, b.qr, b.q, s);
   fwd::RowFinish qf;
@@ -373,8 +401,8 @@ void GpuSession::attention_sublayer(const DLayer& L, LayerBufs& S, void* s) {
   qf.eps = hp.rms_eps;
   fwd::rows_finish(qf, L.omega, b.q, b.q, NH, D, 0, b.ctl, s);
 
-  // 3.4.2 KV: one shared K = V row, normed, rotated, FP8 round trip (official) -> raw ring.
-  mv(L.kv, b.x, b.kv, s);
+  // 3.4.2 KV: one shared K = V row (projected with q_a above), normed, rotated, FP8 round
+  // trip (official) -> raw ring.
   fwd::RowFinish kf = qf;
   kf.norm = L.kv_norm;
   kf.n_nope = hp.n_nope();
@@ -411,23 +439,16 @@ void GpuSession::attention_sublayer(const DLayer& L, LayerBufs& S, void* s) {
   fwd::attention(as, b.q, S.raw, S.comp, sel, b.n_sel, L.sinks, L.omega, b.attn_f, b.o, b.ctl, s);
   mark("attention core", 0, s);
 
-  // 3.4.9 Grouped output projection: group g uses rows g*R.. of wo_a on its heads.
-  const int64_t G = hp.o_groups, R = hp.o_lora, per_group = NH * D / G;
-  const bool one_quantize = !is_float_type(L.out_a.type) && per_group % 256 == 0 &&
-                            activation_bytes(L.out_a.type, per_group) % 16 == 0;
-  if (!one_quantize) {
-    for (int64_t g = 0; g < G; ++g) mv(L.out_a, b.o + g * per_group, b.low + g * R, s, g * R, R);
-  } else {
-    // All groups' activations quantized in one launch (blocks never straddle a group when
-    // per_group is a multiple of 256; each group's slice stays 16-byte aligned), then one
-    // product per group on its slice: G + 1 launches instead of 2 G, the same bytes as
-    // quantizing each group on its own.
+  // 3.4.9 Grouped output projection: group g uses rows g*R.. of wo_a on its heads. All groups
+  // are quantized in one launch (each group's width is a whole number of activation blocks,
+  // so group g's activation is the g-th slice) and multiplied in one grouped launch.
+  const int64_t G = hp.o_groups, R = hp.o_lora;
+  const void* act_o = b.o;
+  if (!is_float_type(L.out_a.type)) {
     quantize_activation(L.out_a.type, b.o, b.act_o, NH * D, s);
-    const size_t gb = activation_bytes(L.out_a.type, per_group);
-    for (int64_t g = 0; g < G; ++g)
-      matvec_q(L.out_a.type, L.out_a.row(g * R), R, L.out_a.cols, static_cast<const uint8_t*>(b.act_o) + g * gb,
-               b.low + g * R, s);
+    act_o = b.act_o;
   }
+  matvec_grouped_q(L.out_a.type, L.out_a.d, G * R, L.out_a.cols, G, act_o, b.low, s);
   mv(L.out_b, b.low, b.y, s);
   mark("attention output", static_cast<double>(L.out_a.bytes() + L.out_b.bytes()), s);
 }

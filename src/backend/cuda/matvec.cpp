@@ -68,6 +68,27 @@ void matvec_q(GgmlType type, const void* d_w, int64_t nrows, int64_t ncols, cons
   detail::launch_matvec(type, d_w, nrows, ncols, d_act, d_y, stream);
 }
 
+void matvec_grouped_q(GgmlType type, const void* d_w, int64_t nrows, int64_t ncols, int64_t n_groups,
+                      const void* d_act, float* d_y, void* stream) {
+  check_type(type, "matvec_grouped");
+  check_cols(type, ncols, "matvec_grouped");
+  if (nrows < 0 || n_groups <= 0 || nrows % n_groups != 0)
+    fail("cuda matvec_grouped: {} rows do not split into {} equal groups", nrows, n_groups);
+  const size_t stride = is_float(type) ? size_t(ncols) * sizeof(float) : activation_bytes(type, ncols);
+  detail::launch_matvec_grouped(type, d_w, nrows, ncols, n_groups, d_act, stride, d_y, stream);
+}
+
+void matvec_parts_q(GgmlType type, int64_t ncols, const MatvecPart* parts, int n_parts, const void* d_act,
+                    void* stream) {
+  check_type(type, "matvec_parts");
+  check_cols(type, ncols, "matvec_parts");
+  if (n_parts < 1 || n_parts > kMaxMatvecParts)
+    fail("cuda matvec_parts: {} products in one launch (1..{} supported)", n_parts, kMaxMatvecParts);
+  for (int i = 0; i < n_parts; ++i)
+    if (parts[i].nrows < 0) fail("cuda matvec_parts: product {} has a negative row count {}", i, parts[i].nrows);
+  detail::launch_matvec_parts(type, ncols, parts, n_parts, d_act, stream);
+}
+
 void matvec(GgmlType type, const void* d_w, int64_t nrows, int64_t ncols, const float* d_x, float* d_y,
             void* d_scratch, void* stream) {
   check_type(type, "matvec");

@@ -21,7 +21,9 @@
 
 #include "backend/cuda/check.h"
 #include "backend/cuda/kernel_tables.h"
+#include "backend/cuda/matvec.h"
 #include "backend/cuda/matvec_launch.h"
+#include "backend/cuda/pdl.h"
 #include "quant/block_codecs.h"
 #include "quant/blocks.h"
 #include "quant/quant.h"
@@ -173,10 +175,12 @@ struct KIQ2_XXS {  // unit = 32-element group g with its own 4-bit scale
     for (int k = 0; k < 4; ++k) {
       const uint64_t gv = t.grid[(a0 >> (8 * k)) & 0xFF];
       const uint64_t m = t.signs[(a1 >> (7 * k)) & 127];
-      // (g ^ m) - m per byte negates exactly the bytes whose mask is 0xFF.
+      // -g = (g ^ 0xFF) + 1 per byte where the mask is 0xFF. Grid bytes are 1..127 (checked
+      // in init_tables), so g ^ 0xFF <= 0xFE and the +1 never carries into the next byte:
+      // one 32-bit add replaces the emulated per-byte __vsub4.
       const uint32_t mlo = uint32_t(m), mhi = uint32_t(m >> 32);
-      const int vlo = int(__vsub4(uint32_t(gv) ^ mlo, mlo));
-      const int vhi = int(__vsub4(uint32_t(gv >> 32) ^ mhi, mhi));
+      const int vlo = int((uint32_t(gv) ^ mlo) + (mlo & 0x01010101u));
+      const int vhi = int((uint32_t(gv >> 32) ^ mhi) + (mhi & 0x01010101u));
       s = __dp4a(vlo, act_int(a->qs, 8 * g + 2 * k), s);
       s = __dp4a(vhi, act_int(a->qs, 8 * g + 2 * k + 1), s);
     }
@@ -274,7 +278,43 @@ struct PlainPlan {
   int64_t nblk;
   __device__ int segments() const { return 1; }
   __device__ const uint8_t* row(int, int64_t r) const { return w + size_t(r) * rb; }
-  __device__ const void* activation(int) const { return act; }
+  __device__ const void* activation(int, int64_t) const { return act; }
+};
+
+// Rows in n_groups equal groups, group g against its own activation (the g-th of n_groups
+// stored act_stride bytes apart): the grouped output projection in one launch.
+struct GroupedPlan {
+  const uint8_t* w;
+  size_t rb;
+  const uint8_t* act;
+  size_t act_stride;
+  int64_t rows_per_group, nblk;
+  __device__ int segments() const { return 1; }
+  __device__ const uint8_t* row(int, int64_t r) const { return w + size_t(r) * rb; }
+  __device__ const void* activation(int, int64_t r) const { return act + size_t(r / rows_per_group) * act_stride; }
+};
+
+// Several matrices of one type and width against one activation: their rows are numbered
+// back to back (part i owns rows begin[i] .. begin[i + 1] - 1) and each part writes its own y.
+struct PartsPlan {
+  const uint8_t* w[kMaxMatvecParts];
+  float* y[kMaxMatvecParts];
+  int64_t begin[kMaxMatvecParts + 1];
+  int n;
+  size_t rb;
+  const void* act;
+  int64_t nblk;
+  __device__ int part(int64_t r) const {
+    int i = 0;
+    while (i + 1 < n && r >= begin[i + 1]) ++i;
+    return i;
+  }
+  __device__ int segments() const { return 1; }
+  __device__ const uint8_t* row(int, int64_t r) const {
+    const int i = part(r);
+    return w[i] + size_t(r - begin[i]) * rb;
+  }
+  __device__ const void* activation(int, int64_t) const { return act; }
 };
 
 struct GateUpPlan {
@@ -293,7 +333,7 @@ struct GateUpPlan {
     const size_t off = size_t(__ldg(ids + k)) * slab + size_t(r - k * n_ff) * rb;
     return (m == 0 ? gate : up) + off;
   }
-  __device__ const void* activation(int) const { return act; }
+  __device__ const void* activation(int, int64_t) const { return act; }
 };
 
 struct DownPlan {
@@ -308,7 +348,7 @@ struct DownPlan {
   __device__ const uint8_t* row(int m, int64_t r) const {
     return down + size_t(__ldg(ids + m)) * slab + size_t(r) * rb;
   }
-  __device__ const void* activation(int m) const { return act + size_t(m) * act_rb; }
+  __device__ const void* activation(int m, int64_t) const { return act + size_t(m) * act_rb; }
 };
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -321,6 +361,13 @@ __device__ __forceinline__ float warp_sum(float v) {
 struct StoreY {
   float* y;
   __device__ void operator()(int64_t r, float a, float) const { y[r] = a; }
+};
+struct StoreParts {
+  PartsPlan p;
+  __device__ void operator()(int64_t r, float a, float) const {
+    const int i = p.part(r);
+    p.y[i][r - p.begin[i]] = a;
+  }
 };
 struct SwiGlu {
   float* h;
@@ -349,7 +396,7 @@ __device__ void warp_row_bytes(const Plan& p, int64_t r, int64_t bb, int64_t be,
       __syncwarp();
       for (int u = lane; u < nb * K::U; u += 32) {
         const int blk = u / K::U;
-        const float v = K::dot(sw + blk * K::BB, u - blk * K::U, p.activation(m), b0 + blk, t);
+        const float v = K::dot(sw + blk * K::BB, u - blk * K::U, p.activation(m, r), b0 + blk, t);
         if (separate && m == 1) acc1 += v; else acc0 += v;
       }
     }
@@ -427,13 +474,24 @@ __device__ void stream_rows(const Plan& p, const Epi& epi, int64_t row0, int64_t
       per = packed ? min(per_max, nseg - m) : 1;
       prefetch(row, m, b0, nb, per);
     }
+    // Lane units u = lane, lane + 32, ... of cper segments of useg units each, walked as
+    // (segment s, unit rem) with a running remainder: no runtime integer division per unit.
     const int useg = cnb * K::U;
-    for (int u = lane; u < cper * useg; u += 32) {
-      const int s = u / useg;
-      const int rem = u - s * useg;
-      const int blk = rem / K::U;
-      const float v = K::dot(sw + (s * cnb + blk) * K::BB, rem - blk * K::U, p.activation(cm + s), cb0 + blk, t);
+    int s = 0, rem = lane;
+    while (rem >= useg) {
+      rem -= useg;
+      ++s;
+    }
+    while (s < cper) {
+      const int blk = rem / K::U;  // compile-time divisor
+      const float v =
+          K::dot(sw + (s * cnb + blk) * K::BB, rem - blk * K::U, p.activation(cm + s, crow), cb0 + blk, t);
       if (separate && cm + s == 1) acc1 += v; else acc0 += v;
+      rem += 32;
+      while (rem >= useg) {
+        rem -= useg;
+        ++s;
+      }
     }
     if (emit && (!more || row != crow)) {
       acc0 = warp_sum(acc0);
@@ -461,6 +519,7 @@ __device__ void run(const Plan& p, const Epi& epi, int64_t nrows, int split, boo
     for (int i = threadIdx.x; i < 128; i += kThreads) ssign[i] = g_iq2_sign_mask[i];
     __syncthreads();
   }
+  pdl_enter();  // decode-step launches are programmatic (pdl.h): wait for the producer here
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t gw = int64_t(blockIdx.x) * kWarps + warp;
   float a0 = 0.0f, a1 = 0.0f;
@@ -504,19 +563,11 @@ __device__ void run(const Plan& p, const Epi& epi, int64_t nrows, int split, boo
   }
 }
 
-template <class K>
-__global__ void __launch_bounds__(kThreads) plain_kernel(PlainPlan p, float* y, int64_t nrows, int split, bool vec) {
-  run<K>(p, StoreY{y}, nrows, split, vec, false);
-}
-
-template <class K>
-__global__ void __launch_bounds__(kThreads) gate_up_kernel(GateUpPlan p, int64_t nrows, int split, bool vec) {
-  run<K>(p, SwiGlu{p.h, p.route_w, p.n_ff, p.limit}, nrows, split, vec, true);
-}
-
-template <class K>
-__global__ void __launch_bounds__(kThreads) down_kernel(DownPlan p, float* y, int64_t nrows, int split, bool vec) {
-  run<K>(p, StoreY{y}, nrows, split, vec, false);
+// One kernel for every row plan: Plan says which weight rows and activations make a row, Epi
+// what a finished row writes; kSeparate keeps segment 1 (up) in its own accumulator.
+template <class K, class Plan, class Epi, bool kSeparate>
+__global__ void __launch_bounds__(kThreads) product_kernel(Plan p, Epi epi, int64_t nrows, int split, bool vec) {
+  run<K>(p, epi, nrows, split, vec, kSeparate);
 }
 
 // Warps per row: split rows over warps only when there are fewer rows than resident warps;
@@ -548,16 +599,53 @@ dim3 grid_for(int per_sm, int64_t nrows, int split, bool vec) {
   return dim3(unsigned(std::min<int64_t>(blocks, int64_t(sm_count()) * per_sm)));
 }
 
+// The one place the products are launched: nrows rows of plan p, split and grid chosen here.
+// ngroups = aligned block groups per row (the split's granularity).
+template <class K, class Plan, class Epi, bool kSeparate = false>
+void launch_rows(const Plan& p, const Epi& epi, int64_t nrows, bool vec, void* stream) {
+  const int split = choose_split(nrows, p.nblk / (vec ? K::G : 1));
+  static const int per_sm = resident_blocks(product_kernel<K, Plan, Epi, kSeparate>);
+  DS4_CUDA_CHECK(launch_pdl(product_kernel<K, Plan, Epi, kSeparate>, grid_for(per_sm, nrows, split, vec), kThreads,
+                             0, static_cast<cudaStream_t>(stream), p, epi, nrows, split, vec));
+}
+
 template <class K>
 void matvec_t(const void* w, int64_t nrows, int64_t ncols, const void* act, float* y, void* stream) {
   const int64_t nblk = ncols / K::BE;
   const size_t rb = size_t(nblk) * K::BB;
-  const bool vec = vec_ok<K>(w, rb, nblk);
-  const int split = choose_split(nrows, nblk / (vec ? K::G : 1));
-  PlainPlan p{static_cast<const uint8_t*>(w), rb, act, nblk};
-  static const int per_sm = resident_blocks(plain_kernel<K>);
-  plain_kernel<K><<<grid_for(per_sm, nrows, split, vec), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p, y, nrows, split, vec);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  const PlainPlan p{static_cast<const uint8_t*>(w), rb, act, nblk};
+  launch_rows<K>(p, StoreY{y}, nrows, vec_ok<K>(w, rb, nblk), stream);
+}
+
+template <class K>
+void grouped_t(const void* w, int64_t nrows, int64_t ncols, int64_t n_groups, const void* act, size_t act_stride,
+               float* y, void* stream) {
+  const int64_t nblk = ncols / K::BE;
+  const size_t rb = size_t(nblk) * K::BB;
+  const GroupedPlan p{static_cast<const uint8_t*>(w), rb, static_cast<const uint8_t*>(act), act_stride,
+                      nrows / n_groups, nblk};
+  launch_rows<K>(p, StoreY{y}, nrows, vec_ok<K>(w, rb, nblk), stream);
+}
+
+template <class K>
+void parts_t(int64_t ncols, const MatvecPart* parts, int n_parts, const void* act, void* stream) {
+  const int64_t nblk = ncols / K::BE;
+  const size_t rb = size_t(nblk) * K::BB;
+  PartsPlan p{};
+  p.n = n_parts;
+  p.rb = rb;
+  p.act = act;
+  p.nblk = nblk;
+  bool vec = true;
+  p.begin[0] = 0;
+  for (int i = 0; i < n_parts; ++i) {
+    p.w[i] = static_cast<const uint8_t*>(parts[i].d_w);
+    p.y[i] = parts[i].d_y;
+    p.begin[i + 1] = p.begin[i] + parts[i].nrows;
+    vec = vec && vec_ok<K>(parts[i].d_w, rb, nblk);
+  }
+  if (p.begin[n_parts] == 0) return;
+  launch_rows<K>(p, StoreParts{p}, p.begin[n_parts], vec, stream);
 }
 
 template <class K>
@@ -566,13 +654,9 @@ void gate_up_t(const void* gate, const void* up, int64_t n_embd, int64_t n_ff, c
   const int64_t nblk = n_embd / K::BE;
   const size_t rb = size_t(nblk) * K::BB, slab = rb * size_t(n_ff);
   const bool vec = vec_ok<K>(gate, rb, nblk, slab) && vec_ok<K>(up, rb, nblk, slab);
-  const int64_t nrows = int64_t(n_used) * n_ff;
-  const int split = choose_split(nrows, nblk / (vec ? K::G : 1));
-  GateUpPlan p{static_cast<const uint8_t*>(gate), static_cast<const uint8_t*>(up), rb, slab, ids,
-               route_w, act, nblk, n_ff, limit, h};
-  static const int per_sm = resident_blocks(gate_up_kernel<K>);
-  gate_up_kernel<K><<<grid_for(per_sm, nrows, split, vec), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p, nrows, split, vec);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  const GateUpPlan p{static_cast<const uint8_t*>(gate), static_cast<const uint8_t*>(up), rb, slab, ids,
+                     route_w, act, nblk, n_ff, limit, h};
+  launch_rows<K, GateUpPlan, SwiGlu, true>(p, SwiGlu{h, route_w, n_ff, limit}, int64_t(n_used) * n_ff, vec, stream);
 }
 
 template <class K>
@@ -580,13 +664,9 @@ void down_t(const void* down, int64_t n_embd, int64_t n_ff, const int32_t* ids, 
             const void* act, size_t act_rb, float* y, void* stream) {
   const int64_t nblk = n_ff / K::BE;
   const size_t rb = size_t(nblk) * K::BB, slab = rb * size_t(n_embd);
-  const bool vec = vec_ok<K>(down, rb, nblk, slab);
-  const int split = choose_split(n_embd, nblk / (vec ? K::G : 1));
-  DownPlan p{static_cast<const uint8_t*>(down), rb, slab, ids, static_cast<const uint8_t*>(act),
-             act_rb, nblk, n_used};
-  static const int per_sm = resident_blocks(down_kernel<K>);
-  down_kernel<K><<<grid_for(per_sm, n_embd, split, vec), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p, y, n_embd, split, vec);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  const DownPlan p{static_cast<const uint8_t*>(down), rb, slab, ids, static_cast<const uint8_t*>(act),
+                   act_rb, nblk, n_used};
+  launch_rows<K>(p, StoreY{y}, n_embd, vec_ok<K>(down, rb, nblk, slab), stream);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -594,6 +674,7 @@ void down_t(const void* down, int64_t n_embd, int64_t n_ff, const int32_t* ids, 
 // The _rn intrinsics keep nvcc from contracting or approximating any step.
 // ---------------------------------------------------------------------------------------
 __global__ void quantize_q8_0_act_kernel(const float* __restrict__ x, BlockQ8_0Act* __restrict__ y, int64_t nblocks) {
+  pdl_enter();
   const int64_t b = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (b >= nblocks) return;
@@ -611,6 +692,7 @@ __global__ void quantize_q8_0_act_kernel(const float* __restrict__ x, BlockQ8_0A
 
 // One warp per 256-element block; lane L owns elements 8L..8L+7 (sub-block L/2).
 __global__ void quantize_q8_k_kernel(const float* __restrict__ x, BlockQ8_K* __restrict__ y, int64_t nblocks) {
+  pdl_enter();
   const int64_t b = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (b >= nblocks) return;
@@ -737,37 +819,53 @@ __global__ void fill_kernel(int type, uint8_t* w, int64_t nblocks, int bb, uint6
   }
 }
 
+// Calls f(K{}) with the decoder of a matvec weight type (nothing for other types: the host
+// side has rejected them).
+template <class F>
+void with_kernel(GgmlType type, F&& f) {
+  init_tables();
+  switch (type) {
+    case GgmlType::Q8_0: return f(KQ8_0{});
+    case GgmlType::Q2_K: return f(KQ2_K{});
+    case GgmlType::Q4_K: return f(KQ4_K{});
+    case GgmlType::IQ2_XXS: return f(KIQ2_XXS{});
+    case GgmlType::MXFP4: return f(KMXFP4{});
+    case GgmlType::F32: return f(KF32{});
+    case GgmlType::F16: return f(KHalf<false>{});
+    case GgmlType::BF16: return f(KHalf<true>{});
+    default: break;
+  }
+}
+
 }  // namespace
 
 void launch_quantize_q8_0_act(const float* x, void* act, int64_t nblocks, void* stream) {
   if (nblocks == 0) return;
-  quantize_q8_0_act_kernel<<<unsigned((nblocks + kWarps - 1) / kWarps), kThreads, 0,
-                             static_cast<cudaStream_t>(stream)>>>(x, static_cast<BlockQ8_0Act*>(act), nblocks);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  DS4_CUDA_CHECK(launch_pdl(quantize_q8_0_act_kernel, unsigned((nblocks + kWarps - 1) / kWarps), kThreads, 0,
+                             static_cast<cudaStream_t>(stream), x, static_cast<BlockQ8_0Act*>(act), nblocks));
 }
 
 void launch_quantize_q8_k(const float* x, void* act, int64_t nblocks, void* stream) {
   if (nblocks == 0) return;
-  quantize_q8_k_kernel<<<unsigned((nblocks + kWarps - 1) / kWarps), kThreads, 0,
-                         static_cast<cudaStream_t>(stream)>>>(x, static_cast<BlockQ8_K*>(act), nblocks);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  DS4_CUDA_CHECK(launch_pdl(quantize_q8_k_kernel, unsigned((nblocks + kWarps - 1) / kWarps), kThreads, 0,
+                             static_cast<cudaStream_t>(stream), x, static_cast<BlockQ8_K*>(act), nblocks));
 }
 
 void launch_matvec(GgmlType type, const void* w, int64_t nrows, int64_t ncols, const void* act, float* y,
                    void* stream) {
   if (nrows == 0) return;
-  init_tables();
-  switch (type) {
-    case GgmlType::Q8_0: return matvec_t<KQ8_0>(w, nrows, ncols, act, y, stream);
-    case GgmlType::Q2_K: return matvec_t<KQ2_K>(w, nrows, ncols, act, y, stream);
-    case GgmlType::Q4_K: return matvec_t<KQ4_K>(w, nrows, ncols, act, y, stream);
-    case GgmlType::IQ2_XXS: return matvec_t<KIQ2_XXS>(w, nrows, ncols, act, y, stream);
-    case GgmlType::MXFP4: return matvec_t<KMXFP4>(w, nrows, ncols, act, y, stream);
-    case GgmlType::F32: return matvec_t<KF32>(w, nrows, ncols, act, y, stream);
-    case GgmlType::F16: return matvec_t<KHalf<false>>(w, nrows, ncols, act, y, stream);
-    case GgmlType::BF16: return matvec_t<KHalf<true>>(w, nrows, ncols, act, y, stream);
-    default: break;
-  }
+  with_kernel(type, [&](auto k) { matvec_t<decltype(k)>(w, nrows, ncols, act, y, stream); });
+}
+
+void launch_matvec_grouped(GgmlType type, const void* w, int64_t nrows, int64_t ncols, int64_t n_groups,
+                           const void* act, size_t act_stride, float* y, void* stream) {
+  if (nrows == 0) return;
+  with_kernel(type, [&](auto k) { grouped_t<decltype(k)>(w, nrows, ncols, n_groups, act, act_stride, y, stream); });
+}
+
+void launch_matvec_parts(GgmlType type, int64_t ncols, const MatvecPart* parts, int n_parts, const void* act,
+                         void* stream) {
+  with_kernel(type, [&](auto k) { parts_t<decltype(k)>(ncols, parts, n_parts, act, stream); });
 }
 
 void launch_moe_gate_up(GgmlType type, const void* gate, const void* up, int64_t n_embd, int64_t n_ff,

@@ -33,6 +33,26 @@ void quantize_activation(GgmlType weight_type, const float* d_x, void* d_act, in
 void matvec_q(GgmlType type, const void* d_w, int64_t nrows, int64_t ncols, const void* d_act,
               float* d_y, void* stream = nullptr);
 
+// The grouped product of architecture.md 3.4.9 in one launch: the nrows rows form n_groups
+// equal groups and y[r] = W[r, :] . act_g with g = r / (nrows / n_groups), where act_g is the
+// g-th of n_groups activations of ncols columns stored back to back (what quantize_activation
+// of all n_groups * ncols values makes: activation_bytes(type, ncols) bytes apart; for float
+// types, the f32 vector slices ncols floats apart). nrows must be a multiple of n_groups.
+void matvec_grouped_q(GgmlType type, const void* d_w, int64_t nrows, int64_t ncols, int64_t n_groups,
+                      const void* d_act, float* d_y, void* stream = nullptr);
+
+// One launch for up to kMaxMatvecParts products of one weight type and width that read the
+// same activation (q_a and kv; the compressor and indexer products of x):
+// parts[i].d_y[r] = W_i[r, :] . act for r < parts[i].nrows.
+struct MatvecPart {
+  const void* d_w = nullptr;
+  int64_t nrows = 0;
+  float* d_y = nullptr;
+};
+inline constexpr int kMaxMatvecParts = 6;
+void matvec_parts_q(GgmlType type, int64_t ncols, const MatvecPart* parts, int n_parts, const void* d_act,
+                    void* stream = nullptr);
+
 // Quantizes x into d_scratch (activation_bytes(type, ncols) bytes; may be nullptr for float
 // types) and runs matvec_q.
 void matvec(GgmlType type, const void* d_w, int64_t nrows, int64_t ncols, const float* d_x,

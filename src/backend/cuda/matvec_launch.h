@@ -4,6 +4,9 @@
 
 #include <cstdint>
 
+#include <cstddef>
+
+#include "backend/cuda/matvec.h"
 #include "core/ggml_type.h"
 
 namespace ds4::cuda::detail {
@@ -12,6 +15,10 @@ void launch_quantize_q8_0_act(const float* x, void* act, int64_t nblocks, void* 
 void launch_quantize_q8_k(const float* x, void* act, int64_t nblocks, void* stream);
 void launch_matvec(GgmlType type, const void* w, int64_t nrows, int64_t ncols, const void* act,
                    float* y, void* stream);
+void launch_matvec_grouped(GgmlType type, const void* w, int64_t nrows, int64_t ncols, int64_t n_groups,
+                           const void* act, size_t act_stride, float* y, void* stream);
+void launch_matvec_parts(GgmlType type, int64_t ncols, const MatvecPart* parts, int n_parts, const void* act,
+                         void* stream);
 void launch_moe_gate_up(GgmlType type, const void* gate, const void* up, int64_t n_embd,
                         int64_t n_ff, const int32_t* ids, const float* route_w, int n_used,
                         float limit, const void* act, float* h, void* stream);
