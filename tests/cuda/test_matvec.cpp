@@ -146,7 +146,7 @@ TEST(CudaMatvec, GroupedProductMatchesCpuPerGroup) {
                              std::to_string(c.ncols);
     const HostDeviceWeights w = random_weights(c.type, nrows, c.ncols, seed++);
     const auto x = gaussian(c.groups * c.ncols, 1.0f, uint32_t(seed++));
-    std::vector<float> ref(size_t(nrows));
+    std::vector<float> ref(static_cast<size_t>(nrows));
     const size_t rb = row_bytes(c.type, c.ncols);
     for (int64_t g = 0; g < c.groups; ++g)
       cpu::matvec(c.type, w.h.data() + size_t(g * c.rows_per_group) * rb, c.rows_per_group, c.ncols,
