@@ -141,13 +141,10 @@ void bench_fused(void* stream, int iters, double copy_gbs) {
   quantize_activation(T::Q8_0, dx.as<float>(), act.data(), G * C, stream);
   const size_t gb = activation_bytes(T::Q8_0, C);
   const auto* a = static_cast<const uint8_t*>(act.data());
-  fmt::print("
-{:<34} {:>8} {:>10} {:>9} {:>7}
-", "fused launches (graph of 16)", "MB", "us/call", "GB/s", "%copy");
+  fmt::print("\n{:<34} {:>8} {:>10} {:>9} {:>7}\n", "fused launches (graph of 16)", "MB", "us/call", "GB/s", "%copy");
   auto row = [&](const char* name, size_t bytes, double us) {
     const double gbs = double(bytes) / (us * 1e-6) / 1e9;
-    fmt::print("{:<34} {:>8.2f} {:>10.2f} {:>9.1f} {:>6.1f}%
-", name, double(bytes) / 1e6, us, gbs,
+    fmt::print("{:<34} {:>8.2f} {:>10.2f} {:>9.1f} {:>6.1f}%\n", name, double(bytes) / 1e6, us, gbs,
                100.0 * gbs / copy_gbs);
   };
   {
