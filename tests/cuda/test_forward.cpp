@@ -22,6 +22,7 @@
 #include "backend/cuda/gpu_session.h"
 #include "backend/cuda/matvec.h"
 #include "core/fp16.h"
+#include "cuda/pinned_divergence.h"
 #include "e2e/e2e_util.h"
 #include "model/attention.h"
 #include "model/compressor.h"
@@ -539,6 +540,81 @@ TEST_P(CudaQuantized, MatchesCpuBackend) {
   }
 }
 
+// Prefill of all tokens but the last `n_decode` (chunked by the session's max_batch), then
+// decode steps of one token; the logits of every token.
+std::vector<float> prefill_then_decode(ds4::model::EvalSession& s, const std::vector<int32_t>& tokens, int64_t V,
+                                       size_t n_decode) {
+  std::vector<float> out(tokens.size() * static_cast<size_t>(V));
+  const size_t n_prefill = tokens.size() - n_decode;
+  s.eval(std::span(tokens).subspan(0, n_prefill), LogitsMode::All, out.data());
+  for (size_t t = n_prefill; t < tokens.size(); ++t)
+    s.eval(std::span(tokens).subspan(t, 1), LogitsMode::Last, out.data() + t * V);
+  return out;
+}
+
+// The same comparison with the CPU session pinned to the GPU's discrete choices (the GPU
+// session's decision log replayed by model::pin_decisions: routed experts of every non-hash
+// layer and token, the indexer's top-k rows). Prefill (CPU: batched matmuls in chunks of
+// max_batch; GPU: its batched prefill) and decode steps are both compared, per token.
+// The issue asks for 1e-3 here; that is not reachable, and not because of the decisions: on an
+// H100 (docs/cuda.md "Correctness") pinning removes the router/indexer flips (20-42 of 960
+// expert choices and 50-289 of 602 indexer selections differed) but the logits still end
+// 1.2e-2 .. 5.7e-2 apart, and the layer outputs agree to < 1e-6 until one position and layer
+// where they jump to 1e-3 .. 2e-2 from an input that still agrees to ~1e-7: an activation on
+// the other side of a Q8 rounding boundary (official numerics: also an FP8/FP4 code). The CPU
+// is as discontinuous against itself (CpuReference.QuantizedForwardIsDiscontinuousAtOneUlp:
+// one ulp on its state moves these files' logits by 0.9e-2 .. 1.5e-2 with every decision
+// pinned, bf16 by 3e-7). So this test asserts that the log covers every position (prefill and
+// decode) and a bound for gross errors, 0.15 on the whole sequence (measured at most 5.7e-2;
+// a wrong forward gives ~1), and prints where the runs part.
+TEST_P(CudaQuantized, PinnedToGpuDecisionsMatchesCpuBackend) {
+  REQUIRE_GPU();
+  const std::string recipe = GetParam();
+  const auto& m = e2e::model("dsv4-tiny-k-bf16", recipe);
+  const auto& gm = gpu_model("dsv4-tiny-k-bf16", recipe);
+  const auto cases = e2e::load_cases("dsv4-tiny-k-bf16");
+  const int64_t V = m.hparams().n_vocab;
+  for (Numerics num : {Numerics::Exact, Numerics::Official}) {
+    for (size_t i = 0; i < cases.size(); ++i) {
+      const auto& tokens = cases[i].tokens;
+      const size_t n_decode = std::min<size_t>(8, tokens.size() - 1);
+      const ds4::model::SessionOptions o{.max_ctx = 4096, .numerics = num, .max_batch = 64};
+      ds4::cuda::GpuSession g(gm, o);
+      g.set_decision_log(true);
+      const auto gpu = prefill_then_decode(g, tokens, V, n_decode);
+      ASSERT_EQ(g.decision_log().n_tokens, static_cast<int64_t>(tokens.size()));
+      ds4::model::PinStats st;
+      ds4::model::Session c(m, o);
+      c.set_decision_hook(ds4::model::pin_decisions(g.decision_log(), &st));
+      const auto cpu = prefill_then_decode(c, tokens, V, n_decode);
+      double worst = 0;
+      size_t worst_t = 0;
+      for (size_t t = 0; t < tokens.size(); ++t) {
+        const double e = rel_err(gpu.data() + t * V, cpu.data() + t * V, static_cast<size_t>(V));
+        if (e > worst) {
+          worst = e;
+          worst_t = t;
+        }
+      }
+      const double e = rel_err(gpu, cpu);
+      std::printf("cuda %s %s case %zu, decisions pinned (experts: %lld of %lld changed, indexer rows: %lld of %lld "
+                  "changed): rel err vs cpu %.3e, worst token %zu %.3e\n",
+                  recipe.c_str(), ds4::model::numerics_name(num), i, static_cast<long long>(st.experts_changed),
+                  static_cast<long long>(st.experts_offered), static_cast<long long>(st.rows_changed),
+                  static_cast<long long>(st.rows_offered), e, worst_t, worst);
+      if (worst > 1e-5)
+        cudatest::print_divergence(m, gm, o, tokens.size(),
+                         [&](ds4::model::EvalSession& s) { prefill_then_decode(s, tokens, V, n_decode); });
+      EXPECT_EQ(st.missing, 0);
+      EXPECT_GT(st.experts_offered, 0);
+      if (tokens.size() > 100) {
+        EXPECT_GT(st.rows_offered, 0) << "the indexer never chose";
+      }
+      EXPECT_LT(e, 0.15) << recipe << " " << ds4::model::numerics_name(num) << " case " << i;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Recipes, CudaQuantized, ::testing::Values("q8", "q2"));
 
 // The CPU backend itself: prefill (batched matmul) and decode (matvec) of a quantized file.
@@ -548,6 +624,57 @@ TEST(CpuReference, QuantizedPrefillMatchesDecode) {
     const auto tokens = e2e::load_cases("dsv4-tiny-k-bf16").at(0).tokens;
     const auto a = e2e::run(m, tokens, Numerics::Exact, 0), b = e2e::run(m, tokens, Numerics::Exact, 1);
     std::printf("cpu %s prefill vs decode: rel err %.3e\n", recipe, rel_err(a, b));
+  }
+}
+
+// Why the pinned GPU-vs-CPU comparison above stays far from 1e-3 on the quantized files: the
+// CPU backend against itself. Session B continues from session A's state after `k` tokens with
+// every KV history value moved up by one float ulp (the size of a float summation-order
+// difference) and is pinned to A's decisions; both then evaluate the rest of the case. With
+// float activations (bf16 file) B stays within ~1e-6 of A: the forward is continuous. With
+// quantized activations (q8, q2) B ends as far from A as the GPU does from the CPU: an
+// activation moved across a rounding boundary changes its code, a jump no pinning removes.
+double cpu_one_ulp_sensitivity(const ds4::model::Model& m, const std::vector<int32_t>& tokens, Numerics num,
+                               int64_t k) {
+  const auto& hp = m.hparams();
+  const int64_t V = hp.n_vocab, n = static_cast<int64_t>(tokens.size());
+  const ds4::model::SessionOptions o{.max_ctx = 4096, .numerics = num, .max_batch = 64};
+  ds4::model::DecisionRecord rec;
+  rec.n_layers = hp.n_layers;
+  rec.n_expert_used = hp.n_expert_used;
+  rec.idx_topk = hp.idx_topk;
+  rec.pos0 = k;
+  rec.n_tokens = n - k;
+  ds4::model::Session a(m, o);
+  a.eval(std::span(tokens).subspan(0, static_cast<size_t>(k)), LogitsMode::None, nullptr);
+  auto st = a.snapshot();
+  a.set_decision_hook(cudatest::record_decisions(rec));
+  std::vector<float> la(static_cast<size_t>((n - k) * V)), lb(la.size());
+  a.eval(std::span(tokens).subspan(static_cast<size_t>(k)), LogitsMode::All, la.data());
+  for (auto& L : st.layers)
+    for (auto* v : {&L.raw, &L.comp_kv, &L.comp_sc, &L.idx_kv, &L.idx_sc, &L.comp, &L.icomp})
+      for (float& x : *v) x = std::nextafter(x, x > 0 ? INFINITY : -INFINITY);
+  ds4::model::Session b(m, o);
+  b.restore(std::move(st));
+  ds4::model::PinStats ps;
+  b.set_decision_hook(ds4::model::pin_decisions(rec, &ps));
+  b.eval(std::span(tokens).subspan(static_cast<size_t>(k)), LogitsMode::All, lb.data());
+  EXPECT_EQ(ps.missing, 0);
+  return rel_err(lb, la);
+}
+
+TEST(CpuReference, QuantizedForwardIsDiscontinuousAtOneUlp) {
+  const auto cases = e2e::load_cases("dsv4-tiny-k-bf16");
+  for (const char* recipe : {"bf16", "q8", "q2"}) {
+    const auto& m = e2e::model("dsv4-tiny-k-bf16", recipe);
+    for (Numerics num : {Numerics::Exact, Numerics::Official}) {
+      const double e = cpu_one_ulp_sensitivity(m, cases.at(0).tokens, num, 8);
+      std::printf("cpu %s %s case 0: one ulp on the state after 8 tokens, decisions pinned: rel err %.3e\n", recipe,
+                  ds4::model::numerics_name(num), e);
+      if (std::string(recipe) == "bf16" && num == Numerics::Exact) {
+        EXPECT_LT(e, 1e-5);
+      }
+    }
   }
 }
 
