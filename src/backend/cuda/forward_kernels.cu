@@ -12,6 +12,7 @@
 #include "backend/cuda/check.h"
 #include "backend/cuda/forward_kernels.h"
 
+#include "backend/cuda/topk_block.h"
 namespace ds4::cuda::fwd {
 namespace {
 
@@ -519,27 +520,19 @@ __global__ void idx_scores_kernel(const float* q, const float* wts, float wscale
   }
 }
 
-// Selection by rank: a row's rank is the number of rows ordered before it by (score desc,
-// index asc), the order of topk_lower_index; ranks are distinct, so sel comes out sorted.
-__global__ void idx_topk_kernel(const float* scores, int64_t ratio, int64_t K, int32_t* sel,
-                                int32_t* n_sel, const StepCtl* ctl) {
+// Selection in the order of topk_lower_index (score desc, index asc) by the radix select of
+// topk_block.h: one block, O(n_vis) per pass (rank counting was O(n_vis^2 / threads)).
+__global__ void __launch_bounds__(topk_detail::kTopkThreads)
+    idx_topk_kernel(const float* scores, int64_t ratio, int64_t K, int32_t* sel, int32_t* n_sel,
+                    const StepCtl* ctl) {
+  __shared__ topk_detail::TopkShared sh;
   const int64_t n_vis = (ctl->pos + 1) / ratio;
-  const int64_t tid = blockIdx.x * blockDim.x + threadIdx.x;
-  const int64_t nt = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  if (tid == 0) *n_sel = static_cast<int32_t>(n_vis <= K ? n_vis : K);
+  if (threadIdx.x == 0) *n_sel = static_cast<int32_t>(n_vis <= K ? n_vis : K);
   if (n_vis <= K) {
-    for (int64_t w = tid; w < n_vis; w += nt) sel[w] = static_cast<int32_t>(w);
+    for (int64_t w = threadIdx.x; w < n_vis; w += blockDim.x) sel[w] = static_cast<int32_t>(w);
     return;
   }
-  for (int64_t w = tid; w < n_vis; w += nt) {
-    const float sw = scores[w];
-    int64_t rank = 0;
-    for (int64_t j = 0; j < n_vis && rank < K; ++j) {
-      const float sj = scores[j];
-      rank += (sj > sw || (sj == sw && j < w)) ? 1 : 0;
-    }
-    if (rank < K) sel[rank] = static_cast<int32_t>(w);
-  }
+  topk_detail::block_topk(topk_detail::ArrayLoad{scores}, n_vis, static_cast<int>(K), sel, sh);
 }
 
 // Flash-decoding part: block (chunk c, head h) over rows [c * kAttnChunk, ...) of the
@@ -858,7 +851,8 @@ void idx_select(const float* q, const float* wts, float wscale, int64_t NI, int6
                 void* stream) {
   idx_scores_kernel<<<264, kThreads, 0, st(stream)>>>(q, wts, wscale, NI, DI, icomp, ratio, K, scores, ctl);
   DS4_CUDA_CHECK(cudaGetLastError());
-  idx_topk_kernel<<<132, kThreads, 0, st(stream)>>>(scores, ratio, K, sel, n_sel, ctl);
+  DS4_FWD_REQUIRE(K <= topk_detail::kTopkMaxK);
+  idx_topk_kernel<<<1, topk_detail::kTopkThreads, 0, st(stream)>>>(scores, ratio, K, sel, n_sel, ctl);
   DS4_CUDA_CHECK(cudaGetLastError());
 }
 
