@@ -10,6 +10,7 @@
 #include "backend/cuda/decision_log.h"
 #include "backend/cuda/forward_kernels.h"
 #include "backend/cuda/matvec.h"
+#include "backend/cuda/session_internal.h"
 #include "core/error.h"
 
 namespace ds4::cuda {
@@ -50,22 +51,6 @@ void products_of_x(std::initializer_list<ProductOfX> ps, const float* x, void* a
   matvec_parts_q(w0.type, w0.cols, parts, n, act, s);
 }
 
-bool is_float_type(GgmlType t) { return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16; }
-
-// One device allocation per array, zero-filled (so stale slots are finite).
-struct Arena {
-  std::vector<DeviceBuffer> bufs;
-  size_t bytes = 0;
-  template <class T>
-  T* get(int64_t n) {
-    if (n <= 0) return nullptr;
-    bufs.emplace_back(static_cast<size_t>(n) * sizeof(T));
-    bufs.back().fill_bytes(0);
-    bytes += static_cast<size_t>(n) * sizeof(T);
-    return bufs.back().as<T>();
-  }
-};
-
 }  // namespace
 
 struct GpuSession::Prof {
@@ -81,41 +66,6 @@ void GpuSession::mark(const char* phase, double bytes, void* s) {
   prof_->events.push_back(e);
   prof_->phases.push_back({phase, 0.0, bytes});
 }
-
-struct GpuSession::LayerBufs {
-  float* raw = nullptr;              // ring [cap][D]
-  float* comp_kv = nullptr;          // ring [cap][c * D]
-  float* comp_sc = nullptr;
-  float* idx_kv = nullptr;           // ring [cap][2 * DI]
-  float* idx_sc = nullptr;
-  float* comp = nullptr;             // [max_ctx / ratio + 1][D]
-  float* icomp = nullptr;            // [max_ctx / ratio + 1][DI]
-  int64_t comp_w = 0, idx_w = 0;     // ring row widths
-};
-
-struct GpuSession::Scratch {
-  Arena arena;
-  fwd::StepCtl* ctl = nullptr;
-  int32_t* tokens = nullptr;         // [max_batch]
-  float *H = nullptr, *H2 = nullptr, *a = nullptr, *x = nullptr, *y = nullptr, *y2 = nullptr;
-  float *mix = nullptr, *post = nullptr, *comb = nullptr;
-  float *qa = nullptr, *qr = nullptr, *q = nullptr, *kv = nullptr, *o = nullptr, *low = nullptr;
-  float *ckv = nullptr, *csc = nullptr, *iq = nullptr, *iw = nullptr, *scores = nullptr;
-  int32_t *sel = nullptr, *n_sel = nullptr;
-  float* rlog = nullptr;             // router logits
-  int32_t* ids = nullptr;
-  float* rw = nullptr;
-  int32_t* ids0 = nullptr;           // {0}: the shared expert through the routed-expert path
-  float* w1 = nullptr;               // {1}
-  float* hbuf = nullptr;             // float-expert hidden [K][F]
-  void* moe_ws = nullptr;
-  void* act = nullptr;               // quantized activation of one product
-  void* act_o = nullptr;             // quantized attention output, all o_a groups at once
-  void* hc_scr = nullptr;            // hc_pre_fused partials and counters
-  float* attn_f = nullptr;           // attention chunk partials
-  float* logits = nullptr;
-  int64_t max_rows = 0;
-};
 
 GpuSession::GpuSession(const GpuModel& model, const model::SessionOptions& opts, const GpuSessionOptions& g)
     : model_(&model), opts_(opts), gopts_(g) {
@@ -246,12 +196,25 @@ std::vector<GpuSession::PhaseTime> GpuSession::profile_step(int32_t token) {
   fwd::StepCtl ctl;
   ctl.pos = n_past_;
   DS4_CUDA_CHECK(cudaMemcpy(sc_->ctl, &ctl, sizeof(ctl), cudaMemcpyHostToDevice));
+  start_profile();
+  record_step(s, true);
+  std::vector<PhaseTime> out = collect_phases();
+  collect_log(1);
+  n_past_ += 1;
+  tokens_.push_back(token);
+  trim_history();
+  return out;
+}
+
+void GpuSession::start_profile() {
   prof_ = std::make_unique<Prof>();
   cudaEvent_t start = nullptr;
   DS4_CUDA_CHECK(cudaEventCreate(&start));
-  DS4_CUDA_CHECK(cudaEventRecord(start, cs(s)));
+  DS4_CUDA_CHECK(cudaEventRecord(start, cs(stream_.handle())));
   prof_->events.push_back(start);
-  record_step(s, true);
+}
+
+std::vector<GpuSession::PhaseTime> GpuSession::collect_phases() {
   stream_.synchronize();
   std::vector<PhaseTime> out;
   for (size_t i = 0; i < prof_->phases.size(); ++i) {
@@ -264,10 +227,6 @@ std::vector<GpuSession::PhaseTime> GpuSession::profile_step(int32_t token) {
   }
   for (cudaEvent_t e : prof_->events) cudaEventDestroy(e);
   prof_.reset();
-  collect_log(1);
-  n_past_ += 1;
-  tokens_.push_back(token);
-  trim_history();
   return out;
 }
 
@@ -544,6 +503,10 @@ void GpuSession::launch_step(bool with_head) {
 void GpuSession::run_chunk(std::span<const int32_t> tokens, LogitsMode mode, float* out, bool copy_last) {
   const HParams& hp = model_->hparams();
   const int64_t T = static_cast<int64_t>(tokens.size()), V = hp.n_vocab;
+  if (T > 1 && gopts_.batched_prefill) {
+    prefill_chunk(tokens, mode, out, copy_last);
+    return;
+  }
   void* s = stream_.handle();
   stream_.synchronize();  // the previous chunk's steps have read the token array
   DS4_CUDA_CHECK(cudaMemcpy(sc_->tokens, tokens.data(), tokens.size() * sizeof(int32_t), cudaMemcpyHostToDevice));

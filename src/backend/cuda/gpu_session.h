@@ -32,6 +32,9 @@ namespace ds4::cuda {
 
 struct GpuSessionOptions {
   bool use_graph = true;  // replay each step as a CUDA graph (false: plain launches)
+  // Chunks of more than one token run layer-major over all their tokens (gpu_prefill.cpp:
+  // tensor-core GEMMs, grouped experts); false: every token is one step, as in decode.
+  bool batched_prefill = true;
 };
 
 class GpuSession : public model::EvalSession {
@@ -79,6 +82,9 @@ class GpuSession : public model::EvalSession {
     double ms = 0, bytes = 0;
   };
   std::vector<PhaseTime> profile_step(int32_t token);
+  // Evaluates `tokens` (more than one, at most max_batch) as one batched prefill chunk with
+  // events between its phases (LogitsMode::Last); the time of each phase summed over layers.
+  std::vector<PhaseTime> profile_prefill(std::span<const int32_t> tokens);
 
  private:
   struct LayerBufs;
@@ -107,6 +113,23 @@ class GpuSession : public model::EvalSession {
   void log_choices(const int32_t* d_src, int64_t n, int64_t il, int64_t offset, void* s);
   void log_batch(const int32_t* d_src, int64_t n, int64_t T, int64_t il, int64_t offset, void* s);
   void collect_log(int64_t T);
+  void start_profile();
+  std::vector<PhaseTime> collect_phases();
+
+  // Batched prefill (gpu_prefill.cpp): one chunk of T > 1 tokens, layer by layer.
+  struct Batch;
+  struct BatchFree {
+    void operator()(Batch* b) const;
+  };
+  void prefill_chunk(std::span<const int32_t> tokens, model::LogitsMode mode, float* out, bool copy_last);
+  void prefill_layer(const DLayer& L, LayerBufs& S, int64_t T, int64_t p0, void* s);
+  void prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int64_t p0, void* s);
+  void prefill_compressor(const DLayer& L, const DCompressor& C, int sim, int64_t n_nope, float* ring_kv,
+                          float* ring_sc, float* rows, int64_t T, int64_t p0, void* s);
+  void prefill_moe(const DLayer& L, int64_t T, void* s);
+  void prefill_hc_pre(const DHc& hc, const float* H, const float* norm, int64_t T, void* s);
+  // Y [T][nrows] = X [T][W.cols] times rows row0.. of W, on the tensor cores (matmul.h).
+  void gemm(const DTensor& W, const float* x, int64_t T, float* y, void* s, int64_t row0 = 0, int64_t nrows = -1);
 
   const GpuModel* model_;
   model::SessionOptions opts_;
@@ -128,6 +151,7 @@ class GpuSession : public model::EvalSession {
   std::unique_ptr<DeviceBuffer> log_dev_;  // [max_batch][n_layers][log_layer_w_] while logging
   int64_t log_layer_w_ = 0;                // ints per layer: K ids, idx_topk rows, the row count
   model::DecisionRecord log_;
+  std::unique_ptr<Batch, BatchFree> batch_;  // allocated by the first batched chunk
 };
 
 }  // namespace ds4::cuda

@@ -1,0 +1,398 @@
+// Batched (layer-major) prefill of the GPU session: a chunk of T > 1 prompt tokens runs layer
+// by layer over all T tokens, as model::Session's eval_chunk does on the CPU (forward.cpp):
+//
+//  - every weight product is one GEMM over the T rows (matmul.h: activations of all T rows
+//    quantized in one call, bit-identical to the CPU's; float weights through the f32 path),
+//    the routed experts one grouped call (moe_experts_batch), the shared expert the same call
+//    with one expert;
+//  - the position-dependent per-token work reuses the one-token kernels of forward_kernels.h
+//    with a StepCtl per token (`Batch::ctls[t]` = {p0 + t, token t, t}), launched per token:
+//    HC pre (after the batched fn product), head norm + RoPE + KV ring write, compressor ring
+//    store and window pooling (in position order, so a window sees exactly the state the CPU
+//    code gives it), indexer scores and top-k (each query its own causal visible set),
+//    attention (each query over its own window rows and visible compressed / selected rows),
+//    routing, HC post;
+//  - the output head only where logits are wanted (the last token, or every token for
+//    LogitsMode::All), through the decode path's head on that token's streams.
+//
+// The ring holds a whole chunk (GpuSession's ring_cap covers retain + window + max_batch), so
+// all T KV / compressor rows are written before any query of the chunk reads them, and a
+// query never reads a row past its own position (the kernels bound the rows by ctl->pos).
+// GEMM results per row do not depend on T (no split-K, fixed summation order per row), so a
+// prompt gives the same logits whatever its chunking into batched chunks.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "backend/cuda/check.h"
+#include "backend/cuda/forward_kernels.h"
+#include "backend/cuda/gpu_session.h"
+#include "backend/cuda/matmul.h"
+#include "backend/cuda/matvec.h"
+#include "backend/cuda/prefill_kernels.h"
+#include "backend/cuda/session_internal.h"
+#include "core/error.h"
+
+namespace ds4::cuda {
+
+using model::HParams;
+using model::LogitsMode;
+using model::Numerics;
+
+// Working arrays for max_batch tokens, allocated by the first batched chunk (a session that
+// only decodes never pays for them).
+struct GpuSession::Batch {
+  Arena arena;
+  fwd::StepCtl* ctls = nullptr;  // [T]: position, token and index of each token
+  float *H = nullptr, *H2 = nullptr;                 // [T][n_hc][E]
+  float *a = nullptr, *x = nullptr, *y = nullptr, *y2 = nullptr;  // [T][E]
+  float *mix = nullptr, *post = nullptr, *comb = nullptr;
+  float *qa = nullptr, *qr = nullptr;                // [T][q_lora]
+  float *q = nullptr, *o = nullptr;                  // [T][NH * D]; q is reused for the o_a groups
+  float* kv = nullptr;                               // [T][D]
+  float *lowg = nullptr, *low = nullptr;             // [G][T][R], [T][G * R]
+  float *ckv = nullptr, *csc = nullptr;              // [T][compressor width]
+  float *iq = nullptr, *iw = nullptr;                // [T][NI * DI], [T][NI]
+  int32_t *sel = nullptr, *n_sel = nullptr;          // [T][idx_topk], [T]
+  float* rlog = nullptr;                             // [T][n_expert]
+  int32_t* ids = nullptr;                            // [T][K]
+  float* rw = nullptr;                               // [T][K]
+  int32_t* zeros = nullptr;                          // [T]: the shared expert's id
+  float* ones = nullptr;                             // [T]: its route weight
+  void* act = nullptr;                               // quantized activations of one GEMM
+  void* moe_ws = nullptr;
+};
+
+void GpuSession::BatchFree::operator()(Batch* b) const { delete b; }
+
+namespace {
+
+cudaStream_t cs(void* s) { return static_cast<cudaStream_t>(s); }
+
+}  // namespace
+
+void GpuSession::gemm(const DTensor& W, const float* x, int64_t T, float* y, void* s, int64_t row0, int64_t nrows) {
+  if (nrows < 0) nrows = W.rows - row0;
+  matmul(W.type, W.row(row0), nrows, W.cols, x, T, y, batch_->act, s);
+}
+
+void GpuSession::prefill_hc_pre(const DHc& hc, const float* H, const float* norm, int64_t T, void* s) {
+  const HParams& hp = model_->hparams();
+  Batch& b = *batch_;
+  const int64_t E = hp.n_embd, NC = hp.n_hc, n_mix = (2 + NC) * NC;
+  const fwd::HcShape sh{static_cast<int>(NC), E, hp.rms_eps, hp.hc_eps, static_cast<int>(hp.hc_sinkhorn_iters)};
+  // 3.2: the mixing logits of all T tokens in one product; the RMS factor, sigmoids,
+  // Sinkhorn and the collapse per token (hyper_connection.cpp hc_pre); then RMSNorm.
+  gemm(hc.fn, H, T, b.mix, s);
+  for (int64_t t = 0; t < T; ++t)
+    fwd::hc_pre(sh, b.mix + t * n_mix, H + t * NC * E, hc.base, hc.scale, b.a + t * E, b.post + t * NC,
+                b.comb + t * NC * NC, s);
+  fwd::rmsnorm(b.a, norm, b.x, E, T, hp.rms_eps, s);
+}
+
+void GpuSession::prefill_compressor(const DLayer& L, const DCompressor& C, int sim, int64_t n_nope, float* ring_kv,
+                                    float* ring_sc, float* rows, int64_t T, int64_t p0, void* s) {
+  const HParams& hp = model_->hparams();
+  Batch& b = *batch_;
+  const int64_t width = C.c * C.d;
+  // 3.4.5: project all T tokens into the ring, then pool each window completed in the chunk,
+  // in position order (compressor_advance).
+  gemm(C.kv, b.x, T, b.ckv, s);
+  gemm(C.gate, b.x, T, b.csc, s);
+  for (int64_t t = 0; t < T; ++t)
+    fwd::comp_store(b.ckv + t * width, b.csc + t * width, C.ape, width, L.ratio, ring_kv, ring_sc, cap_,
+                    b.ctls + t, s);
+  fwd::RowFinish f;
+  f.d = C.d;
+  f.n_rope = hp.n_rope;
+  f.n_nope = n_nope;
+  f.norm = C.norm;
+  f.eps = hp.rms_eps;
+  f.sim = static_cast<fwd::Sim>(sim);
+  for (int64_t t = 0; t < T; ++t)
+    if ((p0 + t + 1) % L.ratio == 0) fwd::comp_emit(f, L.omega, ring_kv, ring_sc, cap_, L.ratio, C.c, rows, b.ctls + t, s);
+}
+
+void GpuSession::prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int64_t p0, void* s) {
+  const HParams& hp = model_->hparams();
+  Batch& b = *batch_;
+  const int64_t D = hp.head_dim, NH = hp.n_head, HD = NH * D;
+  const bool official = opts_.numerics == Numerics::Official;
+
+  // 3.4.1 Query for all T tokens; per-head norm and RoPE at each token's position.
+  gemm(L.q_a, b.x, T, b.qa, s);
+  fwd::rmsnorm(b.qa, L.q_a_norm, b.qr, hp.q_lora, T, hp.rms_eps, s);
+  gemm(L.q_b, b.qr, T, b.q, s);
+  fwd::RowFinish qf;
+  qf.d = D;
+  qf.n_rope = hp.n_rope;
+  qf.eps = hp.rms_eps;
+  for (int64_t t = 0; t < T; ++t) fwd::rows_finish(qf, L.omega, b.q + t * HD, b.q + t * HD, NH, D, 0, b.ctls + t, s);
+
+  // 3.4.2 KV rows of all T positions into the raw ring.
+  gemm(L.kv, b.x, T, b.kv, s);
+  fwd::RowFinish kf = qf;
+  kf.norm = L.kv_norm;
+  kf.n_nope = hp.n_nope();
+  kf.sim = official ? fwd::Sim::Fp8Nope : fwd::Sim::None;
+  for (int64_t t = 0; t < T; ++t) fwd::rows_finish(kf, L.omega, b.kv + t * D, S.raw, 1, D, cap_, b.ctls + t, s);
+  mark("q/kv projections", static_cast<double>(L.q_a.bytes() + L.q_b.bytes() + L.kv.bytes()), s);
+
+  // 3.4.5 / 3.4.7 Compressors (all windows completed in the chunk) and the indexer.
+  const int32_t* sel = nullptr;
+  if (L.ratio > 0) {
+    prefill_compressor(L, L.comp, static_cast<int>(official ? fwd::Sim::Fp8Nope : fwd::Sim::None), hp.n_nope(),
+                       S.comp_kv, S.comp_sc, S.comp, T, p0, s);
+    if (L.has_indexer) {
+      prefill_compressor(L, L.idx_comp, static_cast<int>(official ? fwd::Sim::HadamardFp4 : fwd::Sim::None), 0,
+                         S.idx_kv, S.idx_sc, S.icomp, T, p0, s);
+      const int64_t NI = hp.idx_head, DI = hp.idx_dim, K = hp.idx_topk;
+      // Queries and head weights only matter to tokens that see more than k rows (indexer.cpp).
+      const bool any_scored = (p0 + T) / L.ratio > K;
+      if (any_scored) {
+        gemm(L.idx_q_b, b.qr, T, b.iq, s);
+        gemm(L.idx_proj, b.x, T, b.iw, s);
+      }
+      const float wscale = 1.0f / std::sqrt(static_cast<float>(DI * NI));
+      for (int64_t t = 0; t < T; ++t) {
+        const bool scored = (p0 + t + 1) / L.ratio > K;
+        if (scored) fwd::idx_prep_q(b.iq + t * NI * DI, NI, DI, hp.n_rope, L.omega, official, b.ctls + t, s);
+        fwd::idx_select(b.iq + t * NI * DI, b.iw + t * NI, wscale, NI, DI, S.icomp, L.ratio, K, sc_->scores,
+                        b.sel + t * K, b.n_sel + t, b.ctls + t, s);
+      }
+      sel = b.sel;
+      log_batch(b.sel, K, T, L.il, hp.n_expert_used, s);
+      log_batch(b.n_sel, 1, T, L.il, hp.n_expert_used + K, s);
+    }
+  }
+  mark("compressor + indexer",
+       static_cast<double>(L.comp.kv.bytes() + L.comp.gate.bytes() + L.idx_comp.kv.bytes() + L.idx_comp.gate.bytes() +
+                           L.idx_q_b.bytes() + L.idx_proj.bytes()),
+       s);
+
+  // 3.4.8 Attention of each query over its own visible rows, de-rotated at its position.
+  const fwd::AttnShape as{NH, D, hp.n_rope, hp.window, cap_, L.ratio, sc_->max_rows};
+  for (int64_t t = 0; t < T; ++t)
+    fwd::attention(as, b.q + t * HD, S.raw, S.comp, sel ? sel + t * hp.idx_topk : nullptr, b.n_sel + t, L.sinks,
+                   L.omega, sc_->attn_f, b.o + t * HD, b.ctls + t, s);
+  mark("attention core", 0, s);
+
+  // 3.4.9 Grouped output projection: group g's heads of all T tokens as one GEMM on rows
+  // g*R.. of wo_a (the tokens' group slices gathered into contiguous rows first).
+  const int64_t G = hp.o_groups, R = hp.o_lora, per_group = HD / G;
+  pre::swap_outer(b.o, b.q, T, G, per_group, s);
+  for (int64_t g = 0; g < G; ++g) gemm(L.out_a, b.q + g * T * per_group, T, b.lowg + g * T * R, s, g * R, R);
+  pre::swap_outer(b.lowg, b.low, G, T, R, s);
+  gemm(L.out_b, b.low, T, b.y, s);
+  mark("attention output", static_cast<double>(L.out_a.bytes() + L.out_b.bytes()), s);
+}
+
+void GpuSession::prefill_moe(const DLayer& L, int64_t T, void* s) {
+  const HParams& hp = model_->hparams();
+  Batch& b = *batch_;
+  const int64_t E = hp.n_embd, K = hp.n_expert_used, F = hp.n_ff_exp, NE = hp.n_expert;
+  // 3.5.1 Router logits of all T tokens; routing per token (hash layers read its token id).
+  gemm(L.router, b.x, T, b.rlog, s);
+  const bool hash = hp.is_hash_layer(L.il);
+  for (int64_t t = 0; t < T; ++t)
+    fwd::route(b.rlog + t * NE, NE, K, hash ? nullptr : L.router_bias,
+               hash ? static_cast<const int32_t*>(L.tid2eid.d) : nullptr, hp.expert_weights_norm,
+               hp.expert_weights_scale, b.ctls + t, b.ids + t * K, b.rw + t * K, s);
+  log_batch(b.ids, K, T, L.il, 0, s);
+  mark("router", static_cast<double>(L.router.bytes()), s);
+  // 3.5.2 routed experts, 3.5.3 the shared expert (one expert, weight 1) into y2.
+  auto experts = [&](const DTensor& gate, const DTensor& up, const DTensor& down, int n_expert, const int32_t* ids,
+                     const float* w, int n_used, int64_t ff, float limit, float* y) {
+    if (is_float_type(gate.type) && is_float_type(down.type)) {
+      if (gate.type != up.type || gate.type != down.type)
+        fail("cuda session: layer {}: float experts of mixed types are not supported", L.il);
+      // Float experts (the bf16 / f32 recipes) have no grouped kernel: per token.
+      for (int64_t t = 0; t < T; ++t)
+        fwd::moe_float(gate.type, gate.d, up.d, down.d, E, ff, ids + t * n_used, w + t * n_used, n_used, limit,
+                       b.x + t * E, sc_->hbuf, y + t * E, s);
+    } else if (!is_float_type(gate.type) && !is_float_type(down.type)) {
+      const MoeBatchShape m{gate.type, down.type, E, ff, n_expert, n_used, limit};
+      moe_experts_batch(m, gate.d, up.d, down.d, ids, w, b.x, T, y, b.moe_ws, s);
+    } else {
+      fail("cuda session: layer {}: experts mixing float and quantized types are not supported", L.il);
+    }
+  };
+  experts(L.gate_exps, L.up_exps, L.down_exps, static_cast<int>(NE), b.ids, b.rw, static_cast<int>(K), F,
+          hp.swiglu_limit[static_cast<size_t>(L.il)], b.y);
+  mark("routed experts",
+       static_cast<double>(L.gate_exps.bytes() + L.up_exps.bytes() + L.down_exps.bytes()), s);
+  if (hp.n_expert_shared > 0) {
+    experts(L.gate_shexp, L.up_shexp, L.down_shexp, 1, b.zeros, b.ones, 1, L.gate_shexp.rows,
+            hp.swiglu_limit_shared[static_cast<size_t>(L.il)], b.y2);
+    fwd::add(b.y, b.y2, b.y, T * E, s);
+    mark("shared expert", static_cast<double>(L.gate_shexp.bytes() + L.up_shexp.bytes() + L.down_shexp.bytes()), s);
+  }
+}
+
+void GpuSession::prefill_layer(const DLayer& L, LayerBufs& S, int64_t T, int64_t p0, void* s) {
+  const HParams& hp = model_->hparams();
+  Batch& b = *batch_;
+  const int64_t E = hp.n_embd, NC = hp.n_hc;
+  const fwd::HcShape sh{static_cast<int>(NC), E, hp.rms_eps, hp.hc_eps, static_cast<int>(hp.hc_sinkhorn_iters)};
+  auto hc_post = [&](const float* H_in, float* H_out) {
+    for (int64_t t = 0; t < T; ++t)
+      fwd::hc_post(sh, b.y + t * E, H_in + t * NC * E, b.post + t * NC, b.comb + t * NC * NC, H_out + t * NC * E, s);
+    mark("hc post", 0, s);
+  };
+  // Attention half (3.2-3.4), then the FFN half (3.5), as layer_forward.
+  prefill_hc_pre(L.hc_attn, b.H, L.attn_norm, T, s);
+  mark("hc pre + norm", static_cast<double>(L.hc_attn.fn.bytes()), s);
+  prefill_attention(L, S, T, p0, s);
+  hc_post(b.H, b.H2);
+  prefill_hc_pre(L.hc_ffn, b.H2, L.ffn_norm, T, s);
+  mark("hc pre + norm", static_cast<double>(L.hc_ffn.fn.bytes()), s);
+  prefill_moe(L, T, s);
+  hc_post(b.H2, b.H);
+}
+
+namespace {
+
+// Working-array sizes of a batched chunk of T tokens.
+size_t max_act_bytes(const GpuModel& m) {
+  size_t act = 0;
+  auto need = [&](const DTensor& t, int64_t cols) {
+    if (t.present()) act = std::max(act, activation_bytes(t.type, cols));
+  };
+  const HParams& hp = m.hparams();
+  for (const DLayer& L : m.layers()) {
+    for (const DTensor* t : {&L.hc_attn.fn, &L.hc_ffn.fn, &L.q_a, &L.q_b, &L.kv, &L.out_b, &L.comp.kv, &L.comp.gate,
+                             &L.idx_comp.kv, &L.idx_comp.gate, &L.idx_q_b, &L.idx_proj, &L.router})
+      need(*t, t->cols);
+    need(L.out_a, hp.n_head * hp.head_dim / hp.o_groups);
+  }
+  return act;
+}
+
+}  // namespace
+
+void GpuSession::prefill_chunk(std::span<const int32_t> tokens, LogitsMode mode, float* out, bool copy_last) {
+  const HParams& hp = model_->hparams();
+  const int64_t T = static_cast<int64_t>(tokens.size()), V = hp.n_vocab, p0 = n_past_;
+  const int64_t E = hp.n_embd, NC = hp.n_hc, NH = hp.n_head, D = hp.head_dim, K = hp.n_expert_used;
+  void* s = stream_.handle();
+  if (!batch_) {
+    const int64_t Tm = opts_.max_batch;
+    batch_.reset(new Batch);
+    Batch& b = *batch_;
+    Arena& A = b.arena;
+    int64_t comp_w = 1;
+    for (const DLayer& L : model_->layers()) {
+      if (L.ratio > 0) comp_w = std::max<int64_t>(comp_w, L.comp.c * L.comp.d);
+      if (L.has_indexer) comp_w = std::max<int64_t>(comp_w, L.idx_comp.c * L.idx_comp.d);
+    }
+    b.ctls = A.get<fwd::StepCtl>(Tm);
+    b.H = A.get<float>(Tm * NC * E);
+    b.H2 = A.get<float>(Tm * NC * E);
+    b.a = A.get<float>(Tm * E);
+    b.x = A.get<float>(Tm * E);
+    b.y = A.get<float>(Tm * E);
+    b.y2 = A.get<float>(Tm * E);
+    b.mix = A.get<float>(Tm * (2 + NC) * NC);
+    b.post = A.get<float>(Tm * NC);
+    b.comb = A.get<float>(Tm * NC * NC);
+    b.qa = A.get<float>(Tm * hp.q_lora);
+    b.qr = A.get<float>(Tm * hp.q_lora);
+    b.q = A.get<float>(Tm * NH * D);
+    b.o = A.get<float>(Tm * NH * D);
+    b.kv = A.get<float>(Tm * D);
+    b.lowg = A.get<float>(Tm * hp.o_groups * hp.o_lora);
+    b.low = A.get<float>(Tm * hp.o_groups * hp.o_lora);
+    b.ckv = A.get<float>(Tm * comp_w);
+    b.csc = A.get<float>(Tm * comp_w);
+    b.iq = A.get<float>(std::max<int64_t>(1, Tm * hp.idx_head * hp.idx_dim));
+    b.iw = A.get<float>(std::max<int64_t>(1, Tm * hp.idx_head));
+    b.sel = A.get<int32_t>(std::max<int64_t>(1, Tm * hp.idx_topk));
+    b.n_sel = A.get<int32_t>(Tm);
+    b.rlog = A.get<float>(Tm * hp.n_expert);
+    b.ids = A.get<int32_t>(Tm * K);
+    b.rw = A.get<float>(Tm * K);
+    b.zeros = A.get<int32_t>(Tm);
+    b.ones = A.get<float>(Tm);
+    const std::vector<float> ones(static_cast<size_t>(Tm), 1.0f);
+    DS4_CUDA_CHECK(cudaMemcpy(b.ones, ones.data(), ones.size() * sizeof(float), cudaMemcpyHostToDevice));
+    b.act = A.get<uint8_t>(Tm * static_cast<int64_t>(max_act_bytes(*model_)));
+    size_t ws = 0;
+    for (const DLayer& L : model_->layers()) {
+      if (L.gate_exps.present() && !is_float_type(L.gate_exps.type))
+        ws = std::max(ws, moe_batch_workspace_bytes({L.gate_exps.type, L.down_exps.type, E, hp.n_ff_exp,
+                                                     static_cast<int>(hp.n_expert), static_cast<int>(K), 1.0f},
+                                                    Tm));
+      if (L.gate_shexp.present() && !is_float_type(L.gate_shexp.type))
+        ws = std::max(ws, moe_batch_workspace_bytes(
+                              {L.gate_shexp.type, L.down_shexp.type, E, L.gate_shexp.rows, 1, 1, 1.0f}, Tm));
+    }
+    b.moe_ws = A.get<uint8_t>(static_cast<int64_t>(ws));
+    state_bytes_ += A.bytes;
+  }
+  Batch& b = *batch_;
+
+  stream_.synchronize();  // the previous chunk has read the per-token controls
+  std::vector<fwd::StepCtl> ctl(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) {
+    ctl[static_cast<size_t>(t)].pos = p0 + t;
+    ctl[static_cast<size_t>(t)].token = tokens[static_cast<size_t>(t)];
+    ctl[static_cast<size_t>(t)].index = static_cast<int32_t>(t);
+  }
+  DS4_CUDA_CHECK(cudaMemcpy(b.ctls, ctl.data(), ctl.size() * sizeof(fwd::StepCtl), cudaMemcpyHostToDevice));
+
+  // 3.1 Embedding of every token into all n_hc streams.
+  const DTensor& te = model_->tok_embd();
+  for (int64_t t = 0; t < T; ++t)
+    fwd::embed(te.type, te.d, te.row_bytes, E, static_cast<int>(NC), b.ctls + t, b.H + t * NC * E, s);
+  mark("embed", static_cast<double>(te.row_bytes) * static_cast<double>(T), s);
+  for (size_t il = 0; il < model_->layers().size(); ++il) {
+    prefill_layer(model_->layers()[il], *layers_[il], T, p0, s);
+    if (hook_) {
+      std::vector<float> H(static_cast<size_t>(T * NC * E));
+      stream_.synchronize();
+      DS4_CUDA_CHECK(cudaMemcpy(H.data(), b.H, H.size() * sizeof(float), cudaMemcpyDeviceToHost));
+      hook_(static_cast<int64_t>(il), p0, T, H.data());
+    }
+  }
+
+  // Output head on the tokens whose logits are wanted: the decode path's head on a copy of
+  // that token's streams.
+  auto head_of = [&](int64_t t) {
+    fwd::copy(b.H + t * NC * E, sc_->H, NC * E, s);
+    head(s);
+  };
+  if (mode == LogitsMode::All) {
+    for (int64_t t = 0; t < T; ++t) {
+      head_of(t);
+      DS4_CUDA_CHECK(cudaMemcpyAsync(out + t * V, sc_->logits, static_cast<size_t>(V) * sizeof(float),
+                                     cudaMemcpyDeviceToHost, cs(s)));
+    }
+  } else if (mode == LogitsMode::Last) {
+    head_of(T - 1);
+    if (copy_last)
+      DS4_CUDA_CHECK(cudaMemcpyAsync(out, sc_->logits, static_cast<size_t>(V) * sizeof(float),
+                                     cudaMemcpyDeviceToHost, cs(s)));
+  }
+  stream_.synchronize();
+  check_last_error("the batched prefill");
+  collect_log(T);
+  n_past_ += T;
+  tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
+  trim_history();
+}
+
+std::vector<GpuSession::PhaseTime> GpuSession::profile_prefill(std::span<const int32_t> tokens) {
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  if (T < 2 || T > opts_.max_batch) fail("profile_prefill: {} tokens (2 .. max_batch = {})", T, opts_.max_batch);
+  if (n_past_ + T > opts_.max_ctx) fail("profile_prefill: {} + {} tokens exceed max_ctx {}", n_past_, T, opts_.max_ctx);
+  for (int32_t t : tokens)
+    if (t < 0 || t >= model_->hparams().n_vocab) fail("profile_prefill: token {} outside the vocabulary", t);
+  stream_.synchronize();
+  start_profile();
+  prefill_chunk(tokens, LogitsMode::Last, nullptr, false);
+  return collect_phases();
+}
+
+}  // namespace ds4::cuda

@@ -1,0 +1,70 @@
+// Helpers shared by the GPU session's decode (gpu_session.cpp) and batched prefill
+// (gpu_prefill.cpp) code. Host code only (no CUDA types).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "backend/cuda/buffer.h"
+#include "backend/cuda/forward_kernels.h"
+#include "backend/cuda/gpu_session.h"
+#include "core/ggml_type.h"
+
+namespace ds4::cuda {
+
+// Session memory: one zero-filled device allocation per array (so stale slots are finite),
+// with a running byte count for state_bytes().
+struct Arena {
+  std::vector<DeviceBuffer> bufs;
+  size_t bytes = 0;
+  template <class T>
+  T* get(int64_t n) {
+    if (n <= 0) return nullptr;
+    bufs.emplace_back(static_cast<size_t>(n) * sizeof(T));
+    bufs.back().fill_bytes(0);
+    bytes += static_cast<size_t>(n) * sizeof(T);
+    return bufs.back().as<T>();
+  }
+};
+
+// Weights the float kernels take (f32 activations) rather than the quantized ones.
+inline bool is_float_type(GgmlType t) { return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16; }
+
+// The session's per-layer state and one-token scratch (definitions shared by both files).
+struct GpuSession::LayerBufs {
+  float* raw = nullptr;              // ring [cap][D]
+  float* comp_kv = nullptr;          // ring [cap][c * D]
+  float* comp_sc = nullptr;
+  float* idx_kv = nullptr;           // ring [cap][2 * DI]
+  float* idx_sc = nullptr;
+  float* comp = nullptr;             // [max_ctx / ratio + 1][D]
+  float* icomp = nullptr;            // [max_ctx / ratio + 1][DI]
+  int64_t comp_w = 0, idx_w = 0;     // ring row widths
+};
+
+struct GpuSession::Scratch {
+  Arena arena;
+  fwd::StepCtl* ctl = nullptr;
+  int32_t* tokens = nullptr;         // [max_batch]
+  float *H = nullptr, *H2 = nullptr, *a = nullptr, *x = nullptr, *y = nullptr, *y2 = nullptr;
+  float *mix = nullptr, *post = nullptr, *comb = nullptr;
+  float *qa = nullptr, *qr = nullptr, *q = nullptr, *kv = nullptr, *o = nullptr, *low = nullptr;
+  float *ckv = nullptr, *csc = nullptr, *iq = nullptr, *iw = nullptr, *scores = nullptr;
+  int32_t *sel = nullptr, *n_sel = nullptr;
+  float* rlog = nullptr;             // router logits
+  int32_t* ids = nullptr;
+  float* rw = nullptr;
+  int32_t* ids0 = nullptr;           // {0}: the shared expert through the routed-expert path
+  float* w1 = nullptr;               // {1}
+  float* hbuf = nullptr;             // float-expert hidden [K][F]
+  void* moe_ws = nullptr;
+  void* act = nullptr;               // quantized activation of one product
+  void* act_o = nullptr;             // quantized attention output, all o_a groups at once
+  void* hc_scr = nullptr;            // hc_pre_fused partials and counters
+  float* attn_f = nullptr;           // attention chunk partials
+  float* logits = nullptr;
+  int64_t max_rows = 0;
+};
+
+}  // namespace ds4::cuda
