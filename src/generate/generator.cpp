@@ -43,6 +43,30 @@ double GenerateResult::decode_tokens_per_s() const {
   return decode_seconds > 0 ? static_cast<double>(tokens.size()) / decode_seconds : 0.0;
 }
 
+TokenId sample_step(model::EvalSession& s, Sampler& sampler, bool& on_device, std::vector<float>& host_logits,
+                    std::span<const TokenId> history, int logprobs_top_k, StepLogprobs* logprobs) {
+  if (on_device) {
+    const int64_t V = s.hparams().n_vocab;
+    model::LogitsReduction red;
+    if (s.reduce_logits(sampler.reduce_request(history, V, logprobs_top_k), red)) {
+      const TokenId t = sampler.sample_reduced(red);
+      if (logprobs_top_k >= 0) {
+        float raw = 0.0f;
+        s.read_logits(t, 1, &raw);
+        *logprobs = logprobs_from_reduction(red, t, raw);
+      }
+      return t;
+    }
+    // Not served (invalid logits, too many candidates): the host path, which reports errors.
+    host_logits.resize(static_cast<size_t>(V));
+    s.read_logits(0, V, host_logits.data());
+    on_device = false;
+  }
+  const TokenId t = sampler.sample(host_logits, history);
+  if (logprobs_top_k >= 0) *logprobs = compute_logprobs(host_logits, t, logprobs_top_k);
+  return t;
+}
+
 size_t common_prefix(std::span<const TokenId> a, std::span<const TokenId> b) {
   const size_t n = std::min(a.size(), b.size());
   size_t i = 0;
@@ -164,6 +188,8 @@ GenerateResult Generator::generate(std::span<const TokenId> prompt, const Genera
     const int64_t ctx = session_->options().max_ctx;
     const auto t_decode = Clock::now();
     std::vector<TokenId> history(prompt.begin(), prompt.end());
+    const auto V = static_cast<size_t>(model_->hparams().n_vocab);
+    bool on_device = false;  // the last logits are in logits_ (prefill) or on the session's device
     bool stopped_by_string = false;
     for (;;) {
       if (cancelled(opts)) {
@@ -174,14 +200,15 @@ GenerateResult Generator::generate(std::span<const TokenId> prompt, const Genera
         r.finish = FinishReason::MaxTokens;
         break;
       }
-      const TokenId t = sampler.sample(logits_, history);
+      StepLogprobs step_lp;
+      const TokenId t = sample_step(*session_, sampler, on_device, logits_, history, opts.logprobs_top_k, &step_lp);
       if (opts.sampling.is_stop_token(t)) {
         r.finish = FinishReason::StopToken;
         break;
       }
       const StepLogprobs* lp = nullptr;
       if (opts.logprobs_top_k >= 0) {
-        r.logprobs.push_back(compute_logprobs(logits_, t, opts.logprobs_top_k));
+        r.logprobs.push_back(std::move(step_lp));
         lp = &r.logprobs.back();
       }
       r.tokens.push_back(t);
@@ -205,7 +232,15 @@ GenerateResult Generator::generate(std::span<const TokenId> prompt, const Genera
       }
       // The token goes into the state only when another one follows: ending here saves a
       // forward pass, and the next prompt's prefix reuse evaluates it if it needs it.
-      session_->eval(std::span(&t, 1), model::LogitsMode::Last, logits_.data());
+      on_device = opts.sample_on_device && session_->eval_keeping_logits(std::span(&t, 1));
+      if (!on_device) {
+        logits_.resize(V);
+        session_->eval(std::span(&t, 1), model::LogitsMode::Last, logits_.data());
+      }
+    }
+    if (on_device) {  // last_logits() stays the distribution after the last evaluated token
+      logits_.resize(V);
+      session_->read_logits(0, static_cast<int64_t>(V), logits_.data());
     }
     if (!stopped_by_string) {
       StopResult tail = stops.push(decoder.flush());

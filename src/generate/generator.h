@@ -75,6 +75,10 @@ struct GenerateOptions {
   // Keep a snapshot of the state at the prompt's end for the next call's prefix reuse. Costs one
   // copy of the state per call.
   bool keep_prompt_snapshot = true;
+  // Decode steps keep the logits on the session's device and sample there when the backend
+  // can (EvalSession::reduce_logits, the CUDA session): the same tokens, without copying the
+  // vocabulary back every step. false: always sample from logits copied to the host.
+  bool sample_on_device = true;
 
   std::function<void(const PrefillProgress&)> on_prefill;  // after every prefill chunk
   // Once per generated token (stop tokens excluded), in order. If text was still held back when
@@ -140,6 +144,14 @@ class Generator {
   std::optional<model::SessionState> prompt_snapshot_;
   int64_t prompt_snapshot_min_ = 0;  // min_truncate() of the snapshot
 };
+
+// One sampling step from the logits of the session's last eval: reduced on the session's
+// device when `on_device` (the session kept them: EvalSession::eval_keeping_logits), else from
+// `host_logits`. When the device cannot serve the request it reads the logits into
+// host_logits and clears on_device. Fills *logprobs (chosen token and the best
+// logprobs_top_k) when logprobs_top_k >= 0.
+TokenId sample_step(model::EvalSession& s, Sampler& sampler, bool& on_device, std::vector<float>& host_logits,
+                    std::span<const TokenId> history, int logprobs_top_k, StepLogprobs* logprobs);
 
 // Length of the common prefix of two token sequences.
 size_t common_prefix(std::span<const TokenId> a, std::span<const TokenId> b);

@@ -42,6 +42,10 @@ float to_float(double x) {
   return x < lo ? -std::numeric_limits<float>::infinity() : static_cast<float>(x);
 }
 
+TokenLogprob logprob_entry(const Lse& lse, TokenId token, float logit) {
+  return TokenLogprob{token, logit, to_float((static_cast<double>(logit) - lse.max) - lse.log_sum)};
+}
+
 }  // namespace
 
 double log_sum_exp(std::span<const float> logits) {
@@ -49,15 +53,21 @@ double log_sum_exp(std::span<const float> logits) {
   return p.max + p.log_sum;
 }
 
+StepLogprobs logprobs_from_reduction(const model::LogitsReduction& r, TokenId chosen, float chosen_logit) {
+  const Lse lse{r.lse_max, r.lse_log_sum};
+  StepLogprobs out;
+  out.chosen = logprob_entry(lse, chosen, chosen_logit);
+  out.top.reserve(r.top_id.size());
+  for (size_t i = 0; i < r.top_id.size(); ++i) out.top.push_back(logprob_entry(lse, r.top_id[i], r.top_logit[i]));
+  return out;
+}
+
 StepLogprobs compute_logprobs(std::span<const float> logits, TokenId chosen, int top_k) {
   if (top_k < 0) fail("logprobs: top_k must be >= 0, got {}", top_k);
   if (chosen < 0 || static_cast<size_t>(chosen) >= logits.size())
     fail("logprobs: chosen token {} is outside the vocabulary of {} tokens", chosen, logits.size());
   const Lse lse = lse_parts(logits);
-  auto entry = [&](size_t i) {
-    return TokenLogprob{static_cast<TokenId>(i), logits[i],
-                        to_float((static_cast<double>(logits[i]) - lse.max) - lse.log_sum)};
-  };
+  auto entry = [&](size_t i) { return logprob_entry(lse, static_cast<TokenId>(i), logits[i]); };
 
   StepLogprobs out;
   out.chosen = entry(static_cast<size_t>(chosen));

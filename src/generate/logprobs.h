@@ -34,4 +34,9 @@ double log_sum_exp(std::span<const float> logits);
 // smaller). top_k may be 0. Throws ds4::Error if `chosen` is outside the vocabulary or top_k < 0.
 StepLogprobs compute_logprobs(std::span<const float> logits, TokenId chosen, int top_k);
 
+// The same from a backend's reduction of the logits (model/logits_reduce.h: the log-sum-exp
+// parts and the best tokens, requested with logprobs_top = top_k) and the chosen token's raw
+// logit.
+StepLogprobs logprobs_from_reduction(const model::LogitsReduction& r, TokenId chosen, float chosen_logit);
+
 }  // namespace ds4::gen

@@ -110,26 +110,35 @@ bool Sampler::has_penalties() const {
           params_.frequency_penalty != 0.0f);
 }
 
+void Sampler::penalty_window(std::span<const TokenId> history, size_t n_vocab) {
+  size_t n = history.size();
+  if (params_.penalty_last_n >= 0) n = std::min(n, static_cast<size_t>(params_.penalty_last_n));
+  window_.assign(history.end() - static_cast<std::ptrdiff_t>(n), history.end());
+  std::sort(window_.begin(), window_.end());
+  pen_tokens_.clear();
+  pen_counts_.clear();
+  for (size_t i = 0; i < window_.size();) {
+    const TokenId t = window_[i];
+    size_t j = i;
+    while (j < window_.size() && window_[j] == t) ++j;
+    if (t < 0 || static_cast<size_t>(t) >= n_vocab)
+      fail("sampling: history token {} is outside the vocabulary of {} tokens", t, n_vocab);
+    pen_tokens_.push_back(t);
+    pen_counts_.push_back(static_cast<float>(j - i));
+    i = j;
+  }
+}
+
 void Sampler::adjust_logits(std::span<float> logits, std::span<const TokenId> history) {
   const size_t n_vocab = logits.size();
   if (has_penalties() && !history.empty()) {
-    size_t n = history.size();
-    if (params_.penalty_last_n >= 0) n = std::min(n, static_cast<size_t>(params_.penalty_last_n));
-    window_.assign(history.end() - static_cast<std::ptrdiff_t>(n), history.end());
-    std::sort(window_.begin(), window_.end());
-    for (size_t i = 0; i < window_.size();) {
-      const TokenId t = window_[i];
-      size_t j = i;
-      while (j < window_.size() && window_[j] == t) ++j;
-      const auto count = static_cast<float>(j - i);
-      i = j;
-      if (t < 0 || static_cast<size_t>(t) >= n_vocab)
-        fail("sampling: history token {} is outside the vocabulary of {} tokens", t, n_vocab);
-      float& l = logits[static_cast<size_t>(t)];
+    penalty_window(history, n_vocab);
+    for (size_t i = 0; i < pen_tokens_.size(); ++i) {
+      float& l = logits[static_cast<size_t>(pen_tokens_[i])];
       // Dividing positive and multiplying negative logits both make the token less likely
       // (llama.cpp's rule; dividing a negative logit would raise it).
       l = l > 0.0f ? l / params_.repetition_penalty : l * params_.repetition_penalty;
-      l -= params_.presence_penalty + count * params_.frequency_penalty;
+      l -= params_.presence_penalty + pen_counts_[i] * params_.frequency_penalty;
     }
   }
   for (const auto& [t, bias] : params_.logit_bias) {
@@ -138,6 +147,54 @@ void Sampler::adjust_logits(std::span<float> logits, std::span<const TokenId> hi
     float& l = logits[static_cast<size_t>(t)];
     l = bias == kNegInf ? kNegInf : l + bias;
   }
+}
+
+model::LogitsReduceRequest Sampler::reduce_request(std::span<const TokenId> history, int64_t n_vocab,
+                                                   int logprobs_top) {
+  model::LogitsReduceRequest q;
+  const auto V = static_cast<size_t>(n_vocab);
+  if (has_penalties() && !history.empty()) {
+    penalty_window(history, V);
+    q.repetition_penalty = params_.repetition_penalty;
+    q.penalty_tokens.assign(pen_tokens_.begin(), pen_tokens_.end());
+    for (const float count : pen_counts_)  // the subtrahend of adjust_logits, same expression
+      q.penalty_sub.push_back(params_.presence_penalty + count * params_.frequency_penalty);
+  }
+  for (const auto& [t, bias] : params_.logit_bias) {
+    if (static_cast<size_t>(t) >= V)
+      fail("sampling: logit_bias names token {}, outside the vocabulary of {} tokens", t, V);
+    q.bias_tokens.push_back(t);
+    q.bias.push_back(bias);
+  }
+  q.greedy = params_.greedy() || !std::isfinite(1.0f / params_.temperature);
+  // With top-p on, min-p waits until after top-p's normaliser (filter), so no prefilter.
+  if (params_.top_p >= 1.0f && params_.min_p > 0.0f) q.floor_offset = min_p_offset();
+  q.top_k = params_.top_k;
+  q.logprobs_top = logprobs_top;
+  return q;
+}
+
+TokenId Sampler::sample_reduced(const model::LogitsReduction& r) {
+  if (params_.greedy() || !std::isfinite(1.0f / params_.temperature)) return r.argmax;
+  if (r.cand_id.size() != r.cand_logit.size() || r.cand_id.empty())
+    fail("sampling: the backend's reduction has no candidates");
+  pivot_state_ = 0;
+  cand_.clear();
+  for (size_t i = 0; i < r.cand_id.size(); ++i) cand_.push_back({r.cand_logit[i], r.cand_id[i], 0.0f, 0});
+  const size_t n = finish_filter(cand_.size(), r.max, min_p_floor(r.max), r.all_candidates);
+  return draw(n);
+}
+
+double Sampler::min_p_offset() const {
+  return static_cast<double>(params_.temperature) * std::log(double{params_.min_p});
+}
+
+float Sampler::min_p_floor(float max) const {
+  // min-p in logit space: p_i >= min_p * p_max  <=>  l_i >= l_max + T * log(min_p).
+  if (params_.min_p <= 0.0f) return kNegInf;
+  const double f = max + min_p_offset();
+  // Out-of-range double -> float conversion is undefined behaviour; below range means no floor.
+  return f < -std::numeric_limits<float>::max() ? kNegInf : static_cast<float>(f);
 }
 
 TokenId Sampler::sample(std::span<const float> logits, std::span<const TokenId> history) {
@@ -192,32 +249,28 @@ size_t Sampler::filter(std::span<const float> logits, std::span<const TokenId> h
     fail("sampling: logit of token {} is +inf", best);
   greedy_token = static_cast<TokenId>(best);
   if (params_.greedy()) return 0;
-  const float temp = params_.temperature;
-  const float inv_t = 1.0f / temp;
-  if (!std::isfinite(inv_t)) return 0;  // T so small that it is greedy
+  if (!std::isfinite(1.0f / params_.temperature)) return 0;  // T so small that it is greedy
 
   const bool use_top_p = params_.top_p < 1.0f;
-  // min-p in logit space: p_i >= min_p * p_max  <=>  l_i >= l_max + T * log(min_p). Filtering
-  // here, before any exp, makes the common case (min_p 0.05, top_p 1) touch only a few tokens.
-  // With top-p on, every top-k survivor is needed for top-p's normaliser, so min-p waits.
-  float floor = kNegInf;
-  if (params_.min_p > 0.0f) {
-    const double f = max + static_cast<double>(temp) * std::log(double{params_.min_p});
-    // Out-of-range double -> float conversion is undefined behaviour; below range means no floor.
-    floor = f < -std::numeric_limits<float>::max() ? kNegInf : static_cast<float>(f);
-  }
+  // Filtering by min-p here, before any exp, makes the common case (min_p 0.05, top_p 1) touch
+  // only a few tokens. With top-p on, every top-k survivor is needed for top-p's normaliser,
+  // so min-p waits.
+  const float floor = min_p_floor(max);
   const float prefilter = use_top_p ? kNegInf : floor;
 
   cand_.clear();
   for (size_t i = 0; i < n_vocab; ++i)
     if (l[i] > kNegInf && l[i] >= prefilter)
       cand_.push_back({l[i], static_cast<TokenId>(i), 0.0f, 0});
-  size_t n = cand_.size();
+  return finish_filter(cand_.size(), max, floor, true);
+}
 
+size_t Sampler::finish_filter(size_t n, float max, float floor, bool all_candidates) {
+  const float inv_t = 1.0f / params_.temperature;
   max_logit_ = max;
   inv_temp_ = inv_t;
 
-  if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < n)
+  if (all_candidates && params_.top_k > 0 && static_cast<size_t>(params_.top_k) < n)
     n = select_prefix(n, static_cast<double>(params_.top_k), false);
   double total = 0.0;
   for (size_t i = 0; i < n; ++i) {
@@ -225,7 +278,7 @@ size_t Sampler::filter(std::span<const float> logits, std::span<const TokenId> h
     total += cand_[i].weight;
   }
 
-  if (use_top_p) {
+  if (params_.top_p < 1.0f) {
     // min-p prefix within the top-k set, then the nucleus inside it if it reaches the mass.
     // (A plain loop rather than std::partition, whose element order is the library's choice.)
     size_t m = 0;

@@ -27,6 +27,8 @@
 #include <string>
 #include <vector>
 
+#include "model/logits_reduce.h"
+
 namespace ds4::gen {
 
 using TokenId = int32_t;
@@ -94,6 +96,15 @@ class Sampler {
   std::vector<TokenProb> distribution(std::span<const float> logits,
                                       std::span<const TokenId> history = {});
 
+  // Sampling from a backend that keeps the logits on its device (model/logits_reduce.h):
+  // reduce_request describes steps 1-3 and the candidate set for the backend (`n_vocab` logits,
+  // `history` as for sample()); sample_reduced finishes the step from the reduction with the
+  // same code and random stream as sample(), so both give the same token for the same logits.
+  // reduce_request throws like sample() on a history token outside the vocabulary.
+  model::LogitsReduceRequest reduce_request(std::span<const TokenId> history, int64_t n_vocab,
+                                            int logprobs_top = -1);
+  TokenId sample_reduced(const model::LogitsReduction& r);
+
   // Restarts the random stream: the same seed gives the same draws.
   void reseed(uint64_t seed) { rng_.seed(seed); }
 
@@ -116,6 +127,15 @@ class Sampler {
   // sets `greedy_token` when the choice is deterministic.
   size_t filter(std::span<const float> logits, std::span<const TokenId> history,
                 TokenId& greedy_token);
+  // The distinct window tokens with their counts, oldest-independent (sorted by id).
+  void penalty_window(std::span<const TokenId> history, size_t n_vocab);
+  // min-p's logit floor for the adjusted maximum `max` (-inf: none): float(max + offset).
+  float min_p_floor(float max) const;
+  double min_p_offset() const;
+  // Steps 4-6 on cand_[0, n) (the candidates above the prefilter), with max_logit_ and
+  // inv_temp_ set; `floor` is min_p_floor(max). all_candidates: cand_ holds every candidate
+  // (else already exactly the top-k). Returns the kept count.
+  size_t finish_filter(size_t n, float max, float floor, bool all_candidates);
   // Reorders cand_[0, n) so that its shortest best-first prefix holding `need` comes first and
   // returns that prefix's length; `need` counts candidates (top-k) or, with by_weight, weight
   // (top-p). A histogram over (max - logit) / T narrows the cut to one bucket in two linear passes,
@@ -138,6 +158,8 @@ class Sampler {
   std::vector<Candidate> cand_;
   std::vector<float> dense_;  // per-vocab weights of a large kept set, all zero between steps
   std::vector<TokenId> window_;
+  std::vector<TokenId> pen_tokens_;  // distinct tokens of the penalty window, by id
+  std::vector<float> pen_counts_;    // their counts
   std::vector<double> hist_;
   float max_logit_ = 0.0f;  // of the current step, for bucket_of
   float inv_temp_ = 1.0f;

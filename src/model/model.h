@@ -19,6 +19,7 @@
 
 #include "model/decisions.h"
 #include "model/hparams.h"
+#include "model/logits_reduce.h"
 #include "model/session_state.h"
 #include "model/weights.h"
 
@@ -93,6 +94,27 @@ class EvalSession {
   virtual int64_t min_truncate() const = 0;
   virtual void reset() = 0;
   virtual const char* backend_name() const = 0;
+
+  // Optional, for backends that keep the logits in device memory (logits_reduce.h); the
+  // defaults say "not supported" and the caller uses eval with an output buffer.
+  // eval_keeping_logits: eval(tokens, Last, ...) that leaves the logits on the device.
+  virtual bool eval_keeping_logits(std::span<const int32_t> tokens) {
+    (void)tokens;
+    return false;
+  }
+  // After eval_keeping_logits: false when the request cannot be served (NaN or +inf logits,
+  // every token banned, too many candidates); the caller then reads the logits.
+  virtual bool reduce_logits(const LogitsReduceRequest& req, LogitsReduction& out) {
+    (void)req;
+    (void)out;
+    return false;
+  }
+  // After eval_keeping_logits: logits [first, first + count) of the last token.
+  virtual void read_logits(int64_t first, int64_t count, float* out) {
+    (void)first;
+    (void)count;
+    (void)out;
+  }
 
   std::vector<uint8_t> serialize() const { return snapshot().serialize(); }
   void deserialize(std::span<const uint8_t> bytes) { restore(SessionState::deserialize(bytes)); }

@@ -565,6 +565,28 @@ void GpuSession::eval_device(std::span<const int32_t> tokens) {
 
 const float* GpuSession::device_logits() const { return sc_->logits; }
 
+bool GpuSession::eval_keeping_logits(std::span<const int32_t> tokens) {
+  const int64_t V = model_->hparams().n_vocab;
+  for (size_t i = 0; i < tokens.size(); ++i)
+    if (tokens[i] < 0 || tokens[i] >= V)
+      fail("eval: token {} at index {} is outside the vocabulary [0, {})", tokens[i], i, V);
+  eval_device(tokens);
+  return true;
+}
+
+bool GpuSession::reduce_logits(const model::LogitsReduceRequest& req, model::LogitsReduction& out) {
+  if (!sampler_) sampler_ = std::make_unique<DeviceSampler>(model_->hparams().n_vocab);
+  return sampler_->reduce(sc_->logits, req, out, stream_.handle());
+}
+
+void GpuSession::read_logits(int64_t first, int64_t count, float* out) {
+  if (first < 0 || count < 0 || first + count > model_->hparams().n_vocab)
+    fail("read_logits: range [{}, {}) outside the vocabulary", first, first + count);
+  DS4_CUDA_CHECK(cudaMemcpyAsync(out, sc_->logits + first, static_cast<size_t>(count) * sizeof(float),
+                                 cudaMemcpyDeviceToHost, static_cast<cudaStream_t>(stream_.handle())));
+  stream_.synchronize();
+}
+
 // ---- history bookkeeping: the CPU session's rules (model.cpp), on logical positions ----
 
 namespace {

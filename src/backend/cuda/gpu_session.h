@@ -26,6 +26,7 @@
 
 #include "backend/cuda/buffer.h"
 #include "backend/cuda/gpu_model.h"
+#include "backend/cuda/sampling.h"
 #include "model/model.h"
 
 namespace ds4::cuda {
@@ -53,6 +54,10 @@ class GpuSession : public model::EvalSession {
   int64_t min_truncate() const override;
   void reset() override;
   const char* backend_name() const override { return "cuda"; }
+  // Sampling next to the logits (model/logits_reduce.h, backend/cuda/sampling.h).
+  bool eval_keeping_logits(std::span<const int32_t> tokens) override;
+  bool reduce_logits(const model::LogitsReduceRequest& req, model::LogitsReduction& out) override;
+  void read_logits(int64_t first, int64_t count, float* out) override;
 
   // Evaluates `tokens` like eval(), leaving the logits of the last token in device memory
   // (device_logits()) instead of copying them back; for GPU-side sampling and benchmarks.
@@ -148,6 +153,7 @@ class GpuSession : public model::EvalSession {
   std::unique_ptr<Graph> graph_[2];  // without / with the output head
   model::LayerHook hook_;
   std::unique_ptr<Prof> prof_;
+  std::unique_ptr<DeviceSampler> sampler_;  // made on the first reduce_logits
   std::unique_ptr<DeviceBuffer> log_dev_;  // [max_batch][n_layers][log_layer_w_] while logging
   int64_t log_layer_w_ = 0;                // ints per layer: K ids, idx_topk rows, the row count
   model::DecisionRecord log_;
