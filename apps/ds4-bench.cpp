@@ -7,6 +7,7 @@
 //       frontier sweep (src/bench/frontier.h): prefill speed, decode speed and session bytes
 //       at growing context lengths, CSV and an SVG plot
 //   ds4-bench cuda [--synthetic flash-mini | -m MODEL] [--recipe q2] [--prompt 512] [--gen 64]
+//       [--sweep 2K,8K,32K,64K,128K [--decode 16] [--csv FILE] [--svg FILE]]
 //       CUDA backend: prefill and decode tokens/s and a per-phase breakdown of one decode step;
 //       a synthetic preset is built directly in GPU memory (no file; full Flash q2 needs 81 GiB)
 //   ds4-bench tokenizer --vocab FILE --text FILE [--reps 5]
@@ -193,11 +194,9 @@ int run_sweep_command(const SweepArgs& a) {
                                 : engine->describe();
   fmt::print("model {} ({} layers, {} experts), {}, numerics {}\n", hp.name, hp.n_layers,
              hp.n_expert, where, a.numerics);
-  fmt::print("{:>8} {:>9} {:>12} {:>12} {:>14}\n", "context", "prefilled", "prefill t/s",
-             "decode t/s", "state MiB");
+  fmt::print("{}", ds4::bench::sweep_table_header());
   o.on_row = [](const ds4::bench::FrontierRow& r) {
-    fmt::print("{:>8} {:>9} {:>12.1f} {:>12.2f} {:>14.1f}\n", ds4::bench::frontier_label(r.context),
-               r.prefill_tokens, r.prefill_tok_s, r.decode_tok_s, r.state_bytes / 1048576.0);
+    fmt::print("{}", ds4::bench::sweep_table_row(r));
     std::fflush(stdout);
   };
   const auto rows = ds4::bench::run_sweep(s, o);
@@ -236,6 +235,10 @@ int main(int argc, char** argv) {
   g->add_option("--reps", cu.reps, "repetitions (the median is reported)");
   g->add_option("--numerics", cu.numerics, "exact or official");
   g->add_flag("!--no-graph", cu.graph, "plain launches instead of a CUDA graph per step");
+  g->add_option("--sweep", cu.sweep, "frontier sweep instead (e.g. 2K,8K,32K,64K,128K; see `sweep`)");
+  g->add_option("--decode", cu.sweep_decode, "timed decode steps per sweep frontier (median)");
+  g->add_option("--csv", cu.csv, "sweep rows as CSV to this file");
+  g->add_option("--svg", cu.svg, "sweep plot as SVG to this file");
   std::string vocab, text;
   int reps = 5;
   auto* t = app.add_subcommand("tokenizer", "tokenizer encode speed");

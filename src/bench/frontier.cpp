@@ -23,7 +23,17 @@ EvalSweepSession::EvalSweepSession(model::EvalSession& s)
     : s_(s), logits_(static_cast<size_t>(s.hparams().n_vocab)) {}
 
 int32_t EvalSweepSession::eval(std::span<const int32_t> tokens) {
-  s_.eval(tokens, model::LogitsMode::Last, logits_.data());
+  // A backend that samples next to its logits (the CUDA session) returns only the argmax, as a
+  // generator's decode step would; the others copy the logits back.
+  if (s_.eval_keeping_logits(tokens)) {
+    model::LogitsReduceRequest greedy;
+    greedy.greedy = true;
+    model::LogitsReduction r;
+    if (s_.reduce_logits(greedy, r)) return r.argmax;
+    s_.read_logits(0, static_cast<int64_t>(logits_.size()), logits_.data());
+  } else {
+    s_.eval(tokens, model::LogitsMode::Last, logits_.data());
+  }
   return static_cast<int32_t>(std::max_element(logits_.begin(), logits_.end()) - logits_.begin());
 }
 
@@ -175,6 +185,16 @@ std::string frontier_label(int64_t n) {
 // ---------------------------------------------------------------------------------------------
 // CSV and SVG
 // ---------------------------------------------------------------------------------------------
+
+std::string sweep_table_header() {
+  return fmt::format("{:>8} {:>9} {:>12} {:>12} {:>14}\n", "context", "prefilled", "prefill t/s", "decode t/s",
+                     "state MiB");
+}
+
+std::string sweep_table_row(const FrontierRow& r) {
+  return fmt::format("{:>8} {:>9} {:>12.1f} {:>12.2f} {:>14.1f}\n", frontier_label(r.context), r.prefill_tokens,
+                     r.prefill_tok_s, r.decode_tok_s, static_cast<double>(r.state_bytes) / 1048576.0);
+}
 
 std::string sweep_csv(const std::vector<FrontierRow>& rows) {
   std::string out =

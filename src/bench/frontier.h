@@ -37,7 +37,8 @@ class SweepSession {
 };
 
 // Any backend's model::EvalSession (the CPU model::Session, the CUDA session), greedy from the
-// last logits. state_bytes() counts the SessionState arrays: free for the CPU session, a
+// last logits (reduced on the device where the session keeps them there: only the token
+// comes back). state_bytes() counts the SessionState arrays: free for the CPU session, a
 // snapshot (a copy back from the device) otherwise, taken outside the timed steps.
 class EvalSweepSession final : public SweepSession {
  public:
@@ -87,6 +88,11 @@ int64_t sweep_max_context(const SweepOptions& opts);
 std::vector<int64_t> parse_frontiers(std::string_view text);
 // 2048 -> "2K", 1536 -> "1536", 1048576 -> "1M".
 std::string frontier_label(int64_t n);
+
+// The console table of a sweep (ds4-bench sweep, ds4-bench cuda --sweep): a header line and
+// one line per row (context, tokens prefilled, prefill tok/s, decode tok/s, state MiB).
+std::string sweep_table_header();
+std::string sweep_table_row(const FrontierRow& r);
 
 // CSV with a header row: context,prefill_tokens,prefill_seconds,prefill_tok_s,decode_tokens,
 // decode_ms_median,decode_tok_s,state_bytes.

@@ -15,8 +15,10 @@
 #include "backend/cuda/device.h"
 #include "backend/cuda/gpu_model.h"
 #include "backend/cuda/gpu_session.h"
+#include "bench/frontier.h"
 #include "convert/model_config.h"
 #include "convert/recipe.h"
+#include "generate/generator.h"
 #include "gguf/gguf.h"
 #include "synth/presets.h"
 #include "synth/synthetic_model.h"
@@ -73,6 +75,32 @@ double decode_bytes(const cuda::GpuModel& g) {
   return b;
 }
 
+// The frontier sweep of bench/frontier.h on the GPU model (synthetic presets need no file).
+int run_sweep(const cuda::GpuModel& g, const CudaBenchArgs& a, const std::string& name) {
+  bench::SweepOptions o;
+  o.frontiers = bench::parse_frontiers(a.sweep);
+  o.decode_tokens = a.sweep_decode;
+  o.vocab = static_cast<int32_t>(g.hparams().n_vocab);
+  cuda::GpuSession s(g, {.max_ctx = bench::sweep_max_context(o), .numerics = model::numerics_from_name(a.numerics),
+                         .max_batch = 512},
+                     {.use_graph = a.graph});
+  bench::EvalSweepSession ss(s);
+  fmt::print("sweep on {}: session of {} positions ({:.2f} GiB of GPU memory), numerics {}\n{}", g.device().name,
+             bench::sweep_max_context(o), static_cast<double>(s.state_bytes()) / (1 << 30), a.numerics,
+             bench::sweep_table_header());
+  o.on_row = [](const bench::FrontierRow& r) {
+    fmt::print("{}", bench::sweep_table_row(r));
+    std::fflush(stdout);
+  };
+  const auto rows = bench::run_sweep(ss, o);
+  if (!a.csv.empty()) bench::write_text_file(a.csv, bench::sweep_csv(rows));
+  if (!a.svg.empty())
+    bench::write_text_file(a.svg, bench::sweep_svg(rows, "ds4-bench cuda --sweep: " + name,
+                                                   fmt::format("{}, numerics {}, decode median of {}",
+                                                               g.device().name, a.numerics, a.sweep_decode)));
+  return 0;
+}
+
 }  // namespace
 
 int run_cuda_bench(const CudaBenchArgs& a) {
@@ -95,6 +123,8 @@ int run_cuda_bench(const CudaBenchArgs& a) {
   const double gib = static_cast<double>(g->weight_bytes()) / (1024.0 * 1024.0 * 1024.0);
   fmt::print("model {}: {} layers, hidden {}, {} experts (top {}), {:.2f} GiB on {} in {:.2f} s\n", name,
              hp.n_layers, hp.n_embd, hp.n_expert, hp.n_expert_used, gib, g->device().name, g->upload_seconds());
+
+  if (!a.sweep.empty()) return run_sweep(*g, a, name);
 
   std::mt19937 rng(1);
   std::uniform_int_distribution<int32_t> tok(2, static_cast<int32_t>(hp.n_vocab - 1));
@@ -130,6 +160,37 @@ int run_cuda_bench(const CudaBenchArgs& a) {
              median(prefill), a.prompt, kPrefillChunk, median(decode_sync), median(decode_piped), 1e3 / median(decode_piped),
              bytes * median(decode_piped) / 1e9, bytes / 1e9, static_cast<double>(state) / 1048576.0,
              a.graph ? "on" : "off");
+
+  // Decode with sampling as gen::Generator does it (default sampling settings, seed 1): the
+  // logits copied back and the CPU sampler, or the GPU reduction (sampling.h). Same seed,
+  // same logits: both must pick the same tokens.
+  std::vector<double> tok_s[2];
+  std::vector<int32_t> picked[2];
+  for (int device = 0; device < 2; ++device) {
+    for (int r = 0; r < a.reps; ++r) {
+      cuda::GpuSession s(*g, so, {.use_graph = a.graph});
+      std::vector<float> logits(static_cast<size_t>(hp.n_vocab));
+      s.eval(prompt, model::LogitsMode::Last, logits.data());
+      gen::SamplingParams sp = gen::SamplingParams::defaults_for(false);
+      sp.seed = 1;
+      gen::Sampler sampler(sp);
+      std::vector<int32_t> history(prompt), out;
+      bool on_device = false;
+      const auto t0 = Clock::now();
+      for (int i = 0; i < a.gen; ++i) {
+        const int32_t t = gen::sample_step(s, sampler, on_device, logits, history, -1, nullptr);
+        history.push_back(t);
+        out.push_back(t);
+        on_device = device == 1 && s.eval_keeping_logits(std::span(&t, 1));
+        if (!on_device) s.eval(std::span(&t, 1), model::LogitsMode::Last, logits.data());
+      }
+      tok_s[device].push_back(a.gen / since(t0));
+      picked[device] = out;
+    }
+  }
+  fmt::print("decode with sampling (min_p 0.05, T 1, seed 1), median of {}: {:.1f} tok/s sampling on the host "
+             "(logits copied back), {:.1f} tok/s on the GPU; same tokens: {}\n",
+             a.reps, median(tok_s[0]), median(tok_s[1]), picked[0] == picked[1] ? "yes" : "NO");
 
   // One decode step timed phase by phase (plain launches with events between phases).
   cuda::GpuSession s(*g, so, {.use_graph = false});
