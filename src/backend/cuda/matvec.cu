@@ -599,8 +599,8 @@ dim3 grid_for(int per_sm, int64_t nrows, int split, bool vec) {
   return dim3(unsigned(std::min<int64_t>(blocks, int64_t(sm_count()) * per_sm)));
 }
 
-// The one place the products are launched: nrows rows of plan p, split and grid chosen here.
-// ngroups = aligned block groups per row (the split's granularity).
+// The one place the products are launched: nrows rows of plan p, split and grid chosen here
+// (a row splits at aligned block groups when vec, at single blocks otherwise).
 template <class K, class Plan, class Epi, bool kSeparate = false>
 void launch_rows(const Plan& p, const Epi& epi, int64_t nrows, bool vec, void* stream) {
   const int split = choose_split(nrows, p.nblk / (vec ? K::G : 1));
