@@ -6,7 +6,9 @@
 //    the routed experts one grouped call (moe_experts_batch), the shared expert the same call
 //    with one expert;
 //  - the position-dependent per-token work reuses the one-token kernels of forward_kernels.h
-//    with a StepCtl per token (`Batch::ctls[t]` = {p0 + t, token t, t}), launched per token:
+//    with a StepCtl per token (`Batch::ctls[t]` = {p0 + t, token t, t}), launched per token
+//    and spread over kLanes streams (the tokens' launches are independent; each lane has its
+//    own attention / indexer scratch), so that small one-token kernels run side by side:
 //    HC pre (after the batched fn product), head norm + RoPE + KV ring write, compressor ring
 //    store and window pooling (in position order, so a window sees exactly the state the CPU
 //    code gives it), indexer scores and top-k (each query its own causal visible set),
@@ -44,7 +46,13 @@ using model::Numerics;
 // Working arrays for max_batch tokens, allocated by the first batched chunk (a session that
 // only decodes never pays for them).
 struct GpuSession::Batch {
+  static constexpr int kLanes = 8;
   Arena arena;
+  std::vector<Stream> lanes;                 // [kLanes]
+  std::vector<cudaEvent_t> lane_done;        // [kLanes]
+  cudaEvent_t fork = nullptr;
+  float* attn_f[kLanes] = {};                // attention chunk partials of each lane
+  float* scores[kLanes] = {};                // indexer scores of each lane
   fwd::StepCtl* ctls = nullptr;  // [T]: position, token and index of each token
   float *H = nullptr, *H2 = nullptr;                 // [T][n_hc][E]
   float *a = nullptr, *x = nullptr, *y = nullptr, *y2 = nullptr;  // [T][E]
@@ -65,11 +73,33 @@ struct GpuSession::Batch {
   void* moe_ws = nullptr;
 };
 
-void GpuSession::BatchFree::operator()(Batch* b) const { delete b; }
+void GpuSession::BatchFree::operator()(Batch* b) const {
+  if (b->fork) cudaEventDestroy(b->fork);
+  for (cudaEvent_t e : b->lane_done) cudaEventDestroy(e);
+  delete b;
+}
 
 namespace {
 
 cudaStream_t cs(void* s) { return static_cast<cudaStream_t>(s); }
+
+// Runs body(t, lane stream, lane) for every token t < T, token t on lane t % kLanes, after
+// the work already queued on s; s then waits for all lanes. Each token's launches stay in
+// order on its lane; different tokens' launches may overlap.
+template <class B, class F>
+void over_tokens(B& b, int64_t T, void* s, F&& body) {
+  DS4_CUDA_CHECK(cudaEventRecord(b.fork, cs(s)));
+  const int n = static_cast<int>(std::min<int64_t>(T, B::kLanes));
+  for (int l = 0; l < n; ++l) DS4_CUDA_CHECK(cudaStreamWaitEvent(cs(b.lanes[static_cast<size_t>(l)].handle()), b.fork, 0));
+  for (int64_t t = 0; t < T; ++t) {
+    const int l = static_cast<int>(t % B::kLanes);
+    body(t, b.lanes[static_cast<size_t>(l)].handle(), l);
+  }
+  for (int l = 0; l < n; ++l) {
+    DS4_CUDA_CHECK(cudaEventRecord(b.lane_done[static_cast<size_t>(l)], cs(b.lanes[static_cast<size_t>(l)].handle())));
+    DS4_CUDA_CHECK(cudaStreamWaitEvent(cs(s), b.lane_done[static_cast<size_t>(l)], 0));
+  }
+}
 
 }  // namespace
 
@@ -86,9 +116,10 @@ void GpuSession::prefill_hc_pre(const DHc& hc, const float* H, const float* norm
   // 3.2: the mixing logits of all T tokens in one product; the RMS factor, sigmoids,
   // Sinkhorn and the collapse per token (hyper_connection.cpp hc_pre); then RMSNorm.
   gemm(hc.fn, H, T, b.mix, s);
-  for (int64_t t = 0; t < T; ++t)
+  over_tokens(b, T, s, [&](int64_t t, void* st, int) {
     fwd::hc_pre(sh, b.mix + t * n_mix, H + t * NC * E, hc.base, hc.scale, b.a + t * E, b.post + t * NC,
-                b.comb + t * NC * NC, s);
+                b.comb + t * NC * NC, st);
+  });
   fwd::rmsnorm(b.a, norm, b.x, E, T, hp.rms_eps, s);
 }
 
@@ -101,9 +132,10 @@ void GpuSession::prefill_compressor(const DLayer& L, const DCompressor& C, int s
   // in position order (compressor_advance).
   gemm(C.kv, b.x, T, b.ckv, s);
   gemm(C.gate, b.x, T, b.csc, s);
-  for (int64_t t = 0; t < T; ++t)
+  over_tokens(b, T, s, [&](int64_t t, void* st, int) {
     fwd::comp_store(b.ckv + t * width, b.csc + t * width, C.ape, width, L.ratio, ring_kv, ring_sc, cap_,
-                    b.ctls + t, s);
+                    b.ctls + t, st);
+  });
   fwd::RowFinish f;
   f.d = C.d;
   f.n_rope = hp.n_rope;
@@ -111,8 +143,10 @@ void GpuSession::prefill_compressor(const DLayer& L, const DCompressor& C, int s
   f.norm = C.norm;
   f.eps = hp.rms_eps;
   f.sim = static_cast<fwd::Sim>(sim);
-  for (int64_t t = 0; t < T; ++t)
-    if ((p0 + t + 1) % L.ratio == 0) fwd::comp_emit(f, L.omega, ring_kv, ring_sc, cap_, L.ratio, C.c, rows, b.ctls + t, s);
+  // Every window reads only ring rows (stored above) and writes its own row: independent.
+  over_tokens(b, T, s, [&](int64_t t, void* st, int) {
+    if ((p0 + t + 1) % L.ratio == 0) fwd::comp_emit(f, L.omega, ring_kv, ring_sc, cap_, L.ratio, C.c, rows, b.ctls + t, st);
+  });
 }
 
 void GpuSession::prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int64_t p0, void* s) {
@@ -129,7 +163,9 @@ void GpuSession::prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int
   qf.d = D;
   qf.n_rope = hp.n_rope;
   qf.eps = hp.rms_eps;
-  for (int64_t t = 0; t < T; ++t) fwd::rows_finish(qf, L.omega, b.q + t * HD, b.q + t * HD, NH, D, 0, b.ctls + t, s);
+  over_tokens(b, T, s, [&](int64_t t, void* st, int) {
+    fwd::rows_finish(qf, L.omega, b.q + t * HD, b.q + t * HD, NH, D, 0, b.ctls + t, st);
+  });
 
   // 3.4.2 KV rows of all T positions into the raw ring.
   gemm(L.kv, b.x, T, b.kv, s);
@@ -137,7 +173,9 @@ void GpuSession::prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int
   kf.norm = L.kv_norm;
   kf.n_nope = hp.n_nope();
   kf.sim = official ? fwd::Sim::Fp8Nope : fwd::Sim::None;
-  for (int64_t t = 0; t < T; ++t) fwd::rows_finish(kf, L.omega, b.kv + t * D, S.raw, 1, D, cap_, b.ctls + t, s);
+  over_tokens(b, T, s, [&](int64_t t, void* st, int) {
+    fwd::rows_finish(kf, L.omega, b.kv + t * D, S.raw, 1, D, cap_, b.ctls + t, st);
+  });
   mark("q/kv projections", static_cast<double>(L.q_a.bytes() + L.q_b.bytes() + L.kv.bytes()), s);
 
   // 3.4.5 / 3.4.7 Compressors (all windows completed in the chunk) and the indexer.
@@ -156,12 +194,12 @@ void GpuSession::prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int
         gemm(L.idx_proj, b.x, T, b.iw, s);
       }
       const float wscale = 1.0f / std::sqrt(static_cast<float>(DI * NI));
-      for (int64_t t = 0; t < T; ++t) {
+      over_tokens(b, T, s, [&](int64_t t, void* st, int lane) {
         const bool scored = (p0 + t + 1) / L.ratio > K;
-        if (scored) fwd::idx_prep_q(b.iq + t * NI * DI, NI, DI, hp.n_rope, L.omega, official, b.ctls + t, s);
-        fwd::idx_select(b.iq + t * NI * DI, b.iw + t * NI, wscale, NI, DI, S.icomp, L.ratio, K, sc_->scores,
-                        b.sel + t * K, b.n_sel + t, b.ctls + t, s);
-      }
+        if (scored) fwd::idx_prep_q(b.iq + t * NI * DI, NI, DI, hp.n_rope, L.omega, official, b.ctls + t, st);
+        fwd::idx_select(b.iq + t * NI * DI, b.iw + t * NI, wscale, NI, DI, S.icomp, L.ratio, K, b.scores[lane],
+                        b.sel + t * K, b.n_sel + t, b.ctls + t, st);
+      });
       sel = b.sel;
       log_batch(b.sel, K, T, L.il, hp.n_expert_used, s);
       log_batch(b.n_sel, 1, T, L.il, hp.n_expert_used + K, s);
@@ -174,9 +212,10 @@ void GpuSession::prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int
 
   // 3.4.8 Attention of each query over its own visible rows, de-rotated at its position.
   const fwd::AttnShape as{NH, D, hp.n_rope, hp.window, cap_, L.ratio, sc_->max_rows};
-  for (int64_t t = 0; t < T; ++t)
+  over_tokens(b, T, s, [&](int64_t t, void* st, int lane) {
     fwd::attention(as, b.q + t * HD, S.raw, S.comp, sel ? sel + t * hp.idx_topk : nullptr, b.n_sel + t, L.sinks,
-                   L.omega, sc_->attn_f, b.o + t * HD, b.ctls + t, s);
+                   L.omega, b.attn_f[lane], b.o + t * HD, b.ctls + t, st);
+  });
   mark("attention core", 0, s);
 
   // 3.4.9 Grouped output projection: group g's heads of all T tokens as one GEMM on rows
@@ -196,10 +235,11 @@ void GpuSession::prefill_moe(const DLayer& L, int64_t T, void* s) {
   // 3.5.1 Router logits of all T tokens; routing per token (hash layers read its token id).
   gemm(L.router, b.x, T, b.rlog, s);
   const bool hash = hp.is_hash_layer(L.il);
-  for (int64_t t = 0; t < T; ++t)
+  over_tokens(b, T, s, [&](int64_t t, void* st, int) {
     fwd::route(b.rlog + t * NE, NE, K, hash ? nullptr : L.router_bias,
                hash ? static_cast<const int32_t*>(L.tid2eid.d) : nullptr, hp.expert_weights_norm,
-               hp.expert_weights_scale, b.ctls + t, b.ids + t * K, b.rw + t * K, s);
+               hp.expert_weights_scale, b.ctls + t, b.ids + t * K, b.rw + t * K, st);
+  });
   log_batch(b.ids, K, T, L.il, 0, s);
   mark("router", static_cast<double>(L.router.bytes()), s);
   // 3.5.2 routed experts, 3.5.3 the shared expert (one expert, weight 1) into y2.
@@ -237,8 +277,9 @@ void GpuSession::prefill_layer(const DLayer& L, LayerBufs& S, int64_t T, int64_t
   const int64_t E = hp.n_embd, NC = hp.n_hc;
   const fwd::HcShape sh{static_cast<int>(NC), E, hp.rms_eps, hp.hc_eps, static_cast<int>(hp.hc_sinkhorn_iters)};
   auto hc_post = [&](const float* H_in, float* H_out) {
-    for (int64_t t = 0; t < T; ++t)
-      fwd::hc_post(sh, b.y + t * E, H_in + t * NC * E, b.post + t * NC, b.comb + t * NC * NC, H_out + t * NC * E, s);
+    over_tokens(b, T, s, [&](int64_t t, void* st, int) {
+      fwd::hc_post(sh, b.y + t * E, H_in + t * NC * E, b.post + t * NC, b.comb + t * NC * NC, H_out + t * NC * E, st);
+    });
     mark("hc post", 0, s);
   };
   // Attention half (3.2-3.4), then the FFN half (3.5), as layer_forward.
@@ -329,6 +370,15 @@ void GpuSession::prefill_chunk(std::span<const int32_t> tokens, LogitsMode mode,
                               {L.gate_shexp.type, L.down_shexp.type, E, L.gate_shexp.rows, 1, 1, 1.0f}, Tm));
     }
     b.moe_ws = A.get<uint8_t>(static_cast<int64_t>(ws));
+    const fwd::AttnShape as{NH, D, hp.n_rope, hp.window, cap_, 0, sc_->max_rows};
+    for (int l = 0; l < Batch::kLanes; ++l) {
+      b.lanes.emplace_back();
+      b.lane_done.push_back(nullptr);
+      DS4_CUDA_CHECK(cudaEventCreateWithFlags(&b.lane_done.back(), cudaEventDisableTiming));
+      b.attn_f[l] = A.get<float>(static_cast<int64_t>(fwd::attention_scratch_floats(as)));
+      b.scores[l] = A.get<float>(opts_.max_ctx + 1);
+    }
+    DS4_CUDA_CHECK(cudaEventCreateWithFlags(&b.fork, cudaEventDisableTiming));
     state_bytes_ += A.bytes;
   }
   Batch& b = *batch_;
@@ -344,8 +394,9 @@ void GpuSession::prefill_chunk(std::span<const int32_t> tokens, LogitsMode mode,
 
   // 3.1 Embedding of every token into all n_hc streams.
   const DTensor& te = model_->tok_embd();
-  for (int64_t t = 0; t < T; ++t)
-    fwd::embed(te.type, te.d, te.row_bytes, E, static_cast<int>(NC), b.ctls + t, b.H + t * NC * E, s);
+  over_tokens(b, T, s, [&](int64_t t, void* st, int) {
+    fwd::embed(te.type, te.d, te.row_bytes, E, static_cast<int>(NC), b.ctls + t, b.H + t * NC * E, st);
+  });
   mark("embed", static_cast<double>(te.row_bytes) * static_cast<double>(T), s);
   for (size_t il = 0; il < model_->layers().size(); ++il) {
     prefill_layer(model_->layers()[il], *layers_[il], T, p0, s);
