@@ -170,10 +170,14 @@ ds4::model::Tensor f32_tensor(const std::vector<float>& data, int64_t cols, int6
   return t;
 }
 
-TEST(ForwardKernels, HyperConnectionsMatchCpu) {
+// 4 streams (every DS4 model) and 6, whose 36-element Sinkhorn matrix takes two values per
+// lane of the warp with rows straddling the two.
+class HyperConnections : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(HyperConnections, MatchCpu) {
   REQUIRE_GPU();
   ds4::model::HParams hp;
-  hp.n_hc = 4;
+  hp.n_hc = GetParam();
   hp.n_embd = 1024;
   hp.hc_sinkhorn_iters = 20;
   hp.hc_eps = 1e-6f;
@@ -192,7 +196,7 @@ TEST(ForwardKernels, HyperConnectionsMatchCpu) {
   auto dfn = up(fn), dH = up(H), dF = up(F), dbase = up(w.base), dscale = up(w.scale);
   DeviceBuffer mix(n_mix * 4), da(E * 4), dpost(nc * 4), dcomb(nc * nc * 4), dHout(nc * E * 4);
   ds4::cuda::matvec(ds4::GgmlType::F32, dfn.data(), n_mix, nc * E, dH.as<float>(), mix.as<float>(), nullptr);
-  fwd::HcShape s{4, E, 1e-6f, 1e-6f, 20};
+  fwd::HcShape s{static_cast<int>(nc), E, 1e-6f, 1e-6f, 20};
   fwd::hc_pre(s, mix.as<float>(), dH.as<float>(), dbase.as<float>(), dscale.as<float>(), da.as<float>(),
               dpost.as<float>(), dcomb.as<float>(), nullptr);
   fwd::hc_post(s, dF.as<float>(), dH.as<float>(), dpost.as<float>(), dcomb.as<float>(), dHout.as<float>(), nullptr);
@@ -202,8 +206,8 @@ TEST(ForwardKernels, HyperConnectionsMatchCpu) {
   EXPECT_LT(max_rel(down<float>(dHout, nc * E), Hout), 1e-5);
 
   // The fused path (fn product, hc_pre and the RMSNorm in two launches), with f32, f16 and
-  // bf16 fn weights, twice in a row (the last-block counters must reset themselves) and
-  // bit-identical between the two calls.
+  // bf16 fn weights, twice in a row, bit-identical between the two calls (every block of the
+  // second launch reduces the partials itself, in one fixed order).
   std::vector<float> nw = randv(E, 34, 0.5f);
   for (float& v : nw) v += 1.0f;
   for (ds4::GgmlType t : {ds4::GgmlType::F32, ds4::GgmlType::F16, ds4::GgmlType::BF16}) {
@@ -256,13 +260,17 @@ TEST(ForwardKernels, HyperConnectionsMatchCpu) {
   fwd::hc_head(s, hmix.as<float>(), dH.as<float>(), dhb.as<float>(), dhs.as<float>(), dx.as<float>(), nullptr);
   EXPECT_LT(max_rel(down<float>(dx, E), x), 1e-5);
 }
+INSTANTIATE_TEST_SUITE_P(ForwardKernels, HyperConnections, ::testing::Values(4, 6));
 
 // Attention over a wrapped raw ring plus compressed rows, all or selected, vs attention_core.
-TEST(ForwardKernels, AttentionMatchesCpu) {
+// 16 heads fill two blocks of kAttnHeads; 12 leave the second block half empty.
+class AttentionHeads : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(AttentionHeads, MatchesCpu) {
   REQUIRE_GPU();
   ds4::model::HParams hp;
   hp.head_dim = 512;
-  hp.n_head = 16;
+  hp.n_head = GetParam();
   hp.window = 128;
   hp.n_rope = 64;
   const int64_t D = hp.head_dim, NH = hp.n_head, pos = 1000, ratio = 4, cap = 300, K = 64;
@@ -305,6 +313,7 @@ TEST(ForwardKernels, AttentionMatchesCpu) {
     EXPECT_LT(max_rel(down<float>(dout, NH * D), ref), 1e-5) << "selection " << with_sel;
   }
 }
+INSTANTIATE_TEST_SUITE_P(ForwardKernels, AttentionHeads, ::testing::Values(16, 12));
 
 TEST(ForwardKernels, CompressorWindowMatchesCpu) {
   REQUIRE_GPU();

@@ -8,15 +8,18 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 
 #include "backend/cuda/check.h"
 #include "backend/cuda/forward_kernels.h"
-
+#include "backend/cuda/pdl.h"
 #include "backend/cuda/topk_block.h"
+
 namespace ds4::cuda::fwd {
 namespace {
 
 constexpr int kThreads = 256;
+static_assert(kThreads / 32 == kAttnHeads && kAttnChunk == 32, "attention: a warp per head, a lane per row");
 constexpr unsigned kFull = 0xffffffffu;
 
 cudaStream_t st(void* s) { return static_cast<cudaStream_t>(s); }
@@ -156,15 +159,18 @@ __device__ void finish_row(const RowFinish& f, const float* omega, float* r, int
 // ---- kernels ----
 
 __global__ void step_begin_kernel(StepCtl* ctl, const int32_t* tokens) {
+  pdl_enter();
   ctl->token = tokens[ctl->index];
 }
 __global__ void step_end_kernel(StepCtl* ctl) {
+  pdl_enter();
   ctl->pos += 1;
   ctl->index += 1;
 }
 
 __global__ void embed_kernel(int type, const uint8_t* table, size_t row_bytes, int64_t E, int nc,
                              const StepCtl* ctl, float* H) {
+  pdl_enter();
   const uint8_t* row = table + static_cast<size_t>(ctl->token) * row_bytes;
   for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < E; i += gridDim.x * blockDim.x) {
     float v = 0.0f;
@@ -186,6 +192,7 @@ __global__ void embed_kernel(int type, const uint8_t* table, size_t row_bytes, i
 }
 
 __global__ void rmsnorm_kernel(const float* x, const float* w, float* y, int64_t n, float eps) {
+  pdl_enter();
   const float* xr = x + blockIdx.x * n;
   float* yr = y + blockIdx.x * n;
   double ss = 0.0;
@@ -203,51 +210,85 @@ __device__ float hc_inv_rms(const float* H, int64_t n, float eps) {
   return static_cast<float>(1.0 / sqrt(ss / static_cast<double>(n) + eps));
 }
 
-// Sinkhorn on an nc x nc matrix by one thread (hyper_connection.cpp sinkhorn).
-__device__ void sinkhorn1(float* C, int n, int iters, float eps) {
-  for (int j = 0; j < n; ++j) {
-    float* row = C + j * n;
-    float mx = row[0];
-    for (int k = 1; k < n; ++k) mx = fmaxf(mx, row[k]);
-    float sum = 0.0f;
-    for (int k = 0; k < n; ++k) sum += (row[k] = expf(row[k] - mx));
-    for (int k = 0; k < n; ++k) row[k] = row[k] / sum + eps;
+constexpr int kMaxHc = 8;
+
+// Sinkhorn (hyper_connection.cpp sinkhorn) on an nc x nc matrix (nc <= 8) held in the
+// registers of one warp: lane e holds elements e and e + 32 (row-major index j * nc + k). A
+// row or column sum gathers its nc elements by shuffles and adds them in the CPU's
+// sequential order, so each value is what the CPU computes up to expf's rounding; the
+// divisions of a pass run on all elements at once instead of one lane per row walking
+// shared memory (the previous version: ~7 us of the ~40 us of an HC pre call).
+__device__ void sinkhorn_warp(float (&c)[2], int nc, int iters, float eps) {
+  const int lane = threadIdx.x & 31, n = nc * nc;
+  const int slots = n > 32 ? 2 : 1;  // warp-uniform: nc <= 5 needs one value per lane
+  auto elem = [&](int idx) {  // element idx of the matrix, from whichever lane holds it
+    const float lo = __shfl_sync(kFull, c[0], idx & 31);
+    const float hi = slots == 2 ? __shfl_sync(kFull, c[1], idx & 31) : 0.0f;
+    return idx < 32 ? lo : hi;
+  };
+  auto row_sum = [&](int j) {
+    float t = 0.0f;
+    for (int k = 0; k < nc; ++k) t += elem(j * nc + k);
+    return t;
+  };
+  auto col_sum = [&](int k) {
+    float t = 0.0f;
+    for (int j = 0; j < nc; ++j) t += elem(j * nc + k);
+    return t;
+  };
+  int row[2], col[2];  // of the lane's two elements (element 0 stands in past n)
+  for (int t = 0; t < slots; ++t) {
+    const int e = lane + 32 * t < n ? lane + 32 * t : 0;
+    row[t] = e / nc;
+    col[t] = e % nc;
   }
+  // Row softmax: max, exp, the row's sequential sum, then / sum + eps. Every pass reads all
+  // the values it needs before any lane updates its own (a row may straddle slots 0 and 1).
+  float mx[2], sum[2];
+  for (int t = 0; t < slots; ++t) {
+    mx[t] = elem(row[t] * nc);
+    for (int k = 1; k < nc; ++k) mx[t] = fmaxf(mx[t], elem(row[t] * nc + k));
+  }
+  for (int t = 0; t < slots; ++t) c[t] = expf(c[t] - mx[t]);
+  for (int t = 0; t < slots; ++t) sum[t] = row_sum(row[t]);
+  for (int t = 0; t < slots; ++t) c[t] = c[t] / sum[t] + eps;
   for (int it = 0; it < iters; ++it) {
     if (it > 0) {  // row normalization (skipped before the first column pass)
-      for (int j = 0; j < n; ++j) {
-        float s = 0.0f;
-        for (int k = 0; k < n; ++k) s += C[j * n + k];
-        for (int k = 0; k < n; ++k) C[j * n + k] /= (s + eps);
-      }
+      for (int t = 0; t < slots; ++t) sum[t] = row_sum(row[t]);
+      for (int t = 0; t < slots; ++t) c[t] /= (sum[t] + eps);
     }
-    for (int k = 0; k < n; ++k) {
-      float s = 0.0f;
-      for (int j = 0; j < n; ++j) s += C[j * n + k];
-      for (int j = 0; j < n; ++j) C[j * n + k] /= (s + eps);
-    }
+    for (int t = 0; t < slots; ++t) sum[t] = col_sum(col[t]);
+    for (int t = 0; t < slots; ++t) c[t] /= (sum[t] + eps);
   }
 }
 
-constexpr int kMaxHc = 8;
+
+// post and comb (Sinkhorn-normalized) of hyper_connection.cpp hc_pre from the raw mix
+// values and the RMS factor r, by one whole warp.
+__device__ void hc_post_comb_warp(const HcShape& s, const float* mix, float r, const float* base,
+                                  const float* scale, float* post, float* comb) {
+  const int nc = s.nc, lane = threadIdx.x & 31;
+  if (lane < nc) post[lane] = 2.0f * sigmoidf_(scale[1] * (mix[nc + lane] * r) + base[nc + lane]);
+  float c[2];
+  for (int t = 0; t < 2; ++t) {
+    const int e = lane + 32 * t;
+    c[t] = e < nc * nc ? scale[2] * (mix[2 * nc + e] * r) + base[2 * nc + e] : 0.0f;
+  }
+  sinkhorn_warp(c, nc, s.iters, s.hc_eps);
+  for (int t = 0; t < 2; ++t)
+    if (lane + 32 * t < nc * nc) comb[lane + 32 * t] = c[t];
+}
+
 
 __global__ void hc_pre_kernel(HcShape s, const float* mix_raw, const float* H, const float* base,
                               const float* scale, float* a, float* post, float* comb) {
+  pdl_enter();
   __shared__ float pre[kMaxHc];
   const int nc = s.nc;
   const float r = hc_inv_rms(H, nc * s.E, s.rms_eps);
-  if (threadIdx.x == 0) {
-    float m[(2 + kMaxHc) * kMaxHc];
-    for (int i = 0; i < (2 + nc) * nc; ++i) m[i] = mix_raw[i] * r;
-    for (int k = 0; k < nc; ++k) {
-      pre[k] = sigmoidf_(scale[0] * m[k] + base[k]) + s.hc_eps;
-      post[k] = 2.0f * sigmoidf_(scale[1] * m[nc + k] + base[nc + k]);
-    }
-    float C[kMaxHc * kMaxHc];
-    for (int i = 0; i < nc * nc; ++i) C[i] = scale[2] * m[2 * nc + i] + base[2 * nc + i];
-    sinkhorn1(C, nc, s.iters, s.hc_eps);
-    for (int i = 0; i < nc * nc; ++i) comb[i] = C[i];
-  }
+  const int t = threadIdx.x;
+  if (t < nc) pre[t] = sigmoidf_(scale[0] * (mix_raw[t] * r) + base[t]) + s.hc_eps;
+  if (threadIdx.x < 32) hc_post_comb_warp(s, mix_raw, r, base, scale, post, comb);
   __syncthreads();
   for (int64_t d = threadIdx.x; d < s.E; d += blockDim.x) {
     float acc = 0.0f;
@@ -258,47 +299,30 @@ __global__ void hc_pre_kernel(HcShape s, const float* mix_raw, const float* H, c
 
 // ---- fused HC pre + RMSNorm (hc_pre_fused) ----
 constexpr int kHcCols = 256;  // fn columns per block of the first launch
-constexpr int kHcOut = 256;   // outputs per block of the second launch
+constexpr int kHcOut = 256;   // outputs per block of the second launch (= its block size)
 
-// Byte layout of the fused scratch (host and device agree on it).
+// Byte layout of the fused scratch (host and device agree on it): the first launch's
+// per-block sums of squares (double) and partial fn products.
 struct HcLayout {
   int64_t nb = 0, nb2 = 0, n_mix = 0;
-  size_t ss_a = 0, ss_b = 0, part = 0, pre = 0, total = 0;
+  size_t ss_a = 0, part = 0, total = 0;
   __host__ __device__ explicit HcLayout(const HcShape& s) {
     n_mix = static_cast<int64_t>(2 + s.nc) * s.nc;
     nb = (s.nc * s.E + kHcCols - 1) / kHcCols;
     nb2 = (s.E + kHcOut - 1) / kHcOut;
-    ss_a = 16;  // two counters first
-    ss_b = ss_a + static_cast<size_t>(nb) * 8;
-    part = ss_b + static_cast<size_t>(nb2) * 8;
-    pre = part + static_cast<size_t>(nb * n_mix) * 4;
-    total = pre + 16 * 4;
+    ss_a = 0;
+    part = ss_a + static_cast<size_t>(nb) * 8;
+    total = part + static_cast<size_t>(nb * n_mix) * 4;
   }
 };
 
-// Every thread learns whether its block is the last of the grid to get here (the
-// threadfence-reduction pattern); the last one resets the counter for the next launch.
-__device__ bool last_block(unsigned* counter) {
-  __shared__ bool is_last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    is_last = atomicAdd(counter, 1u) == gridDim.x - 1;
-    if (is_last) *counter = 0;
-  }
-  __syncthreads();
-  if (is_last) __threadfence();
-  return is_last;
-}
-
-__global__ void hc_mix_kernel(HcShape s, int wtype, const uint8_t* fn, const float* H,
-                              const float* base, const float* scale, float* post, float* comb,
-                              uint8_t* scr) {
+// Launch 1: block b takes columns [b * kHcCols, ...) of the nc*E: its sum of squares of H
+// (double) and the n_mix partial fn products (one warp per fn row). No tail: launch 2 sums.
+__global__ void hc_mix_kernel(HcShape s, int wtype, const uint8_t* fn, const float* H, uint8_t* scr) {
+  pdl_enter();
   const HcLayout L(s);
-  unsigned* cnt = reinterpret_cast<unsigned*>(scr);
   double* ss_a = reinterpret_cast<double*>(scr + L.ss_a);
   float* part = reinterpret_cast<float*>(scr + L.part);
-  float* pre_g = reinterpret_cast<float*>(scr + L.pre);
   const int64_t ncols = s.nc * s.E;
   const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kHcCols;
   const int64_t c1 = c0 + kHcCols < ncols ? c0 + kHcCols : ncols;
@@ -320,98 +344,69 @@ __global__ void hc_mix_kernel(HcShape s, int wtype, const uint8_t* fn, const flo
     acc = warp_sum_f(acc);
     if (lane == 0) part[blockIdx.x * L.n_mix + m] = acc;
   }
-  if (!last_block(&cnt[0])) return;
-  // The last block: partials summed in block order, then hyper_connection.cpp hc_pre.
-  __shared__ float mix[(2 + kMaxHc) * kMaxHc];
-  __shared__ float C[kMaxHc * kMaxHc];
-  __shared__ float r_sh;
-  const int nc = s.nc;
-  for (int64_t i = threadIdx.x; i < L.n_mix; i += blockDim.x) {
-    float v = 0.0f;
-    for (int64_t b = 0; b < L.nb; ++b) v += __ldcg(part + b * L.n_mix + i);
-    mix[i] = v;
-  }
-  if (threadIdx.x == 0) {
-    double t = 0.0;
-    for (int64_t b = 0; b < L.nb; ++b) t += __ldcg(ss_a + b);
-    r_sh = static_cast<float>(1.0 / sqrt(t / static_cast<double>(ncols) + s.rms_eps));
-  }
-  __syncthreads();
-  if (warp != 0) return;
-  const float r = r_sh;
-  for (int i = lane; i < L.n_mix; i += 32) mix[i] *= r;
-  __syncwarp();
-  if (lane < nc) {
-    pre_g[lane] = sigmoidf_(scale[0] * mix[lane] + base[lane]) + s.hc_eps;
-    post[lane] = 2.0f * sigmoidf_(scale[1] * mix[nc + lane] + base[nc + lane]);
-  }
-  for (int i = lane; i < nc * nc; i += 32) C[i] = scale[2] * mix[2 * nc + i] + base[2 * nc + i];
-  __syncwarp();
-  // Sinkhorn (hyper_connection.cpp sinkhorn): lane j owns row j, lane k column k; each sum
-  // is the CPU's sequential one.
-  const float eps = s.hc_eps;
-  if (lane < nc) {
-    float* row = C + lane * nc;
-    float mx = row[0];
-    for (int k = 1; k < nc; ++k) mx = fmaxf(mx, row[k]);
-    float sum = 0.0f;
-    for (int k = 0; k < nc; ++k) sum += (row[k] = expf(row[k] - mx));
-    for (int k = 0; k < nc; ++k) row[k] = row[k] / sum + eps;
-  }
-  __syncwarp();
-  for (int it = 0; it < s.iters; ++it) {
-    if (it > 0) {
-      if (lane < nc) {
-        float t = 0.0f;
-        for (int k = 0; k < nc; ++k) t += C[lane * nc + k];
-        for (int k = 0; k < nc; ++k) C[lane * nc + k] /= (t + eps);
-      }
-      __syncwarp();
-    }
-    if (lane < nc) {
-      float t = 0.0f;
-      for (int j = 0; j < nc; ++j) t += C[j * nc + lane];
-      for (int j = 0; j < nc; ++j) C[j * nc + lane] /= (t + eps);
-    }
-    __syncwarp();
-  }
-  for (int i = lane; i < nc * nc; i += 32) comb[i] = C[i];
 }
 
-__global__ void hc_apply_norm_kernel(HcShape s, const float* H, const float* norm, float* a,
-                                     float* x, uint8_t* scr) {
+// Launch 2: nb2 blocks of kHcOut outputs plus one block for post and Sinkhorn (comb), which
+// only hc_post needs, so it runs beside the normalization instead of before it. Every block
+// first reduces launch 1's partials (the RMS factor and the mix values it needs) in the same
+// fixed order, so all blocks hold identical values without a grid-wide hand-off. An output
+// block then computes a = sum_k pre_k H_k for ALL E outputs (E * nc floats from L2, cheaper
+// than a grid-wide barrier) to get the RMSNorm's sum of squares in one fixed order, and
+// writes a and x = RMSNorm(a) * norm for its own kHcOut outputs.
+__global__ void __launch_bounds__(kHcOut) hc_apply_kernel(HcShape s, const float* H, const float* base,
+                                                         const float* scale, const float* norm, float* a, float* x,
+                                                         float* post, float* comb, const uint8_t* scr) {
+  pdl_enter();
   const HcLayout L(s);
-  unsigned* cnt = reinterpret_cast<unsigned*>(scr);
-  double* ss_b = reinterpret_cast<double*>(scr + L.ss_b);
-  const float* pre_g = reinterpret_cast<const float*>(scr + L.pre);
+  const double* ss_a = reinterpret_cast<const double*>(scr + L.ss_a);
+  const float* part = reinterpret_cast<const float*>(scr + L.part);
   const int nc = s.nc;
-  const int64_t d = static_cast<int64_t>(blockIdx.x) * kHcOut + threadIdx.x;
-  double ss = 0.0;
-  if (d < s.E) {
-    float acc = 0.0f;
-    for (int k = 0; k < nc; ++k) acc += pre_g[k] * H[k * s.E + d];
-    a[d] = acc;
-    ss = static_cast<double>(acc) * acc;
-  }
-  ss = block_sum_d(ss);
-  if (threadIdx.x == 0) ss_b[blockIdx.x] = ss;
-  if (!last_block(&cnt[1])) return;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const bool comb_block = blockIdx.x == L.nb2;
+  __shared__ float mix[(2 + kMaxHc) * kMaxHc];
   __shared__ float r_sh;
-  if (threadIdx.x == 0) {
+  // Partials: lane l adds blocks l, l + 32, ... in order, then a fixed shuffle tree.
+  const int64_t need = comb_block ? L.n_mix : nc;
+  for (int64_t i = warp; i < need; i += nw) {
+    float v = 0.0f;
+    for (int64_t b = lane; b < L.nb; b += 32) v += part[b * L.n_mix + i];
+    v = warp_sum_f(v);
+    if (lane == 0) mix[i] = v;
+  }
+  if (warp == nw - 1) {
     double t = 0.0;
-    for (int64_t b = 0; b < L.nb2; ++b) t += __ldcg(ss_b + b);
-    r_sh = static_cast<float>(1.0 / sqrt(t / static_cast<double>(s.E) + s.rms_eps));
+    for (int64_t b = lane; b < L.nb; b += 32) t += ss_a[b];
+    t = warp_sum_d(t);
+    if (lane == 0) r_sh = static_cast<float>(1.0 / sqrt(t / static_cast<double>(nc * s.E) + s.rms_eps));
   }
   __syncthreads();
   const float r = r_sh;
-  for (int64_t i = threadIdx.x; i < s.E; i += blockDim.x) {
-    const float v = __ldcg(a + i);
-    x[i] = norm ? __fmul_rn(__fmul_rn(v, r), norm[i]) : __fmul_rn(v, r);
+  if (comb_block) {
+    if (warp == 0) hc_post_comb_warp(s, mix, r, base, scale, post, comb);
+    return;
   }
+  float pre[kMaxHc];
+  for (int k = 0; k < nc; ++k) pre[k] = sigmoidf_(scale[0] * (mix[k] * r) + base[k]) + s.hc_eps;
+  const int64_t mine = static_cast<int64_t>(blockIdx.x) * kHcOut + threadIdx.x;
+  float a_mine = 0.0f;
+  double ss = 0.0;
+#pragma unroll 4
+  for (int64_t d = threadIdx.x; d < s.E; d += blockDim.x) {
+    float acc = 0.0f;
+    for (int k = 0; k < nc; ++k) acc += pre[k] * H[k * s.E + d];
+    ss += static_cast<double>(acc) * acc;
+    if (d == mine) a_mine = acc;
+  }
+  ss = block_sum_d(ss);
+  if (mine >= s.E) return;
+  const float rn = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(s.E) + s.rms_eps));
+  a[mine] = a_mine;
+  x[mine] = norm ? __fmul_rn(__fmul_rn(a_mine, rn), norm[mine]) : __fmul_rn(a_mine, rn);
 }
 
 __global__ void hc_post_kernel(HcShape s, const float* f, const float* H_in, const float* post,
                                const float* comb, float* H_out) {
+  pdl_enter();
   const int nc = s.nc;
   for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < nc * s.E; i += gridDim.x * blockDim.x) {
     const int k = static_cast<int>(i / s.E);
@@ -424,6 +419,7 @@ __global__ void hc_post_kernel(HcShape s, const float* f, const float* H_in, con
 
 __global__ void hc_head_kernel(HcShape s, const float* mix_raw, const float* H, const float* base,
                                const float* scale, float* x) {
+  pdl_enter();
   __shared__ float pre[kMaxHc];
   const int nc = s.nc;
   const float r = hc_inv_rms(H, nc * s.E, s.rms_eps);
@@ -439,6 +435,7 @@ __global__ void hc_head_kernel(HcShape s, const float* mix_raw, const float* H, 
 
 __global__ void rows_finish_kernel(RowFinish f, const float* omega, const float* in, float* out,
                                    int64_t stride, int64_t ring_cap, const StepCtl* ctl) {
+  pdl_enter();
   extern __shared__ float row[];
   const int64_t pos = ctl->pos;
   const float* src = in + blockIdx.x * stride;
@@ -452,6 +449,7 @@ __global__ void rows_finish_kernel(RowFinish f, const float* omega, const float*
 __global__ void comp_store_kernel(const float* kv, const float* sc, const float* ape, int64_t width,
                                   int64_t ratio, float* ring_kv, float* ring_sc, int64_t cap,
                                   const StepCtl* ctl) {
+  pdl_enter();
   const int64_t pos = ctl->pos;
   const float* a = ape + (pos % ratio) * width;
   float* rk = ring_kv + (pos % cap) * width;
@@ -465,6 +463,7 @@ __global__ void comp_store_kernel(const float* kv, const float* sc, const float*
 __global__ void comp_emit_kernel(RowFinish f, const float* omega, const float* ring_kv,
                                  const float* ring_sc, int64_t cap, int64_t ratio, int c,
                                  float* rows, const StepCtl* ctl) {
+  pdl_enter();
   extern __shared__ float row[];
   const int64_t pos = ctl->pos;
   if ((pos + 1) % ratio != 0) return;
@@ -501,6 +500,7 @@ __global__ void comp_emit_kernel(RowFinish f, const float* omega, const float* r
 __global__ void idx_scores_kernel(const float* q, const float* wts, float wscale, int64_t NI,
                                   int64_t DI, const float* icomp, int64_t ratio, int64_t K,
                                   float* scores, const StepCtl* ctl) {
+  pdl_enter();
   const int64_t n_vis = (ctl->pos + 1) / ratio;
   if (n_vis <= K) return;
   const int lane = threadIdx.x & 31;
@@ -535,8 +535,8 @@ __global__ void __launch_bounds__(topk_detail::kTopkThreads)
   topk_detail::block_topk(topk_detail::ArrayLoad{scores}, n_vis, static_cast<int>(K), sel, sh);
 }
 
-// Flash-decoding part: block (chunk c, head h) over rows [c * kAttnChunk, ...) of the
-// step's n rows. Writes {o[D], max, sum} of its chunk; chunks past n write nothing.
+// The step's attention rows: n_raw window rows from the ring (from position start), then the
+// compressed rows (all, or the indexer's selection). Returns their count n.
 __device__ int64_t attn_rows(const AttnShape& s, const int32_t* sel, const int32_t* n_sel,
                              int64_t pos, int64_t* n_raw_out, int64_t* start_out) {
   const int64_t start = pos - s.window + 1 > 0 ? pos - s.window + 1 : 0;
@@ -548,56 +548,97 @@ __device__ int64_t attn_rows(const AttnShape& s, const int32_t* sel, const int32
   return n_raw + n_comp;
 }
 
-__global__ void attention_part_kernel(AttnShape s, float scale, const float* q, const float* ring,
-                                      const float* comp, const int32_t* sel, const int32_t* n_sel,
-                                      float* part, const StepCtl* ctl) {
-  extern __shared__ const float* rows[];                   // [kAttnChunk] row pointers
-  float* qs = reinterpret_cast<float*>(rows + kAttnChunk);  // [D]
-  float* p = qs + s.D;                                      // [kAttnChunk]
-  const int64_t h = blockIdx.y, D = s.D, c = blockIdx.x;
+// Shared memory of attention_part_kernel: the chunk's rows (float4 stride padded to an odd
+// count, so that 32 lanes reading 32 different rows hit distinct banks), the block's heads'
+// queries, their probabilities, and the row pointers.
+__host__ __device__ inline int64_t attn_row_stride4(int64_t D) { return (D / 4) % 2 ? D / 4 : D / 4 + 1; }
+__host__ __device__ inline size_t attn_part_smem(int64_t D) {
+  return static_cast<size_t>(kAttnChunk * attn_row_stride4(D) + kAttnHeads * (D / 4)) * 16 +
+         static_cast<size_t>(kAttnHeads * kAttnChunk) * sizeof(float) + kAttnChunk * sizeof(float*);
+}
+
+// Block (chunk c, head group g) stages rows [c * kAttnChunk, ...) of the step's n rows in
+// shared memory once for kAttnHeads heads (K = V rows are shared by all heads: one block
+// per (chunk, head) re-read every row from L2 once per head, ~160 MB per layer at 640 rows
+// and 64 heads). Warp w scores head g * kAttnHeads + w, a lane per row; then each thread
+// sums p * V for (head, 4 dims) items in row order. Writes {o[D], max, sum} per head and
+// chunk; chunks past n write nothing.
+__global__ void __launch_bounds__(kThreads) attention_part_kernel(AttnShape s, float scale, const float* q,
+                                                                  const float* ring, const float* comp,
+                                                                  const int32_t* sel, const int32_t* n_sel,
+                                                                  float* part, const StepCtl* ctl) {
+  pdl_enter();
+  extern __shared__ float4 sm4[];
+  const int64_t D = s.D, D4 = D / 4, RS4 = attn_row_stride4(D);
+  float4* rows = sm4;                                                // [kAttnChunk][RS4]
+  float4* qs = rows + kAttnChunk * RS4;                              // [kAttnHeads][D4]
+  float* p = reinterpret_cast<float*>(qs + kAttnHeads * D4);         // [kAttnHeads][kAttnChunk]
+  const float** rp = reinterpret_cast<const float**>(p + kAttnHeads * kAttnChunk);  // [kAttnChunk]
+  const int64_t c = blockIdx.x, h0 = static_cast<int64_t>(blockIdx.y) * kAttnHeads;
+  const int nh = s.NH - h0 < kAttnHeads ? static_cast<int>(s.NH - h0) : kAttnHeads;
   int64_t n_raw = 0, start = 0;
   const int64_t n = attn_rows(s, sel, n_sel, ctl->pos, &n_raw, &start);
   const int64_t r0 = c * kAttnChunk;
   if (r0 >= n) return;
-  const int64_t nr = n - r0 < kAttnChunk ? n - r0 : kAttnChunk;
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) qs[i] = q[h * D + i];
-  for (int64_t r = threadIdx.x; r < nr; r += blockDim.x) {
+  const int nr = n - r0 < kAttnChunk ? static_cast<int>(n - r0) : kAttnChunk;
+  for (int r = threadIdx.x; r < nr; r += blockDim.x) {
     const int64_t rr = r0 + r;
-    if (rr < n_raw) {
-      rows[r] = ring + ((start + rr) % s.ring_cap) * D;
-    } else {
-      const int64_t ci = rr - n_raw;
-      rows[r] = comp + static_cast<int64_t>(sel ? sel[ci] : ci) * D;
+    rp[r] = rr < n_raw ? ring + ((start + rr) % s.ring_cap) * D
+                       : comp + static_cast<int64_t>(sel ? sel[rr - n_raw] : rr - n_raw) * D;
+  }
+  const float4* q4 = reinterpret_cast<const float4*>(q + h0 * D);
+  for (int64_t i = threadIdx.x; i < nh * D4; i += blockDim.x) qs[i] = q4[i];
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < nr * D4; i += blockDim.x) {
+    const int64_t r = i / D4, k = i - r * D4;
+    rows[r * RS4 + k] = reinterpret_cast<const float4*>(rp[r])[k];
+  }
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (warp < nh) {
+    float sc = -INFINITY;
+    if (lane < nr) {
+      const float4* row = rows + lane * RS4;
+      const float4* qh = qs + warp * D4;
+      float acc = 0.0f;
+      for (int64_t k = 0; k < D4; ++k) {
+        const float4 a = qh[k], b = row[k];
+        acc += a.x * b.x;
+        acc += a.y * b.y;
+        acc += a.z * b.z;
+        acc += a.w * b.w;
+      }
+      sc = acc * scale;
+    }
+    float mx = sc;
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, o));
+    const float pv = lane < nr ? expf(sc - mx) : 0.0f;
+    p[warp * kAttnChunk + lane] = pv;
+    const float l = warp_sum_f(pv);
+    float* out = part + ((h0 + warp) * gridDim.x + c) * (D + 2);
+    if (lane == 0) {
+      out[D] = mx;
+      out[D + 1] = l;
     }
   }
   __syncthreads();
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  for (int64_t r = warp; r < nr; r += nw) {
-    const float* row = rows[r];
-    float acc = 0.0f;
-    for (int64_t i = lane; i < D; i += 32) acc += qs[i] * row[i];
-    acc = warp_sum_f(acc);
-    if (lane == 0) p[r] = acc * scale;
-  }
-  __syncthreads();
-  // Every thread scans the (at most 64) scores itself: no reduction barrier needed.
-  float mx = -INFINITY;
-  for (int64_t r = 0; r < nr; ++r) mx = fmaxf(mx, p[r]);
-  __syncthreads();
-  for (int64_t r = threadIdx.x; r < nr; r += blockDim.x) p[r] = expf(p[r] - mx);
-  __syncthreads();
-  float* out = part + (h * gridDim.x + c) * (D + 2);
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    float acc = 0.0f;
-#pragma unroll 8
-    for (int64_t r = 0; r < nr; ++r) acc += p[r] * rows[r][d];
-    out[d] = acc;
-  }
-  if (threadIdx.x == 0) {
-    float l = 0.0f;
-    for (int64_t r = 0; r < nr; ++r) l += p[r];
-    out[D] = mx;
-    out[D + 1] = l;
+  for (int64_t i = threadIdx.x; i < nh * D4; i += blockDim.x) {
+    const int64_t j = i / D4, k = i - j * D4;
+    const float* pj = p + j * kAttnChunk;
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int r = 0; r < nr; ++r) {
+      const float w = pj[r];
+      const float4 v = rows[r * RS4 + k];
+      acc.x += w * v.x;
+      acc.y += w * v.y;
+      acc.z += w * v.z;
+      acc.w += w * v.w;
+    }
+    float* out = part + ((h0 + j) * gridDim.x + c) * (D + 2) + 4 * k;
+    out[0] = acc.x;
+    out[1] = acc.y;
+    out[2] = acc.z;
+    out[3] = acc.w;
   }
 }
 
@@ -605,6 +646,7 @@ __global__ void attention_part_kernel(AttnShape s, float scale, const float* q, 
 __global__ void attention_merge_kernel(AttnShape s, const int32_t* sel, const int32_t* n_sel,
                                        const float* sinks, const float* omega, const float* part,
                                        int nchunks, float* o, const StepCtl* ctl) {
+  pdl_enter();
   extern __shared__ double wgt[];                          // [nchunks], then out_row [D]
   float* out_row = reinterpret_cast<float*>(wgt + nchunks);
   __shared__ double den_sh;
@@ -642,6 +684,7 @@ __device__ double softplus_d(double t) { return t > 20.0 ? t : log1p(exp(t)); }
 __global__ void route_kernel(const float* logits, int64_t NE, int64_t K, const float* bias,
                              const int32_t* tid2eid, bool norm, float scale, const StepCtl* ctl,
                              int32_t* ids, float* weights) {
+  pdl_enter();
   extern __shared__ float sh[];
   float* score = sh;
   float* biased = sh + NE;
@@ -711,6 +754,7 @@ __device__ size_t welem(int type) { return type == 0 ? 4 : 2; }
 __global__ void moe_float_gate_up_kernel(int type, const uint8_t* gate, const uint8_t* up, int64_t E,
                                          int64_t F, const int32_t* ids, const float* w, float limit,
                                          const float* x, float* h) {
+  pdl_enter();
   const int k = blockIdx.y;
   const int lane = threadIdx.x & 31;
   const int64_t f = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -732,6 +776,7 @@ __global__ void moe_float_gate_up_kernel(int type, const uint8_t* gate, const ui
 
 __global__ void moe_float_down_kernel(int type, const uint8_t* down, int64_t E, int64_t F,
                                       const int32_t* ids, int K, const float* h, float* y) {
+  pdl_enter();
   const int lane = threadIdx.x & 31;
   const int64_t d = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (d >= E) return;
@@ -746,6 +791,7 @@ __global__ void moe_float_down_kernel(int type, const uint8_t* down, int64_t E, 
 }
 
 __global__ void add_kernel(const float* a, const float* b, float* y, int64_t n) {
+  pdl_enter();
   for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
     y[i] = a[i] + b[i];
 }
@@ -759,34 +805,36 @@ int float_type_code(GgmlType t) {
   return t == GgmlType::F32 ? 0 : t == GgmlType::F16 ? 1 : 2;
 }
 
+// Every kernel of this file is launched with programmatic dependent launch (pdl.h) and calls
+// pdl_enter() first; the decode step's ~30 launches per layer then overlap their ramps.
+template <class... KernelArgs, class... Args>
+void launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, void* stream, Args&&... args) {
+  DS4_CUDA_CHECK(launch_pdl(kernel, grid, block, smem, st(stream), std::forward<Args>(args)...));
+}
+
 }  // namespace
 
 void step_begin(StepCtl* ctl, const int32_t* tokens, void* stream) {
-  step_begin_kernel<<<1, 1, 0, st(stream)>>>(ctl, tokens);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  launch(step_begin_kernel, 1, 1, 0, stream, ctl, tokens);
 }
 void step_end(StepCtl* ctl, void* stream) {
-  step_end_kernel<<<1, 1, 0, st(stream)>>>(ctl);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  launch(step_end_kernel, 1, 1, 0, stream, ctl);
 }
 
 void embed(GgmlType type, const void* table, size_t row_bytes, int64_t E, int nc, const StepCtl* ctl,
            float* H, void* stream) {
   const int code = type == GgmlType::F32 ? 0 : type == GgmlType::F16 ? 1 : type == GgmlType::BF16 ? 2 : 3;
-  embed_kernel<<<grid_for(E), kThreads, 0, st(stream)>>>(code, static_cast<const uint8_t*>(table),
-                                                          row_bytes, E, nc, ctl, H);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  launch(embed_kernel, grid_for(E), kThreads, 0, stream, code, static_cast<const uint8_t*>(table), row_bytes, E, nc,
+         ctl, H);
 }
 
 void rmsnorm(const float* x, const float* w, float* y, int64_t n, int64_t rows, float eps, void* stream) {
-  rmsnorm_kernel<<<static_cast<unsigned>(rows), kThreads, 0, st(stream)>>>(x, w, y, n, eps);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  launch(rmsnorm_kernel, static_cast<unsigned>(rows), kThreads, 0, stream, x, w, y, n, eps);
 }
 
 void hc_pre(const HcShape& s, const float* mix_raw, const float* H, const float* base, const float* scale,
             float* a, float* post, float* comb, void* stream) {
-  hc_pre_kernel<<<1, 1024, 0, st(stream)>>>(s, mix_raw, H, base, scale, a, post, comb);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  launch(hc_pre_kernel, 1, 1024, 0, stream, s, mix_raw, H, base, scale, a, post, comb);
 }
 size_t hc_fused_scratch_bytes(const HcShape& s) { return HcLayout(s).total; }
 
@@ -797,43 +845,37 @@ void hc_pre_fused(const HcShape& s, GgmlType fn_type, const void* fn, const floa
   DS4_FWD_REQUIRE(fn_type == GgmlType::F32 || fn_type == GgmlType::F16 || fn_type == GgmlType::BF16);
   const HcLayout L(s);
   auto* scr = static_cast<uint8_t*>(scratch);
-  hc_mix_kernel<<<static_cast<unsigned>(L.nb), kThreads, 0, st(stream)>>>(
-      s, float_type_code(fn_type), static_cast<const uint8_t*>(fn), H, base, scale, post, comb, scr);
-  DS4_CUDA_CHECK(cudaGetLastError());
-  hc_apply_norm_kernel<<<static_cast<unsigned>(L.nb2), kHcOut, 0, st(stream)>>>(s, H, norm, a, x, scr);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  launch(hc_mix_kernel, static_cast<unsigned>(L.nb), kThreads, 0, stream, s, float_type_code(fn_type),
+         static_cast<const uint8_t*>(fn), H, scr);
+  launch(hc_apply_kernel, static_cast<unsigned>(L.nb2 + 1), kHcOut, 0, stream, s, H, base, scale, norm, a, x, post,
+         comb, scr);
 }
 
 void hc_post(const HcShape& s, const float* f, const float* H_in, const float* post, const float* comb,
              float* H_out, void* stream) {
-  hc_post_kernel<<<grid_for(s.nc * s.E), kThreads, 0, st(stream)>>>(s, f, H_in, post, comb, H_out);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  launch(hc_post_kernel, grid_for(s.nc * s.E), kThreads, 0, stream, s, f, H_in, post, comb, H_out);
 }
 void hc_head(const HcShape& s, const float* mix_raw, const float* H, const float* base, const float* scale,
              float* x, void* stream) {
-  hc_head_kernel<<<1, 1024, 0, st(stream)>>>(s, mix_raw, H, base, scale, x);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  launch(hc_head_kernel, 1, 1024, 0, stream, s, mix_raw, H, base, scale, x);
 }
 
 void rows_finish(const RowFinish& f, const float* omega, const float* in, float* out, int64_t rows,
                  int64_t stride, int64_t ring_cap, const StepCtl* ctl, void* stream) {
-  rows_finish_kernel<<<static_cast<unsigned>(rows), kThreads, f.d * sizeof(float), st(stream)>>>(
-      f, omega, in, out, stride, ring_cap, ctl);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  launch(rows_finish_kernel, static_cast<unsigned>(rows), kThreads, f.d * sizeof(float), stream, f, omega, in, out,
+         stride, ring_cap, ctl);
 }
 
 void comp_store(const float* kv, const float* sc, const float* ape, int64_t width, int64_t ratio,
                 float* ring_kv, float* ring_sc, int64_t cap, const StepCtl* ctl, void* stream) {
-  comp_store_kernel<<<grid_for(width), kThreads, 0, st(stream)>>>(kv, sc, ape, width, ratio, ring_kv,
-                                                                  ring_sc, cap, ctl);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  launch(comp_store_kernel, grid_for(width), kThreads, 0, stream, kv, sc, ape, width, ratio, ring_kv, ring_sc, cap,
+         ctl);
 }
 
 void comp_emit(const RowFinish& f, const float* omega, const float* ring_kv, const float* ring_sc,
                int64_t cap, int64_t ratio, int c, float* rows, const StepCtl* ctl, void* stream) {
-  comp_emit_kernel<<<1, kThreads, f.d * sizeof(float), st(stream)>>>(f, omega, ring_kv, ring_sc, cap,
-                                                                     ratio, c, rows, ctl);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  launch(comp_emit_kernel, 1, kThreads, f.d * sizeof(float), stream, f, omega, ring_kv, ring_sc, cap, ratio, c, rows,
+         ctl);
 }
 
 void idx_prep_q(float* q, int64_t NI, int64_t DI, int64_t n_rope, const float* omega, bool official,
@@ -849,8 +891,7 @@ void idx_prep_q(float* q, int64_t NI, int64_t DI, int64_t n_rope, const float* o
 void idx_select(const float* q, const float* wts, float wscale, int64_t NI, int64_t DI, const float* icomp,
                 int64_t ratio, int64_t K, float* scores, int32_t* sel, int32_t* n_sel, const StepCtl* ctl,
                 void* stream) {
-  idx_scores_kernel<<<264, kThreads, 0, st(stream)>>>(q, wts, wscale, NI, DI, icomp, ratio, K, scores, ctl);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  launch(idx_scores_kernel, 264, kThreads, 0, stream, q, wts, wscale, NI, DI, icomp, ratio, K, scores, ctl);
   DS4_FWD_REQUIRE(K <= topk_detail::kTopkMaxK);
   idx_topk_kernel<<<1, topk_detail::kTopkThreads, 0, st(stream)>>>(scores, ratio, K, sel, n_sel, ctl);
   DS4_CUDA_CHECK(cudaGetLastError());
@@ -865,22 +906,31 @@ void attention(const AttnShape& s, const float* q, const float* ring, const floa
                const int32_t* n_sel, const float* sinks, const float* omega, float* scratch, float* o,
                const StepCtl* ctl, void* stream) {
   const float scale = 1.0f / sqrtf(static_cast<float>(s.D));
+  DS4_FWD_REQUIRE(s.D % 4 == 0);
   const int64_t nchunks = (std::max<int64_t>(s.max_rows, 1) + kAttnChunk - 1) / kAttnChunk;
-  const size_t smem = static_cast<size_t>(s.D + kAttnChunk) * sizeof(float) + kAttnChunk * sizeof(float*);
-  attention_part_kernel<<<dim3(static_cast<unsigned>(nchunks), static_cast<unsigned>(s.NH)), kThreads, smem,
-                          st(stream)>>>(s, scale, q, ring, comp, sel, n_sel, scratch, ctl);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  const size_t smem = attn_part_smem(s.D);
+  // Above 48 KB of dynamic shared memory a kernel must opt in; once, before any capture
+  // (the session's first step runs with plain launches).
+  static const int max_smem = [] {
+    int dev = 0, optin = 0;
+    DS4_CUDA_CHECK(cudaGetDevice(&dev));
+    DS4_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    DS4_CUDA_CHECK(cudaFuncSetAttribute(attention_part_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+    return optin;
+  }();
+  DS4_FWD_REQUIRE(smem <= static_cast<size_t>(max_smem));
+  const unsigned groups = static_cast<unsigned>((s.NH + kAttnHeads - 1) / kAttnHeads);
+  launch(attention_part_kernel, dim3(static_cast<unsigned>(nchunks), groups), kThreads, smem, stream, s, scale, q,
+         ring, comp, sel, n_sel, scratch, ctl);
   const size_t msmem = static_cast<size_t>(nchunks) * sizeof(double) + static_cast<size_t>(s.D) * sizeof(float);
-  attention_merge_kernel<<<static_cast<unsigned>(s.NH), kThreads, msmem, st(stream)>>>(
-      s, sel, n_sel, sinks, omega, scratch, static_cast<int>(nchunks), o, ctl);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  launch(attention_merge_kernel, static_cast<unsigned>(s.NH), kThreads, msmem, stream, s, sel, n_sel, sinks, omega,
+         scratch, static_cast<int>(nchunks), o, ctl);
 }
 
 void route(const float* logits, int64_t NE, int64_t K, const float* bias, const int32_t* tid2eid, bool norm,
            float scale, const StepCtl* ctl, int32_t* ids, float* weights, void* stream) {
-  route_kernel<<<1, kThreads, 2 * NE * sizeof(float), st(stream)>>>(logits, NE, K, bias, tid2eid, norm, scale,
-                                                                    ctl, ids, weights);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  launch(route_kernel, 1, kThreads, 2 * NE * sizeof(float), stream, logits, NE, K, bias, tid2eid, norm, scale, ctl,
+         ids, weights);
 }
 
 void moe_float(GgmlType type, const void* gate, const void* up, const void* down, int64_t E, int64_t F,
@@ -888,17 +938,14 @@ void moe_float(GgmlType type, const void* gate, const void* up, const void* down
                void* stream) {
   const int code = float_type_code(type);
   const int wpb = kThreads / 32;
-  moe_float_gate_up_kernel<<<dim3(static_cast<unsigned>((F + wpb - 1) / wpb), K), kThreads, 0, st(stream)>>>(
-      code, static_cast<const uint8_t*>(gate), static_cast<const uint8_t*>(up), E, F, ids, w, limit, x, h);
-  DS4_CUDA_CHECK(cudaGetLastError());
-  moe_float_down_kernel<<<static_cast<unsigned>((E + wpb - 1) / wpb), kThreads, 0, st(stream)>>>(
-      code, static_cast<const uint8_t*>(down), E, F, ids, K, h, y);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  launch(moe_float_gate_up_kernel, dim3(static_cast<unsigned>((F + wpb - 1) / wpb), K), kThreads, 0, stream, code,
+         static_cast<const uint8_t*>(gate), static_cast<const uint8_t*>(up), E, F, ids, w, limit, x, h);
+  launch(moe_float_down_kernel, static_cast<unsigned>((E + wpb - 1) / wpb), kThreads, 0, stream, code,
+         static_cast<const uint8_t*>(down), E, F, ids, K, h, y);
 }
 
 void add(const float* a, const float* b, float* y, int64_t n, void* stream) {
-  add_kernel<<<grid_for(n), kThreads, 0, st(stream)>>>(a, b, y, n);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  launch(add_kernel, grid_for(n), kThreads, 0, stream, a, b, y, n);
 }
 
 void copy(const float* src, float* dst, int64_t n, void* stream) {

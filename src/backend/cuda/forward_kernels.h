@@ -51,10 +51,10 @@ void hc_pre(const HcShape& s, const float* mix_raw, const float* H, const float*
 // BF16): mix = fn . H, the RMS factor, sigmoids and Sinkhorn, a = sum_k pre[k] H[k] and
 // x = RMSNorm(a) * norm. Two launches that use the whole GPU (hc_pre above is one block after
 // a separate fn product): the first splits the nc*E columns over blocks (partial products and
-// sums of squares), the second the E outputs; in each the last block to finish (a counter in
-// the scratch) sums the partials in block order, so results do not depend on timing. Sinkhorn
-// runs on one warp, a lane per row / column, with the CPU's sequential sums. scratch:
-// hc_fused_scratch_bytes(s), zero-filled once (the counters reset themselves).
+// sums of squares); in the second every block reduces those partials in one fixed order
+// (identical results in every block, independent of timing), one block runs post and
+// Sinkhorn (a warp, the matrix in registers, the CPU's sequential sums) and the others
+// normalize their slice of x. scratch: hc_fused_scratch_bytes(s), no initialization needed.
 size_t hc_fused_scratch_bytes(const HcShape& s);
 void hc_pre_fused(const HcShape& s, GgmlType fn_type, const void* fn, const float* H,
                   const float* base, const float* scale, const float* norm, float* a, float* x,
@@ -113,16 +113,18 @@ void idx_select(const float* q, const float* wts, float wscale, int64_t NI, int6
 // de-rotation of the output at pos: o [NH][D]. Rows: the raw window (ring) and compressed
 // rows comp (sel/n_sel selection, or all (pos + 1) / ratio when sel is null; none when
 // ratio == 0). Flash-decoding: the rows are split into chunks of kAttnChunk, one block per
-// (chunk, head) keeps its chunk's max, sum of exponentials and weighted V sum in float; a
-// second launch merges the chunks of a head in chunk order (in double, with the sink), so the
-// result is deterministic. scratch: attention_scratch_floats(s).
+// (chunk, group of kAttnHeads heads) stages its rows in shared memory once and keeps each
+// head's max, sum of exponentials and weighted V sum of the chunk in float; a second launch
+// merges the chunks of a head in chunk order (in double, with the sink), so the result is
+// deterministic. D must be a multiple of 4. scratch: attention_scratch_floats(s).
 struct AttnShape {
   int64_t NH = 0, D = 0, n_rope = 0, window = 0;
   int64_t ring_cap = 0;
   int64_t ratio = 0;
   int64_t max_rows = 0;
 };
-inline constexpr int64_t kAttnChunk = 64;
+inline constexpr int64_t kAttnChunk = 32;  // rows per block (= lanes of a warp)
+inline constexpr int64_t kAttnHeads = 8;   // heads per block (= its warps)
 size_t attention_scratch_floats(const AttnShape& s);
 void attention(const AttnShape& s, const float* q, const float* ring, const float* comp,
                const int32_t* sel, const int32_t* n_sel, const float* sinks,
