@@ -137,10 +137,10 @@ int run_cuda_bench(const CudaBenchArgs& a) {
   size_t state = 0;
   for (int r = 0; r < a.reps; ++r) {
     cuda::GpuSession s(*g, so, {.use_graph = a.graph});
-    state = s.state_bytes();
     auto t0 = Clock::now();
     s.eval_device(prompt);
     prefill.push_back(a.prompt / since(t0));
+    state = s.state_bytes();  // after the prefill: includes its batch arrays
     // Decode as a generator drives it: one token per call, logits ready on return.
     t0 = Clock::now();
     for (int i = 0; i < a.gen; ++i) s.eval_device(std::span(gen).subspan(static_cast<size_t>(i), 1));
