@@ -12,10 +12,11 @@
 // The logical history start of each layer follows exactly the CPU session's trimming rule,
 // so a snapshot has the same layout (and sizes) as the CPU one after the same evals.
 //
-// Every token is one *step* (forward of all layers for one token, then optionally the output
-// head), whose launches read the token and position from device memory: the step is captured
-// once in a CUDA graph and replayed for decode and for every prompt token of a prefill,
-// without host synchronization inside the step.
+// A decoded token is one *step* (forward of all layers for one token, then optionally the
+// output head), whose launches read the token and position from device memory: the step is
+// captured once in a CUDA graph and replayed, without host synchronization inside the step.
+// A prompt chunk of more than one token runs layer-major over all its tokens instead
+// (gpu_prefill.cpp: GEMMs over the chunk, per-token kernels with a position per token).
 #pragma once
 
 #include <cstdint>
@@ -67,8 +68,9 @@ class GpuSession : public model::EvalSession {
   // GPU memory held by the session state and scratch buffers.
   size_t state_bytes() const { return state_bytes_; }
   int64_t ring_cap() const { return cap_; }
-  // Called after every layer with its output H [n_hc][n_embd] of the step's token (as
-  // model::Session's hook, one token at a time); steps then run without a graph. For tests.
+  // Called after every layer with its output H [T][n_hc][n_embd] for the tokens of the pass
+  // (as model::Session's hook: one token per decode step, T for a batched prefill chunk);
+  // steps then run without a graph. For tests.
   void set_layer_hook(model::LayerHook hook) { hook_ = std::move(hook); }
 
   // Decision log, for tests: while on, every step also copies its discrete choices (the
