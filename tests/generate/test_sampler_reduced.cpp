@@ -20,8 +20,7 @@ namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // What DeviceSampler computes (backend/cuda/sampling.cu), written plainly.
-model::LogitsReduction reduce_like_the_gpu(Sampler& s, const std::vector<float>& raw,
-                                           const model::LogitsReduceRequest& q) {
+model::LogitsReduction reduce_like_the_gpu(const std::vector<float>& raw, const model::LogitsReduceRequest& q) {
   std::vector<float> l = raw;
   for (size_t i = 0; i < q.penalty_tokens.size(); ++i) {
     float& v = l[static_cast<size_t>(q.penalty_tokens[i])];
@@ -32,7 +31,6 @@ model::LogitsReduction reduce_like_the_gpu(Sampler& s, const std::vector<float>&
     float& v = l[static_cast<size_t>(q.bias_tokens[i])];
     v = q.bias[i] == kNegInf ? kNegInf : v + q.bias[i];
   }
-  (void)s;
   model::LogitsReduction r;
   r.argmax = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
   r.max = l[static_cast<size_t>(r.argmax)];
@@ -104,7 +102,7 @@ TEST(SamplerReduced, SameTokensAndStreamAsFullLogits) {
               for (float& x : logits) x = std::round(d(g) * 4.0f) / 4.0f;  // many ties
               auto q = reduced.reduce_request(history, static_cast<int64_t>(V), 5);
               q.max_candidates = static_cast<int64_t>(V);  // the host reference keeps any number
-              const auto r = reduce_like_the_gpu(reduced, logits, q);
+              const auto r = reduce_like_the_gpu(logits, q);
               const TokenId a = full.sample(logits, history);
               const TokenId b = reduced.sample_reduced(r);
               ASSERT_EQ(a, b) << "T " << temp << " top_k " << top_k << " top_p " << top_p << " min_p " << min_p
