@@ -132,7 +132,7 @@ TEST(CudaSampling, DeclinesInvalidLogits) {
 
 TEST(CudaSampling, SessionDecodeSamplesLikeTheHost) {
   DS4_REQUIRE_GPU();
-  const auto gm = ds4::cuda::GpuModel::upload(e2e::model("dsv4-tiny-a", "bf16"), {.progress = false});
+  const auto gm = ds4::cuda::GpuModel::upload(e2e::model("dsv4-tiny-a-bf16", "bf16"), {.progress = false});
   const int64_t V = gm->hparams().n_vocab;
   std::vector<TokenId> tokens[2];
   std::vector<ds4::gen::StepLogprobs> lps[2];
