@@ -146,9 +146,11 @@ int run_cuda_bench(const CudaBenchArgs& a) {
     for (int i = 0; i < a.gen; ++i) s.eval_device(std::span(gen).subspan(static_cast<size_t>(i), 1));
     decode_sync.push_back(a.gen / since(t0));
     // The same steps back to back (no host synchronization between them): GPU step time.
+    // eval_device_steps, not eval_device: several tokens in one eval_device call would be
+    // timed as a batched prefill chunk, not as decode steps.
     s.truncate(a.prompt);
     t0 = Clock::now();
-    s.eval_device(gen);
+    s.eval_device_steps(gen);
     decode_piped.push_back(a.gen / since(t0));
     fmt::print("  run {}: prefill {:.1f} tok/s, decode {:.1f} tok/s (synchronized), {:.1f} tok/s (back to back)\n",
                r + 1, prefill.back(), decode_sync.back(), decode_piped.back());

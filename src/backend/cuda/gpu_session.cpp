@@ -563,6 +563,18 @@ void GpuSession::eval_device(std::span<const int32_t> tokens) {
   }
 }
 
+void GpuSession::eval_device_steps(std::span<const int32_t> tokens) {
+  const bool batched = gopts_.batched_prefill;
+  gopts_.batched_prefill = false;
+  try {
+    eval_device(tokens);
+  } catch (...) {
+    gopts_.batched_prefill = batched;
+    throw;
+  }
+  gopts_.batched_prefill = batched;
+}
+
 const float* GpuSession::device_logits() const { return sc_->logits; }
 
 bool GpuSession::eval_keeping_logits(std::span<const int32_t> tokens) {

@@ -63,6 +63,11 @@ class GpuSession : public model::EvalSession {
   // Evaluates `tokens` like eval(), leaving the logits of the last token in device memory
   // (device_logits()) instead of copying them back; for GPU-side sampling and benchmarks.
   void eval_device(std::span<const int32_t> tokens);
+  // Evaluates `tokens` as consecutive decode steps (one graph replay per token, no host
+  // synchronization between them) even when there are several: what a generator's decode does,
+  // minus the host round trip. eval_device() would run several tokens as a batched prefill
+  // chunk instead; benchmarks time the decode step with this.
+  void eval_device_steps(std::span<const int32_t> tokens);
   const float* device_logits() const;
   void* stream() const { return stream_.handle(); }
   // GPU memory held by the session state and scratch buffers.
