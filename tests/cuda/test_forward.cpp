@@ -431,6 +431,111 @@ TEST(ForwardKernels, RoutingMatchesCpu) {
   EXPECT_LT(max_rel(down<float>(w, 6), rw), 1e-6);
 }
 
+// The token dimension of the batched prefill (forward_kernels.h `tokens`): one launch over T
+// tokens at scattered positions gives bit-identical results to T one-token launches on the
+// tokens' rows, for every kernel that has it.
+TEST(ForwardKernels, TokenBatchedLaunchesEqualPerTokenLaunches) {
+  REQUIRE_GPU();
+  const int64_t T = 3, nc = 4, E = 1024, n_mix = (2 + nc) * nc, NH = 4, D = 128, n_rope = 64, cap = 100;
+  const int64_t width = 64, ratio = 4, NE = 256, K = 6, vocab = 10;
+  std::vector<fwd::StepCtl> ctls(T);
+  const int64_t pos[T] = {5, 9, 70};
+  const int32_t tok[T] = {1, 7, 3};
+  for (int64_t t = 0; t < T; ++t) {
+    ctls[t].pos = pos[t];
+    ctls[t].token = tok[t];
+    ctls[t].index = static_cast<int32_t>(t);
+  }
+  auto dctl = up(ctls);
+  const fwd::StepCtl* c0 = dctl.as<fwd::StepCtl>();
+  // Each kernel runs once batched (buffers *b) and once per token (buffers *s); the two
+  // results must agree bit for bit.
+  auto same_bits = [](const DeviceBuffer& a, const DeviceBuffer& b, size_t bytes, const char* what) {
+    const auto x = down<uint8_t>(a, bytes), y = down<uint8_t>(b, bytes);
+    EXPECT_EQ(std::memcmp(x.data(), y.data(), bytes), 0) << what;
+  };
+
+  {  // embedding
+    auto table = up(randv(vocab * E, 80));
+    DeviceBuffer hb(T * nc * E * 4), hs(T * nc * E * 4);
+    fwd::embed(ds4::GgmlType::F32, table.data(), E * 4, E, nc, c0, hb.as<float>(), nullptr, T);
+    for (int64_t t = 0; t < T; ++t)
+      fwd::embed(ds4::GgmlType::F32, table.data(), E * 4, E, nc, c0 + t, hs.as<float>() + t * nc * E, nullptr);
+    same_bits(hb, hs, T * nc * E * 4, "embed");
+  }
+  {  // HC pre and post
+    const fwd::HcShape sh{static_cast<int>(nc), E, 1e-6f, 1e-6f, 20};
+    auto mix = up(randv(T * n_mix, 81, 0.5f)), H = up(randv(T * nc * E, 82)), base = up(randv(n_mix, 83, 0.5f));
+    auto scale = up(std::vector<float>{0.7f, 1.3f, 0.9f}), f = up(randv(T * E, 84));
+    DeviceBuffer ab(T * E * 4), as(T * E * 4), pb(T * nc * 4), ps(T * nc * 4), cb(T * nc * nc * 4),
+        cs(T * nc * nc * 4), ob(T * nc * E * 4), os(T * nc * E * 4);
+    fwd::hc_pre(sh, mix.as<float>(), H.as<float>(), base.as<float>(), scale.as<float>(), ab.as<float>(),
+                pb.as<float>(), cb.as<float>(), nullptr, T);
+    fwd::hc_post(sh, f.as<float>(), H.as<float>(), pb.as<float>(), cb.as<float>(), ob.as<float>(), nullptr, T);
+    for (int64_t t = 0; t < T; ++t) {
+      fwd::hc_pre(sh, mix.as<float>() + t * n_mix, H.as<float>() + t * nc * E, base.as<float>(), scale.as<float>(),
+                  as.as<float>() + t * E, ps.as<float>() + t * nc, cs.as<float>() + t * nc * nc, nullptr);
+      fwd::hc_post(sh, f.as<float>() + t * E, H.as<float>() + t * nc * E, ps.as<float>() + t * nc,
+                   cs.as<float>() + t * nc * nc, os.as<float>() + t * nc * E, nullptr);
+    }
+    same_bits(ab, as, T * E * 4, "hc_pre a");
+    same_bits(pb, ps, T * nc * 4, "hc_pre post");
+    same_bits(cb, cs, T * nc * nc * 4, "hc_pre comb");
+    same_bits(ob, os, T * nc * E * 4, "hc_post");
+  }
+  {  // head norm + RoPE in place, KV norm + RoPE + FP8 into the ring
+    const auto rope = ds4::model::Rope::yarn(n_rope, 160000.0f, 16.0f, 65536.0f, 32.0f, 1.0f);
+    const auto q = randv(T * NH * D, 85, 2.0f);
+    auto om = up(rope.omega()), w = up(randv(D, 86));
+    auto qb = up(q), qs = up(q);
+    fwd::RowFinish rf;
+    rf.d = D;
+    rf.n_rope = n_rope;
+    rf.norm = w.as<float>();
+    fwd::rows_finish(rf, om.as<float>(), qb.as<float>(), qb.as<float>(), NH, D, 0, c0, nullptr, T);
+    for (int64_t t = 0; t < T; ++t)
+      fwd::rows_finish(rf, om.as<float>(), qs.as<float>() + t * NH * D, qs.as<float>() + t * NH * D, NH, D, 0, c0 + t,
+                       nullptr);
+    same_bits(qb, qs, T * NH * D * 4, "rows_finish heads");
+    rf.n_nope = D - n_rope;
+    rf.sim = fwd::Sim::Fp8Nope;
+    auto kv = up(randv(T * D, 87));
+    auto rb = up(std::vector<float>(cap * D, 0.0f)), rs = up(std::vector<float>(cap * D, 0.0f));
+    fwd::rows_finish(rf, om.as<float>(), kv.as<float>(), rb.as<float>(), 1, D, cap, c0, nullptr, T);
+    for (int64_t t = 0; t < T; ++t)
+      fwd::rows_finish(rf, om.as<float>(), kv.as<float>() + t * D, rs.as<float>(), 1, D, cap, c0 + t, nullptr);
+    same_bits(rb, rs, cap * D * 4, "rows_finish ring");
+  }
+  {  // compressor ring store
+    auto kv = up(randv(T * width, 88)), sc = up(randv(T * width, 89)), ape = up(randv(ratio * width, 90));
+    const std::vector<float> zero(cap * width, 0.0f);
+    auto kb = up(zero), ks = up(zero), sb = up(zero), ss = up(zero);
+    fwd::comp_store(kv.as<float>(), sc.as<float>(), ape.as<float>(), width, ratio, kb.as<float>(), sb.as<float>(), cap,
+                    c0, nullptr, T);
+    for (int64_t t = 0; t < T; ++t)
+      fwd::comp_store(kv.as<float>() + t * width, sc.as<float>() + t * width, ape.as<float>(), width, ratio,
+                      ks.as<float>(), ss.as<float>(), cap, c0 + t, nullptr);
+    same_bits(kb, ks, cap * width * 4, "comp_store kv");
+    same_bits(sb, ss, cap * width * 4, "comp_store score");
+  }
+  {  // routing: biased top-k and hash rows by token
+    std::vector<int32_t> table(vocab * K);
+    for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>((i * 37) % NE);
+    auto logits = up(randv(T * NE, 91)), bias = up(randv(NE, 92, 0.1f)), tid = up(table);
+    for (bool hash : {false, true}) {
+      DeviceBuffer ib(T * K * 4), is(T * K * 4), wb(T * K * 4), ws(T * K * 4);
+      const float* b = hash ? nullptr : bias.as<float>();
+      const int32_t* t2e = hash ? tid.as<int32_t>() : nullptr;
+      fwd::route(logits.as<float>(), NE, K, b, t2e, true, 1.5f, c0, ib.as<int32_t>(), wb.as<float>(), nullptr, T);
+      for (int64_t t = 0; t < T; ++t)
+        fwd::route(logits.as<float>() + t * NE, NE, K, b, t2e, true, 1.5f, c0 + t, is.as<int32_t>() + t * K,
+                   ws.as<float>() + t * K, nullptr);
+      same_bits(ib, is, T * K * 4, hash ? "route ids (hash)" : "route ids");
+      same_bits(wb, ws, T * K * 4, hash ? "route weights (hash)" : "route weights");
+    }
+  }
+}
+
 // ---------------------------------------------------------------- whole models
 
 using e2e::rel_err;

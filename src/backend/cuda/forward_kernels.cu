@@ -171,6 +171,8 @@ __global__ void step_end_kernel(StepCtl* ctl) {
 __global__ void embed_kernel(int type, const uint8_t* table, size_t row_bytes, int64_t E, int nc,
                              const StepCtl* ctl, float* H) {
   pdl_enter();
+  ctl += blockIdx.y;  // token blockIdx.y of a batch (rows of nc * E floats)
+  H += blockIdx.y * nc * E;
   const uint8_t* row = table + static_cast<size_t>(ctl->token) * row_bytes;
   for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < E; i += gridDim.x * blockDim.x) {
     float v = 0.0f;
@@ -285,6 +287,12 @@ __global__ void hc_pre_kernel(HcShape s, const float* mix_raw, const float* H, c
   pdl_enter();
   __shared__ float pre[kMaxHc];
   const int nc = s.nc;
+  const int64_t tk = blockIdx.y;  // token of a batch: one block each
+  mix_raw += tk * (2 + nc) * nc;
+  H += tk * nc * s.E;
+  a += tk * s.E;
+  post += tk * nc;
+  comb += tk * nc * nc;
   const float r = hc_inv_rms(H, nc * s.E, s.rms_eps);
   const int t = threadIdx.x;
   if (t < nc) pre[t] = sigmoidf_(scale[0] * (mix_raw[t] * r) + base[t]) + s.hc_eps;
@@ -408,6 +416,12 @@ __global__ void hc_post_kernel(HcShape s, const float* f, const float* H_in, con
                                const float* comb, float* H_out) {
   pdl_enter();
   const int nc = s.nc;
+  const int64_t tk = blockIdx.y;  // token of a batch
+  f += tk * s.E;
+  H_in += tk * nc * s.E;
+  post += tk * nc;
+  comb += tk * nc * nc;
+  H_out += tk * nc * s.E;
   for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < nc * s.E; i += gridDim.x * blockDim.x) {
     const int k = static_cast<int>(i / s.E);
     const int64_t d = i % s.E;
@@ -437,9 +451,11 @@ __global__ void rows_finish_kernel(RowFinish f, const float* omega, const float*
                                    int64_t stride, int64_t ring_cap, const StepCtl* ctl) {
   pdl_enter();
   extern __shared__ float row[];
-  const int64_t pos = ctl->pos;
-  const float* src = in + blockIdx.x * stride;
-  float* dst = ring_cap > 0 ? out + (pos % ring_cap) * f.d : out + blockIdx.x * stride;
+  // Token blockIdx.y of a batch: its gridDim.x rows start at blockIdx.y * gridDim.x * stride.
+  const int64_t pos = ctl[blockIdx.y].pos;
+  const int64_t r = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
+  const float* src = in + r * stride;
+  float* dst = ring_cap > 0 ? out + (pos % ring_cap) * f.d : out + r * stride;
   for (int64_t i = threadIdx.x; i < f.d; i += blockDim.x) row[i] = src[i];
   __syncthreads();
   finish_row(f, omega, row, pos);
@@ -450,7 +466,9 @@ __global__ void comp_store_kernel(const float* kv, const float* sc, const float*
                                   int64_t ratio, float* ring_kv, float* ring_sc, int64_t cap,
                                   const StepCtl* ctl) {
   pdl_enter();
-  const int64_t pos = ctl->pos;
+  const int64_t pos = ctl[blockIdx.y].pos;  // token blockIdx.y of a batch
+  kv += blockIdx.y * width;
+  sc += blockIdx.y * width;
   const float* a = ape + (pos % ratio) * width;
   float* rk = ring_kv + (pos % cap) * width;
   float* rs = ring_sc + (pos % cap) * width;
@@ -500,23 +518,36 @@ __global__ void comp_emit_kernel(RowFinish f, const float* omega, const float* r
 __global__ void idx_scores_kernel(const float* q, const float* wts, float wscale, int64_t NI,
                                   int64_t DI, const float* icomp, int64_t ratio, int64_t K,
                                   float* scores, const StepCtl* ctl) {
+  // q is staged once per block, transposed ([DI][NI]: the lanes' heads are consecutive, so
+  // the loads are conflict-free), and each warp stages its key row; every lane then runs the
+  // same sequential dot over i as before (same float order, same results). Reading q from
+  // global memory per lane (rows 512 bytes apart) made this kernel ~90 us at 2K rows.
+  extern __shared__ float idx_smem[];
+  float* qs = idx_smem;                                  // [DI][NI]
+  float* ks = idx_smem + NI * DI + (threadIdx.x >> 5) * DI;  // this warp's key row
   pdl_enter();
   const int64_t n_vis = (ctl->pos + 1) / ratio;
   if (n_vis <= K) return;
+  const int64_t warps_per_block = blockDim.x >> 5;
+  if (static_cast<int64_t>(blockIdx.x) * warps_per_block >= n_vis) return;  // no row for this block
+  for (int64_t j = threadIdx.x; j < NI * DI; j += blockDim.x) qs[(j % DI) * NI + j / DI] = q[j];
+  __syncthreads();
   const int lane = threadIdx.x & 31;
   const int64_t warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int64_t n_warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
   for (int64_t w = warp; w < n_vis; w += n_warps) {
     const float* k = icomp + w * DI;
+    for (int64_t i = lane; i < DI; i += 32) ks[i] = k[i];
+    __syncwarp();
     double s = 0.0;
     for (int64_t h = lane; h < NI; h += 32) {
-      const float* qh = q + h * DI;
       float d = 0.0f;
-      for (int64_t i = 0; i < DI; ++i) d += qh[i] * k[i];
+      for (int64_t i = 0; i < DI; ++i) d += qs[i * NI + h] * ks[i];
       if (d > 0.0f) s += static_cast<double>(wts[h] * wscale) * d;
     }
     s = warp_sum_d(s);
     if (lane == 0) scores[w] = static_cast<float>(s);
+    __syncwarp();  // ks is rewritten by the next row
   }
 }
 
@@ -686,6 +717,10 @@ __global__ void route_kernel(const float* logits, int64_t NE, int64_t K, const f
                              int32_t* ids, float* weights) {
   pdl_enter();
   extern __shared__ float sh[];
+  ctl += blockIdx.y;  // token blockIdx.y of a batch
+  logits += blockIdx.y * NE;
+  ids += blockIdx.y * K;
+  weights += blockIdx.y * K;
   float* score = sh;
   float* biased = sh + NE;
   for (int64_t e = threadIdx.x; e < NE; e += blockDim.x) {
@@ -801,6 +836,13 @@ int grid_for(int64_t n) {
   return static_cast<int>(g < 1 ? 1 : (g > 1024 ? 1024 : g));
 }
 
+// Grid of a kernel with a token dimension: `per_token` blocks in x, one row of them per token
+// in y (blockIdx.y = token index into the batch's StepCtl array and per-token rows).
+dim3 token_grid(int64_t per_token, int64_t tokens) {
+  DS4_FWD_REQUIRE(tokens >= 1 && tokens <= 65535);
+  return dim3(static_cast<unsigned>(per_token), static_cast<unsigned>(tokens));
+}
+
 int float_type_code(GgmlType t) {
   return t == GgmlType::F32 ? 0 : t == GgmlType::F16 ? 1 : 2;
 }
@@ -822,9 +864,9 @@ void step_end(StepCtl* ctl, void* stream) {
 }
 
 void embed(GgmlType type, const void* table, size_t row_bytes, int64_t E, int nc, const StepCtl* ctl,
-           float* H, void* stream) {
+           float* H, void* stream, int64_t tokens) {
   const int code = type == GgmlType::F32 ? 0 : type == GgmlType::F16 ? 1 : type == GgmlType::BF16 ? 2 : 3;
-  launch(embed_kernel, grid_for(E), kThreads, 0, stream, code, static_cast<const uint8_t*>(table), row_bytes, E, nc,
+  launch(embed_kernel, token_grid(grid_for(E), tokens), kThreads, 0, stream, code, static_cast<const uint8_t*>(table), row_bytes, E, nc,
          ctl, H);
 }
 
@@ -833,8 +875,8 @@ void rmsnorm(const float* x, const float* w, float* y, int64_t n, int64_t rows, 
 }
 
 void hc_pre(const HcShape& s, const float* mix_raw, const float* H, const float* base, const float* scale,
-            float* a, float* post, float* comb, void* stream) {
-  launch(hc_pre_kernel, 1, 1024, 0, stream, s, mix_raw, H, base, scale, a, post, comb);
+            float* a, float* post, float* comb, void* stream, int64_t tokens) {
+  launch(hc_pre_kernel, token_grid(1, tokens), 1024, 0, stream, s, mix_raw, H, base, scale, a, post, comb);
 }
 size_t hc_fused_scratch_bytes(const HcShape& s) { return HcLayout(s).total; }
 
@@ -852,8 +894,8 @@ void hc_pre_fused(const HcShape& s, GgmlType fn_type, const void* fn, const floa
 }
 
 void hc_post(const HcShape& s, const float* f, const float* H_in, const float* post, const float* comb,
-             float* H_out, void* stream) {
-  launch(hc_post_kernel, grid_for(s.nc * s.E), kThreads, 0, stream, s, f, H_in, post, comb, H_out);
+             float* H_out, void* stream, int64_t tokens) {
+  launch(hc_post_kernel, token_grid(grid_for(s.nc * s.E), tokens), kThreads, 0, stream, s, f, H_in, post, comb, H_out);
 }
 void hc_head(const HcShape& s, const float* mix_raw, const float* H, const float* base, const float* scale,
              float* x, void* stream) {
@@ -861,14 +903,14 @@ void hc_head(const HcShape& s, const float* mix_raw, const float* H, const float
 }
 
 void rows_finish(const RowFinish& f, const float* omega, const float* in, float* out, int64_t rows,
-                 int64_t stride, int64_t ring_cap, const StepCtl* ctl, void* stream) {
-  launch(rows_finish_kernel, static_cast<unsigned>(rows), kThreads, f.d * sizeof(float), stream, f, omega, in, out,
+                 int64_t stride, int64_t ring_cap, const StepCtl* ctl, void* stream, int64_t tokens) {
+  launch(rows_finish_kernel, token_grid(rows, tokens), kThreads, f.d * sizeof(float), stream, f, omega, in, out,
          stride, ring_cap, ctl);
 }
 
 void comp_store(const float* kv, const float* sc, const float* ape, int64_t width, int64_t ratio,
-                float* ring_kv, float* ring_sc, int64_t cap, const StepCtl* ctl, void* stream) {
-  launch(comp_store_kernel, grid_for(width), kThreads, 0, stream, kv, sc, ape, width, ratio, ring_kv, ring_sc, cap,
+                float* ring_kv, float* ring_sc, int64_t cap, const StepCtl* ctl, void* stream, int64_t tokens) {
+  launch(comp_store_kernel, token_grid(grid_for(width), tokens), kThreads, 0, stream, kv, sc, ape, width, ratio, ring_kv, ring_sc, cap,
          ctl);
 }
 
@@ -891,7 +933,9 @@ void idx_prep_q(float* q, int64_t NI, int64_t DI, int64_t n_rope, const float* o
 void idx_select(const float* q, const float* wts, float wscale, int64_t NI, int64_t DI, const float* icomp,
                 int64_t ratio, int64_t K, float* scores, int32_t* sel, int32_t* n_sel, const StepCtl* ctl,
                 void* stream) {
-  launch(idx_scores_kernel, 264, kThreads, 0, stream, q, wts, wscale, NI, DI, icomp, ratio, K, scores, ctl);
+  const size_t smem = static_cast<size_t>(NI * DI + (kThreads / 32) * DI) * sizeof(float);
+  DS4_FWD_REQUIRE(smem <= 48 * 1024);  // q staged in shared memory (Flash: 64 x 128 floats, 36 KB in all)
+  launch(idx_scores_kernel, 264, kThreads, smem, stream, q, wts, wscale, NI, DI, icomp, ratio, K, scores, ctl);
   DS4_FWD_REQUIRE(K <= topk_detail::kTopkMaxK);
   idx_topk_kernel<<<1, topk_detail::kTopkThreads, 0, st(stream)>>>(scores, ratio, K, sel, n_sel, ctl);
   DS4_CUDA_CHECK(cudaGetLastError());
@@ -928,8 +972,8 @@ void attention(const AttnShape& s, const float* q, const float* ring, const floa
 }
 
 void route(const float* logits, int64_t NE, int64_t K, const float* bias, const int32_t* tid2eid, bool norm,
-           float scale, const StepCtl* ctl, int32_t* ids, float* weights, void* stream) {
-  launch(route_kernel, 1, kThreads, 2 * NE * sizeof(float), stream, logits, NE, K, bias, tid2eid, norm, scale, ctl,
+           float scale, const StepCtl* ctl, int32_t* ids, float* weights, void* stream, int64_t tokens) {
+  launch(route_kernel, token_grid(1, tokens), kThreads, 2 * NE * sizeof(float), stream, logits, NE, K, bias, tid2eid, norm, scale, ctl,
          ids, weights);
 }
 

@@ -7,6 +7,12 @@
 // Position-dependent kernels read the token and position from a StepCtl in device memory,
 // never from a kernel argument: a decode step captured once in a CUDA graph then replays for
 // any position, and a prefill is a sequence of such steps without host synchronization.
+//
+// Kernels with a trailing `tokens` argument also run a batch in one launch (the batched
+// prefill, gpu_prefill.cpp): ctl then points at `tokens` StepCtl, and every per-token array
+// holds `tokens` consecutive rows of the one-token size (e.g. H: [tokens][nc][E]); shared
+// inputs (weights, rings) stay as they are. Each token's arithmetic is that of the
+// one-token call, so a batch gives bit-identical results to `tokens` separate calls.
 #pragma once
 
 #include <cstddef>
@@ -30,7 +36,7 @@ void step_end(StepCtl* ctl, void* stream);
 // H[s][0..E) = row ctl->token of the embedding table, for every stream s < nc (3.1).
 // Table types: F32, F16, BF16, Q8_0.
 void embed(GgmlType type, const void* table, size_t row_bytes, int64_t E, int nc,
-           const StepCtl* ctl, float* H, void* stream);
+           const StepCtl* ctl, float* H, void* stream, int64_t tokens = 1);
 
 // y[r] = RMSNorm(x[r]) * w (w may be null: unweighted) for `rows` rows of n (ops.cpp);
 // y may equal x.
@@ -46,7 +52,8 @@ struct HcShape {
 // hyper_connection.cpp hc_pre after the fn product: mix_raw [(2 + nc) * nc] -> a [E],
 // post [nc], comb [nc][nc] (Sinkhorn-normalized).
 void hc_pre(const HcShape& s, const float* mix_raw, const float* H, const float* base,
-            const float* scale, float* a, float* post, float* comb, void* stream);
+            const float* scale, float* a, float* post, float* comb, void* stream,
+            int64_t tokens = 1);
 // The whole of hc_pre plus the RMSNorm that follows it (3.2), for float fn weights (F32, F16,
 // BF16): mix = fn . H, the RMS factor, sigmoids and Sinkhorn, a = sum_k pre[k] H[k] and
 // x = RMSNorm(a) * norm. Two launches that use the whole GPU (hc_pre above is one block after
@@ -61,7 +68,7 @@ void hc_pre_fused(const HcShape& s, GgmlType fn_type, const void* fn, const floa
                   float* post, float* comb, void* scratch, void* stream);
 // H_out[k] = post[k] * f + sum_j comb[j][k] * H_in[j].
 void hc_post(const HcShape& s, const float* f, const float* H_in, const float* post,
-             const float* comb, float* H_out, void* stream);
+             const float* comb, float* H_out, void* stream, int64_t tokens = 1);
 // hc_head after the fn product: mix_raw [nc] -> x [E].
 void hc_head(const HcShape& s, const float* mix_raw, const float* H, const float* base,
              const float* scale, float* x, void* stream);
@@ -73,7 +80,8 @@ enum class Sim : int { None = 0, Fp8Nope = 1, HadamardFp4 = 2 };
 // or unweighted), RoPE of the last n_rope dims at ctl->pos with the layer's frequencies
 // `omega` [n_rope / 2], then the simulation `sim` (n_nope dims for Fp8Nope). in-place when
 // out == in. With ring_cap > 0, one row is written to out + (pos % ring_cap) * d (the raw
-// KV ring of the session).
+// KV ring of the session). A batch of `tokens` has rows * tokens rows (token t's at
+// (t * rows + r) * stride), each finished at its token's position.
 struct RowFinish {
   int64_t d = 0;
   int64_t n_rope = 0;
@@ -85,13 +93,13 @@ struct RowFinish {
 };
 void rows_finish(const RowFinish& f, const float* omega, const float* in, float* out,
                  int64_t rows, int64_t stride, int64_t ring_cap, const StepCtl* ctl,
-                 void* stream);
+                 void* stream, int64_t tokens = 1);
 
 // Compressor state for the step's token: ring_kv[pos % cap] = kv, ring_sc[pos % cap] = sc +
 // ape[pos % ratio] (width floats each, compressor_project).
 void comp_store(const float* kv, const float* sc, const float* ape, int64_t width,
                 int64_t ratio, float* ring_kv, float* ring_sc, int64_t cap, const StepCtl* ctl,
-                void* stream);
+                void* stream, int64_t tokens = 1);
 // When pos + 1 completes window w = (pos + 1) / ratio - 1: pools it (and the previous
 // window's A half when c = 2) from the rings, finishes the row (RowFinish f with RoPE at the
 // window start) and writes it to rows[w]. No-op otherwise (compressor_advance).
@@ -134,7 +142,7 @@ void attention(const AttnShape& s, const float* q, const float* ring, const floa
 // (int32 [n_vocab][K]) and use row ctl->token; others pick the top K of score + bias.
 void route(const float* logits, int64_t NE, int64_t K, const float* bias,
            const int32_t* tid2eid, bool norm, float scale, const StepCtl* ctl, int32_t* ids,
-           float* weights, void* stream);
+           float* weights, void* stream, int64_t tokens = 1);
 
 // Experts of float type (F32, F16, BF16), which moe_experts does not take: the same
 // computation with plain dot products. gate/up [n_expert][F][E], down [n_expert][E][F].

@@ -5,15 +5,15 @@
 //    quantized in one call, bit-identical to the CPU's; float weights through the f32 path),
 //    the routed experts one grouped call (moe_experts_batch), the shared expert the same call
 //    with one expert;
-//  - the position-dependent per-token work reuses the one-token kernels of forward_kernels.h
-//    with a StepCtl per token (`Batch::ctls[t]` = {p0 + t, token t, t}), launched per token
-//    and spread over kLanes streams (the tokens' launches are independent; each lane has its
-//    own attention / indexer scratch), so that small one-token kernels run side by side:
-//    HC pre (after the batched fn product), head norm + RoPE + KV ring write, compressor ring
-//    store and window pooling (in position order, so a window sees exactly the state the CPU
-//    code gives it), indexer scores and top-k (each query its own causal visible set),
-//    attention (each query over its own window rows and visible compressed / selected rows),
-//    routing, HC post;
+//  - the position-dependent per-token work uses the kernels of forward_kernels.h with a
+//    StepCtl per token (`Batch::ctls[t]` = {p0 + t, token t, t}). The cheap, numerous ones
+//    take a token dimension and run as one launch per chunk (the same per-token arithmetic):
+//    embedding, HC pre (after the batched fn product), HC post, head norm + RoPE, KV norm +
+//    RoPE + FP8 + ring write, compressor ring store, routing. The rest are still launched per
+//    token, spread over kLanes streams (the tokens' launches are independent; each lane has
+//    its own attention / indexer scratch): window pooling (only tokens that complete a
+//    window), indexer scores and top-k (each query its own causal visible set), attention
+//    (each query over its own window rows and visible compressed / selected rows);
 //  - the output head only where logits are wanted (the last token, or every token for
 //    LogitsMode::All), through the decode path's head on that token's streams.
 //
@@ -111,15 +111,12 @@ void GpuSession::gemm(const DTensor& W, const float* x, int64_t T, float* y, voi
 void GpuSession::prefill_hc_pre(const DHc& hc, const float* H, const float* norm, int64_t T, void* s) {
   const HParams& hp = model_->hparams();
   Batch& b = *batch_;
-  const int64_t E = hp.n_embd, NC = hp.n_hc, n_mix = (2 + NC) * NC;
+  const int64_t E = hp.n_embd, NC = hp.n_hc;
   const fwd::HcShape sh{static_cast<int>(NC), E, hp.rms_eps, hp.hc_eps, static_cast<int>(hp.hc_sinkhorn_iters)};
   // 3.2: the mixing logits of all T tokens in one product; the RMS factor, sigmoids,
   // Sinkhorn and the collapse per token (hyper_connection.cpp hc_pre); then RMSNorm.
   gemm(hc.fn, H, T, b.mix, s);
-  over_tokens(b, T, s, [&](int64_t t, void* st, int) {
-    fwd::hc_pre(sh, b.mix + t * n_mix, H + t * NC * E, hc.base, hc.scale, b.a + t * E, b.post + t * NC,
-                b.comb + t * NC * NC, st);
-  });
+  fwd::hc_pre(sh, b.mix, H, hc.base, hc.scale, b.a, b.post, b.comb, s, T);
   fwd::rmsnorm(b.a, norm, b.x, E, T, hp.rms_eps, s);
 }
 
@@ -132,10 +129,7 @@ void GpuSession::prefill_compressor(const DLayer& L, const DCompressor& C, int s
   // in position order (compressor_advance).
   gemm(C.kv, b.x, T, b.ckv, s);
   gemm(C.gate, b.x, T, b.csc, s);
-  over_tokens(b, T, s, [&](int64_t t, void* st, int) {
-    fwd::comp_store(b.ckv + t * width, b.csc + t * width, C.ape, width, L.ratio, ring_kv, ring_sc, cap_,
-                    b.ctls + t, st);
-  });
+  fwd::comp_store(b.ckv, b.csc, C.ape, width, L.ratio, ring_kv, ring_sc, cap_, b.ctls, s, T);
   fwd::RowFinish f;
   f.d = C.d;
   f.n_rope = hp.n_rope;
@@ -163,9 +157,7 @@ void GpuSession::prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int
   qf.d = D;
   qf.n_rope = hp.n_rope;
   qf.eps = hp.rms_eps;
-  over_tokens(b, T, s, [&](int64_t t, void* st, int) {
-    fwd::rows_finish(qf, L.omega, b.q + t * HD, b.q + t * HD, NH, D, 0, b.ctls + t, st);
-  });
+  fwd::rows_finish(qf, L.omega, b.q, b.q, NH, D, 0, b.ctls, s, T);
 
   // 3.4.2 KV rows of all T positions into the raw ring.
   gemm(L.kv, b.x, T, b.kv, s);
@@ -173,9 +165,7 @@ void GpuSession::prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int
   kf.norm = L.kv_norm;
   kf.n_nope = hp.n_nope();
   kf.sim = official ? fwd::Sim::Fp8Nope : fwd::Sim::None;
-  over_tokens(b, T, s, [&](int64_t t, void* st, int) {
-    fwd::rows_finish(kf, L.omega, b.kv + t * D, S.raw, 1, D, cap_, b.ctls + t, st);
-  });
+  fwd::rows_finish(kf, L.omega, b.kv, S.raw, 1, D, cap_, b.ctls, s, T);
   mark("q/kv projections", static_cast<double>(L.q_a.bytes() + L.q_b.bytes() + L.kv.bytes()), s);
 
   // 3.4.5 / 3.4.7 Compressors (all windows completed in the chunk) and the indexer.
@@ -235,11 +225,8 @@ void GpuSession::prefill_moe(const DLayer& L, int64_t T, void* s) {
   // 3.5.1 Router logits of all T tokens; routing per token (hash layers read its token id).
   gemm(L.router, b.x, T, b.rlog, s);
   const bool hash = hp.is_hash_layer(L.il);
-  over_tokens(b, T, s, [&](int64_t t, void* st, int) {
-    fwd::route(b.rlog + t * NE, NE, K, hash ? nullptr : L.router_bias,
-               hash ? static_cast<const int32_t*>(L.tid2eid.d) : nullptr, hp.expert_weights_norm,
-               hp.expert_weights_scale, b.ctls + t, b.ids + t * K, b.rw + t * K, st);
-  });
+  fwd::route(b.rlog, NE, K, hash ? nullptr : L.router_bias, hash ? static_cast<const int32_t*>(L.tid2eid.d) : nullptr,
+             hp.expert_weights_norm, hp.expert_weights_scale, b.ctls, b.ids, b.rw, s, T);
   log_batch(b.ids, K, T, L.il, 0, s);
   mark("router", static_cast<double>(L.router.bytes()), s);
   // 3.5.2 routed experts, 3.5.3 the shared expert (one expert, weight 1) into y2.
@@ -277,9 +264,7 @@ void GpuSession::prefill_layer(const DLayer& L, LayerBufs& S, int64_t T, int64_t
   const int64_t E = hp.n_embd, NC = hp.n_hc;
   const fwd::HcShape sh{static_cast<int>(NC), E, hp.rms_eps, hp.hc_eps, static_cast<int>(hp.hc_sinkhorn_iters)};
   auto hc_post = [&](const float* H_in, float* H_out) {
-    over_tokens(b, T, s, [&](int64_t t, void* st, int) {
-      fwd::hc_post(sh, b.y + t * E, H_in + t * NC * E, b.post + t * NC, b.comb + t * NC * NC, H_out + t * NC * E, st);
-    });
+    fwd::hc_post(sh, b.y, H_in, b.post, b.comb, H_out, s, T);
     mark("hc post", 0, s);
   };
   // Attention half (3.2-3.4), then the FFN half (3.5), as layer_forward.
@@ -394,9 +379,7 @@ void GpuSession::prefill_chunk(std::span<const int32_t> tokens, LogitsMode mode,
 
   // 3.1 Embedding of every token into all n_hc streams.
   const DTensor& te = model_->tok_embd();
-  over_tokens(b, T, s, [&](int64_t t, void* st, int) {
-    fwd::embed(te.type, te.d, te.row_bytes, E, static_cast<int>(NC), b.ctls + t, b.H + t * NC * E, st);
-  });
+  fwd::embed(te.type, te.d, te.row_bytes, E, static_cast<int>(NC), b.ctls, b.H, s, T);
   mark("embed", static_cast<double>(te.row_bytes) * static_cast<double>(T), s);
   for (size_t il = 0; il < model_->layers().size(); ++il) {
     prefill_layer(model_->layers()[il], *layers_[il], T, p0, s);
