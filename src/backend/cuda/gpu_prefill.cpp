@@ -400,21 +400,13 @@ void GpuSession::prefill_chunk(std::span<const int32_t> tokens, LogitsMode mode,
   if (mode == LogitsMode::All) {
     for (int64_t t = 0; t < T; ++t) {
       head_of(t);
-      DS4_CUDA_CHECK(cudaMemcpyAsync(out + t * V, sc_->logits, static_cast<size_t>(V) * sizeof(float),
-                                     cudaMemcpyDeviceToHost, cs(s)));
+      copy_logits(out + t * V, s);
     }
   } else if (mode == LogitsMode::Last) {
     head_of(T - 1);
-    if (copy_last)
-      DS4_CUDA_CHECK(cudaMemcpyAsync(out, sc_->logits, static_cast<size_t>(V) * sizeof(float),
-                                     cudaMemcpyDeviceToHost, cs(s)));
+    if (copy_last) copy_logits(out, s);
   }
-  stream_.synchronize();
-  check_last_error("the batched prefill");
-  collect_log(T);
-  n_past_ += T;
-  tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
-  trim_history();
+  finish_chunk(tokens, "the batched prefill");
 }
 
 std::vector<GpuSession::PhaseTime> GpuSession::profile_prefill(std::span<const int32_t> tokens) {

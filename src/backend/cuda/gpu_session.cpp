@@ -516,17 +516,22 @@ void GpuSession::run_chunk(std::span<const int32_t> tokens, LogitsMode mode, flo
   for (int64_t t = 0; t < T; ++t) {
     const bool want = mode == LogitsMode::All || (mode == LogitsMode::Last && t == T - 1);
     launch_step(want);
-    if (mode == LogitsMode::All)
-      DS4_CUDA_CHECK(cudaMemcpyAsync(out + t * V, sc_->logits, static_cast<size_t>(V) * sizeof(float),
-                                     cudaMemcpyDeviceToHost, cs(s)));
+    if (mode == LogitsMode::All) copy_logits(out + t * V, s);
   }
-  if (mode == LogitsMode::Last && copy_last)
-    DS4_CUDA_CHECK(cudaMemcpyAsync(out, sc_->logits, static_cast<size_t>(V) * sizeof(float),
-                                   cudaMemcpyDeviceToHost, cs(s)));
+  if (mode == LogitsMode::Last && copy_last) copy_logits(out, s);
+  finish_chunk(tokens, "the forward step");
+}
+
+void GpuSession::copy_logits(float* dst, void* s) const {
+  const size_t bytes = static_cast<size_t>(model_->hparams().n_vocab) * sizeof(float);
+  DS4_CUDA_CHECK(cudaMemcpyAsync(dst, sc_->logits, bytes, cudaMemcpyDeviceToHost, cs(s)));
+}
+
+void GpuSession::finish_chunk(std::span<const int32_t> tokens, const char* what) {
   stream_.synchronize();
-  check_last_error("the forward step");
-  collect_log(T);
-  n_past_ += T;
+  check_last_error(what);
+  collect_log(static_cast<int64_t>(tokens.size()));
+  n_past_ += static_cast<int64_t>(tokens.size());
   tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
   trim_history();
 }

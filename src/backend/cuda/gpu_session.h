@@ -118,6 +118,11 @@ class GpuSession : public model::EvalSession {
   void head(void* s);
   void mv(const DTensor& W, const float* x, float* y, void* s, int64_t row0 = 0, int64_t nrows = -1);
   void trim_history();
+  // Copies the step's logits (sc_->logits) to host `dst`, asynchronously on stream `s`.
+  void copy_logits(float* dst, void* s) const;
+  // Ends a chunk of `tokens` (either path): waits for the stream, reports a kernel error as
+  // `what`, collects the decision log and advances n_past / tokens / the history start.
+  void finish_chunk(std::span<const int32_t> tokens, const char* what);
   // Decision log (no-ops while it is off): a step's n choices of layer il into its chunk slot
   // at `offset` ints into the layer's entry (0: K expert ids, K: idx_topk rows, K + idx_topk:
   // the row count); the same for T tokens of a batched pass whose choices lie [T][n] in d_src;
