@@ -534,6 +534,52 @@ TEST(ForwardKernels, TokenBatchedLaunchesEqualPerTokenLaunches) {
       same_bits(wb, ws, T * K * 4, hash ? "route weights (hash)" : "route weights");
     }
   }
+  // Indexer and attention: at ratio 4 and top-k 4 the tokens see 1, 2 and 17 compressed rows
+  // (the first two fewer than k: all rows in order, the last a scored top-k selection), and
+  // 6, 10 and 64 window rows (the last over several attention chunks).
+  const auto rope = ds4::model::Rope::yarn(n_rope, 160000.0f, 16.0f, 65536.0f, 32.0f, 1.0f);
+  auto om = up(rope.omega());
+  const int64_t NI = 16, DI = 64, topk = 4, n_comp = (pos[T - 1] + 1) / ratio, window = 64;
+  const std::vector<int32_t> unset(T * topk, -1);
+  auto selb = up(unset), sels = up(unset), nb = up(std::vector<int32_t>(T, -1)), ns = up(std::vector<int32_t>(T, -1));
+  {  // indexer query RoPE + simulation, scores and top-k
+    const auto q = randv(T * NI * DI, 93);
+    auto iqb = up(q), iqs = up(q), wts = up(randv(T * NI, 94)), icomp = up(randv(n_comp * DI, 95));
+    fwd::idx_prep_q(iqb.as<float>(), NI, DI, n_rope, om.as<float>(), true, c0, nullptr, T);
+    for (int64_t t = 0; t < T; ++t)
+      fwd::idx_prep_q(iqs.as<float>() + t * NI * DI, NI, DI, n_rope, om.as<float>(), true, c0 + t, nullptr);
+    same_bits(iqb, iqs, T * NI * DI * 4, "idx_prep_q");
+    const std::vector<float> zero(T * n_comp, 0.0f);
+    auto scb = up(zero), scs = up(zero);
+    fwd::idx_select(iqb.as<float>(), wts.as<float>(), 0.125f, NI, DI, icomp.as<float>(), ratio, topk, scb.as<float>(),
+                    selb.as<int32_t>(), nb.as<int32_t>(), c0, nullptr, T, n_comp);
+    for (int64_t t = 0; t < T; ++t)
+      fwd::idx_select(iqs.as<float>() + t * NI * DI, wts.as<float>() + t * NI, 0.125f, NI, DI, icomp.as<float>(), ratio,
+                      topk, scs.as<float>() + t * n_comp, sels.as<int32_t>() + t * topk, ns.as<int32_t>() + t, c0 + t,
+                      nullptr);
+    same_bits(scb, scs, T * n_comp * 4, "idx_select scores");
+    same_bits(selb, sels, T * topk * 4, "idx_select selection");
+    same_bits(nb, ns, T * 4, "idx_select counts");
+    EXPECT_EQ(down<int32_t>(nb, T), (std::vector<int32_t>{1, 2, static_cast<int32_t>(topk)}));
+  }
+  {  // attention over all compressed rows and over the indexer's selection
+    const fwd::AttnShape as{NH, D, n_rope, window, cap, ratio, window + n_comp};
+    const int64_t scratch = static_cast<int64_t>(fwd::attention_scratch_floats(as));
+    auto q = up(randv(T * NH * D, 96, 0.1f)), ring = up(randv(cap * D, 97)), comp = up(randv(n_comp * D, 98));
+    auto sinks = up(randv(NH, 99));
+    DeviceBuffer fb(T * scratch * 4), fs(scratch * 4);
+    for (bool with_sel : {false, true}) {
+      DeviceBuffer ob(T * NH * D * 4), os(T * NH * D * 4);
+      fwd::attention(as, q.as<float>(), ring.as<float>(), comp.as<float>(), with_sel ? selb.as<int32_t>() : nullptr,
+                     nb.as<int32_t>(), sinks.as<float>(), om.as<float>(), fb.as<float>(), ob.as<float>(), c0, nullptr,
+                     T, topk);
+      for (int64_t t = 0; t < T; ++t)
+        fwd::attention(as, q.as<float>() + t * NH * D, ring.as<float>(), comp.as<float>(),
+                       with_sel ? selb.as<int32_t>() + t * topk : nullptr, nb.as<int32_t>() + t, sinks.as<float>(),
+                       om.as<float>(), fs.as<float>(), os.as<float>() + t * NH * D, c0 + t, nullptr);
+      same_bits(ob, os, T * NH * D * 4, with_sel ? "attention (selection)" : "attention (all rows)");
+    }
+  }
 }
 
 // ---------------------------------------------------------------- whole models

@@ -517,7 +517,12 @@ __global__ void comp_emit_kernel(RowFinish f, const float* omega, const float* r
 
 __global__ void idx_scores_kernel(const float* q, const float* wts, float wscale, int64_t NI,
                                   int64_t DI, const float* icomp, int64_t ratio, int64_t K,
-                                  float* scores, const StepCtl* ctl) {
+                                  float* scores, int64_t scores_stride, const StepCtl* ctl) {
+  // Token blockIdx.y of a batch: its q, head weights, scores and StepCtl.
+  q += blockIdx.y * NI * DI;
+  wts += blockIdx.y * NI;
+  scores += blockIdx.y * scores_stride;
+  ctl += blockIdx.y;
   // q is staged once per block, transposed ([DI][NI]: the lanes' heads are consecutive, so
   // the loads are conflict-free), and each warp stages its key row; every lane then runs the
   // same sequential dot over i as before (same float order, same results). Reading q from
@@ -554,9 +559,13 @@ __global__ void idx_scores_kernel(const float* q, const float* wts, float wscale
 // Selection in the order of topk_lower_index (score desc, index asc) by the radix select of
 // topk_block.h: one block, O(n_vis) per pass (rank counting was O(n_vis^2 / threads)).
 __global__ void __launch_bounds__(topk_detail::kTopkThreads)
-    idx_topk_kernel(const float* scores, int64_t ratio, int64_t K, int32_t* sel, int32_t* n_sel,
-                    const StepCtl* ctl) {
+    idx_topk_kernel(const float* scores, int64_t scores_stride, int64_t ratio, int64_t K, int32_t* sel,
+                    int32_t* n_sel, const StepCtl* ctl) {
   __shared__ topk_detail::TopkShared sh;
+  scores += blockIdx.y * scores_stride;  // token blockIdx.y of a batch
+  sel += blockIdx.y * K;
+  n_sel += blockIdx.y;
+  ctl += blockIdx.y;
   const int64_t n_vis = (ctl->pos + 1) / ratio;
   if (threadIdx.x == 0) *n_sel = static_cast<int32_t>(n_vis <= K ? n_vis : K);
   if (n_vis <= K) {
@@ -597,8 +606,17 @@ __host__ __device__ inline size_t attn_part_smem(int64_t D) {
 __global__ void __launch_bounds__(kThreads) attention_part_kernel(AttnShape s, float scale, const float* q,
                                                                   const float* ring, const float* comp,
                                                                   const int32_t* sel, const int32_t* n_sel,
-                                                                  float* part, const StepCtl* ctl) {
+                                                                  int64_t sel_stride, float* part,
+                                                                  const StepCtl* ctl) {
   pdl_enter();
+  // Token blockIdx.z of a batch: its query, selection, StepCtl and partials (one token's
+  // attention_scratch_floats each: NH * gridDim.x chunks of D + 2).
+  const int64_t t = blockIdx.z;
+  q += t * s.NH * s.D;
+  if (sel) sel += t * sel_stride;
+  n_sel += t;
+  ctl += t;
+  part += t * s.NH * static_cast<int64_t>(gridDim.x) * (s.D + 2);
   extern __shared__ float4 sm4[];
   const int64_t D = s.D, D4 = D / 4, RS4 = attn_row_stride4(D);
   float4* rows = sm4;                                                // [kAttnChunk][RS4]
@@ -675,9 +693,16 @@ __global__ void __launch_bounds__(kThreads) attention_part_kernel(AttnShape s, f
 
 // Merge of a head's chunks in chunk order with the sink (in double), then the de-rotation.
 __global__ void attention_merge_kernel(AttnShape s, const int32_t* sel, const int32_t* n_sel,
-                                       const float* sinks, const float* omega, const float* part,
-                                       int nchunks, float* o, const StepCtl* ctl) {
+                                       int64_t sel_stride, const float* sinks, const float* omega,
+                                       const float* part, int nchunks, float* o, const StepCtl* ctl) {
   pdl_enter();
+  // Token blockIdx.y of a batch (the strides of attention_part_kernel).
+  const int64_t t = blockIdx.y;
+  if (sel) sel += t * sel_stride;
+  n_sel += t;
+  ctl += t;
+  part += t * s.NH * nchunks * (s.D + 2);
+  o += t * s.NH * s.D;
   extern __shared__ double wgt[];                          // [nchunks], then out_row [D]
   float* out_row = reinterpret_cast<float*>(wgt + nchunks);
   __shared__ double den_sh;
@@ -921,23 +946,26 @@ void comp_emit(const RowFinish& f, const float* omega, const float* ring_kv, con
 }
 
 void idx_prep_q(float* q, int64_t NI, int64_t DI, int64_t n_rope, const float* omega, bool official,
-                const StepCtl* ctl, void* stream) {
+                const StepCtl* ctl, void* stream, int64_t tokens) {
   RowFinish f;
   f.d = DI;
   f.n_rope = n_rope;
   f.do_norm = false;
   f.sim = official ? Sim::HadamardFp4 : Sim::None;
-  rows_finish(f, omega, q, q, NI, DI, 0, ctl, stream);
+  rows_finish(f, omega, q, q, NI, DI, 0, ctl, stream, tokens);
 }
 
 void idx_select(const float* q, const float* wts, float wscale, int64_t NI, int64_t DI, const float* icomp,
                 int64_t ratio, int64_t K, float* scores, int32_t* sel, int32_t* n_sel, const StepCtl* ctl,
-                void* stream) {
+                void* stream, int64_t tokens, int64_t scores_stride) {
   const size_t smem = static_cast<size_t>(NI * DI + (kThreads / 32) * DI) * sizeof(float);
   DS4_FWD_REQUIRE(smem <= 48 * 1024);  // q staged in shared memory (Flash: 64 x 128 floats, 36 KB in all)
-  launch(idx_scores_kernel, 264, kThreads, smem, stream, q, wts, wscale, NI, DI, icomp, ratio, K, scores, ctl);
+  DS4_FWD_REQUIRE(tokens == 1 || scores_stride > 0);
+  launch(idx_scores_kernel, token_grid(264, tokens), kThreads, smem, stream, q, wts, wscale, NI, DI, icomp, ratio, K,
+         scores, scores_stride, ctl);
   DS4_FWD_REQUIRE(K <= topk_detail::kTopkMaxK);
-  idx_topk_kernel<<<1, topk_detail::kTopkThreads, 0, st(stream)>>>(scores, ratio, K, sel, n_sel, ctl);
+  idx_topk_kernel<<<token_grid(1, tokens), topk_detail::kTopkThreads, 0, st(stream)>>>(scores, scores_stride, ratio, K,
+                                                                                        sel, n_sel, ctl);
   DS4_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -948,8 +976,9 @@ size_t attention_scratch_floats(const AttnShape& s) {
 
 void attention(const AttnShape& s, const float* q, const float* ring, const float* comp, const int32_t* sel,
                const int32_t* n_sel, const float* sinks, const float* omega, float* scratch, float* o,
-               const StepCtl* ctl, void* stream) {
+               const StepCtl* ctl, void* stream, int64_t tokens, int64_t sel_stride) {
   const float scale = 1.0f / sqrtf(static_cast<float>(s.D));
+  DS4_FWD_REQUIRE(tokens >= 1 && tokens <= 65535);
   DS4_FWD_REQUIRE(s.D % 4 == 0);
   const int64_t nchunks = (std::max<int64_t>(s.max_rows, 1) + kAttnChunk - 1) / kAttnChunk;
   const size_t smem = attn_part_smem(s.D);
@@ -964,11 +993,11 @@ void attention(const AttnShape& s, const float* q, const float* ring, const floa
   }();
   DS4_FWD_REQUIRE(smem <= static_cast<size_t>(max_smem));
   const unsigned groups = static_cast<unsigned>((s.NH + kAttnHeads - 1) / kAttnHeads);
-  launch(attention_part_kernel, dim3(static_cast<unsigned>(nchunks), groups), kThreads, smem, stream, s, scale, q,
-         ring, comp, sel, n_sel, scratch, ctl);
+  launch(attention_part_kernel, dim3(static_cast<unsigned>(nchunks), groups, static_cast<unsigned>(tokens)), kThreads,
+         smem, stream, s, scale, q, ring, comp, sel, n_sel, sel_stride, scratch, ctl);
   const size_t msmem = static_cast<size_t>(nchunks) * sizeof(double) + static_cast<size_t>(s.D) * sizeof(float);
-  launch(attention_merge_kernel, static_cast<unsigned>(s.NH), kThreads, msmem, stream, s, sel, n_sel, sinks, omega,
-         scratch, static_cast<int>(nchunks), o, ctl);
+  launch(attention_merge_kernel, token_grid(s.NH, tokens), kThreads, msmem, stream, s, sel, n_sel, sel_stride, sinks,
+         omega, scratch, static_cast<int>(nchunks), o, ctl);
 }
 
 void route(const float* logits, int64_t NE, int64_t K, const float* bias, const int32_t* tid2eid, bool norm,

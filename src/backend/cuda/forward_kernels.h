@@ -111,11 +111,14 @@ void comp_emit(const RowFinish& f, const float* omega, const float* ring_kv,
 // in place by idx_prep_q), wts [NI] raw head weights (scaled by wscale here), icomp [.][DI].
 // Writes scores [n_vis] and the selection sel [K] / n_sel [1]: rows 0..n_vis-1 when
 // n_vis = (pos + 1) / ratio <= K, else the K best by (score desc, index asc).
+// A batch of `tokens` (idx_select): q [tokens][NI][DI], wts [tokens][NI], sel [tokens][K],
+// n_sel [tokens], and each token's scores at scores + t * scores_stride (>= its n_vis).
 void idx_prep_q(float* q, int64_t NI, int64_t DI, int64_t n_rope, const float* omega,
-                bool official, const StepCtl* ctl, void* stream);
+                bool official, const StepCtl* ctl, void* stream, int64_t tokens = 1);
 void idx_select(const float* q, const float* wts, float wscale, int64_t NI, int64_t DI,
                 const float* icomp, int64_t ratio, int64_t K, float* scores, int32_t* sel,
-                int32_t* n_sel, const StepCtl* ctl, void* stream);
+                int32_t* n_sel, const StepCtl* ctl, void* stream, int64_t tokens = 1,
+                int64_t scores_stride = 0);
 
 // Attention with sinks (attention.cpp) for the step's token, all heads, followed by the
 // de-rotation of the output at pos: o [NH][D]. Rows: the raw window (ring) and compressed
@@ -125,6 +128,8 @@ void idx_select(const float* q, const float* wts, float wscale, int64_t NI, int6
 // head's max, sum of exponentials and weighted V sum of the chunk in float; a second launch
 // merges the chunks of a head in chunk order (in double, with the sink), so the result is
 // deterministic. D must be a multiple of 4. scratch: attention_scratch_floats(s).
+// A batch of `tokens`: q and o [tokens][NH][D], sel [tokens][sel_stride], n_sel [tokens],
+// scratch tokens * attention_scratch_floats(s) (each token its own partials).
 struct AttnShape {
   int64_t NH = 0, D = 0, n_rope = 0, window = 0;
   int64_t ring_cap = 0;
@@ -136,7 +141,8 @@ inline constexpr int64_t kAttnHeads = 8;   // heads per block (= its warps)
 size_t attention_scratch_floats(const AttnShape& s);
 void attention(const AttnShape& s, const float* q, const float* ring, const float* comp,
                const int32_t* sel, const int32_t* n_sel, const float* sinks,
-               const float* omega, float* scratch, float* o, const StepCtl* ctl, void* stream);
+               const float* omega, float* scratch, float* o, const StepCtl* ctl, void* stream,
+               int64_t tokens = 1, int64_t sel_stride = 0);
 
 // Routing (moe.cpp route): logits [NE] -> ids [K], weights [K]. Hash layers pass tid2eid
 // (int32 [n_vocab][K]) and use row ctl->token; others pick the top K of score + bias.

@@ -9,11 +9,12 @@
 //    StepCtl per token (`Batch::ctls[t]` = {p0 + t, token t, t}). The cheap, numerous ones
 //    take a token dimension and run as one launch per chunk (the same per-token arithmetic):
 //    embedding, HC pre (after the batched fn product), HC post, head norm + RoPE, KV norm +
-//    RoPE + FP8 + ring write, compressor ring store, routing. The rest are still launched per
-//    token, spread over kLanes streams (the tokens' launches are independent; each lane has
-//    its own attention / indexer scratch): window pooling (only tokens that complete a
-//    window), indexer scores and top-k (each query its own causal visible set), attention
-//    (each query over its own window rows and visible compressed / selected rows);
+//    RoPE + FP8 + ring write, compressor ring store, routing, the indexer's query RoPE +
+//    simulation. The indexer's scores and top-k and the attention (each query its own causal
+//    visible rows) also take a token dimension, but their per-token scratch is large (Flash:
+//    2.6 MB of attention partials a token), so they run in groups of Batch::group tokens
+//    whose scratch fits kGroupScratchBytes. Window pooling (only tokens that complete a
+//    window) is still launched per token, spread over kLanes streams;
 //  - the output head only where logits are wanted (the last token, or every token for
 //    LogitsMode::All), through the decode path's head on that token's streams.
 //
@@ -47,12 +48,16 @@ using model::Numerics;
 // only decodes never pays for them).
 struct GpuSession::Batch {
   static constexpr int kLanes = 8;
+  // Scratch of one group of attention / indexer launches (tokens * per-token scratch).
+  static constexpr size_t kGroupScratchBytes = size_t{512} << 20;
   Arena arena;
   std::vector<Stream> lanes;                 // [kLanes]
   std::vector<cudaEvent_t> lane_done;        // [kLanes]
   cudaEvent_t fork = nullptr;
-  float* attn_f[kLanes] = {};                // attention chunk partials of each lane
-  float* scores[kLanes] = {};                // indexer scores of each lane
+  int64_t group = 1;                         // tokens per attention / indexer launch
+  float* attn_part = nullptr;                // [group][attention_scratch_floats]
+  float* scores = nullptr;                   // [group][scores_stride]: indexer scores
+  int64_t scores_stride = 1;                 // the most rows a token's indexer scores
   fwd::StepCtl* ctls = nullptr;  // [T]: position, token and index of each token
   float *H = nullptr, *H2 = nullptr;                 // [T][n_hc][E]
   float *a = nullptr, *x = nullptr, *y = nullptr, *y2 = nullptr;  // [T][E]
@@ -177,19 +182,20 @@ void GpuSession::prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int
       prefill_compressor(L, L.idx_comp, static_cast<int>(official ? fwd::Sim::HadamardFp4 : fwd::Sim::None), 0,
                          S.idx_kv, S.idx_sc, S.icomp, T, p0, s);
       const int64_t NI = hp.idx_head, DI = hp.idx_dim, K = hp.idx_topk;
-      // Queries and head weights only matter to tokens that see more than k rows (indexer.cpp).
-      const bool any_scored = (p0 + T) / L.ratio > K;
-      if (any_scored) {
+      // Queries and head weights only matter to tokens that see more than k rows
+      // (indexer.cpp): those at positions >= (K + 1) * ratio - 1, the tokens from t0 on.
+      const int64_t t0 = std::max<int64_t>(0, (K + 1) * L.ratio - 1 - p0);
+      if (t0 < T) {
         gemm(L.idx_q_b, b.qr, T, b.iq, s);
         gemm(L.idx_proj, b.x, T, b.iw, s);
+        fwd::idx_prep_q(b.iq + t0 * NI * DI, NI, DI, hp.n_rope, L.omega, official, b.ctls + t0, s, T - t0);
       }
       const float wscale = 1.0f / std::sqrt(static_cast<float>(DI * NI));
-      over_tokens(b, T, s, [&](int64_t t, void* st, int lane) {
-        const bool scored = (p0 + t + 1) / L.ratio > K;
-        if (scored) fwd::idx_prep_q(b.iq + t * NI * DI, NI, DI, hp.n_rope, L.omega, official, b.ctls + t, st);
-        fwd::idx_select(b.iq + t * NI * DI, b.iw + t * NI, wscale, NI, DI, S.icomp, L.ratio, K, b.scores[lane],
-                        b.sel + t * K, b.n_sel + t, b.ctls + t, st);
-      });
+      for (int64_t g0 = 0; g0 < T; g0 += b.group) {
+        const int64_t n = std::min(b.group, T - g0);
+        fwd::idx_select(b.iq + g0 * NI * DI, b.iw + g0 * NI, wscale, NI, DI, S.icomp, L.ratio, K, b.scores,
+                        b.sel + g0 * K, b.n_sel + g0, b.ctls + g0, s, n, b.scores_stride);
+      }
       sel = b.sel;
       log_batch(b.sel, K, T, L.il, hp.n_expert_used, s);
       log_batch(b.n_sel, 1, T, L.il, hp.n_expert_used + K, s);
@@ -202,10 +208,11 @@ void GpuSession::prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int
 
   // 3.4.8 Attention of each query over its own visible rows, de-rotated at its position.
   const fwd::AttnShape as{NH, D, hp.n_rope, hp.window, cap_, L.ratio, sc_->max_rows};
-  over_tokens(b, T, s, [&](int64_t t, void* st, int lane) {
-    fwd::attention(as, b.q + t * HD, S.raw, S.comp, sel ? sel + t * hp.idx_topk : nullptr, b.n_sel + t, L.sinks,
-                   L.omega, b.attn_f[lane], b.o + t * HD, b.ctls + t, st);
-  });
+  for (int64_t g0 = 0; g0 < T; g0 += b.group) {
+    const int64_t n = std::min(b.group, T - g0);
+    fwd::attention(as, b.q + g0 * HD, S.raw, S.comp, sel ? sel + g0 * hp.idx_topk : nullptr, b.n_sel + g0, L.sinks,
+                   L.omega, b.attn_part, b.o + g0 * HD, b.ctls + g0, s, n, hp.idx_topk);
+  }
   mark("attention core", 0, s);
 
   // 3.4.9 Grouped output projection: group g's heads of all T tokens as one GEMM on rows
@@ -355,13 +362,19 @@ void GpuSession::prefill_chunk(std::span<const int32_t> tokens, LogitsMode mode,
                               {L.gate_shexp.type, L.down_shexp.type, E, L.gate_shexp.rows, 1, 1, 1.0f}, Tm));
     }
     b.moe_ws = A.get<uint8_t>(static_cast<int64_t>(ws));
+    // A token's indexer scores: its visible compressed rows, at most max_ctx / ratio.
+    for (const DLayer& L : model_->layers())
+      if (L.has_indexer) b.scores_stride = std::max<int64_t>(b.scores_stride, opts_.max_ctx / L.ratio + 1);
     const fwd::AttnShape as{NH, D, hp.n_rope, hp.window, cap_, 0, sc_->max_rows};
+    const int64_t attn_floats = static_cast<int64_t>(fwd::attention_scratch_floats(as));
+    const auto per_token = static_cast<size_t>(attn_floats + b.scores_stride) * sizeof(float);
+    b.group = std::clamp<int64_t>(static_cast<int64_t>(Batch::kGroupScratchBytes / per_token), 1, Tm);
+    b.attn_part = A.get<float>(b.group * attn_floats);
+    b.scores = A.get<float>(b.group * b.scores_stride);
     for (int l = 0; l < Batch::kLanes; ++l) {
       b.lanes.emplace_back();
       b.lane_done.push_back(nullptr);
       DS4_CUDA_CHECK(cudaEventCreateWithFlags(&b.lane_done.back(), cudaEventDisableTiming));
-      b.attn_f[l] = A.get<float>(static_cast<int64_t>(fwd::attention_scratch_floats(as)));
-      b.scores[l] = A.get<float>(opts_.max_ctx + 1);
     }
     DS4_CUDA_CHECK(cudaEventCreateWithFlags(&b.fork, cudaEventDisableTiming));
     state_bytes_ += A.bytes;
