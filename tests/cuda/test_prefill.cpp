@@ -47,8 +47,9 @@ std::vector<int32_t> random_tokens(size_t n, int64_t vocab, uint32_t seed) {
 // All logits of `tokens` evaluated in evals of `chunk` tokens (0: one eval), batched or token
 // by token.
 std::vector<float> gpu_logits(const ds4::cuda::GpuModel& gm, const std::vector<int32_t>& tokens,
-                              ds4::model::SessionOptions o, size_t chunk, bool batched) {
-  ds4::cuda::GpuSession s(gm, o, {.batched_prefill = batched});
+                              ds4::model::SessionOptions o, size_t chunk, bool batched,
+                              size_t group_bytes = ds4::cuda::GpuSessionOptions{}.prefill_group_bytes) {
+  ds4::cuda::GpuSession s(gm, o, {.batched_prefill = batched, .prefill_group_bytes = group_bytes});
   const int64_t V = gm.hparams().n_vocab;
   std::vector<float> out(tokens.size() * static_cast<size_t>(V));
   if (chunk == 0) chunk = tokens.size();
@@ -118,6 +119,11 @@ TEST(BatchedPrefill, ChunkingDoesNotChangeLogits) {
     ds4::model::SessionOptions small = o;
     small.max_batch = 13;
     EXPECT_LT(rel_err(gpu_logits(gm, tokens, small, 0, true), one), 1e-6);
+    // The chunk's attention / indexer launches split into groups of one token (scratch too
+    // small for two): every group at its own token offset.
+    const auto grouped = gpu_logits(gm, tokens, o, 0, true, 1);
+    EXPECT_EQ(std::memcmp(one.data(), grouped.data(), one.size() * sizeof(float)), 0)
+        << "groups of one token differ from one group: rel err " << rel_err(grouped, one);
   }
 }
 

@@ -13,8 +13,8 @@
 //    simulation. The indexer's scores and top-k and the attention (each query its own causal
 //    visible rows) also take a token dimension, but their per-token scratch is large (Flash:
 //    2.6 MB of attention partials a token), so they run in groups of Batch::group tokens
-//    whose scratch fits kGroupScratchBytes. Window pooling (only tokens that complete a
-//    window) is still launched per token, spread over kLanes streams;
+//    whose scratch fits GpuSessionOptions::prefill_group_bytes. Window pooling (only tokens
+//    that complete a window) is still launched per token, spread over kLanes streams;
 //  - the output head only where logits are wanted (the last token, or every token for
 //    LogitsMode::All), through the decode path's head on that token's streams.
 //
@@ -48,8 +48,6 @@ using model::Numerics;
 // only decodes never pays for them).
 struct GpuSession::Batch {
   static constexpr int kLanes = 8;
-  // Scratch of one group of attention / indexer launches (tokens * per-token scratch).
-  static constexpr size_t kGroupScratchBytes = size_t{512} << 20;
   Arena arena;
   std::vector<Stream> lanes;                 // [kLanes]
   std::vector<cudaEvent_t> lane_done;        // [kLanes]
@@ -368,7 +366,8 @@ void GpuSession::prefill_chunk(std::span<const int32_t> tokens, LogitsMode mode,
     const fwd::AttnShape as{NH, D, hp.n_rope, hp.window, cap_, 0, sc_->max_rows};
     const int64_t attn_floats = static_cast<int64_t>(fwd::attention_scratch_floats(as));
     const auto per_token = static_cast<size_t>(attn_floats + b.scores_stride) * sizeof(float);
-    b.group = std::clamp<int64_t>(static_cast<int64_t>(Batch::kGroupScratchBytes / per_token), 1, Tm);
+    // Scratch of one group of attention / indexer launches: tokens * per-token scratch.
+    b.group = std::clamp<int64_t>(static_cast<int64_t>(gopts_.prefill_group_bytes / per_token), 1, Tm);
     b.attn_part = A.get<float>(b.group * attn_floats);
     b.scores = A.get<float>(b.group * b.scores_stride);
     for (int l = 0; l < Batch::kLanes; ++l) {

@@ -37,6 +37,10 @@ struct GpuSessionOptions {
   // Chunks of more than one token run layer-major over all their tokens (gpu_prefill.cpp:
   // tensor-core GEMMs, grouped experts); false: every token is one step, as in decode.
   bool batched_prefill = true;
+  // Scratch for one group of a batched chunk's attention / indexer launches (each token of a
+  // group has its own partials and scores); a chunk runs in groups of as many tokens as fit.
+  // Tests set it small to exercise chunks split into several groups.
+  size_t prefill_group_bytes = size_t{512} << 20;
 };
 
 class GpuSession : public model::EvalSession {
