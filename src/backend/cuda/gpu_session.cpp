@@ -333,13 +333,7 @@ void GpuSession::compressor(const DLayer& L, const DCompressor& C, int sim, int6
   // 3.4.5: project the token into the ring; pool the window it completes, if any.
   products_of_x({{C.kv, b.ckv}, {C.gate, b.csc}}, b.x, b.act, s);
   fwd::comp_store(b.ckv, b.csc, C.ape, C.c * C.d, L.ratio, ring_kv, ring_sc, cap_, b.ctl, s);
-  fwd::RowFinish f;
-  f.d = C.d;
-  f.n_rope = hp.n_rope;
-  f.n_nope = n_nope;
-  f.norm = C.norm;
-  f.eps = hp.rms_eps;
-  f.sim = static_cast<fwd::Sim>(sim);
+  const fwd::RowFinish f = compressor_finish(hp, C, sim, n_nope);
   fwd::comp_emit(f, L.omega, ring_kv, ring_sc, cap_, L.ratio, C.c, rows, b.ctl, s);
 }
 
@@ -354,19 +348,11 @@ void GpuSession::attention_sublayer(const DLayer& L, LayerBufs& S, void* s) {
   products_of_x({{L.q_a, b.qa}, {L.kv, b.kv}}, b.x, b.act, s);
   fwd::rmsnorm(b.qa, L.q_a_norm, b.qr, hp.q_lora, 1, hp.rms_eps, s);
   mv(L.q_b, b.qr, b.q, s);
-  fwd::RowFinish qf;
-  qf.d = D;
-  qf.n_rope = hp.n_rope;
-  qf.eps = hp.rms_eps;
-  fwd::rows_finish(qf, L.omega, b.q, b.q, NH, D, 0, b.ctl, s);
+  fwd::rows_finish(query_finish(hp), L.omega, b.q, b.q, NH, D, 0, b.ctl, s);
 
   // 3.4.2 KV: one shared K = V row (projected with q_a above), normed, rotated, FP8 round
   // trip (official) -> raw ring.
-  fwd::RowFinish kf = qf;
-  kf.norm = L.kv_norm;
-  kf.n_nope = hp.n_nope();
-  kf.sim = official ? fwd::Sim::Fp8Nope : fwd::Sim::None;
-  fwd::rows_finish(kf, L.omega, b.kv, S.raw, 1, D, cap_, b.ctl, s);
+  fwd::rows_finish(kv_finish(hp, L, official), L.omega, b.kv, S.raw, 1, D, cap_, b.ctl, s);
   mark("q/kv projections", static_cast<double>(L.q_a.bytes() + L.q_b.bytes() + L.kv.bytes()), s);
 
   // 3.4.5 / 3.4.7 Compressors and the lightning indexer.
@@ -536,16 +522,18 @@ void GpuSession::finish_chunk(std::span<const int32_t> tokens, const char* what)
   trim_history();
 }
 
-void GpuSession::eval(std::span<const int32_t> tokens, LogitsMode mode, float* out) {
+void GpuSession::check_eval(std::span<const int32_t> tokens) const {
   const HParams& hp = model_->hparams();
   if (tokens.empty()) fail("eval: no tokens");
-  if (mode != LogitsMode::None && out == nullptr) fail("eval: logits requested but no output buffer");
   for (size_t i = 0; i < tokens.size(); ++i)
     if (tokens[i] < 0 || tokens[i] >= hp.n_vocab)
       fail("eval: token {} at index {} is outside the vocabulary [0, {})", tokens[i], i, hp.n_vocab);
   if (n_past_ + static_cast<int64_t>(tokens.size()) > opts_.max_ctx)
     fail("eval: {} + {} tokens exceed the session's max_ctx of {}", n_past_, tokens.size(), opts_.max_ctx);
-  const int64_t V = hp.n_vocab;
+}
+
+void GpuSession::eval_chunks(std::span<const int32_t> tokens, LogitsMode mode, float* out, bool copy_last) {
+  const int64_t V = model_->hparams().n_vocab;
   for (size_t i = 0; i < tokens.size(); i += static_cast<size_t>(opts_.max_batch)) {
     const size_t n = std::min(tokens.size() - i, static_cast<size_t>(opts_.max_batch));
     const bool last_chunk = i + n == tokens.size();
@@ -553,19 +541,20 @@ void GpuSession::eval(std::span<const int32_t> tokens, LogitsMode mode, float* o
     float* o = out;
     if (mode == LogitsMode::All) o = out + static_cast<int64_t>(i) * V;
     if (mode == LogitsMode::Last && !last_chunk) m = LogitsMode::None;
-    run_chunk(tokens.subspan(i, n), m, o, true);
+    run_chunk(tokens.subspan(i, n), m, o, copy_last);
   }
 }
 
+void GpuSession::eval(std::span<const int32_t> tokens, LogitsMode mode, float* out) {
+  if (mode != LogitsMode::None && out == nullptr && !tokens.empty())
+    fail("eval: logits requested but no output buffer");
+  check_eval(tokens);
+  eval_chunks(tokens, mode, out, true);
+}
+
 void GpuSession::eval_device(std::span<const int32_t> tokens) {
-  if (tokens.empty()) fail("eval: no tokens");
-  if (n_past_ + static_cast<int64_t>(tokens.size()) > opts_.max_ctx)
-    fail("eval: {} + {} tokens exceed the session's max_ctx of {}", n_past_, tokens.size(), opts_.max_ctx);
-  for (size_t i = 0; i < tokens.size(); i += static_cast<size_t>(opts_.max_batch)) {
-    const size_t n = std::min(tokens.size() - i, static_cast<size_t>(opts_.max_batch));
-    const bool last_chunk = i + n == tokens.size();
-    run_chunk(tokens.subspan(i, n), last_chunk ? LogitsMode::Last : LogitsMode::None, nullptr, false);
-  }
+  check_eval(tokens);
+  eval_chunks(tokens, LogitsMode::Last, nullptr, false);  // the last token's logits stay on the device
 }
 
 void GpuSession::eval_device_steps(std::span<const int32_t> tokens) {
@@ -583,10 +572,6 @@ void GpuSession::eval_device_steps(std::span<const int32_t> tokens) {
 const float* GpuSession::device_logits() const { return sc_->logits; }
 
 bool GpuSession::eval_keeping_logits(std::span<const int32_t> tokens) {
-  const int64_t V = model_->hparams().n_vocab;
-  for (size_t i = 0; i < tokens.size(); ++i)
-    if (tokens[i] < 0 || tokens[i] >= V)
-      fail("eval: token {} at index {} is outside the vocabulary [0, {})", tokens[i], i, V);
   eval_device(tokens);
   return true;
 }

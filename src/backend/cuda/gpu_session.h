@@ -109,6 +109,12 @@ class GpuSession : public model::EvalSession {
   // Records the end of a phase when profiling (profile_step); no-op otherwise.
   void mark(const char* phase, double bytes, void* s);
 
+  // Throws unless `tokens` can be evaluated: not empty, every token in the vocabulary, and
+  // n_past + size within max_ctx (the CPU session's checks and messages).
+  void check_eval(std::span<const int32_t> tokens) const;
+  // Runs `tokens` in chunks of max_batch; logits as `mode` asks, copied to `out` only when
+  // copy_last (else the last token's stay in device memory).
+  void eval_chunks(std::span<const int32_t> tokens, model::LogitsMode mode, float* out, bool copy_last);
   void run_chunk(std::span<const int32_t> tokens, model::LogitsMode mode, float* out, bool copy_last);
   void launch_step(bool head);
   void record_step(void* s, bool head);
