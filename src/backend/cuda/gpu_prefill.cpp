@@ -133,13 +133,7 @@ void GpuSession::prefill_compressor(const DLayer& L, const DCompressor& C, int s
   gemm(C.kv, b.x, T, b.ckv, s);
   gemm(C.gate, b.x, T, b.csc, s);
   fwd::comp_store(b.ckv, b.csc, C.ape, width, L.ratio, ring_kv, ring_sc, cap_, b.ctls, s, T);
-  fwd::RowFinish f;
-  f.d = C.d;
-  f.n_rope = hp.n_rope;
-  f.n_nope = n_nope;
-  f.norm = C.norm;
-  f.eps = hp.rms_eps;
-  f.sim = static_cast<fwd::Sim>(sim);
+  const fwd::RowFinish f = compressor_finish(hp, C, sim, n_nope);
   // Every window reads only ring rows (stored above) and writes its own row: independent.
   over_tokens(b, T, s, [&](int64_t t, void* st, int) {
     if ((p0 + t + 1) % L.ratio == 0) fwd::comp_emit(f, L.omega, ring_kv, ring_sc, cap_, L.ratio, C.c, rows, b.ctls + t, st);
@@ -156,19 +150,11 @@ void GpuSession::prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int
   gemm(L.q_a, b.x, T, b.qa, s);
   fwd::rmsnorm(b.qa, L.q_a_norm, b.qr, hp.q_lora, T, hp.rms_eps, s);
   gemm(L.q_b, b.qr, T, b.q, s);
-  fwd::RowFinish qf;
-  qf.d = D;
-  qf.n_rope = hp.n_rope;
-  qf.eps = hp.rms_eps;
-  fwd::rows_finish(qf, L.omega, b.q, b.q, NH, D, 0, b.ctls, s, T);
+  fwd::rows_finish(query_finish(hp), L.omega, b.q, b.q, NH, D, 0, b.ctls, s, T);
 
   // 3.4.2 KV rows of all T positions into the raw ring.
   gemm(L.kv, b.x, T, b.kv, s);
-  fwd::RowFinish kf = qf;
-  kf.norm = L.kv_norm;
-  kf.n_nope = hp.n_nope();
-  kf.sim = official ? fwd::Sim::Fp8Nope : fwd::Sim::None;
-  fwd::rows_finish(kf, L.omega, b.kv, S.raw, 1, D, cap_, b.ctls, s, T);
+  fwd::rows_finish(kv_finish(hp, L, official), L.omega, b.kv, S.raw, 1, D, cap_, b.ctls, s, T);
   mark("q/kv projections", static_cast<double>(L.q_a.bytes() + L.q_b.bytes() + L.kv.bytes()), s);
 
   // 3.4.5 / 3.4.7 Compressors (all windows completed in the chunk) and the indexer.

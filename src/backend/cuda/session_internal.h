@@ -31,6 +31,35 @@ struct Arena {
 // Weights the float kernels take (f32 activations) rather than the quantized ones.
 inline bool is_float_type(GgmlType t) { return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16; }
 
+// How rows_finish / comp_emit finish the layer's rows (architecture.md 3.4), one definition for
+// the decode and prefill paths: the query heads (per-head unweighted RMSNorm, RoPE); the shared
+// KV row (weighted norm, RoPE, FP8 round trip of the nope dims in official numerics); a
+// compressor's pooled row (its norm, RoPE, the simulation `sim` of n_nope dims).
+inline fwd::RowFinish query_finish(const model::HParams& hp) {
+  fwd::RowFinish f;
+  f.d = hp.head_dim;
+  f.n_rope = hp.n_rope;
+  f.eps = hp.rms_eps;
+  return f;
+}
+inline fwd::RowFinish kv_finish(const model::HParams& hp, const DLayer& L, bool official) {
+  fwd::RowFinish f = query_finish(hp);
+  f.norm = L.kv_norm;
+  f.n_nope = hp.n_nope();
+  f.sim = official ? fwd::Sim::Fp8Nope : fwd::Sim::None;
+  return f;
+}
+inline fwd::RowFinish compressor_finish(const model::HParams& hp, const DCompressor& C, int sim, int64_t n_nope) {
+  fwd::RowFinish f;
+  f.d = C.d;
+  f.n_rope = hp.n_rope;
+  f.n_nope = n_nope;
+  f.norm = C.norm;
+  f.eps = hp.rms_eps;
+  f.sim = static_cast<fwd::Sim>(sim);
+  return f;
+}
+
 // The session's per-layer state and one-token scratch (definitions shared by both files).
 struct GpuSession::LayerBufs {
   float* raw = nullptr;              // ring [cap][D]
