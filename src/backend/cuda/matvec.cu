@@ -15,7 +15,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <climits>
 #include <cstdint>
 #include <mutex>
 
@@ -24,6 +23,7 @@
 #include "backend/cuda/matvec.h"
 #include "backend/cuda/matvec_launch.h"
 #include "backend/cuda/pdl.h"
+#include "backend/cuda/quantize_act.cuh"
 #include "quant/block_codecs.h"
 #include "quant/blocks.h"
 #include "quant/quant.h"
@@ -670,90 +670,26 @@ void down_t(const void* down, int64_t n_embd, int64_t n_ff, const int32_t* ids, 
 }
 
 // ---------------------------------------------------------------------------------------
-// Activation quantizers: bit-exact with quant::quantize_row_q8_0_act / quantize_row_q8_k.
-// The _rn intrinsics keep nvcc from contracting or approximating any step.
+// Activation quantizers (device code in quantize_act.cuh, shared with the fused kernels).
 // ---------------------------------------------------------------------------------------
 __global__ void quantize_q8_0_act_kernel(const float* __restrict__ x, BlockQ8_0Act* __restrict__ y, int64_t nblocks) {
   pdl_enter();
   const int64_t b = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  const int lane = threadIdx.x & 31;
-  if (b >= nblocks) return;
-  const float v = x[b * QK8_0 + lane];
-  // fmaxf drops NaN, as std::max(amax, |x|) keeps amax when |x| is NaN.
-  float amax = fmaxf(0.0f, fabsf(v));
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-  const float d = __fdiv_rn(amax, 127.0f);
-  const float id = d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f;
-  const float q = fminf(fmaxf(rintf(__fmul_rn(v, id)), -128.0f), 127.0f);
-  y[b].qs[lane] = static_cast<int8_t>(q);
-  if (lane == 0) y[b].d = d;
+  if (b >= nblocks) return;  // whole warps: the quantizer is warp-collective
+  const float v[1] = {x[b * QK8_0 + (threadIdx.x & 31)]};
+  quantize_q8_0_act_warp<1>(v, y + b);
 }
 
-// One warp per 256-element block; lane L owns elements 8L..8L+7 (sub-block L/2).
+// One warp per 256-element block.
 __global__ void quantize_q8_k_kernel(const float* __restrict__ x, BlockQ8_K* __restrict__ y, int64_t nblocks) {
   pdl_enter();
   const int64_t b = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  const int lane = threadIdx.x & 31;
   if (b >= nblocks) return;
-  const float* xb = x + b * QK_K + 8 * lane;
+  const float* xb = x + b * QK_K + 8 * (threadIdx.x & 31);
   float v[8];
 #pragma unroll
   for (int j = 0; j < 8; ++j) v[j] = xb[j];
-  // Largest |x|, first index on ties; NaN never wins (strict >), as in the CPU loop.
-  float best = 0.0f;
-  int bi = INT_MAX;
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    const float ax = fabsf(v[j]);
-    if (ax > best) {
-      best = ax;
-      bi = 8 * lane + j;
-    }
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (ob > best || (ob == best && oi < bi)) {
-      best = ob;
-      bi = oi;
-    }
-  }
-  BlockQ8_K& out = y[b];
-  if (best == 0.0f) {  // all zero (or NaN): the CPU memsets the block
-    reinterpret_cast<uint32_t*>(out.qs)[2 * lane] = 0;
-    reinterpret_cast<uint32_t*>(out.qs)[2 * lane + 1] = 0;
-    if ((lane & 1) == 0) out.bsums[lane >> 1] = 0;
-    if (lane == 0) out.d = 0.0f;
-    return;
-  }
-  float mine = 0.0f;
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-    if (8 * lane + j == bi) mine = v[j];
-  const float xmax = __shfl_sync(0xffffffffu, mine, bi >> 3);
-  const float iscale = __fdiv_rn(-127.0f, xmax);
-  uint32_t packed[2] = {0, 0};
-  int sum = 0;
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    // detail::nearest_int: add 1.5*2^23 and read the mantissa (round half to even).
-    const float prod = __fmul_rn(iscale, v[j]);
-    const int bits = __float_as_int(__fadd_rn(prod, 12582912.0f));
-    int q = (bits & 0x007fffff) - 0x00400000;
-    // x86 propagates a NaN operand's payload and makes 0xFFC00000 for inf*0, where the GPU
-    // returns its canonical NaN; mimic the CPU so NaN activations quantize identically.
-    if (isnan(prod)) q = isnan(v[j]) ? (__float_as_int(v[j]) & 0x003fffff) : 0;
-    q = min(max(q, -128), 127);
-    sum += q;
-    packed[j / 4] |= uint32_t(uint8_t(int8_t(q))) << (8 * (j % 4));
-  }
-  reinterpret_cast<uint32_t*>(out.qs)[2 * lane] = packed[0];
-  reinterpret_cast<uint32_t*>(out.qs)[2 * lane + 1] = packed[1];
-  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-  if ((lane & 1) == 0) out.bsums[lane >> 1] = static_cast<int16_t>(sum);
-  if (lane == 0) out.d = __fdiv_rn(1.0f, iscale);
+  quantize_q8_k_warp(v, y + b);
 }
 
 // ---------------------------------------------------------------------------------------
