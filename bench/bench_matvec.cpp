@@ -90,12 +90,27 @@ void fill_weights(GgmlType t, uint8_t* p, size_t bytes) {
   }
 }
 
+// Copies of one random matrix filling >= kWorkingSet bytes. Google Benchmark calls a
+// benchmark function several times (iteration estimate, repetitions); the last matrix set
+// is kept, so the 512 MiB are written once per benchmark, not once per call.
+const std::vector<uint8_t>& matrix_copies(GgmlType t, size_t mbytes, size_t copies) {
+  static std::vector<uint8_t> w;
+  static GgmlType w_type = GgmlType::F32;
+  static size_t w_mbytes = 0;
+  if (w_type != t || w_mbytes != mbytes || w.size() != mbytes * copies) {
+    w.assign(mbytes * copies, 0);
+    fill_weights(t, w.data(), mbytes);
+    for (size_t c = 1; c < copies; ++c) std::memcpy(w.data() + c * mbytes, w.data(), mbytes);
+    w_type = t;
+    w_mbytes = mbytes;
+  }
+  return w;
+}
+
 void BM_Matvec(benchmark::State& state, GgmlType t, int64_t nrows, int64_t ncols, int threads) {
   const size_t mbytes = ds4::row_bytes(t, ncols) * static_cast<size_t>(nrows);
   const size_t copies = std::max<size_t>(1, (kWorkingSet + mbytes - 1) / mbytes);
-  std::vector<uint8_t> w(mbytes * copies);
-  fill_weights(t, w.data(), mbytes);
-  for (size_t c = 1; c < copies; ++c) std::memcpy(w.data() + c * mbytes, w.data(), mbytes);
+  const std::vector<uint8_t>& w = matrix_copies(t, mbytes, copies);
   std::vector<float> x(static_cast<size_t>(ncols)), y(static_cast<size_t>(nrows));
   for (int64_t i = 0; i < ncols; ++i) x[i] = static_cast<float>((i * 7919) % 1000) / 500.0f - 1.0f;
   ds4::ThreadPool* pool = pool_for(threads);
@@ -186,6 +201,31 @@ void BM_Read(benchmark::State& state, int threads) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * n * 8));
 }
 
+// Fixed cost of one threaded call: a parallel_for of one trivial chunk per thread (wake the
+// workers, wait for the last one). Every 2-thread matvec pays it on top of its kernel; a
+// Flash expert matrix is only ~2-3 MB (~250 us at 2-core DRAM speed).
+void BM_PoolRoundTrip(benchmark::State& state, int threads) {
+  ds4::ThreadPool* pool = pool_for(threads);
+  int64_t sink[2] = {0, 0};
+  for (auto _ : state) {
+    ds4::parallel_for(pool, threads, 1, [&](int64_t c0, int64_t c1, int ti) { sink[ti] += c1 - c0; });
+    benchmark::DoNotOptimize(sink);
+  }
+}
+
+// Quantizing the activation into the weight type's partner format: done once per matvec
+// call, on the calling thread, before the rows are split.
+void BM_QuantizeActivation(benchmark::State& state, GgmlType t, int64_t ncols) {
+  std::vector<float> x(static_cast<size_t>(ncols));
+  for (int64_t i = 0; i < ncols; ++i) x[i] = static_cast<float>((i * 7919) % 1000) / 500.0f - 1.0f;
+  std::vector<uint8_t> act(ds4::cpu::activation_bytes(t, ncols));
+  for (auto _ : state) {
+    ds4::cpu::quantize_activation(t, x.data(), act.data(), ncols);
+    benchmark::DoNotOptimize(act.data());
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * ncols);
+}
+
 struct MatShape {
   const char* what;
   int64_t nrows, ncols;
@@ -241,6 +281,11 @@ int main(int argc, char** argv) {
     if (threads > 1) b->MeasureProcessCPUTime();
     return b;
   };
+  for (const GgmlType t : {GgmlType::Q8_0, GgmlType::Q2_K}) {  // BlockQ8_0Act and Q8_K
+    const std::string name = std::string("QuantizeActivation/") + std::string(ds4::type_name(t)) + "/4096";
+    benchmark::RegisterBenchmark(name.c_str(), BM_QuantizeActivation, t, int64_t(4096))->Unit(benchmark::kMicrosecond);
+  }
+  benchmark::RegisterBenchmark("PoolRoundTrip/threads:2", BM_PoolRoundTrip, 2)->UseRealTime()->Unit(benchmark::kMicrosecond);
   for (int threads : {1, 2}) {
     for (const Case& c : cases) {
       const std::string name = std::string("Matvec/") + std::string(ds4::type_name(c.type)) + "/" +

@@ -3,6 +3,23 @@
 #include <algorithm>
 
 namespace ds4 {
+namespace {
+
+// Polls `done` until it holds or ThreadPool::kSpin has passed. Each poll yields the core:
+// on an idle machine sched_yield returns at once, and on an oversubscribed one (more
+// runnable threads than cores) the thread being waited for gets to run. Pure spinning
+// (pause) made a 2-thread round trip 20x slower on a 2-vCPU VM at load 10 (docs/perf.md).
+template <typename Done>
+bool spin_until(Done done) {
+  const auto deadline = std::chrono::steady_clock::now() + ThreadPool::kSpin;
+  for (unsigned i = 1;; ++i) {
+    if (done()) return true;
+    if (i % 16 == 0 && std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::yield();
+  }
+}
+
+}  // namespace
 
 ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -13,7 +30,7 @@ ThreadPool::ThreadPool(int n_threads) {
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lk(mu_);
-    stop_ = true;
+    stop_.store(true);
   }
   cv_start_.notify_all();
   for (auto& t : threads_) t.join();
@@ -34,21 +51,33 @@ void ThreadPool::run_chunks(int thread_index) {
   }
 }
 
+bool ThreadPool::wait_for_job(uint64_t seen) {
+  const auto ready = [&] { return stop_.load(std::memory_order_acquire) ||
+                                  generation_.load(std::memory_order_acquire) != seen; };
+  if (!spin_until(ready)) {
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_start_.wait(lk, ready);
+  }
+  return !stop_.load(std::memory_order_acquire);
+}
+
 void ThreadPool::worker(int index) {
   uint64_t seen = 0;
-  for (;;) {
-    {
-      std::unique_lock<std::mutex> lk(mu_);
-      cv_start_.wait(lk, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-    }
+  while (wait_for_job(seen)) {
+    seen = generation_.load(std::memory_order_acquire);
     run_chunks(index);
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      if (--active_ == 0) cv_done_.notify_one();
+    if (active_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lk(mu_);  // a caller that went to sleep cannot miss this
+      cv_done_.notify_one();
     }
   }
+}
+
+void ThreadPool::wait_for_workers() {
+  const auto done = [&] { return active_.load(std::memory_order_acquire) == 0; };
+  if (spin_until(done)) return;
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_done_.wait(lk, done);
 }
 
 void ThreadPool::parallel_for(int64_t n, int64_t grain,
@@ -64,15 +93,15 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain,
     chunk_ = (n + chunks - 1) / chunks;
     next_.store(0);
     error_ = nullptr;
-    active_ = static_cast<int>(threads_.size());
-    ++generation_;
+    active_.store(static_cast<int>(threads_.size()), std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_release);  // publishes the job to spinners
   }
   cv_start_.notify_all();
   run_chunks(0);
+  wait_for_workers();
   std::exception_ptr err;
   {
-    std::unique_lock<std::mutex> lk(mu_);
-    cv_done_.wait(lk, [&] { return active_ == 0; });
+    std::lock_guard<std::mutex> lk(mu_);
     fn_ = nullptr;
     err = error_;
   }

@@ -1,8 +1,13 @@
 // A small persistent thread pool for data-parallel loops (rows of a matvec, tokens of a
 // prefill). The calling thread takes part in the work, so a pool of n threads runs n-way.
+// Between jobs the workers poll for a short while (kSpin) before they sleep on a condition
+// variable, and so does the caller waiting for them: a decode step is a chain of ~100 us
+// matvecs, and two futex wake-ups per call (start, finish) cost a noticeable share of each
+// (docs/perf.md).
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -22,6 +27,9 @@ class ThreadPool {
 
   int size() const { return n_threads_; }
 
+  // How long an idle worker (or the caller waiting for the workers) polls before it blocks.
+  static constexpr std::chrono::microseconds kSpin{100};
+
   // Calls fn(begin, end, thread_index) over [0, n) split into chunks of at least `grain`
   // items; returns when all chunks are done. Exceptions thrown by fn are rethrown here.
   // Not reentrant: fn must not call parallel_for on the same pool.
@@ -31,14 +39,18 @@ class ThreadPool {
  private:
   void worker(int index);
   void run_chunks(int thread_index);
+  // Waits until generation_ differs from `seen` (a new job) or stop_; false on stop.
+  bool wait_for_job(uint64_t seen);
+  void wait_for_workers();
 
   int n_threads_;
   std::vector<std::thread> threads_;
   std::mutex mu_;
   std::condition_variable cv_start_, cv_done_;
-  uint64_t generation_ = 0;
-  int active_ = 0;
-  bool stop_ = false;
+  // Written under mu_ (so that sleepers cannot miss a change), read without it by spinners.
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<bool> stop_{false};
+  std::atomic<int> active_{0};  // workers that have not finished the current job
 
   // current job
   const std::function<void(int64_t, int64_t, int)>* fn_ = nullptr;
