@@ -348,6 +348,96 @@ TEST(ForwardKernels, CompressorWindowMatchesCpu) {
   EXPECT_LT(max_rel(std::vector<float>(all.begin() + win * d, all.end()), ref), 2e-6);
 }
 
+// The decode step's fused compressor launch (both compressors of a layer: store + pool in one
+// block each) against comp_store + comp_emit per compressor, on the same random rings: the
+// rings and the emitted rows must agree bit for bit. Ratio 4 (overlapped, the attention
+// compressor with FP8 and the indexer's with Hadamard + FP4) at a step that completes a window
+// (window 0 without its A half, and a later one on a wrapped ring) and one that does not;
+// ratio 128 (one compressor, c = 1).
+TEST(ForwardKernels, FusedCompressorStepEqualsStoreThenEmit) {
+  REQUIRE_GPU();
+  const int64_t n_rope = 64;
+  const auto rope = ds4::model::Rope::yarn(n_rope, 160000.0f, 16.0f, 65536.0f, 32.0f, 1.0f);
+  auto om = up(rope.omega());
+  struct Comp {
+    int64_t d;
+    int c;
+    fwd::Sim sim;
+    int64_t n_nope;
+  };
+  auto check = [&](int64_t ratio, int64_t cap, int64_t pos, std::vector<Comp> comps, uint32_t seed) {
+    SCOPED_TRACE(testing::Message() << "ratio " << ratio << " pos " << pos << " compressors " << comps.size());
+    const int64_t n_rows = pos / ratio + 1;
+    struct Bufs {
+      DeviceBuffer kv, sc, ape, norm, ring_kv[2], ring_sc[2], rows[2];
+      int64_t width, d;
+    };
+    std::vector<Bufs> b(comps.size());
+    std::vector<fwd::CompJob> fused(comps.size()), plain(comps.size());
+    for (size_t i = 0; i < comps.size(); ++i) {
+      const Comp& cp = comps[i];
+      const int64_t w = cp.c * cp.d;
+      const uint32_t sd = seed + 10 * static_cast<uint32_t>(i);
+      b[i].width = w;
+      b[i].d = cp.d;
+      b[i].kv = up(randv(w, sd));
+      b[i].sc = up(randv(w, sd + 1, 2.0f));
+      b[i].ape = up(randv(ratio * w, sd + 2, 0.5f));
+      b[i].norm = up(randv(cp.d, sd + 3));
+      const auto rkv = randv(cap * w, sd + 4), rsc = randv(cap * w, sd + 5, 2.0f);
+      const auto rows = randv(n_rows * cp.d, sd + 6);
+      for (int k = 0; k < 2; ++k) {
+        b[i].ring_kv[k] = up(rkv);
+        b[i].ring_sc[k] = up(rsc);
+        b[i].rows[k] = up(rows);
+      }
+      for (int k = 0; k < 2; ++k) {
+        fwd::CompJob& j = k == 0 ? fused[i] : plain[i];
+        j.f.d = cp.d;
+        j.f.n_rope = n_rope;
+        j.f.n_nope = cp.n_nope;
+        j.f.norm = b[i].norm.as<float>();
+        j.f.sim = cp.sim;
+        j.c = cp.c;
+        j.kv = b[i].kv.as<float>();
+        j.sc = b[i].sc.as<float>();
+        j.ape = b[i].ape.as<float>();
+        j.ring_kv = b[i].ring_kv[k].as<float>();
+        j.ring_sc = b[i].ring_sc[k].as<float>();
+        j.rows = b[i].rows[k].as<float>();
+      }
+    }
+    auto cc = ctl_at(pos);
+    fwd::comp_store_emit(fused.data(), static_cast<int>(fused.size()), om.as<float>(), cap, ratio, ctl(cc), nullptr);
+    for (const fwd::CompJob& j : plain) {
+      fwd::comp_store(j.kv, j.sc, j.ape, j.c * j.f.d, ratio, j.ring_kv, j.ring_sc, cap, ctl(cc), nullptr);
+      fwd::comp_emit(j.f, om.as<float>(), j.ring_kv, j.ring_sc, cap, ratio, j.c, j.rows, ctl(cc), nullptr);
+    }
+    auto same_bits = [](const DeviceBuffer& x, const DeviceBuffer& y, size_t n, const char* what) {
+      const auto a = down<float>(x, n), r = down<float>(y, n);
+      EXPECT_EQ(std::memcmp(a.data(), r.data(), n * 4), 0) << what;
+    };
+    for (size_t i = 0; i < comps.size(); ++i) {
+      SCOPED_TRACE(testing::Message() << "compressor " << i);
+      same_bits(b[i].ring_kv[0], b[i].ring_kv[1], static_cast<size_t>(cap * b[i].width), "ring kv");
+      same_bits(b[i].ring_sc[0], b[i].ring_sc[1], static_cast<size_t>(cap * b[i].width), "ring score");
+      same_bits(b[i].rows[0], b[i].rows[1], static_cast<size_t>(n_rows * b[i].d), "rows");
+    }
+    // A completed window must have changed its row (the comparison is not of untouched buffers).
+    if ((pos + 1) % ratio == 0) {
+      const int64_t w = (pos + 1) / ratio - 1, d = b[0].d;
+      const auto before = randv(n_rows * d, seed + 6), after = down<float>(b[0].rows[0], n_rows * d);
+      EXPECT_NE(std::memcmp(before.data() + w * d, after.data() + w * d, d * 4), 0);
+    }
+  };
+  const std::vector<Comp> csa = {{512, 2, fwd::Sim::Fp8Nope, 448}, {128, 2, fwd::Sim::HadamardFp4, 0}};
+  check(4, 50, 3, csa, 300);    // window 0: no A half
+  check(4, 50, 151, csa, 310);  // window 37 on a wrapped ring
+  check(4, 50, 149, csa, 320);  // completes nothing: store only
+  check(4, 50, 151, {{128, 2, fwd::Sim::None, 0}}, 330);
+  check(128, 300, 383, {{512, 1, fwd::Sim::Fp8Nope, 448}}, 340);
+}
+
 TEST(ForwardKernels, IndexerSelectionMatchesCpu) {
   REQUIRE_GPU();
   const int64_t NI = 64, DI = 128, ratio = 4, K = 512, pos = 8191, n_vis = (pos + 1) / ratio;
@@ -924,6 +1014,33 @@ std::vector<int32_t> random_tokens(size_t n, int64_t vocab, uint32_t seed) {
   std::vector<int32_t> t(n);
   for (auto& x : t) x = static_cast<int32_t>(g() % vocab);
   return t;
+}
+
+// Decode steps run the compressors and the indexer on a second stream beside the query/KV
+// path (forked and joined with events, graph edges when captured); profile_step runs the same
+// launches on one stream in program order. Each step must give the same logits bit for bit,
+// through a graph and with plain launches, while windows complete in the ratio-4 and ratio-16
+// layers and the indexer selects 4 of up to 12 compressed rows.
+TEST(CudaSession, CompressorBranchStreamEqualsOneStream) {
+  REQUIRE_GPU();
+  const auto& gm = gpu_model("dsv4-tiny-a-bf16", "bf16");
+  const int64_t V = gm.hparams().n_vocab;
+  const auto tokens = random_tokens(48, V, 110);
+  const size_t n_prompt = 40;
+  const ds4::model::SessionOptions o{.max_ctx = 256, .numerics = Numerics::Official};
+  for (bool graph : {true, false}) {
+    ds4::cuda::GpuSession two(gm, o, {.use_graph = graph}), one(gm, o, {.use_graph = graph});
+    two.eval(std::span(tokens).first(n_prompt), LogitsMode::None, nullptr);
+    one.eval(std::span(tokens).first(n_prompt), LogitsMode::None, nullptr);
+    std::vector<float> a(V), b(V);
+    for (size_t i = n_prompt; i < tokens.size(); ++i) {
+      two.eval(std::span(tokens).subspan(i, 1), LogitsMode::Last, a.data());
+      one.profile_step(tokens[i]);
+      one.read_logits(0, V, b.data());
+      ASSERT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0)
+          << "step at position " << i << (graph ? " (graph)" : " (plain launches)");
+    }
+  }
 }
 
 // A prompt far longer than the ring (small retain and chunk): the ring wraps, the indexer

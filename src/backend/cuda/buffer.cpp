@@ -67,6 +67,22 @@ Stream& Stream::operator=(Stream&& o) noexcept {
 
 void Stream::synchronize() const { DS4_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(s_))); }
 
+Event::Event() {
+  cudaEvent_t e = nullptr;
+  DS4_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  e_ = e;
+}
+
+Event::~Event() { cudaEventDestroy(static_cast<cudaEvent_t>(e_)); }
+
+void Event::record(void* stream) {
+  DS4_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(e_), static_cast<cudaStream_t>(stream)));
+}
+
+void Event::wait_in(void* stream) const {
+  DS4_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), static_cast<cudaEvent_t>(e_), 0));
+}
+
 EventTimer::EventTimer() {
   cudaEvent_t a = nullptr, b = nullptr;
   DS4_CUDA_CHECK(cudaEventCreate(&a));

@@ -54,6 +54,24 @@ class Stream {
   void* s_ = nullptr;
 };
 
+// An event that orders two streams (no timing): record(a) marks the work enqueued on stream a
+// so far; wait_in(b) makes the work enqueued on b afterwards wait for it. Inside a stream
+// capture the pair becomes a graph edge and brings b into the capture (b must then be joined
+// back into the capturing stream the same way before the capture ends).
+class Event {
+ public:
+  Event();
+  ~Event();
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+
+  void record(void* stream);
+  void wait_in(void* stream) const;
+
+ private:
+  void* e_ = nullptr;
+};
+
 // A pair of events timing the work enqueued between start() and stop() on one stream.
 class EventTimer {
  public:

@@ -462,28 +462,31 @@ __global__ void rows_finish_kernel(RowFinish f, const float* omega, const float*
   for (int64_t i = threadIdx.x; i < f.d; i += blockDim.x) dst[i] = row[i];
 }
 
-__global__ void comp_store_kernel(const float* kv, const float* sc, const float* ape, int64_t width,
-                                  int64_t ratio, float* ring_kv, float* ring_sc, int64_t cap,
-                                  const StepCtl* ctl) {
-  pdl_enter();
-  const int64_t pos = ctl[blockIdx.y].pos;  // token blockIdx.y of a batch
-  kv += blockIdx.y * width;
-  sc += blockIdx.y * width;
+// comp_store of the token at pos: elements first, first + step, ... of its projections.
+__device__ void store_projections(const float* kv, const float* sc, const float* ape, int64_t width,
+                                  int64_t ratio, float* ring_kv, float* ring_sc, int64_t cap, int64_t pos,
+                                  int64_t first, int64_t step) {
   const float* a = ape + (pos % ratio) * width;
   float* rk = ring_kv + (pos % cap) * width;
   float* rs = ring_sc + (pos % cap) * width;
-  for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < width; i += gridDim.x * blockDim.x) {
+  for (int64_t i = first; i < width; i += step) {
     rk[i] = kv[i];
     rs[i] = sc[i] + a[i];
   }
 }
 
-__global__ void comp_emit_kernel(RowFinish f, const float* omega, const float* ring_kv,
-                                 const float* ring_sc, int64_t cap, int64_t ratio, int c,
-                                 float* rows, const StepCtl* ctl) {
+__global__ void comp_store_kernel(const float* kv, const float* sc, const float* ape, int64_t width,
+                                  int64_t ratio, float* ring_kv, float* ring_sc, int64_t cap,
+                                  const StepCtl* ctl) {
   pdl_enter();
-  extern __shared__ float row[];
-  const int64_t pos = ctl->pos;
+  const int64_t pos = ctl[blockIdx.y].pos;  // token blockIdx.y of a batch
+  store_projections(kv + blockIdx.y * width, sc + blockIdx.y * width, ape, width, ratio, ring_kv, ring_sc, cap, pos,
+                    blockIdx.x * blockDim.x + threadIdx.x, gridDim.x * blockDim.x);
+}
+
+// comp_emit for the token at pos, by the whole block; row: f.d floats of shared memory.
+__device__ void emit_window(const RowFinish& f, const float* omega, const float* ring_kv, const float* ring_sc,
+                            int64_t cap, int64_t ratio, int c, float* rows, int64_t pos, float* row) {
   if ((pos + 1) % ratio != 0) return;
   const int64_t win = (pos + 1) / ratio - 1, d = f.d, width = c * d;
   const bool overlap = c == 2 && win > 0;
@@ -513,6 +516,30 @@ __global__ void comp_emit_kernel(RowFinish f, const float* omega, const float* r
   __syncthreads();
   finish_row(f, omega, row, win * ratio);
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x) rows[win * d + i] = row[i];
+}
+
+__global__ void comp_emit_kernel(RowFinish f, const float* omega, const float* ring_kv,
+                                 const float* ring_sc, int64_t cap, int64_t ratio, int c,
+                                 float* rows, const StepCtl* ctl) {
+  pdl_enter();
+  extern __shared__ float row[];
+  emit_window(f, omega, ring_kv, ring_sc, cap, ratio, c, rows, ctl->pos, row);
+}
+
+// A kernel parameter: the compressors of comp_store_emit, one per block.
+struct CompJobs {
+  CompJob job[kMaxCompJobs];
+};
+
+__global__ void comp_store_emit_kernel(CompJobs jobs, const float* omega, int64_t cap, int64_t ratio,
+                                       const StepCtl* ctl) {
+  pdl_enter();
+  extern __shared__ float row[];
+  const CompJob& j = jobs.job[blockIdx.x];
+  const int64_t pos = ctl->pos;
+  store_projections(j.kv, j.sc, j.ape, j.c * j.f.d, ratio, j.ring_kv, j.ring_sc, cap, pos, threadIdx.x, blockDim.x);
+  __syncthreads();  // the pooling below reads the ring row this block just wrote
+  emit_window(j.f, omega, j.ring_kv, j.ring_sc, cap, ratio, j.c, j.rows, pos, row);
 }
 
 __global__ void idx_scores_kernel(const float* q, const float* wts, float wscale, int64_t NI,
@@ -943,6 +970,20 @@ void comp_emit(const RowFinish& f, const float* omega, const float* ring_kv, con
                int64_t cap, int64_t ratio, int c, float* rows, const StepCtl* ctl, void* stream) {
   launch(comp_emit_kernel, 1, kThreads, f.d * sizeof(float), stream, f, omega, ring_kv, ring_sc, cap, ratio, c, rows,
          ctl);
+}
+
+void comp_store_emit(const CompJob* jobs, int n_jobs, const float* omega, int64_t cap, int64_t ratio,
+                     const StepCtl* ctl, void* stream) {
+  DS4_FWD_REQUIRE(n_jobs >= 1 && n_jobs <= kMaxCompJobs);
+  CompJobs p{};
+  int64_t d_max = 0;
+  for (int i = 0; i < n_jobs; ++i) {
+    DS4_FWD_REQUIRE(jobs[i].c == 1 || jobs[i].c == 2);
+    p.job[i] = jobs[i];
+    d_max = std::max(d_max, jobs[i].f.d);
+  }
+  launch(comp_store_emit_kernel, static_cast<unsigned>(n_jobs), kThreads, d_max * sizeof(float), stream, p, omega,
+         cap, ratio, ctl);
 }
 
 void idx_prep_q(float* q, int64_t NI, int64_t DI, int64_t n_rope, const float* omega, bool official,

@@ -107,6 +107,24 @@ void comp_emit(const RowFinish& f, const float* omega, const float* ring_kv,
                const float* ring_sc, int64_t cap, int64_t ratio, int c, float* rows,
                const StepCtl* ctl, void* stream);
 
+// One decode step of up to kMaxCompJobs compressors of a layer (its attention compressor and
+// the indexer's, which share ratio and omega) in one launch, one block per compressor:
+// comp_store of the token's projections kv / sc, then comp_emit of the window it completes.
+// Bit-identical to comp_store + comp_emit per compressor (the same device code).
+struct CompJob {
+  RowFinish f;                 // f.d: the compressor's row width d
+  int c = 1;                   // 2: overlapped windows (ratio 4), projections of c * d floats
+  const float* kv = nullptr;   // the token's projections [c * d]
+  const float* sc = nullptr;
+  const float* ape = nullptr;  // [ratio][c * d]
+  float* ring_kv = nullptr;    // [cap][c * d]
+  float* ring_sc = nullptr;
+  float* rows = nullptr;       // compressed rows [.][d]
+};
+inline constexpr int kMaxCompJobs = 2;
+void comp_store_emit(const CompJob* jobs, int n_jobs, const float* omega, int64_t cap, int64_t ratio,
+                     const StepCtl* ctl, void* stream);
+
 // Lightning indexer (indexer.cpp) for the step's token. q [NI][DI] (rotated and simulated
 // in place by idx_prep_q), wts [NI] raw head weights (scaled by wscale here), icomp [.][DI].
 // Writes scores [n_vis] and the selection sel [K] / n_sel [1]: rows 0..n_vis-1 when

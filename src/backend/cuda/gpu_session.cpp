@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <initializer_list>
+#include <span>
 
 #include "backend/cuda/check.h"
 #include "backend/cuda/decision_log.h"
@@ -30,11 +31,11 @@ struct ProductOfX {
   const DTensor& w;
   float* y;
 };
-void products_of_x(std::initializer_list<ProductOfX> ps, const float* x, void* act_scratch, void* s) {
-  const DTensor& w0 = ps.begin()->w;
+void products_of_x(std::span<const ProductOfX> ps, const float* x, void* act_scratch, void* s) {
+  const DTensor& w0 = ps.front().w;
   MatvecPart parts[kMaxMatvecParts];
   int n = 0;
-  bool one_launch = ps.size() <= size_t(kMaxMatvecParts);
+  bool one_launch = ps.size() > 1 && ps.size() <= size_t(kMaxMatvecParts);
   for (const ProductOfX& p : ps) {
     one_launch = one_launch && p.w.type == w0.type && p.w.cols == w0.cols;
     if (n < kMaxMatvecParts) parts[n++] = MatvecPart{p.w.d, p.w.rows, p.y};
@@ -49,6 +50,9 @@ void products_of_x(std::initializer_list<ProductOfX> ps, const float* x, void* a
     act = act_scratch;
   }
   matvec_parts_q(w0.type, w0.cols, parts, n, act, s);
+}
+void products_of_x(std::initializer_list<ProductOfX> ps, const float* x, void* act_scratch, void* s) {
+  products_of_x(std::span(ps.begin(), ps.size()), x, act_scratch, s);
 }
 
 }  // namespace
@@ -134,6 +138,8 @@ GpuSession::GpuSession(const GpuModel& model, const model::SessionOptions& opts,
   s.low = A.get<float>(hp.o_groups * hp.o_lora);
   s.ckv = A.get<float>(2 * std::max(D, hp.idx_dim));
   s.csc = A.get<float>(2 * std::max(D, hp.idx_dim));
+  s.ickv = A.get<float>(2 * hp.idx_dim);
+  s.icsc = A.get<float>(2 * hp.idx_dim);
   s.iq = A.get<float>(std::max<int64_t>(1, hp.idx_head * hp.idx_dim));
   s.iw = A.get<float>(std::max<int64_t>(1, hp.idx_head));
   s.scores = A.get<float>(opts_.max_ctx + 1);
@@ -169,6 +175,7 @@ GpuSession::GpuSession(const GpuModel& model, const model::SessionOptions& opts,
   }
   s.moe_ws = A.get<uint8_t>(static_cast<int64_t>(ws));
   s.act = A.get<uint8_t>(static_cast<int64_t>(act));
+  s.act_branch = A.get<uint8_t>(static_cast<int64_t>(act));
   s.max_rows = std::max<int64_t>(s.max_rows, 1);
   {
     const fwd::AttnShape as{NH, D, hp.n_rope, hp.window, cap_, 0, s.max_rows};
@@ -326,15 +333,52 @@ void GpuSession::layer(const DLayer& L, LayerBufs& S, void* s) {
   mark("hc post", 0, s);
 }
 
-void GpuSession::compressor(const DLayer& L, const DCompressor& C, int sim, int64_t n_nope, float* ring_kv,
-                            float* ring_sc, float* rows, void* s) {
+void* GpuSession::branch_stream(void* s) const { return prof_ ? s : branch_stream_.handle(); }
+
+const int32_t* GpuSession::compressor_branch(const DLayer& L, LayerBufs& S, void* s, void* br) {
   const HParams& hp = model_->hparams();
   Scratch& b = *sc_;
-  // 3.4.5: project the token into the ring; pool the window it completes, if any.
-  products_of_x({{C.kv, b.ckv}, {C.gate, b.csc}}, b.x, b.act, s);
-  fwd::comp_store(b.ckv, b.csc, C.ape, C.c * C.d, L.ratio, ring_kv, ring_sc, cap_, b.ctl, s);
-  const fwd::RowFinish f = compressor_finish(hp, C, sim, n_nope);
-  fwd::comp_emit(f, L.omega, ring_kv, ring_sc, cap_, L.ratio, C.c, rows, b.ctl, s);
+  const bool official = opts_.numerics == Numerics::Official, indexer = L.has_indexer;
+  // 3.4.5: project the token into the rings (both compressors' kv and gate and the indexer's
+  // head weights are products of x: one launch when their types and widths agree), then pool
+  // the window it completes, if any (both compressors in one launch).
+  const ProductOfX of_x[] = {{L.comp.kv, b.ckv},
+                             {L.comp.gate, b.csc},
+                             {L.idx_comp.kv, b.ickv},
+                             {L.idx_comp.gate, b.icsc},
+                             {L.idx_proj, b.iw}};
+  products_of_x(std::span(of_x, indexer ? 5 : 2), b.x, b.act_branch, br);
+  auto job = [&](const DCompressor& C, fwd::Sim sim, int64_t n_nope, const float* kv, const float* sc,
+                 float* ring_kv, float* ring_sc, float* rows) {
+    fwd::CompJob j;
+    j.f = compressor_finish(hp, C, static_cast<int>(sim), n_nope);
+    j.c = C.c;
+    j.kv = kv;
+    j.sc = sc;
+    j.ape = C.ape;
+    j.ring_kv = ring_kv;
+    j.ring_sc = ring_sc;
+    j.rows = rows;
+    return j;
+  };
+  const fwd::CompJob jobs[] = {
+      job(L.comp, official ? fwd::Sim::Fp8Nope : fwd::Sim::None, hp.n_nope(), b.ckv, b.csc, S.comp_kv, S.comp_sc,
+          S.comp),
+      job(L.idx_comp, official ? fwd::Sim::HadamardFp4 : fwd::Sim::None, 0, b.ickv, b.icsc, S.idx_kv, S.idx_sc,
+          S.icomp)};
+  fwd::comp_store_emit(jobs, indexer ? 2 : 1, L.omega, cap_, L.ratio, b.ctl, br);
+  if (!indexer) return nullptr;
+
+  // 3.4.7 Lightning indexer: its query is a product of qr, which the main stream makes.
+  if (br != s) qr_ready_.wait_in(br);
+  products_of_x({{L.idx_q_b, b.iq}}, b.qr, b.act_branch, br);
+  fwd::idx_prep_q(b.iq, hp.idx_head, hp.idx_dim, hp.n_rope, L.omega, official, b.ctl, br);
+  const float wscale = 1.0f / std::sqrt(static_cast<float>(hp.idx_dim * hp.idx_head));
+  fwd::idx_select(b.iq, b.iw, wscale, hp.idx_head, hp.idx_dim, S.icomp, L.ratio, hp.idx_topk, b.scores, b.sel,
+                  b.n_sel, b.ctl, br);
+  log_choices(b.sel, hp.idx_topk, L.il, hp.n_expert_used, br);
+  log_choices(b.n_sel, 1, L.il, hp.n_expert_used + hp.idx_topk, br);
+  return b.sel;
 }
 
 void GpuSession::attention_sublayer(const DLayer& L, LayerBufs& S, void* s) {
@@ -343,10 +387,20 @@ void GpuSession::attention_sublayer(const DLayer& L, LayerBufs& S, void* s) {
   const int64_t D = hp.head_dim, NH = hp.n_head;
   const bool official = opts_.numerics == Numerics::Official;
 
+  // The compressors and the indexer (3.4.5-3.4.7) run on a second stream from here (x is
+  // ready) until attention, which alone reads what they make.
+  void* br = branch_stream(s);
+  const bool branch = L.ratio > 0, fork = branch && br != s;
+  if (fork) {
+    x_ready_.record(s);
+    x_ready_.wait_in(br);
+  }
+
   // 3.4.1 Query: qr = RMSNorm(wq_a x), q = wq_b qr, per-head unweighted RMSNorm and RoPE.
   // wq_a x and the KV row wkv x (3.4.2) read the same x: one launch.
   products_of_x({{L.q_a, b.qa}, {L.kv, b.kv}}, b.x, b.act, s);
   fwd::rmsnorm(b.qa, L.q_a_norm, b.qr, hp.q_lora, 1, hp.rms_eps, s);
+  if (fork && L.has_indexer) qr_ready_.record(s);  // the indexer's query reads qr
   mv(L.q_b, b.qr, b.q, s);
   fwd::rows_finish(query_finish(hp), L.omega, b.q, b.q, NH, D, 0, b.ctl, s);
 
@@ -355,24 +409,11 @@ void GpuSession::attention_sublayer(const DLayer& L, LayerBufs& S, void* s) {
   fwd::rows_finish(kv_finish(hp, L, official), L.omega, b.kv, S.raw, 1, D, cap_, b.ctl, s);
   mark("q/kv projections", static_cast<double>(L.q_a.bytes() + L.q_b.bytes() + L.kv.bytes()), s);
 
-  // 3.4.5 / 3.4.7 Compressors and the lightning indexer.
-  const int32_t* sel = nullptr;
-  if (L.ratio > 0) {
-    compressor(L, L.comp, static_cast<int>(official ? fwd::Sim::Fp8Nope : fwd::Sim::None), hp.n_nope(), S.comp_kv,
-               S.comp_sc, S.comp, s);
-    if (L.has_indexer) {
-      compressor(L, L.idx_comp, static_cast<int>(official ? fwd::Sim::HadamardFp4 : fwd::Sim::None), 0, S.idx_kv,
-                 S.idx_sc, S.icomp, s);
-      mv(L.idx_q_b, b.qr, b.iq, s);
-      mv(L.idx_proj, b.x, b.iw, s);
-      fwd::idx_prep_q(b.iq, hp.idx_head, hp.idx_dim, hp.n_rope, L.omega, official, b.ctl, s);
-      const float wscale = 1.0f / std::sqrt(static_cast<float>(hp.idx_dim * hp.idx_head));
-      fwd::idx_select(b.iq, b.iw, wscale, hp.idx_head, hp.idx_dim, S.icomp, L.ratio, hp.idx_topk, b.scores, b.sel,
-                      b.n_sel, b.ctl, s);
-      log_choices(b.sel, hp.idx_topk, L.il, hp.n_expert_used, s);
-      log_choices(b.n_sel, 1, L.il, hp.n_expert_used + hp.idx_topk, s);
-      sel = b.sel;
-    }
+  // 3.4.5 / 3.4.7 Compressors and the lightning indexer, joined back before attention.
+  const int32_t* sel = branch ? compressor_branch(L, S, s, br) : nullptr;
+  if (fork) {
+    branch_done_.record(br);
+    branch_done_.wait_in(s);
   }
   mark("compressor + indexer",
        static_cast<double>(L.comp.kv.bytes() + L.comp.gate.bytes() + L.idx_comp.kv.bytes() + L.idx_comp.gate.bytes() +

@@ -120,8 +120,12 @@ class GpuSession : public model::EvalSession {
   void record_step(void* s, bool head);
   void layer(const DLayer& L, LayerBufs& S, void* s);
   void attention_sublayer(const DLayer& L, LayerBufs& S, void* s);
-  void compressor(const DLayer& L, const DCompressor& C, int sim, int64_t n_nope, float* ring_kv,
-                  float* ring_sc, float* rows, void* s);
+  // The compressors and the lightning indexer of a compressed layer (3.4.5-3.4.7) on stream
+  // `br` beside the query/KV path on `s`; returns the indexer's selection (null without one).
+  const int32_t* compressor_branch(const DLayer& L, LayerBufs& S, void* s, void* br);
+  // The stream compressor_branch runs on: a second stream, or `s` itself while profiling (so
+  // that each phase of the table is timed alone).
+  void* branch_stream(void* s) const;
   void moe(const DLayer& L, void* s);
   // hc_pre followed by RMSNorm(a) * norm into the scratch x (3.2).
   void hc_pre_norm(const DHc& hc, const float* H, const float* norm, void* s);
@@ -170,6 +174,10 @@ class GpuSession : public model::EvalSession {
   bool warmed_ = false;       // one step ran without a graph (one-time inits happen outside capture)
 
   Stream stream_;
+  // compressor_branch's stream and its fork / join points: x ready (after HC pre), qr ready
+  // (the indexer's query input), branch done (before attention).
+  Stream branch_stream_;
+  Event x_ready_, qr_ready_, branch_done_;
   std::vector<std::unique_ptr<LayerBufs>> layers_;
   std::unique_ptr<Scratch> sc_;
   std::unique_ptr<Graph> graph_[2];  // without / with the output head

@@ -80,6 +80,7 @@ struct GpuSession::Scratch {
   float *mix = nullptr, *post = nullptr, *comb = nullptr;
   float *qa = nullptr, *qr = nullptr, *q = nullptr, *kv = nullptr, *o = nullptr, *low = nullptr;
   float *ckv = nullptr, *csc = nullptr, *iq = nullptr, *iw = nullptr, *scores = nullptr;
+  float *ickv = nullptr, *icsc = nullptr;  // the indexer compressor's projections (decode)
   int32_t *sel = nullptr, *n_sel = nullptr;
   float* rlog = nullptr;             // router logits
   int32_t* ids = nullptr;
@@ -89,6 +90,7 @@ struct GpuSession::Scratch {
   float* hbuf = nullptr;             // float-expert hidden [K][F]
   void* moe_ws = nullptr;
   void* act = nullptr;               // quantized activation of one product
+  void* act_branch = nullptr;        // the same for compressor_branch, which runs beside it
   void* act_o = nullptr;             // quantized attention output, all o_a groups at once
   void* hc_scr = nullptr;            // hc_pre_fused partials and counters
   float* attn_f = nullptr;           // attention chunk partials
