@@ -148,23 +148,29 @@ TEST(VecDot, ExtremeCodesDoNotOverflow) {
 // The VBMI IQ2_XXS kernel forms the same int32 lanes as the AVX-512 one and accumulates
 // them the same way, so on realistic data the two must agree bit for bit (a lane mix-up
 // that still sums correctly on exact inputs would show here).
-TEST(VecDot, Iq2XxsVbmiEqualsAvx512) {
+// The avx512vbmi tier replaces the IQ2_XXS kernel and the Q2_K unpack of the avx512 tier
+// with VBMI/GFNI code computing the same integer lanes and float operations: same bits.
+TEST(VecDot, VbmiTierEqualsAvx512) {
   if (detected_isa() < Isa::Avx512Vbmi) GTEST_SKIP() << "CPU has no AVX-512 VBMI";
   IsaGuard guard;
   std::mt19937 rng(31);
-  const GgmlType t = GgmlType::IQ2_XXS;
-  for (int64_t n : {256, 512, 768, 4096}) {
-    const int64_t nrows = 4;
-    const auto w = real_weights(t, nrows, n, rng);
-    const auto x = gaussian(n, rng);
-    std::vector<uint8_t> act(activation_bytes(t, n));
-    quantize_activation(t, x.data(), act.data(), n);
-    for (int64_t r = 0; r < nrows; ++r) {
-      const uint8_t* row = w.data() + r * row_bytes(t, n);
-      set_isa(Isa::Avx512);
-      const float ref = vec_dot(t, row, act.data(), n);
-      set_isa(Isa::Avx512Vbmi);
-      EXPECT_EQ(vec_dot(t, row, act.data(), n), ref) << "ncols=" << n << " row " << r;
+  for (GgmlType t : {GgmlType::IQ2_XXS, GgmlType::Q2_K}) {
+    for (int64_t n : {256, 512, 768, 4096}) {
+      const int64_t nrows = 4;
+      // quantized Gaussians, then random bytes (every code, scale and min pattern)
+      auto w = real_weights(t, nrows, n, rng);
+      const auto random_bytes = exact_weights(t, nrows, n, rng);
+      w.insert(w.end(), random_bytes.begin(), random_bytes.end());
+      const auto x = gaussian(n, rng);
+      std::vector<uint8_t> act(activation_bytes(t, n));
+      quantize_activation(t, x.data(), act.data(), n);
+      for (int64_t r = 0; r < 2 * nrows; ++r) {
+        const uint8_t* row = w.data() + r * row_bytes(t, n);
+        set_isa(Isa::Avx512);
+        const float ref = vec_dot(t, row, act.data(), n);
+        set_isa(Isa::Avx512Vbmi);
+        EXPECT_EQ(vec_dot(t, row, act.data(), n), ref) << type_name(t) << " ncols=" << n << " row " << r;
+      }
     }
   }
 }

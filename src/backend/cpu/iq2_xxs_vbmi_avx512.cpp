@@ -290,6 +290,7 @@ const KernelTable& avx512vbmi_kernels() {
     KernelTable t = avx512_kernels();
     t.iq2_xxs = dot_iq2_xxs_vbmi;
     t.iq2_xxs_tile = tile_iq2_xxs_vbmi;
+    use_gfni_q2_k(t);
     return t;
   }();
   return table;

@@ -39,7 +39,9 @@ struct KernelTable {
 const KernelTable& scalar_kernels();
 const KernelTable& avx2_kernels();
 const KernelTable& avx512_kernels();
-const KernelTable& avx512vbmi_kernels();  // avx512 plus the VBMI IQ2_XXS kernels
+const KernelTable& avx512vbmi_kernels();  // avx512 plus the VBMI/GFNI IQ2_XXS and Q2_K kernels
+// Puts the GFNI Q2_K kernels (q2_k_gfni_avx512.cpp) into an avx512vbmi table.
+void use_gfni_q2_k(KernelTable& table);
 
 // 2^(e-128), the MXFP4 block scale with ggml's kvalues (which are twice E2M1), including
 // the denormal results for e = 0 and 1 (formats.md 2.8).

@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/q2_k_avx512.h"
 #include "quant/blocks.h"
 #include "quant/quant.h"
 
@@ -186,70 +187,31 @@ struct ScaleIndex {
 };
 const ScaleIndex kIdx;
 
-// Q2_K x Q8_K (formats.md 2.10). 2-bit codes are unsigned, so vpmaddubsw forms exact
-// pair sums; vpdpwssd applies the sub-block scales; the mins go through bsums. One weight
-// row x NT activation rows (matmul tiles; vec_dot is NT = 1): the codes and scales of a
-// block are unpacked once, and each token gets exactly the one-row kernel's float operations.
-template <int NT>
-void q2_k_rows(const uint8_t* wp, const uint8_t* ap, size_t ab, int64_t nblocks, float* y,
-               size_t ldy) {
-  const BlockQ2_K* w = reinterpret_cast<const BlockQ2_K*>(wp);
-  const BlockQ8_K* x[NT];
-#pragma GCC unroll 8
-  for (int t = 0; t < NT; ++t) x[t] = reinterpret_cast<const BlockQ8_K*>(ap + t * ab);
-  const __m512i m3 = _mm512_set1_epi8(3);
-  const __m128i m4 = _mm_set1_epi8(0xF);
+// Q2_K unpacked with shifts and masks (q2_k_avx512.h): the low / high 256 bits of codes
+// register 2h + s are bit fields 2s / 2s + 1 of bytes 32h .. 32h+31; vpermw spreads the
+// 16 scale words.
+struct Q2kShiftUnpack {
   __m512i idx[4];
-  for (int c = 0; c < 4; ++c) idx[c] = _mm512_load_si512(kIdx.q2k[c]);
-  __m512 acc[NT];
-  __m256 accm[NT];
-#pragma GCC unroll 8
-  for (int t = 0; t < NT; ++t) {
-    acc[t] = _mm512_setzero_ps();
-    accm[t] = _mm256_setzero_ps();
+  Q2kShiftUnpack() {
+    for (int c = 0; c < 4; ++c) idx[c] = _mm512_load_si512(kIdx.q2k[c]);
   }
-  for (int64_t b = 0; b < nblocks; ++b) {
-    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].scales));
+  [[gnu::always_inline]] void operator()(const BlockQ2_K& blk, Q2kBlock& u) const {
+    const __m512i m3 = _mm512_set1_epi8(3);
+    const __m128i m4 = _mm_set1_epi8(0xF);
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.scales));
     const __m512i sc = _mm512_zextsi256_si512(_mm256_cvtepu8_epi16(_mm_and_si128(raw, m4)));
-    const __m256i mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), m4));
-    __m512i codes[4], scales[4];  // elements 64c .. 64c+63
+    u.mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), m4));
 #pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
-      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[b].qs + 32 * h));
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qs + 32 * h));
       const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 2), 1);
-      codes[2 * h] = _mm512_and_si512(v, m3);                          // 128h + 0..63
-      codes[2 * h + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m3);  // 128h + 64..127
+      u.codes[2 * h] = _mm512_and_si512(v, m3);                            // 128h + 0..63
+      u.codes[2 * h + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m3);  // 128h + 64..127
     }
 #pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c) scales[c] = _mm512_permutexvar_epi16(idx[c], sc);
-    const float wd = f16(w[b].d), wm = f16(w[b].dmin);
-#pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) {
-      const BlockQ8_K& xb = x[t][b];
-      const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.bsums));
-      const __m256i msum = _mm256_madd_epi16(mn, bs);
-      // integer sums are exact, so two chains give the same lanes as one
-      __m512i s0 = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
-                                       _mm512_maddubs_epi16(codes[0], _mm512_loadu_si512(xb.qs)), scales[0]);
-      __m512i s1 = _mm512_dpwssd_epi32(_mm512_setzero_si512(),
-                                       _mm512_maddubs_epi16(codes[1], _mm512_loadu_si512(xb.qs + 64)), scales[1]);
-      s0 = _mm512_dpwssd_epi32(s0, _mm512_maddubs_epi16(codes[2], _mm512_loadu_si512(xb.qs + 128)), scales[2]);
-      s1 = _mm512_dpwssd_epi32(s1, _mm512_maddubs_epi16(codes[3], _mm512_loadu_si512(xb.qs + 192)), scales[3]);
-      const float dall = xb.d * wd, dmin = xb.d * wm;
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), _mm512_set1_ps(dall), acc[t]);
-      accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(dmin), accm[t]);
-    }
+    for (int c = 0; c < 4; ++c) u.scales[c] = _mm512_permutexvar_epi16(idx[c], sc);
   }
-#pragma GCC unroll 8
-  for (int t = 0; t < NT; ++t)
-    y[t * ldy] = _mm512_reduce_add_ps(acc[t]) - _mm512_reduce_add_ps(_mm512_zextps256_ps512(accm[t]));
-}
-
-float dot_q2_k(const void* w_row, const void* act, int64_t n) {
-  float y;
-  q2_k_rows<1>(static_cast<const uint8_t*>(w_row), static_cast<const uint8_t*>(act), 0, n / QK_K, &y, 1);
-  return y;
-}
+};
 
 // Q4_K x Q8_K (formats.md 2.10), same scheme with 4-bit codes and 32-element sub-blocks.
 float dot_q4_k(const void* w_row, const void* act, int64_t n) {
@@ -396,7 +358,7 @@ float dot_mxfp4(const void* w_row, const void* act, int64_t n) {
   return _mm512_reduce_add_ps(acc);
 }
 
-// Matmul tiles: Q8_0 in 2 rows x 4 tokens, Q2_K in 1 row x 4 tokens (register budget).
+// Matmul tile: Q8_0 in 2 rows x 4 tokens (Q2_K: q2_k_avx512.h).
 void tile_q8_0(const void* w, size_t rb, int64_t nr, const void* act, size_t ab, int64_t nt,
                int64_t n, float* y, size_t ldy) {
   const uint8_t* wb = static_cast<const uint8_t*>(w);
@@ -430,30 +392,12 @@ void tile_q8_0(const void* w, size_t rb, int64_t nr, const void* act, size_t ab,
   }
 }
 
-void tile_q2_k(const void* w, size_t rb, int64_t nr, const void* act, size_t ab, int64_t nt,
-               int64_t n, float* y, size_t ldy) {
-  const uint8_t* wb = static_cast<const uint8_t*>(w);
-  const uint8_t* a = static_cast<const uint8_t*>(act);
-  const int64_t nblocks = n / QK_K;
-  for (int64_t r = 0; r < nr; ++r) {
-    const uint8_t* wr = wb + r * rb;
-    int64_t t = 0;
-    for (; t + 4 <= nt; t += 4) q2_k_rows<4>(wr, a + t * ab, ab, nblocks, y + t * ldy + r, ldy);
-    switch (nt - t) {
-      case 3: q2_k_rows<3>(wr, a + t * ab, ab, nblocks, y + t * ldy + r, ldy); break;
-      case 2: q2_k_rows<2>(wr, a + t * ab, ab, nblocks, y + t * ldy + r, ldy); break;
-      case 1: q2_k_rows<1>(wr, a + t * ab, ab, nblocks, y + t * ldy + r, ldy); break;
-      default: break;
-    }
-  }
-}
-
 }  // namespace
 
 const KernelTable& avx512_kernels() {
   static const KernelTable table{dot_f32,  dot_half<false>, dot_half<true>, dot_q8_0,
-                                 dot_q2_k, dot_q4_k,        dot_iq2_xxs,    dot_mxfp4,
-                                 tile_q8_0, tile_q2_k,      nullptr};
+                                 q2_k_dot<Q2kShiftUnpack>, dot_q4_k, dot_iq2_xxs, dot_mxfp4,
+                                 tile_q8_0, q2_k_tile<Q2kShiftUnpack>, nullptr};
   return table;
 }
 
