@@ -523,7 +523,7 @@ __global__ void comp_emit_kernel(RowFinish f, const float* omega, const float* r
                                  float* rows, const StepCtl* ctl) {
   pdl_enter();
   extern __shared__ float row[];
-  emit_window(f, omega, ring_kv, ring_sc, cap, ratio, c, rows, ctl->pos, row);
+  emit_window(f, omega, ring_kv, ring_sc, cap, ratio, c, rows, ctl[blockIdx.y].pos, row);  // token blockIdx.y
 }
 
 // A kernel parameter: the compressors of comp_store_emit, one per block.
@@ -967,8 +967,8 @@ void comp_store(const float* kv, const float* sc, const float* ape, int64_t widt
 }
 
 void comp_emit(const RowFinish& f, const float* omega, const float* ring_kv, const float* ring_sc,
-               int64_t cap, int64_t ratio, int c, float* rows, const StepCtl* ctl, void* stream) {
-  launch(comp_emit_kernel, 1, kThreads, f.d * sizeof(float), stream, f, omega, ring_kv, ring_sc, cap, ratio, c, rows,
+               int64_t cap, int64_t ratio, int c, float* rows, const StepCtl* ctl, void* stream, int64_t tokens) {
+  launch(comp_emit_kernel, token_grid(1, tokens), kThreads, f.d * sizeof(float), stream, f, omega, ring_kv, ring_sc, cap, ratio, c, rows,
          ctl);
 }
 
@@ -1004,6 +1004,11 @@ void idx_select(const float* q, const float* wts, float wscale, int64_t NI, int6
   DS4_FWD_REQUIRE(tokens == 1 || scores_stride > 0);
   launch(idx_scores_kernel, token_grid(264, tokens), kThreads, smem, stream, q, wts, wscale, NI, DI, icomp, ratio, K,
          scores, scores_stride, ctl);
+  idx_topk(scores, scores_stride, ratio, K, sel, n_sel, ctl, stream, tokens);
+}
+
+void idx_topk(const float* scores, int64_t scores_stride, int64_t ratio, int64_t K, int32_t* sel, int32_t* n_sel,
+              const StepCtl* ctl, void* stream, int64_t tokens) {
   DS4_FWD_REQUIRE(K <= topk_detail::kTopkMaxK);
   idx_topk_kernel<<<token_grid(1, tokens), topk_detail::kTopkThreads, 0, st(stream)>>>(scores, scores_stride, ratio, K,
                                                                                         sel, n_sel, ctl);

@@ -103,9 +103,11 @@ void comp_store(const float* kv, const float* sc, const float* ape, int64_t widt
 // When pos + 1 completes window w = (pos + 1) / ratio - 1: pools it (and the previous
 // window's A half when c = 2) from the rings, finishes the row (RowFinish f with RoPE at the
 // window start) and writes it to rows[w]. No-op otherwise (compressor_advance).
+// A batch of `tokens` (ctl [tokens]): a block per token, each token that completes a window
+// pools it (a prefill chunk's windows in one launch; they read only ring rows).
 void comp_emit(const RowFinish& f, const float* omega, const float* ring_kv,
                const float* ring_sc, int64_t cap, int64_t ratio, int c, float* rows,
-               const StepCtl* ctl, void* stream);
+               const StepCtl* ctl, void* stream, int64_t tokens = 1);
 
 // One decode step of up to kMaxCompJobs compressors of a layer (its attention compressor and
 // the indexer's, which share ratio and omega) in one launch, one block per compressor:
@@ -137,6 +139,11 @@ void idx_select(const float* q, const float* wts, float wscale, int64_t NI, int6
                 const float* icomp, int64_t ratio, int64_t K, float* scores, int32_t* sel,
                 int32_t* n_sel, const StepCtl* ctl, void* stream, int64_t tokens = 1,
                 int64_t scores_stride = 0);
+// idx_select's selection alone, from scores computed elsewhere (the prefill's tiled scores,
+// prefill_indexer.h): sel / n_sel of each of `tokens` queries from its scores (all rows in
+// order when n_vis <= K; the scores are then not read).
+void idx_topk(const float* scores, int64_t scores_stride, int64_t ratio, int64_t K, int32_t* sel,
+              int32_t* n_sel, const StepCtl* ctl, void* stream, int64_t tokens = 1);
 
 // Attention with sinks (attention.cpp) for the step's token, all heads, followed by the
 // de-rotation of the output at pos: o [NH][D]. Rows: the raw window (ring) and compressed
