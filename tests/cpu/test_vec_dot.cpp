@@ -175,6 +175,55 @@ TEST(VecDot, VbmiTierEqualsAvx512) {
   }
 }
 
+// Activation rows that exercise every branch of the quantizers: Gaussians at several
+// magnitudes (denormal and huge products included), exact rounding ties, equal-magnitude
+// maxima of both signs (the first one sets the Q8_K scale), zero, -0, NaN and infinity.
+std::vector<std::vector<float>> quantizer_inputs(int64_t n, std::mt19937& rng) {
+  std::vector<std::vector<float>> rows;
+  for (float sigma : {1.0f, 1e-3f, 1e-38f, 1e30f}) rows.push_back(gaussian(n, rng, sigma));
+  // Integers and halves with the extreme at 127 (Q8_0 d = 1) or -127 (Q8_K scale = 1):
+  // every x.5 is a tie for the rounding.
+  for (float extreme : {127.0f, -127.0f}) {
+    std::vector<float> v(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) v[i] = static_cast<float>(rand_int(rng, -250, 250)) * 0.5f;
+    for (int64_t i = 0; i < n; i += 32) v[i + rand_int(rng, 0, 31)] = extreme;
+    rows.push_back(v);
+  }
+  std::vector<float> special = gaussian(n, rng);
+  for (int64_t i = 0; i < 32; ++i) special[i] = 0.0f;            // an all-zero Q8_0 block
+  for (int64_t i = 32; i < 64; ++i) special[i] = -0.0f;
+  special[70] = 3.0f, special[90] = -3.0f;     // equal maxima, + first
+  special[130] = -4.0f, special[131] = 4.0f;   // equal maxima, - first
+  special[200] = std::nanf("");
+  special[n - 40] = INFINITY;
+  special[n - 2] = -INFINITY, special[n - 1] = std::nanf("");
+  rows.push_back(special);
+  rows.push_back(std::vector<float>(static_cast<size_t>(n), 0.0f));  // all-zero Q8_K blocks
+  return rows;
+}
+
+TEST(VecDot, ActivationQuantizersWriteTheScalarBytes) {
+  IsaGuard guard;
+  std::mt19937 rng(41);
+  for (GgmlType t : {GgmlType::Q8_0, GgmlType::Q2_K}) {  // BlockQ8_0Act and Q8_K
+    for (int64_t n : {256, 512, 4096}) {
+      for (const std::vector<float>& x : quantizer_inputs(n, rng)) {
+        std::vector<uint8_t> ref(activation_bytes(t, n));
+        if (activation_type(t) == GgmlType::Q8_K)
+          quant::quantize_row_q8_k(x.data(), reinterpret_cast<BlockQ8_K*>(ref.data()), n);
+        else
+          quant::quantize_row_q8_0_act(x.data(), reinterpret_cast<BlockQ8_0Act*>(ref.data()), n);
+        for (Isa isa : available_isas()) {
+          set_isa(isa);
+          std::vector<uint8_t> got(ref.size(), 0xAA);
+          quantize_activation(t, x.data(), got.data(), n);
+          ASSERT_EQ(std::memcmp(got.data(), ref.data(), ref.size()), 0) << label(t, isa, n);
+        }
+      }
+    }
+  }
+}
+
 TEST(VecDot, RejectsBadShapesAndTypes) {
   std::vector<uint8_t> buf(4096);
   EXPECT_THROW(vec_dot(GgmlType::Q8_0, buf.data(), buf.data(), 48), Error);

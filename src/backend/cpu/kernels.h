@@ -21,6 +21,11 @@ using VecDotFn = float (*)(const void* w_row, const void* act, int64_t ncols);
 using TileFn = void (*)(const void* w, size_t w_stride, int64_t nr, const void* act,
                         size_t act_stride, int64_t nt, int64_t ncols, float* y, size_t ldy);
 
+// Activation quantizer (matmul.h quantize_activation) writing exactly the bytes of the
+// scalar one in src/quant (quantize_row_q8_k / quantize_row_q8_0_act); n is a positive
+// multiple of the block size.
+using QuantizeFn = void (*)(const float* x, void* act, int64_t n);
+
 struct KernelTable {
   VecDotFn f32 = nullptr;
   VecDotFn f16 = nullptr;
@@ -34,6 +39,9 @@ struct KernelTable {
   TileFn q8_0_tile = nullptr;
   TileFn q2_k_tile = nullptr;
   TileFn iq2_xxs_tile = nullptr;
+  // Optional SIMD activation quantizers (nullptr: the scalar ones of src/quant).
+  QuantizeFn quantize_q8_k = nullptr;
+  QuantizeFn quantize_q8_0_act = nullptr;
 };
 
 const KernelTable& scalar_kernels();

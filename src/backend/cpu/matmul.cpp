@@ -137,12 +137,19 @@ size_t activation_bytes(GgmlType weight_type, int64_t ncols) {
 
 void quantize_activation(GgmlType weight_type, const float* x, void* act, int64_t ncols) {
   check_shape(weight_type, 0, ncols);
+  const detail::KernelTable& t = table(active_isa());
   switch (activation_type(weight_type)) {
     case GgmlType::Q8_0:
-      quant::quantize_row_q8_0_act(x, static_cast<BlockQ8_0Act*>(act), ncols);
+      if (t.quantize_q8_0_act)
+        t.quantize_q8_0_act(x, act, ncols);
+      else
+        quant::quantize_row_q8_0_act(x, static_cast<BlockQ8_0Act*>(act), ncols);
       break;
     case GgmlType::Q8_K:
-      quant::quantize_row_q8_k(x, static_cast<BlockQ8_K*>(act), ncols);
+      if (t.quantize_q8_k)
+        t.quantize_q8_k(x, act, ncols);
+      else
+        quant::quantize_row_q8_k(x, static_cast<BlockQ8_K*>(act), ncols);
       break;
     default:
       std::copy(x, x + ncols, static_cast<float*>(act));

@@ -358,6 +358,74 @@ float dot_mxfp4(const void* w_row, const void* act, int64_t n) {
   return _mm512_reduce_add_ps(acc);
 }
 
+// Activation quantizers: the bytes of quant::quantize_row_q8_k / quantize_row_q8_0_act
+// for every input (NaN and infinity included), 16 floats per instruction. The scalar
+// code's float operations are kept one for one: products and sums are rounded once each
+// (the explicit-rounding add cannot be contracted into an FMA), and max-with-NaN picks the
+// same operand as the scalar comparisons do.
+inline __m512 abs16(const float* p) {
+  return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(_mm512_loadu_ps(p)), _mm512_set1_epi32(0x7FFFFFFF)));
+}
+
+void quantize_q8_k(const float* x, void* act, int64_t n) {
+  BlockQ8_K* y = static_cast<BlockQ8_K*>(act);
+  for (int64_t b = 0; b < n / QK_K; ++b) {
+    const float* xb = x + b * QK_K;
+    BlockQ8_K& out = y[b];
+    // vmaxps returns its second operand when either is NaN: NaNs never win, as in `ax > amax`
+    __m512 vmax = _mm512_setzero_ps();
+    for (int i = 0; i < QK_K; i += 16) vmax = _mm512_max_ps(abs16(xb + i), vmax);
+    const float amax = _mm512_reduce_max_ps(vmax);
+    if (amax == 0.0f) {
+      std::memset(&out, 0, sizeof(out));
+      continue;
+    }
+    // the first element of that magnitude gives the signed maximum
+    float max = 0.0f;
+    for (int i = 0; i < QK_K; i += 16) {
+      const __mmask16 m = _mm512_cmp_ps_mask(abs16(xb + i), _mm512_set1_ps(amax), _CMP_EQ_OQ);
+      if (m) {
+        max = xb[i + __builtin_ctz(m)];
+        break;
+      }
+    }
+    const float iscale = -127.0f / max;
+    const __m512 vscale = _mm512_set1_ps(iscale);
+    const __m512 magic = _mm512_set1_ps(12582912.f);  // nearest_int: 1.5 * 2^23
+    for (int i = 0; i < QK_K; i += 16) {
+      const __m512 v = _mm512_add_round_ps(_mm512_mul_ps(vscale, _mm512_loadu_ps(xb + i)), magic,
+                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      __m512i q = _mm512_sub_epi32(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x007FFFFF)),
+                                   _mm512_set1_epi32(0x00400000));
+      q = _mm512_min_epi32(_mm512_max_epi32(q, _mm512_set1_epi32(-128)), _mm512_set1_epi32(127));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out.qs + i), _mm512_cvtepi32_epi8(q));
+      out.bsums[i / 16] = static_cast<int16_t>(_mm512_reduce_add_epi32(q));
+    }
+    out.d = 1.0f / iscale;
+  }
+}
+
+void quantize_q8_0_act(const float* x, void* act, int64_t n) {
+  BlockQ8_0Act* y = static_cast<BlockQ8_0Act*>(act);
+  const __m512 lo = _mm512_set1_ps(-128.0f), hi = _mm512_set1_ps(127.0f);
+  for (int64_t b = 0; b < n / QK8_0; ++b) {
+    const float* xb = x + b * QK8_0;
+    // std::max(amax, |x|) keeps amax for a NaN, and so does vmaxps with |x| first
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(abs16(xb + 16), _mm512_max_ps(abs16(xb), _mm512_setzero_ps())));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[b].d = d;
+#pragma GCC unroll 2
+    for (int i = 0; i < QK8_0; i += 16) {
+      const __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(xb + i), _mm512_set1_ps(id)),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      // fmax(r, -128) is -128 for a NaN r: vmaxps returns its second operand then
+      const __m512 q = _mm512_min_ps(_mm512_max_ps(r, lo), hi);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(y[b].qs + i), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(q)));
+    }
+  }
+}
+
 // Matmul tile: Q8_0 in 2 rows x 4 tokens (Q2_K: q2_k_avx512.h).
 void tile_q8_0(const void* w, size_t rb, int64_t nr, const void* act, size_t ab, int64_t nt,
                int64_t n, float* y, size_t ldy) {
@@ -397,7 +465,8 @@ void tile_q8_0(const void* w, size_t rb, int64_t nr, const void* act, size_t ab,
 const KernelTable& avx512_kernels() {
   static const KernelTable table{dot_f32,  dot_half<false>, dot_half<true>, dot_q8_0,
                                  q2_k_dot<Q2kShiftUnpack>, dot_q4_k, dot_iq2_xxs, dot_mxfp4,
-                                 tile_q8_0, q2_k_tile<Q2kShiftUnpack>, nullptr};
+                                 tile_q8_0, q2_k_tile<Q2kShiftUnpack>, nullptr,
+                                 quantize_q8_k, quantize_q8_0_act};
   return table;
 }
 
