@@ -228,9 +228,8 @@ template <int NT>
 // y[t * ldy + r] = vec_dot(row r, activation t). Rows are interleaved block pair by block
 // pair, which gives the out-of-order core independent work (the decode chain is long).
 template <int NR, int NT>
-void iq2_rows(const uint8_t* w, size_t rb, const uint8_t* act, size_t ab, int64_t nblocks,
-              float* y, size_t ldy) {
-  const Iq2Consts k;
+[[gnu::always_inline]] inline void iq2_rows(const Iq2Consts& k, const uint8_t* w, size_t rb, const uint8_t* act,
+                                            size_t ab, int64_t nblocks, float* y, size_t ldy) {
   const BlockQ8_K* x[NT];
   #pragma GCC unroll 8
   for (int t = 0; t < NT; ++t) x[t] = reinterpret_cast<const BlockQ8_K*>(act + t * ab);
@@ -252,35 +251,43 @@ void iq2_rows(const uint8_t* w, size_t rb, const uint8_t* act, size_t ab, int64_
 }
 
 float dot_iq2_xxs_vbmi(const void* w_row, const void* act, int64_t n) {
+  const Iq2Consts k;
   float y;
-  iq2_rows<1, 1>(static_cast<const uint8_t*>(w_row), 0, static_cast<const uint8_t*>(act), 0,
+  iq2_rows<1, 1>(k, static_cast<const uint8_t*>(w_row), 0, static_cast<const uint8_t*>(act), 0,
                  n / QK_K, &y, 1);
   return y;
 }
 
 template <int NR>
-void iq2_tokens(const uint8_t* w, size_t rb, const uint8_t* a, size_t ab, int64_t nt,
+void iq2_tokens(const Iq2Consts& k, const uint8_t* w, size_t rb, const uint8_t* a, size_t ab, int64_t nt,
                 int64_t nblocks, float* y, size_t ldy) {
   int64_t t = 0;
-  for (; t + 4 <= nt; t += 4) iq2_rows<NR, 4>(w, rb, a + t * ab, ab, nblocks, y + t * ldy, ldy);
+  for (; t + 4 <= nt; t += 4) iq2_rows<NR, 4>(k, w, rb, a + t * ab, ab, nblocks, y + t * ldy, ldy);
   switch (nt - t) {
-    case 3: iq2_rows<NR, 3>(w, rb, a + t * ab, ab, nblocks, y + t * ldy, ldy); break;
-    case 2: iq2_rows<NR, 2>(w, rb, a + t * ab, ab, nblocks, y + t * ldy, ldy); break;
-    case 1: iq2_rows<NR, 1>(w, rb, a + t * ab, ab, nblocks, y + t * ldy, ldy); break;
+    case 3: iq2_rows<NR, 3>(k, w, rb, a + t * ab, ab, nblocks, y + t * ldy, ldy); break;
+    case 2: iq2_rows<NR, 2>(k, w, rb, a + t * ab, ab, nblocks, y + t * ldy, ldy); break;
+    case 1: iq2_rows<NR, 1>(k, w, rb, a + t * ab, ab, nblocks, y + t * ldy, ldy); break;
     default: break;
   }
 }
 
 // Tiles of 2 rows x 4 tokens (matmul). With one token (matvec) the rows go one by one: two
 // interleaved row streams from DRAM ran at half the speed of one (prefetching), while
-// L2-resident they were no faster.
+// L2-resident they were no faster. The lookup tables are loaded into registers once per
+// call, not once per row.
 void tile_iq2_xxs_vbmi(const void* w, size_t rb, int64_t nr, const void* act, size_t ab,
                        int64_t nt, int64_t n, float* y, size_t ldy) {
+  const Iq2Consts k;
   const uint8_t* wb = static_cast<const uint8_t*>(w);
   const uint8_t* a = static_cast<const uint8_t*>(act);
+  const int64_t nblocks = n / QK_K;
   int64_t r = 0;
-  for (; nt > 1 && r + 2 <= nr; r += 2) iq2_tokens<2>(wb + r * rb, rb, a, ab, nt, n / QK_K, y + r, ldy);
-  for (; r < nr; ++r) iq2_tokens<1>(wb + r * rb, rb, a, ab, nt, n / QK_K, y + r, ldy);
+  if (nt == 1) {
+    for (; r < nr; ++r) iq2_rows<1, 1>(k, wb + r * rb, rb, a, ab, nblocks, y + r, ldy);
+    return;
+  }
+  for (; r + 2 <= nr; r += 2) iq2_tokens<2>(k, wb + r * rb, rb, a, ab, nt, nblocks, y + r, ldy);
+  for (; r < nr; ++r) iq2_tokens<1>(k, wb + r * rb, rb, a, ab, nt, nblocks, y + r, ldy);
 }
 
 }  // namespace
