@@ -42,14 +42,15 @@ void q2_k_rows(const Unpack& unpack, const uint8_t* wp, const uint8_t* ap, size_
     acc[t] = _mm512_setzero_ps();
     accm[t] = _mm256_setzero_ps();
   }
-  const __m256i lane1 = _mm256_set1_epi32(1);
+  const __m512i lane6 = _mm512_set1_epi32(6);
+  const __m256i lane7 = _mm256_set1_epi32(7);
   for (int64_t b = 0; b < nblocks; ++b) {
     Q2kBlock u;
     unpack(w[b], u);
-    // d and dmin (adjacent f16) converted together: lanes 0 and 1
-    uint32_t d_dmin;
-    __builtin_memcpy(&d_dmin, &w[b].d, 4);
-    const __m128 wd_wm = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(d_dmin)));
+    // d and dmin (the block's last 4 bytes) converted together by one vcvtph2ps with a
+    // memory operand: the 16 bytes ending there give lanes 6 and 7 (lanes 0-5 are payload
+    // and are never computed with: the multiply below is masked)
+    const __m256 wd_wm = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w[b].qs + 52)));
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
       const BlockQ8_K& xb = x[t][b];
@@ -61,11 +62,11 @@ void q2_k_rows(const Unpack& unpack, const uint8_t* wp, const uint8_t* ap, size_
       __m512i s1 = _mm512_madd_epi16(_mm512_maddubs_epi16(u.codes[1], _mm512_loadu_si512(xb.qs + 64)), u.scales[1]);
       s0 = _mm512_dpwssd_epi32(s0, _mm512_maddubs_epi16(u.codes[2], _mm512_loadu_si512(xb.qs + 128)), u.scales[2]);
       s1 = _mm512_dpwssd_epi32(s1, _mm512_maddubs_epi16(u.codes[3], _mm512_loadu_si512(xb.qs + 192)), u.scales[3]);
-      // lanes 0, 1: xb.d * d, xb.d * dmin (the same IEEE products as scalar multiplies)
-      const __m256 dall_dmin = _mm256_castps128_ps256(_mm_mul_ps(_mm_set1_ps(xb.d), wd_wm));
+      // lanes 6, 7: xb.d * d, xb.d * dmin (the same IEEE products as scalar multiplies)
+      const __m256 dall_dmin = _mm256_maskz_mul_ps(0xC0, _mm256_set1_ps(xb.d), wd_wm);
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),
-                               _mm512_broadcastss_ps(_mm256_castps256_ps128(dall_dmin)), acc[t]);
-      accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_permutexvar_ps(lane1, dall_dmin), accm[t]);
+                               _mm512_permutexvar_ps(lane6, _mm512_castps256_ps512(dall_dmin)), acc[t]);
+      accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_permutexvar_ps(lane7, dall_dmin), accm[t]);
     }
   }
 #pragma GCC unroll 8
