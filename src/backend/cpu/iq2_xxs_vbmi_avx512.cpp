@@ -34,6 +34,7 @@
 
 #include <cstring>
 
+#include "backend/cpu/avx512_common.h"
 #include "backend/cpu/kernels.h"
 #include "quant/blocks.h"
 #include "quant/quant.h"
@@ -214,10 +215,7 @@ template <int NT>
         }
       }
     }
-    // d through vcvtph2ps with a memory operand (d and the first payload bytes, all inside
-    // the block; lane 0 is used): one vector op instead of an insert and a register
-    // conversion (three)
-    const float wd = _mm256_cvtss_f32(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(&blk.d))));
+    const float wd = f16_block_field(&blk.d);  // d and 64 payload bytes: 16 readable
     #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
       const __m512i s = _mm512_add_epi32(sumi[0][t], sumi[1][t]);

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "backend/cpu/avx512_common.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/q2_k_avx512.h"
 #include "quant/blocks.h"
@@ -116,8 +117,8 @@ void q8_0_rows(const uint8_t* wp, size_t rb, const uint8_t* ap, size_t ab, int64
       const BlockQ8_0* wr = w[r];
       w0[r] = _mm512_xor_si512(load2x256(wr[b].qs, wr[b + 1].qs), off);
       w1[r] = _mm512_xor_si512(load2x256(wr[b + 2].qs, wr[b + 3].qs), off);
-      wd0[r] = scale2(f16(wr[b].d), f16(wr[b + 1].d));
-      wd1[r] = scale2(f16(wr[b + 2].d), f16(wr[b + 3].d));
+      wd0[r] = scale2(f16_block_field(&wr[b].d), f16_block_field(&wr[b + 1].d));  // d + 32 codes
+      wd1[r] = scale2(f16_block_field(&wr[b + 2].d), f16_block_field(&wr[b + 3].d));
     }
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) {
