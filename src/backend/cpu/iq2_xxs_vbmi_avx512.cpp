@@ -157,10 +157,11 @@ constexpr long long kScaleMatrix = 0x0010204080000000ll;
 template <int NT>
 [[gnu::always_inline]] inline void iq2_pair(const Iq2Consts& k, const BlockIQ2_XXS* w, int64_t b,
                                             int nh, const BlockQ8_K* const* x, __m512* acc) {
-  // Software prefetch ~1 KiB ahead of the row stream (the kernel is slow enough per byte
-  // that the hardware prefetcher alone leaves DRAM latency exposed).
-  _mm_prefetch(reinterpret_cast<const char*>(w + b) + 1024, _MM_HINT_T0);
-  _mm_prefetch(reinterpret_cast<const char*>(w + b) + 1024 + 64, _MM_HINT_T0);
+  // Software prefetch 2 KiB ahead of the row stream (the kernel is slow enough per byte
+  // that the hardware prefetcher alone leaves DRAM latency exposed; 2 KiB measured 51 % of
+  // the read bandwidth at 2 threads on the Intel device CPU against 48 % for 1 KiB).
+  _mm_prefetch(reinterpret_cast<const char*>(w + b) + 2048, _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(w + b) + 2048 + 64, _MM_HINT_T0);
   const __m512i q0 = _mm512_loadu_si512(w[b].qs);
   const __m512i q1 = nh == 2 ? _mm512_loadu_si512(w[b + 1].qs) : q0;
   // bytes 0-3 of qword g: block b's grid indices of group g; bytes 4-7: block b+1's
