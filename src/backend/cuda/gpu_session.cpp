@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <initializer_list>
 #include <span>
 
@@ -333,7 +334,18 @@ void GpuSession::layer(const DLayer& L, LayerBufs& S, void* s) {
   mark("hc post", 0, s);
 }
 
-void* GpuSession::branch_stream(void* s) const { return prof_ ? s : branch_stream_.handle(); }
+namespace {
+// DS4_CUDA_ONE_STREAM set in the environment keeps the compressor / indexer branch on the main
+// stream (same launches, program order): an A/B switch for measurements, like DS4_CUDA_NO_PDL.
+bool branch_on_own_stream() {
+  static const bool on = std::getenv("DS4_CUDA_ONE_STREAM") == nullptr;
+  return on;
+}
+}  // namespace
+
+void* GpuSession::branch_stream(void* s) const {
+  return prof_ || !branch_on_own_stream() ? s : branch_stream_.handle();
+}
 
 const int32_t* GpuSession::compressor_branch(const DLayer& L, LayerBufs& S, void* s, void* br) {
   const HParams& hp = model_->hparams();

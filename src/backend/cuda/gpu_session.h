@@ -124,7 +124,7 @@ class GpuSession : public model::EvalSession {
   // `br` beside the query/KV path on `s`; returns the indexer's selection (null without one).
   const int32_t* compressor_branch(const DLayer& L, LayerBufs& S, void* s, void* br);
   // The stream compressor_branch runs on: a second stream, or `s` itself while profiling (so
-  // that each phase of the table is timed alone).
+  // that each phase of the table is timed alone) and with DS4_CUDA_ONE_STREAM set (A/B switch).
   void* branch_stream(void* s) const;
   void moe(const DLayer& L, void* s);
   // hc_pre followed by RMSNorm(a) * norm into the scratch x (3.2).
