@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include <cuda_runtime_api.h>
@@ -170,18 +171,51 @@ ds4::model::Tensor f32_tensor(const std::vector<float>& data, int64_t cols, int6
   return t;
 }
 
-// 4 streams (every DS4 model) and 6, whose 36-element Sinkhorn matrix takes two values per
-// lane of the warp with rows straddling the two.
-class HyperConnections : public ::testing::TestWithParam<int64_t> {};
+// Hyper-connection shapes: 4 streams at the Flash width (every DS4 model has 4 streams; the
+// fused launches then take one output block and 64 column blocks) and 6 streams at an odd
+// width, whose 36-element Sinkhorn matrix takes two values per lane of the warp with rows
+// straddling the two, and whose last column block and output float4s are partial.
+struct HcCase {
+  int64_t nc, E;
+};
+class HyperConnections : public ::testing::TestWithParam<HcCase> {
+ protected:
+  void SetUp() override {
+    hp.n_hc = GetParam().nc;
+    hp.n_embd = GetParam().E;
+    hp.hc_sinkhorn_iters = 20;
+    hp.hc_eps = 1e-6f;
+    hp.rms_eps = 1e-6f;
+  }
+  fwd::HcShape shape() const { return {static_cast<int>(hp.n_hc), hp.n_embd, hp.rms_eps, hp.hc_eps, 20}; }
+  ds4::model::HParams hp;
+};
+
+// fn weights stored as type t (F32, F16, BF16): the bytes the GPU reads, and in `rounded` the
+// floats the CPU reference sees.
+std::vector<uint8_t> fn_bytes_as(ds4::GgmlType t, const std::vector<float>& fn, std::vector<float>& rounded) {
+  rounded = fn;
+  std::vector<uint8_t> bytes;
+  if (t == ds4::GgmlType::F32) {
+    bytes.resize(fn.size() * 4);
+    std::memcpy(bytes.data(), fn.data(), bytes.size());
+    return bytes;
+  }
+  bytes.resize(fn.size() * 2);
+  for (size_t i = 0; i < fn.size(); ++i) {
+    const uint16_t b = t == ds4::GgmlType::F16 ? ds4::f32_to_fp16(fn[i]) : ds4::f32_to_bf16(fn[i]);
+    std::memcpy(bytes.data() + 2 * i, &b, 2);
+    rounded[i] = t == ds4::GgmlType::F16 ? ds4::fp16_to_f32(b) : ds4::bf16_to_f32(b);
+  }
+  return bytes;
+}
+
+bool identical_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
 
 TEST_P(HyperConnections, MatchCpu) {
   REQUIRE_GPU();
-  ds4::model::HParams hp;
-  hp.n_hc = GetParam();
-  hp.n_embd = 1024;
-  hp.hc_sinkhorn_iters = 20;
-  hp.hc_eps = 1e-6f;
-  hp.rms_eps = 1e-6f;
   const int64_t nc = hp.n_hc, E = hp.n_embd, n_mix = (2 + nc) * nc;
   auto fn = randv(nc * E * n_mix, 30, 0.02f), H = randv(nc * E, 31), F = randv(E, 32);
   ds4::model::HcWeights w;
@@ -196,7 +230,7 @@ TEST_P(HyperConnections, MatchCpu) {
   auto dfn = up(fn), dH = up(H), dF = up(F), dbase = up(w.base), dscale = up(w.scale);
   DeviceBuffer mix(n_mix * 4), da(E * 4), dpost(nc * 4), dcomb(nc * nc * 4), dHout(nc * E * 4);
   ds4::cuda::matvec(ds4::GgmlType::F32, dfn.data(), n_mix, nc * E, dH.as<float>(), mix.as<float>(), nullptr);
-  fwd::HcShape s{static_cast<int>(nc), E, 1e-6f, 1e-6f, 20};
+  const fwd::HcShape s = shape();
   fwd::hc_pre(s, mix.as<float>(), dH.as<float>(), dbase.as<float>(), dscale.as<float>(), da.as<float>(),
               dpost.as<float>(), dcomb.as<float>(), nullptr);
   fwd::hc_post(s, dF.as<float>(), dH.as<float>(), dpost.as<float>(), dcomb.as<float>(), dHout.as<float>(), nullptr);
@@ -211,25 +245,13 @@ TEST_P(HyperConnections, MatchCpu) {
   std::vector<float> nw = randv(E, 34, 0.5f);
   for (float& v : nw) v += 1.0f;
   for (ds4::GgmlType t : {ds4::GgmlType::F32, ds4::GgmlType::F16, ds4::GgmlType::BF16}) {
-    std::vector<float> fnq = fn;  // the weights the CPU sees: rounded to t
-    std::vector<uint8_t> bytes;
-    if (t == ds4::GgmlType::F32) {
-      bytes.resize(fn.size() * 4);
-      std::memcpy(bytes.data(), fn.data(), bytes.size());
-    } else {
-      bytes.resize(fn.size() * 2);
-      for (size_t i = 0; i < fn.size(); ++i) {
-        const uint16_t b = t == ds4::GgmlType::F16 ? ds4::f32_to_fp16(fn[i]) : ds4::f32_to_bf16(fn[i]);
-        std::memcpy(bytes.data() + 2 * i, &b, 2);
-        fnq[i] = t == ds4::GgmlType::F16 ? ds4::fp16_to_f32(b) : ds4::bf16_to_f32(b);
-      }
-    }
+    std::vector<float> fnq;
+    auto dfnq = up(fn_bytes_as(t, fn, fnq)), dnw = up(nw);
     ds4::model::HcWeights wq = w;
     wq.fn = f32_tensor(fnq, nc * E, n_mix);
     std::vector<float> aq(E), postq(nc), combq(nc * nc), xq(E);
     ds4::model::hc_pre(hp, wq, H.data(), 1, aq.data(), postq.data(), combq.data(), scratch.data(), nullptr);
     ds4::model::rmsnorm(xq.data(), aq.data(), nw.data(), E, 1e-6f);
-    auto dfnq = up(bytes), dnw = up(nw);
     DeviceBuffer dx(E * 4), scr(fwd::hc_fused_scratch_bytes(s));
     scr.fill_bytes(0);
     std::vector<float> first;
@@ -242,7 +264,7 @@ TEST_P(HyperConnections, MatchCpu) {
       EXPECT_LT(max_rel(down<float>(dpost, nc), postq), 1e-5) << ds4::type_name(t);
       EXPECT_LT(max_rel(down<float>(dcomb, nc * nc), combq), 1e-5) << ds4::type_name(t);
       if (rep == 0) first = gx;
-      else EXPECT_EQ(std::memcmp(first.data(), gx.data(), E * 4), 0) << ds4::type_name(t);
+      else EXPECT_TRUE(identical_bits(first, gx)) << ds4::type_name(t);
     }
   }
 
@@ -259,6 +281,101 @@ TEST_P(HyperConnections, MatchCpu) {
   ds4::cuda::matvec(ds4::GgmlType::F32, dhfn.data(), nc, nc * E, dH.as<float>(), hmix.as<float>(), nullptr);
   fwd::hc_head(s, hmix.as<float>(), dH.as<float>(), dhb.as<float>(), dhs.as<float>(), dx.as<float>(), nullptr);
   EXPECT_LT(max_rel(down<float>(dx, E), x), 1e-5);
+}
+
+// The decode step's fusions: a sublayer's hc_post inside the next HC pre's first launch
+// (hc_post_pre_fused) and the last hc_post inside the output head's (hc_head_fused). The
+// fused launches must give the same bits as hc_post followed by hc_pre_fused / the head on
+// its output, and match the CPU's hc_post, hc_pre, hc_head and RMSNorm.
+TEST_P(HyperConnections, PostFusedIntoNextPreAndHead) {
+  REQUIRE_GPU();
+  const int64_t nc = hp.n_hc, E = hp.n_embd, n_mix = (2 + nc) * nc;
+  const fwd::HcShape s = shape();
+  // post and comb of the previous HC pre (the CPU's, so that both sides start from the same).
+  auto H = randv(nc * E, 40), F = randv(E, 41), fn0 = randv(nc * E * n_mix, 42, 0.02f);
+  ds4::model::HcWeights w0;
+  w0.fn = f32_tensor(fn0, nc * E, n_mix);
+  w0.base = randv(n_mix, 43, 0.5f);
+  w0.scale = {0.7f, 1.3f, 0.9f};
+  std::vector<float> a0(E), post(nc), comb(nc * nc), scratch(n_mix);
+  ds4::model::hc_pre(hp, w0, H.data(), 1, a0.data(), post.data(), comb.data(), scratch.data(), nullptr);
+  std::vector<float> Hp(nc * E);  // hc_post's output: the next pre's and the head's input
+  ds4::model::hc_post(hp, F.data(), H.data(), post.data(), comb.data(), 1, Hp.data());
+  std::vector<float> nw = randv(E, 44, 0.5f);
+  for (float& v : nw) v += 1.0f;
+  auto dH = up(H), dF = up(F), dnw = up(nw);
+  DeviceBuffer scr(fwd::hc_fused_scratch_bytes(s)), Hsep(nc * E * 4), Hfused(nc * E * 4);
+
+  // The next HC pre, F32 and F16 fn weights (F16: Flash's hc_*_fn).
+  auto fn = randv(nc * E * n_mix, 45, 0.02f);
+  ds4::model::HcWeights w;
+  w.base = randv(n_mix, 46, 0.5f);
+  w.scale = {0.6f, 1.1f, 1.2f};
+  auto dbase = up(w.base), dscale = up(w.scale);
+  for (ds4::GgmlType t : {ds4::GgmlType::F32, ds4::GgmlType::F16}) {
+    std::vector<float> fnq;
+    auto dfn = up(fn_bytes_as(t, fn, fnq));
+    w.fn = f32_tensor(fnq, nc * E, n_mix);
+    std::vector<float> a(E), post2(nc), comb2(nc * nc), x(E);
+    ds4::model::hc_pre(hp, w, Hp.data(), 1, a.data(), post2.data(), comb2.data(), scratch.data(), nullptr);
+    ds4::model::rmsnorm(x.data(), a.data(), nw.data(), E, 1e-6f);
+    struct Out {
+      std::vector<float> H, a, x, post, comb;
+    } out[2];
+    for (int fused = 0; fused < 2; ++fused) {
+      // As in the session, post / comb are the hc_post's inputs and the HC pre's outputs.
+      auto dpost = up(post), dcomb = up(comb);
+      DeviceBuffer da(E * 4), dx(E * 4);
+      DeviceBuffer& dHp = fused ? Hfused : Hsep;
+      dHp.fill_bytes(0);
+      const fwd::HcPostIn p{dF.as<float>(), dH.as<float>(), dpost.as<float>(), dcomb.as<float>()};
+      if (fused) {
+        fwd::hc_post_pre_fused(s, p, dHp.as<float>(), t, dfn.data(), dbase.as<float>(), dscale.as<float>(),
+                               dnw.as<float>(), da.as<float>(), dx.as<float>(), dpost.as<float>(),
+                               dcomb.as<float>(), scr.data(), nullptr);
+      } else {
+        fwd::hc_post(s, p.f, p.H_in, p.post, p.comb, dHp.as<float>(), nullptr);
+        fwd::hc_pre_fused(s, t, dfn.data(), dHp.as<float>(), dbase.as<float>(), dscale.as<float>(), dnw.as<float>(),
+                          da.as<float>(), dx.as<float>(), dpost.as<float>(), dcomb.as<float>(), scr.data(), nullptr);
+      }
+      out[fused] = {down<float>(dHp, nc * E), down<float>(da, E), down<float>(dx, E), down<float>(dpost, nc),
+                    down<float>(dcomb, nc * nc)};
+    }
+    const std::string tn(ds4::type_name(t));
+    EXPECT_TRUE(identical_bits(out[0].H, out[1].H)) << tn;
+    EXPECT_TRUE(identical_bits(out[0].a, out[1].a)) << tn;
+    EXPECT_TRUE(identical_bits(out[0].x, out[1].x)) << tn;
+    EXPECT_TRUE(identical_bits(out[0].post, out[1].post)) << tn;
+    EXPECT_TRUE(identical_bits(out[0].comb, out[1].comb)) << tn;
+    EXPECT_LT(max_rel(out[1].H, Hp), 1e-5) << tn;
+    EXPECT_LT(max_rel(out[1].a, a), 1e-5) << tn;
+    EXPECT_LT(max_rel(out[1].x, x), 1e-5) << tn;
+    EXPECT_LT(max_rel(out[1].post, post2), 1e-5) << tn;
+    EXPECT_LT(max_rel(out[1].comb, comb2), 1e-5) << tn;
+  }
+
+  // The output head: hc_head then the output RMSNorm, alone (on the separate hc_post's H) and
+  // with the hc_post inside.
+  auto hfn = randv(nc * E * nc, 47, 0.02f);
+  ds4::model::HcWeights hw;
+  hw.fn = f32_tensor(hfn, nc * E, nc);
+  hw.base = randv(nc, 48, 0.5f);
+  hw.scale = {0.8f};
+  std::vector<float> xh(E), hs(nc), ref(E);
+  ds4::model::hc_head(hp, hw, Hp.data(), 1, xh.data(), hs.data(), nullptr);
+  ds4::model::rmsnorm(ref.data(), xh.data(), nw.data(), E, 1e-6f);
+  auto dhfn = up(hfn), dhb = up(hw.base), dhs = up(hw.scale), dpost = up(post), dcomb = up(comb);
+  DeviceBuffer dx(E * 4);
+  fwd::hc_head_fused(s, nullptr, Hsep.as<float>(), ds4::GgmlType::F32, dhfn.data(), dhb.as<float>(), dhs.as<float>(),
+                     dnw.as<float>(), dx.as<float>(), scr.data(), nullptr);
+  const auto x_alone = down<float>(dx, E);
+  EXPECT_LT(max_rel(x_alone, ref), 1e-5);
+  Hfused.fill_bytes(0);
+  const fwd::HcPostIn p{dF.as<float>(), dH.as<float>(), dpost.as<float>(), dcomb.as<float>()};
+  fwd::hc_head_fused(s, &p, Hfused.as<float>(), ds4::GgmlType::F32, dhfn.data(), dhb.as<float>(), dhs.as<float>(),
+                     dnw.as<float>(), dx.as<float>(), scr.data(), nullptr);
+  EXPECT_TRUE(identical_bits(down<float>(dx, E), x_alone));
+  EXPECT_TRUE(identical_bits(down<float>(Hfused, nc * E), down<float>(Hsep, nc * E)));
 }
 INSTANTIATE_TEST_SUITE_P(ForwardKernels, HyperConnections, ::testing::Values(4, 6));
 

@@ -305,17 +305,19 @@ __global__ void hc_pre_kernel(HcShape s, const float* mix_raw, const float* H, c
   }
 }
 
-// ---- fused HC pre + RMSNorm (hc_pre_fused) ----
-constexpr int kHcCols = 256;  // fn columns per block of the first launch
-constexpr int kHcOut = 256;   // outputs per block of the second launch (= its block size)
+// ---- fused HC pre + RMSNorm (hc_pre_fused, hc_post_pre_fused, hc_head_fused) ----
+constexpr int kHcCols = 256;                     // fn columns per block of the first launch (= its block size)
+constexpr int kHcApplyThreads = 1024;            // block size of the second launch: a warp per mix value
+constexpr int64_t kHcOut = 4 * kHcApplyThreads;  // outputs per block of the second launch (a float4 per thread)
+static_assert(kHcCols == kThreads, "hc_mix_kernel: one column per thread");
 
 // Byte layout of the fused scratch (host and device agree on it): the first launch's
-// per-block sums of squares (double) and partial fn products.
+// per-block sums of squares (double) and partial fn products (n_mix per block).
 struct HcLayout {
   int64_t nb = 0, nb2 = 0, n_mix = 0;
   size_t ss_a = 0, part = 0, total = 0;
-  __host__ __device__ explicit HcLayout(const HcShape& s) {
-    n_mix = static_cast<int64_t>(2 + s.nc) * s.nc;
+  __host__ __device__ HcLayout(const HcShape& s, int64_t mix_rows) {
+    n_mix = mix_rows;
     nb = (s.nc * s.E + kHcCols - 1) / kHcCols;
     nb2 = (s.E + kHcOut - 1) / kHcOut;
     ss_a = 0;
@@ -323,61 +325,104 @@ struct HcLayout {
     total = part + static_cast<size_t>(nb * n_mix) * 4;
   }
 };
+// Rows of an HC pre's fn: pre weights, post weights, the nc x nc combination (3.2).
+__host__ __device__ int64_t hc_pre_mix_rows(const HcShape& s) { return static_cast<int64_t>(2 + s.nc) * s.nc; }
+
+// Element i = k * E + d of hc_post's output: post[k] * f[d] + sum_j comb[j][k] * H_in[j][d].
+// hc_post_kernel and the fused first launch both call this, so they produce the same bits.
+__device__ __forceinline__ float hc_post_elem(const HcShape& s, const HcPostIn& p, int64_t i) {
+  const int nc = s.nc;
+  const int k = static_cast<int>(i / s.E);
+  const int64_t d = i % s.E;
+  float o = p.post[k] * p.f[d];
+  for (int j = 0; j < nc; ++j) o += p.comb[j * nc + k] * p.H_in[j * s.E + d];
+  return o;
+}
 
 // Launch 1: block b takes columns [b * kHcCols, ...) of the nc*E: its sum of squares of H
 // (double) and the n_mix partial fn products (one warp per fn row). No tail: launch 2 sums.
-__global__ void hc_mix_kernel(HcShape s, int wtype, const uint8_t* fn, const float* H, uint8_t* scr) {
+// With kPost the block first computes its columns of the state as hc_post(p) and writes them
+// to H_post (the state the next hc_post reads); else it reads H. The rest is the same code.
+template <bool kPost>
+__global__ void __launch_bounds__(kHcCols) hc_mix_kernel(HcShape s, int64_t n_mix, int wtype, const uint8_t* fn,
+                                                         const float* H, HcPostIn p, float* H_post, uint8_t* scr) {
   pdl_enter();
-  const HcLayout L(s);
+  const HcLayout L(s, n_mix);
   double* ss_a = reinterpret_cast<double*>(scr + L.ss_a);
   float* part = reinterpret_cast<float*>(scr + L.part);
+  __shared__ float h[kHcCols];  // the block's columns of H
   const int64_t ncols = s.nc * s.E;
   const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kHcCols;
   const int64_t c1 = c0 + kHcCols < ncols ? c0 + kHcCols : ncols;
   double ss = 0.0;
-  for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) ss += static_cast<double>(H[c]) * H[c];
-  ss = block_sum_d(ss);
+  const int64_t c = c0 + threadIdx.x;
+  if (c < c1) {
+    float v;
+    if constexpr (kPost) {
+      v = hc_post_elem(s, p, c);
+      H_post[c] = v;
+    } else {
+      v = H[c];
+    }
+    h[threadIdx.x] = v;
+    ss = static_cast<double>(v) * v;
+  }
+  ss = block_sum_d(ss);  // its barriers also publish h
   if (threadIdx.x == 0) ss_a[blockIdx.x] = ss;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   const size_t es = wtype == 0 ? 4 : 2;
-  for (int64_t m = warp; m < L.n_mix; m += nw) {
+  for (int64_t m = warp; m < n_mix; m += nw) {
     const uint8_t* row = fn + static_cast<size_t>(m) * static_cast<size_t>(ncols) * es;
     float acc = 0.0f;
-    for (int64_t c = c0 + lane; c < c1; c += 32) {
-      const float w = wtype == 0 ? reinterpret_cast<const float*>(row)[c]
-                      : wtype == 1 ? __half2float(reinterpret_cast<const __half*>(row)[c])
-                                   : __uint_as_float(static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(row)[c]) << 16);
-      acc += w * H[c];
+    for (int64_t cc = c0 + lane; cc < c1; cc += 32) {
+      const float w = wtype == 0 ? reinterpret_cast<const float*>(row)[cc]
+                      : wtype == 1 ? __half2float(reinterpret_cast<const __half*>(row)[cc])
+                                   : __uint_as_float(static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(row)[cc]) << 16);
+      acc += w * h[cc - c0];
     }
     acc = warp_sum_f(acc);
-    if (lane == 0) part[blockIdx.x * L.n_mix + m] = acc;
+    if (lane == 0) part[blockIdx.x * n_mix + m] = acc;
   }
 }
 
-// Launch 2: nb2 blocks of kHcOut outputs plus one block for post and Sinkhorn (comb), which
-// only hc_post needs, so it runs beside the normalization instead of before it. Every block
-// first reduces launch 1's partials (the RMS factor and the mix values it needs) in the same
-// fixed order, so all blocks hold identical values without a grid-wide hand-off. An output
-// block then computes a = sum_k pre_k H_k for ALL E outputs (E * nc floats from L2, cheaper
-// than a grid-wide barrier) to get the RMSNorm's sum of squares in one fixed order, and
-// writes a and x = RMSNorm(a) * norm for its own kHcOut outputs.
-__global__ void __launch_bounds__(kHcOut) hc_apply_kernel(HcShape s, const float* H, const float* base,
-                                                         const float* scale, const float* norm, float* a, float* x,
-                                                         float* post, float* comb, const uint8_t* scr) {
+// Launch 2 of an HC pre (kHead false: nb2 blocks of kHcOut outputs plus one block for post
+// and Sinkhorn, which only hc_post needs, so it runs beside the normalization instead of
+// before it) or of the output head's collapse (kHead: the nb2 output blocks, pre weights
+// sigmoid(scale * r * mix + base), no post, comb or a). Every block first reduces launch 1's
+// partials in the same fixed order (a warp per mix value, lane l adding blocks l, l + 32, ...
+// then a fixed shuffle tree), so all blocks hold identical values without a grid-wide
+// hand-off. An output block then computes a = sum_k pre_k H_k for ALL E outputs (nc * E
+// floats from L2, a float4 per stream and thread; cheaper than a grid-wide barrier) to get
+// the RMSNorm's sum of squares in one fixed order, and writes a and x = RMSNorm(a) * norm
+// for its own kHcOut outputs. Its first H loads are issued before the partials are reduced
+// (they do not depend on them), so the two L2 round trips overlap. Needs E % 4 == 0.
+template <bool kHead>
+__global__ void __launch_bounds__(kHcApplyThreads) hc_apply_kernel(HcShape s, int64_t n_mix, const float* H,
+                                                                   const float* base, const float* scale,
+                                                                   const float* norm, float* a, float* x, float* post,
+                                                                   float* comb, const uint8_t* scr) {
   pdl_enter();
-  const HcLayout L(s);
+  const HcLayout L(s, n_mix);
   const double* ss_a = reinterpret_cast<const double*>(scr + L.ss_a);
   const float* part = reinterpret_cast<const float*>(scr + L.part);
   const int nc = s.nc;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  const bool comb_block = blockIdx.x == L.nb2;
+  const bool comb_block = !kHead && blockIdx.x == L.nb2;
+  const int64_t E4 = s.E / 4;
+  const float4* H4 = reinterpret_cast<const float4*>(H);
+  float4 h[kMaxHc];
+  auto load_h = [&](int64_t d4) {
+#pragma unroll
+    for (int k = 0; k < kMaxHc; ++k)
+      if (k < nc) h[k] = H4[k * E4 + d4];
+  };
+  if (!comb_block && threadIdx.x < E4) load_h(threadIdx.x);
   __shared__ float mix[(2 + kMaxHc) * kMaxHc];
   __shared__ float r_sh;
-  // Partials: lane l adds blocks l, l + 32, ... in order, then a fixed shuffle tree.
-  const int64_t need = comb_block ? L.n_mix : nc;
+  const int64_t need = comb_block ? n_mix : nc;
   for (int64_t i = warp; i < need; i += nw) {
     float v = 0.0f;
-    for (int64_t b = lane; b < L.nb; b += 32) v += part[b * L.n_mix + i];
+    for (int64_t b = lane; b < L.nb; b += 32) v += part[b * n_mix + i];
     v = warp_sum_f(v);
     if (lane == 0) mix[i] = v;
   }
@@ -393,42 +438,54 @@ __global__ void __launch_bounds__(kHcOut) hc_apply_kernel(HcShape s, const float
     if (warp == 0) hc_post_comb_warp(s, mix, r, base, scale, post, comb);
     return;
   }
+  // Loops over the streams run to kMaxHc, unrolled, so that pre and h stay in registers.
   float pre[kMaxHc];
-  for (int k = 0; k < nc; ++k) pre[k] = sigmoidf_(scale[0] * (mix[k] * r) + base[k]) + s.hc_eps;
-  const int64_t mine = static_cast<int64_t>(blockIdx.x) * kHcOut + threadIdx.x;
-  float a_mine = 0.0f;
+#pragma unroll
+  for (int k = 0; k < kMaxHc; ++k)
+    if (k < nc)
+      pre[k] = kHead ? sigmoidf_(scale[0] * r * mix[k] + base[k]) + s.hc_eps
+                     : sigmoidf_(scale[0] * (mix[k] * r) + base[k]) + s.hc_eps;
+  const int64_t mine = static_cast<int64_t>(blockIdx.x) * kHcApplyThreads + threadIdx.x;  // float4 index
+  float4 a_mine = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   double ss = 0.0;
-#pragma unroll 4
-  for (int64_t d = threadIdx.x; d < s.E; d += blockDim.x) {
-    float acc = 0.0f;
-    for (int k = 0; k < nc; ++k) acc += pre[k] * H[k * s.E + d];
-    ss += static_cast<double>(acc) * acc;
-    if (d == mine) a_mine = acc;
+  for (int64_t d4 = threadIdx.x; d4 < E4; d4 += blockDim.x) {
+    if (d4 != threadIdx.x) load_h(d4);
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+    for (int k = 0; k < kMaxHc; ++k) {
+      if (k >= nc) break;
+      acc.x += pre[k] * h[k].x;
+      acc.y += pre[k] * h[k].y;
+      acc.z += pre[k] * h[k].z;
+      acc.w += pre[k] * h[k].w;
+    }
+    ss += static_cast<double>(acc.x) * acc.x;
+    ss += static_cast<double>(acc.y) * acc.y;
+    ss += static_cast<double>(acc.z) * acc.z;
+    ss += static_cast<double>(acc.w) * acc.w;
+    if (d4 == mine) a_mine = acc;
   }
   ss = block_sum_d(ss);
-  if (mine >= s.E) return;
+  if (mine >= E4) return;
   const float rn = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(s.E) + s.rms_eps));
-  a[mine] = a_mine;
-  x[mine] = norm ? __fmul_rn(__fmul_rn(a_mine, rn), norm[mine]) : __fmul_rn(a_mine, rn);
+  auto normed = [&](float v, int64_t d) { return norm ? __fmul_rn(__fmul_rn(v, rn), norm[d]) : __fmul_rn(v, rn); };
+  const int64_t d = 4 * mine;
+  if (a) reinterpret_cast<float4*>(a)[mine] = a_mine;
+  reinterpret_cast<float4*>(x)[mine] =
+      make_float4(normed(a_mine.x, d), normed(a_mine.y, d + 1), normed(a_mine.z, d + 2), normed(a_mine.w, d + 3));
 }
 
-__global__ void hc_post_kernel(HcShape s, const float* f, const float* H_in, const float* post,
-                               const float* comb, float* H_out) {
+__global__ void hc_post_kernel(HcShape s, HcPostIn p, float* H_out) {
   pdl_enter();
   const int nc = s.nc;
   const int64_t tk = blockIdx.y;  // token of a batch
-  f += tk * s.E;
-  H_in += tk * nc * s.E;
-  post += tk * nc;
-  comb += tk * nc * nc;
+  p.f += tk * s.E;
+  p.H_in += tk * nc * s.E;
+  p.post += tk * nc;
+  p.comb += tk * nc * nc;
   H_out += tk * nc * s.E;
-  for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < nc * s.E; i += gridDim.x * blockDim.x) {
-    const int k = static_cast<int>(i / s.E);
-    const int64_t d = i % s.E;
-    float o = post[k] * f[d];
-    for (int j = 0; j < nc; ++j) o += comb[j * nc + k] * H_in[j * s.E + d];
-    H_out[i] = o;
-  }
+  for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < nc * s.E; i += gridDim.x * blockDim.x)
+    H_out[i] = hc_post_elem(s, p, i);
 }
 
 __global__ void hc_head_kernel(HcShape s, const float* mix_raw, const float* H, const float* base,
@@ -930,24 +987,53 @@ void hc_pre(const HcShape& s, const float* mix_raw, const float* H, const float*
             float* a, float* post, float* comb, void* stream, int64_t tokens) {
   launch(hc_pre_kernel, token_grid(1, tokens), 1024, 0, stream, s, mix_raw, H, base, scale, a, post, comb);
 }
-size_t hc_fused_scratch_bytes(const HcShape& s) { return HcLayout(s).total; }
+size_t hc_fused_scratch_bytes(const HcShape& s) { return HcLayout(s, hc_pre_mix_rows(s)).total; }
+
+namespace {
+// The two launches of hc_pre_fused, hc_post_pre_fused and hc_head_fused: the fn partials
+// (after hc_post p when given, which writes the state to H), then the reduction and the
+// normalized collapse (kHead: the head's, of n_mix = nc fn rows).
+template <bool kHead>
+void hc_fused_launches(const HcShape& s, int64_t n_mix, const HcPostIn* p, const float* H, float* H_post,
+                       GgmlType fn_type, const void* fn, const float* base, const float* scale, const float* norm,
+                       float* a, float* x, float* post, float* comb, void* scratch, void* stream) {
+  DS4_FWD_REQUIRE(s.nc <= kMaxHc && s.E % 4 == 0);
+  DS4_FWD_REQUIRE(fn_type == GgmlType::F32 || fn_type == GgmlType::F16 || fn_type == GgmlType::BF16);
+  const HcLayout L(s, n_mix);
+  auto* scr = static_cast<uint8_t*>(scratch);
+  const auto* w = static_cast<const uint8_t*>(fn);
+  const int code = float_type_code(fn_type);
+  const auto nb = static_cast<unsigned>(L.nb);
+  if (p) launch(hc_mix_kernel<true>, nb, kHcCols, 0, stream, s, n_mix, code, w, H, *p, H_post, scr);
+  else launch(hc_mix_kernel<false>, nb, kHcCols, 0, stream, s, n_mix, code, w, H, HcPostIn{}, H_post, scr);
+  launch(hc_apply_kernel<kHead>, static_cast<unsigned>(L.nb2 + (kHead ? 0 : 1)), kHcApplyThreads, 0, stream, s,
+         n_mix, H, base, scale, norm, a, x, post, comb, static_cast<const uint8_t*>(scr));
+}
+}  // namespace
 
 void hc_pre_fused(const HcShape& s, GgmlType fn_type, const void* fn, const float* H, const float* base,
                   const float* scale, const float* norm, float* a, float* x, float* post, float* comb,
                   void* scratch, void* stream) {
-  DS4_FWD_REQUIRE(s.nc <= kMaxHc);
-  DS4_FWD_REQUIRE(fn_type == GgmlType::F32 || fn_type == GgmlType::F16 || fn_type == GgmlType::BF16);
-  const HcLayout L(s);
-  auto* scr = static_cast<uint8_t*>(scratch);
-  launch(hc_mix_kernel, static_cast<unsigned>(L.nb), kThreads, 0, stream, s, float_type_code(fn_type),
-         static_cast<const uint8_t*>(fn), H, scr);
-  launch(hc_apply_kernel, static_cast<unsigned>(L.nb2 + 1), kHcOut, 0, stream, s, H, base, scale, norm, a, x, post,
-         comb, scr);
+  hc_fused_launches<false>(s, hc_pre_mix_rows(s), nullptr, H, nullptr, fn_type, fn, base, scale, norm, a, x, post,
+                           comb, scratch, stream);
+}
+void hc_post_pre_fused(const HcShape& s, const HcPostIn& p, float* H, GgmlType fn_type, const void* fn,
+                       const float* base, const float* scale, const float* norm, float* a, float* x, float* post,
+                       float* comb, void* scratch, void* stream) {
+  hc_fused_launches<false>(s, hc_pre_mix_rows(s), &p, H, H, fn_type, fn, base, scale, norm, a, x, post, comb,
+                           scratch, stream);
+}
+void hc_head_fused(const HcShape& s, const HcPostIn* p, float* H, GgmlType fn_type, const void* fn,
+                   const float* base, const float* scale, const float* norm, float* x, void* scratch,
+                   void* stream) {
+  hc_fused_launches<true>(s, s.nc, p, H, H, fn_type, fn, base, scale, norm, nullptr, x, nullptr, nullptr, scratch,
+                          stream);
 }
 
 void hc_post(const HcShape& s, const float* f, const float* H_in, const float* post, const float* comb,
              float* H_out, void* stream, int64_t tokens) {
-  launch(hc_post_kernel, token_grid(grid_for(s.nc * s.E), tokens), kThreads, 0, stream, s, f, H_in, post, comb, H_out);
+  launch(hc_post_kernel, token_grid(grid_for(s.nc * s.E), tokens), kThreads, 0, stream, s, HcPostIn{f, H_in, post, comb},
+         H_out);
 }
 void hc_head(const HcShape& s, const float* mix_raw, const float* H, const float* base, const float* scale,
              float* x, void* stream) {

@@ -61,14 +61,39 @@ void hc_pre(const HcShape& s, const float* mix_raw, const float* H, const float*
 // sums of squares); in the second every block reduces those partials in one fixed order
 // (identical results in every block, independent of timing), one block runs post and
 // Sinkhorn (a warp, the matrix in registers, the CPU's sequential sums) and the others
-// normalize their slice of x. scratch: hc_fused_scratch_bytes(s), no initialization needed.
+// normalize their slice of x. E % 4 == 0. scratch: hc_fused_scratch_bytes(s), no
+// initialization needed.
 size_t hc_fused_scratch_bytes(const HcShape& s);
 void hc_pre_fused(const HcShape& s, GgmlType fn_type, const void* fn, const float* H,
                   const float* base, const float* scale, const float* norm, float* a, float* x,
                   float* post, float* comb, void* scratch, void* stream);
+// The inputs of an hc_post (3.3) whose output the next HC pre or the head reads:
+// H = post[k] * f + sum_j comb[j][k] * H_in[j].
+struct HcPostIn {
+  const float* f = nullptr;     // the sublayer's output [E]
+  const float* H_in = nullptr;  // the state the sublayer read [nc][E]
+  const float* post = nullptr;  // [nc]
+  const float* comb = nullptr;  // [nc][nc]
+};
+// hc_post(p) -> H, then hc_pre_fused on H, in hc_pre_fused's two launches (decode: a
+// sublayer's hc_post and the next sublayer's HC pre): each block of the first launch computes
+// its columns of H, writes them (the state the next hc_post reads) and uses them at once.
+// Bit-identical to hc_post + hc_pre_fused (the same device code). p.post / p.comb may be the
+// post / comb outputs (the first launch reads them, the second writes them); H must not alias
+// p.H_in.
+void hc_post_pre_fused(const HcShape& s, const HcPostIn& p, float* H, GgmlType fn_type,
+                       const void* fn, const float* base, const float* scale, const float* norm,
+                       float* a, float* x, float* post, float* comb, void* scratch, void* stream);
 // H_out[k] = post[k] * f + sum_j comb[j][k] * H_in[j].
 void hc_post(const HcShape& s, const float* f, const float* H_in, const float* post,
              const float* comb, float* H_out, void* stream, int64_t tokens = 1);
+// The output head's collapse (hc_head, 3.6) and the output RMSNorm: x = RMSNorm(sum_k pre_k
+// H_k) * norm, for float fn weights (nc rows), in hc_pre_fused's two launches; with p set,
+// hc_post(p) -> H first, as in hc_post_pre_fused (else H is only read). Equals the fn product +
+// hc_head + rmsnorm up to float summation order. scratch: hc_fused_scratch_bytes(s).
+void hc_head_fused(const HcShape& s, const HcPostIn* p, float* H, GgmlType fn_type,
+                   const void* fn, const float* base, const float* scale, const float* norm,
+                   float* x, void* scratch, void* stream);
 // hc_head after the fn product: mix_raw [nc] -> x [E].
 void hc_head(const HcShape& s, const float* mix_raw, const float* H, const float* base,
              const float* scale, float* x, void* stream);

@@ -302,36 +302,53 @@ void GpuSession::mv(const DTensor& W, const float* x, float* y, void* s, int64_t
   matvec(W.type, W.row(row0), nrows, W.cols, x, y, sc_->act, s);
 }
 
-void GpuSession::hc_pre_norm(const DHc& hc, const float* H, const float* norm, void* s) {
+namespace {
+fwd::HcShape hc_shape(const HParams& hp) {
+  return {static_cast<int>(hp.n_hc), hp.n_embd, hp.rms_eps, hp.hc_eps, static_cast<int>(hp.hc_sinkhorn_iters)};
+}
+}  // namespace
+
+void GpuSession::hc_post_now(const float* H_in, float* H_out, void* s) {
+  fwd::hc_post(hc_shape(model_->hparams()), sc_->y, H_in, sc_->post, sc_->comb, H_out, s);
+  mark("hc post", 0, s);
+}
+
+bool GpuSession::hc_fusable(const DHc& hc) const {
+  return is_float_type(hc.fn.type) && model_->hparams().n_embd % 4 == 0;  // every DS4 recipe and model
+}
+
+void GpuSession::hc_pre_norm(const DHc& hc, const float* post_from, float* H, const float* norm, void* s) {
   const HParams& hp = model_->hparams();
-  fwd::HcShape sh{static_cast<int>(hp.n_hc), hp.n_embd, hp.rms_eps, hp.hc_eps, static_cast<int>(hp.hc_sinkhorn_iters)};
-  if (is_float_type(hc.fn.type)) {  // every DS4 recipe: the fn product fused, two wide launches
-    fwd::hc_pre_fused(sh, hc.fn.type, hc.fn.d, H, hc.base, hc.scale, norm, sc_->a, sc_->x, sc_->post, sc_->comb,
-                      sc_->hc_scr, s);
+  const fwd::HcShape sh = hc_shape(hp);
+  const double fn_bytes = static_cast<double>(hc.fn.bytes());
+  if (hc_fusable(hc)) {  // the fn product fused, two wide launches; the pending hc_post inside the first
+    // The hc_post (3.3) of the previous sublayer: its output y, the post / comb of its HC pre.
+    if (post_from)
+      fwd::hc_post_pre_fused(sh, {sc_->y, post_from, sc_->post, sc_->comb}, H, hc.fn.type, hc.fn.d, hc.base,
+                             hc.scale, norm, sc_->a, sc_->x, sc_->post, sc_->comb, sc_->hc_scr, s);
+    else
+      fwd::hc_pre_fused(sh, hc.fn.type, hc.fn.d, H, hc.base, hc.scale, norm, sc_->a, sc_->x, sc_->post, sc_->comb,
+                        sc_->hc_scr, s);
+    mark("hc pre + norm", fn_bytes, s);
     return;
   }
+  if (post_from) hc_post_now(post_from, H, s);
   mv(hc.fn, H, sc_->mix, s);
   fwd::hc_pre(sh, sc_->mix, H, hc.base, hc.scale, sc_->a, sc_->post, sc_->comb, s);
   fwd::rmsnorm(sc_->a, norm, sc_->x, hp.n_embd, 1, hp.rms_eps, s);
+  mark("hc pre + norm", fn_bytes, s);
 }
 
-void GpuSession::layer(const DLayer& L, LayerBufs& S, void* s) {
-  const HParams& hp = model_->hparams();
+void GpuSession::layer(const DLayer& L, LayerBufs& S, bool post_pending, void* s) {
   Scratch& b = *sc_;
-  const fwd::HcShape sh{static_cast<int>(hp.n_hc), hp.n_embd, hp.rms_eps, hp.hc_eps,
-                        static_cast<int>(hp.hc_sinkhorn_iters)};
-  // Attention half: collapse the streams, normalize, attend, expand and mix back (3.2-3.4).
-  hc_pre_norm(L.hc_attn, b.H, L.attn_norm, s);
-  mark("hc pre + norm", static_cast<double>(L.hc_attn.fn.bytes()), s);
+  // Attention half: collapse the streams, normalize, attend (3.2-3.4). When the previous
+  // layer's FFN hc_post (H2 -> H) is pending, this HC pre runs it first.
+  hc_pre_norm(L.hc_attn, post_pending ? b.H2 : nullptr, b.H, L.attn_norm, s);
   attention_sublayer(L, S, s);
-  fwd::hc_post(sh, b.y, b.H, b.post, b.comb, b.H2, s);
-  mark("hc post", 0, s);
-  // FFN half (3.5).
-  hc_pre_norm(L.hc_ffn, b.H2, L.ffn_norm, s);
-  mark("hc pre + norm", static_cast<double>(L.hc_ffn.fn.bytes()), s);
+  // FFN half (3.5), after the attention hc_post (H -> H2), which its HC pre runs.
+  hc_pre_norm(L.hc_ffn, b.H, b.H2, L.ffn_norm, s);
   moe(L, s);
-  fwd::hc_post(sh, b.y, b.H2, b.post, b.comb, b.H, s);
-  mark("hc post", 0, s);
+  // The FFN hc_post (H2 -> H) is left pending: the next layer's HC pre or the head runs it.
 }
 
 namespace {
@@ -491,16 +508,22 @@ void GpuSession::moe(const DLayer& L, void* s) {
   }
 }
 
-void GpuSession::head(void* s) {
+void GpuSession::head(void* s, bool post_pending) {
   const HParams& hp = model_->hparams();
   Scratch& b = *sc_;
-  const fwd::HcShape sh{static_cast<int>(hp.n_hc), hp.n_embd, hp.rms_eps, hp.hc_eps,
-                        static_cast<int>(hp.hc_sinkhorn_iters)};
-  mv(model_->hc_head().fn, b.H, b.mix, s);
-  fwd::hc_head(sh, b.mix, b.H, model_->hc_head().base, model_->hc_head().scale, b.x, s);
-  fwd::rmsnorm(b.x, model_->output_norm(), b.x, hp.n_embd, 1, hp.rms_eps, s);
+  const DHc& hc = model_->hc_head();
+  if (hc_fusable(hc)) {  // hc_head and the output norm in two launches, the pending hc_post inside the first
+    const fwd::HcPostIn p{b.y, b.H2, b.post, b.comb};
+    fwd::hc_head_fused(hc_shape(hp), post_pending ? &p : nullptr, b.H, hc.fn.type, hc.fn.d, hc.base, hc.scale,
+                       model_->output_norm(), b.x, b.hc_scr, s);
+  } else {
+    if (post_pending) hc_post_now(b.H2, b.H, s);
+    mv(hc.fn, b.H, b.mix, s);
+    fwd::hc_head(hc_shape(hp), b.mix, b.H, hc.base, hc.scale, b.x, s);
+    fwd::rmsnorm(b.x, model_->output_norm(), b.x, hp.n_embd, 1, hp.rms_eps, s);
+  }
   mv(model_->output(), b.x, b.logits, s);
-  mark("output head", static_cast<double>(model_->output().bytes() + model_->hc_head().fn.bytes()), s);
+  mark("output head", static_cast<double>(model_->output().bytes() + hc.fn.bytes()), s);
 }
 
 void GpuSession::record_step(void* s, bool with_head) {
@@ -510,9 +533,13 @@ void GpuSession::record_step(void* s, bool with_head) {
   const DTensor& te = model_->tok_embd();
   fwd::embed(te.type, te.d, te.row_bytes, hp.n_embd, static_cast<int>(hp.n_hc), b.ctl, b.H, s);
   mark("embed", static_cast<double>(te.row_bytes), s);
+  bool post_pending = false;  // the last layer's FFN hc_post (H2 -> H), not run yet
   for (size_t il = 0; il < model_->layers().size(); ++il) {
-    layer(model_->layers()[il], *layers_[il], s);
-    if (hook_) {
+    layer(model_->layers()[il], *layers_[il], post_pending, s);
+    post_pending = true;
+    if (hook_) {  // the hook reads every layer's output state: run the post now
+      hc_post_now(b.H2, b.H, s);
+      post_pending = false;
       std::vector<float> H(static_cast<size_t>(hp.n_hc * hp.n_embd));
       fwd::StepCtl c;
       stream_.synchronize();
@@ -521,7 +548,9 @@ void GpuSession::record_step(void* s, bool with_head) {
       hook_(static_cast<int64_t>(il), c.pos, 1, H.data());
     }
   }
-  if (with_head) head(s);
+  // Without the head the last post is dead work: only the head reads the final state (the
+  // next step starts from a fresh embedding; prefill's head copies its own state into H).
+  if (with_head) head(s, post_pending);
   fwd::step_end(b.ctl, s);
 }
 

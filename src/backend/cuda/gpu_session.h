@@ -118,7 +118,10 @@ class GpuSession : public model::EvalSession {
   void run_chunk(std::span<const int32_t> tokens, model::LogitsMode mode, float* out, bool copy_last);
   void launch_step(bool head);
   void record_step(void* s, bool head);
-  void layer(const DLayer& L, LayerBufs& S, void* s);
+  // One layer of the step on the state H. post_pending: the previous layer's FFN hc_post
+  // (H2 -> H) has not run yet (this layer's first HC pre runs it); the layer leaves its own
+  // FFN hc_post pending in turn (record_step).
+  void layer(const DLayer& L, LayerBufs& S, bool post_pending, void* s);
   void attention_sublayer(const DLayer& L, LayerBufs& S, void* s);
   // The compressors and the lightning indexer of a compressed layer (3.4.5-3.4.7) on stream
   // `br` beside the query/KV path on `s`; returns the indexer's selection (null without one).
@@ -127,9 +130,15 @@ class GpuSession : public model::EvalSession {
   // that each phase of the table is timed alone) and with DS4_CUDA_ONE_STREAM set (A/B switch).
   void* branch_stream(void* s) const;
   void moe(const DLayer& L, void* s);
-  // hc_pre followed by RMSNorm(a) * norm into the scratch x (3.2).
-  void hc_pre_norm(const DHc& hc, const float* H, const float* norm, void* s);
-  void head(void* s);
+  // hc_pre followed by RMSNorm(a) * norm into the scratch x (3.2), on state H; with post_from,
+  // H is first the hc_post (3.3) of the scratch y, post and comb from post_from, fused into the
+  // pre's first launch (float fn weights).
+  void hc_pre_norm(const DHc& hc, const float* post_from, float* H, const float* norm, void* s);
+  void hc_post_now(const float* H_in, float* H_out, void* s);  // that hc_post as its own launch
+  bool hc_fusable(const DHc& hc) const;                       // float fn weights, E % 4 == 0
+  // The output head on state H (logits into the scratch); post_pending: the last layer's FFN
+  // hc_post (H2 -> H) runs first, inside the head's HC launch.
+  void head(void* s, bool post_pending = false);
   void mv(const DTensor& W, const float* x, float* y, void* s, int64_t row0 = 0, int64_t nrows = -1);
   void trim_history();
   // Copies the step's logits (sc_->logits) to host `dst`, asynchronously on stream `s`.
