@@ -435,6 +435,43 @@ INSTANTIATE_TEST_SUITE_P(ForwardKernels, AttentionHeads, ::testing::Values(16, 1
 TEST(ForwardKernels, CompressorWindowMatchesCpu) {
   REQUIRE_GPU();
   const int64_t d = 512, c = 2, ratio = 4, width = c * d, cap = 50, n_rope = 64, win = 37;
+// The decode query/KV launch: RMSNorm(q_a x) (q_lora 1024) with its Q8_0 activation and the
+// KV row into the ring (norm, RoPE, FP8) as two jobs of one rows_finish_jobs launch, vs
+// rmsnorm + rows_finish (the same arithmetic: identical bits) and the CPU quantizer.
+TEST(ForwardKernels, RowsFinishJobsEqualSeparateLaunches) {
+  REQUIRE_GPU();
+  const int64_t Q = 1024, D = 512, n_rope = 64, cap = 7, pos = 4321;
+  const auto rope = ds4::model::Rope::yarn(n_rope, 160000.0f, 16.0f, 65536.0f, 32.0f, 1.0f);
+  auto qa = up(randv(Q, 50, 3.0f)), qw = up(randv(Q, 51)), kv = up(randv(D, 52, 2.0f)), kw = up(randv(D, 53));
+  auto om = up(rope.omega());
+  auto c = ctl_at(pos);
+  fwd::RowFinish qf;
+  qf.d = Q;
+  qf.norm = qw.as<float>();
+  fwd::RowFinish kf;
+  kf.d = D;
+  kf.n_rope = n_rope;
+  kf.n_nope = D - n_rope;
+  kf.norm = kw.as<float>();
+  kf.sim = fwd::Sim::Fp8Nope;
+  const std::vector<float> zero(cap * D, 0.0f);
+  DeviceBuffer qr1(Q * 4), qr2(Q * 4), act(ds4::cpu::activation_bytes(ds4::GgmlType::Q8_0, Q));
+  auto ring1 = up(zero), ring2 = up(zero);
+  const fwd::RowsJob jobs[] = {{qf, qa.as<float>(), qr1.as<float>(), 1, Q, 0, act.data()},
+                               {kf, kv.as<float>(), ring1.as<float>(), 1, D, cap, nullptr}};
+  fwd::rows_finish_jobs(jobs, 2, om.as<float>(), ctl(c), nullptr);
+  fwd::rmsnorm(qa.as<float>(), qw.as<float>(), qr2.as<float>(), Q, 1, 1e-6f, nullptr);
+  fwd::rows_finish(kf, om.as<float>(), kv.as<float>(), ring2.as<float>(), 1, D, cap, ctl(c), nullptr);
+  const auto got_qr = down<float>(qr1, Q), want_qr = down<float>(qr2, Q);
+  EXPECT_EQ(std::memcmp(got_qr.data(), want_qr.data(), Q * 4), 0) << "qr";
+  const auto got_ring = down<float>(ring1, cap * D), want_ring = down<float>(ring2, cap * D);
+  EXPECT_EQ(std::memcmp(got_ring.data(), want_ring.data(), cap * D * 4), 0) << "KV ring";
+  EXPECT_NE(got_ring[(pos % cap) * D], 0.0f);
+  std::vector<uint8_t> want(act.size());
+  ds4::cpu::quantize_activation(ds4::GgmlType::Q8_0, got_qr.data(), want.data(), Q);
+  EXPECT_EQ(std::memcmp(down<uint8_t>(act, act.size()).data(), want.data(), act.size()), 0) << "Q8_0 of qr";
+}
+
   const int64_t pos = (win + 1) * ratio - 1;
   const auto rope = ds4::model::Rope::plain(n_rope, 10000.0f);
   auto kv = randv((pos + 1) * width, 50), sc = randv((pos + 1) * width, 51, 2.0f);

@@ -13,7 +13,9 @@
 #include "backend/cuda/check.h"
 #include "backend/cuda/forward_kernels.h"
 #include "backend/cuda/pdl.h"
+#include "backend/cuda/quantize_act.cuh"
 #include "backend/cuda/topk_block.h"
+#include "quant/blocks.h"
 
 namespace ds4::cuda::fwd {
 namespace {
@@ -118,6 +120,16 @@ __device__ void rope_row(float* r, int64_t d, int64_t n_rope, const float* omega
   __syncthreads();
 }
 
+// Q8_0 activation blocks of x[0..n) (n a multiple of QK8_0), a warp per block; x was
+// written by the block (synchronized before the call).
+__device__ void quantize_q8_0_span(const float* x, int64_t n, BlockQ8_0Act* act) {
+  const int lane = threadIdx.x & 31;
+  for (int64_t b = threadIdx.x >> 5; b < n / QK8_0; b += blockDim.x >> 5) {
+    const float v[1] = {x[b * QK8_0 + lane]};
+    quantize_q8_0_act_warp<1>(v, act + b);
+  }
+}
+
 // Norm, RoPE and simulation of one row held in shared memory by the whole block.
 __device__ void finish_row(const RowFinish& f, const float* omega, float* r, int64_t pos) {
   const int64_t d = f.d;
@@ -157,6 +169,11 @@ __device__ void finish_row(const RowFinish& f, const float* omega, float* r, int
 }
 
 // ---- kernels ----
+
+// rows_finish_jobs' jobs, passed by value.
+struct RowsJobs {
+  RowsJob job[kMaxRowsJobs];
+};
 
 __global__ void step_begin_kernel(StepCtl* ctl, const int32_t* tokens) {
   pdl_enter();
@@ -504,19 +521,28 @@ __global__ void hc_head_kernel(HcShape s, const float* mix_raw, const float* H, 
   }
 }
 
-__global__ void rows_finish_kernel(RowFinish f, const float* omega, const float* in, float* out,
-                                   int64_t stride, int64_t ring_cap, const StepCtl* ctl) {
+// Block x finishes row x of the concatenated jobs (job 0's rows first); a batch's token
+// blockIdx.y has each job's rows at (blockIdx.y * rows + r) * stride.
+__global__ void rows_finish_kernel(RowsJobs jobs, const float* omega, const StepCtl* ctl) {
   pdl_enter();
   extern __shared__ float row[];
-  // Token blockIdx.y of a batch: its gridDim.x rows start at blockIdx.y * gridDim.x * stride.
+  int64_t r = blockIdx.x;
+  int i = 0;
+  while (r >= jobs.job[i].rows) r -= jobs.job[i++].rows;
+  const RowsJob& J = jobs.job[i];
+  const RowFinish& f = J.f;
   const int64_t pos = ctl[blockIdx.y].pos;
-  const int64_t r = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
-  const float* src = in + r * stride;
-  float* dst = ring_cap > 0 ? out + (pos % ring_cap) * f.d : out + r * stride;
-  for (int64_t i = threadIdx.x; i < f.d; i += blockDim.x) row[i] = src[i];
+  r += static_cast<int64_t>(blockIdx.y) * J.rows;
+  const float* src = J.in + r * J.stride;
+  float* dst = J.ring_cap > 0 ? J.out + (pos % J.ring_cap) * f.d : J.out + r * J.stride;
+  for (int64_t k = threadIdx.x; k < f.d; k += blockDim.x) row[k] = src[k];
   __syncthreads();
   finish_row(f, omega, row, pos);
-  for (int64_t i = threadIdx.x; i < f.d; i += blockDim.x) dst[i] = row[i];
+  for (int64_t k = threadIdx.x; k < f.d; k += blockDim.x) dst[k] = row[k];
+  if (J.act) {  // the finished row as Q8_0 activation blocks (f.d % QK8_0 == 0)
+    __syncthreads();
+    quantize_q8_0_span(row, f.d, static_cast<BlockQ8_0Act*>(J.act) + r * (f.d / QK8_0));
+  }
 }
 
 // comp_store of the token at pos: elements first, first + step, ... of its projections.
@@ -1040,10 +1066,26 @@ void hc_head(const HcShape& s, const float* mix_raw, const float* H, const float
   launch(hc_head_kernel, 1, 1024, 0, stream, s, mix_raw, H, base, scale, x);
 }
 
+void rows_finish_jobs(const RowsJob* jobs, int n_jobs, const float* omega, const StepCtl* ctl, void* stream,
+                      int64_t tokens) {
+  DS4_FWD_REQUIRE(n_jobs >= 1 && n_jobs <= kMaxRowsJobs);
+  RowsJobs js;
+  int64_t rows = 0, d = 0;
+  for (int i = 0; i < n_jobs; ++i) {
+    DS4_FWD_REQUIRE(jobs[i].rows >= 1);
+    DS4_FWD_REQUIRE(jobs[i].act == nullptr || jobs[i].f.d % QK8_0 == 0);
+    js.job[i] = jobs[i];
+    rows += jobs[i].rows;
+    d = std::max(d, jobs[i].f.d);
+  }
+  launch(rows_finish_kernel, token_grid(rows, tokens), kThreads, static_cast<size_t>(d) * sizeof(float), stream, js,
+         omega, ctl);
+}
+
 void rows_finish(const RowFinish& f, const float* omega, const float* in, float* out, int64_t rows,
                  int64_t stride, int64_t ring_cap, const StepCtl* ctl, void* stream, int64_t tokens) {
-  launch(rows_finish_kernel, token_grid(rows, tokens), kThreads, f.d * sizeof(float), stream, f, omega, in, out,
-         stride, ring_cap, ctl);
+  const RowsJob job{f, in, out, rows, stride, ring_cap, nullptr};
+  rows_finish_jobs(&job, 1, omega, ctl, stream, tokens);
 }
 
 void comp_store(const float* kv, const float* sc, const float* ape, int64_t width, int64_t ratio,

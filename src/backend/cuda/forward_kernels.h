@@ -119,6 +119,23 @@ struct RowFinish {
 void rows_finish(const RowFinish& f, const float* omega, const float* in, float* out,
                  int64_t rows, int64_t stride, int64_t ring_cap, const StepCtl* ctl,
                  void* stream, int64_t tokens = 1);
+// Up to kMaxRowsJobs row sets of rows_finish in one launch (a block per row, job 0's rows
+// first), each with its own settings, rows, stride and ring: e.g. RMSNorm(q_a x) and the KV
+// row into the ring (3.4.1, 3.4.2; a weighted RMSNorm is a RowFinish without RoPE, and the
+// arithmetic of rmsnorm). act, when set: the finished rows also as Q8_0 activation blocks
+// (BlockQ8_0Act [rows][d / 32], bit-identical to quantize_activation(Q8_0) of them; d a
+// multiple of 32), the input of a Q8_0 product without a quantize launch. With `tokens`,
+// each job's rows and act of token t are those of rows_finish (t * rows + r).
+struct RowsJob {
+  RowFinish f;
+  const float* in = nullptr;
+  float* out = nullptr;
+  int64_t rows = 1, stride = 0, ring_cap = 0;
+  void* act = nullptr;
+};
+inline constexpr int kMaxRowsJobs = 2;
+void rows_finish_jobs(const RowsJob* jobs, int n_jobs, const float* omega, const StepCtl* ctl,
+                      void* stream, int64_t tokens = 1);
 
 // Compressor state for the step's token: ring_kv[pos % cap] = kv, ring_sc[pos % cap] = sc +
 // ape[pos % ratio] (width floats each, compressor_project).

@@ -426,16 +426,20 @@ void GpuSession::attention_sublayer(const DLayer& L, LayerBufs& S, void* s) {
   }
 
   // 3.4.1 Query: qr = RMSNorm(wq_a x), q = wq_b qr, per-head unweighted RMSNorm and RoPE.
-  // wq_a x and the KV row wkv x (3.4.2) read the same x: one launch.
+  // 3.4.2 KV: one shared K = V row, normed, rotated, FP8 round trip (official) -> raw ring.
+  // wq_a x and wkv x read the same x: one launch; the norm of qr (with its Q8_0 activation
+  // for wq_b when that is wq_b's input format) and the KV row's finish: one launch.
   products_of_x({{L.q_a, b.qa}, {L.kv, b.kv}}, b.x, b.act, s);
-  fwd::rmsnorm(b.qa, L.q_a_norm, b.qr, hp.q_lora, 1, hp.rms_eps, s);
+  const bool qr_q8 = takes_q8_0_act(L.q_b.type);
+  const fwd::RowsJob qr_kv[] = {{q_a_norm_finish(hp, L), b.qa, b.qr, 1, hp.q_lora, 0, qr_q8 ? b.act : nullptr},
+                                {kv_finish(hp, L, official), b.kv, S.raw, 1, D, cap_, nullptr}};
+  fwd::rows_finish_jobs(qr_kv, 2, L.omega, b.ctl, s);
   if (fork && L.has_indexer) qr_ready_.record(s);  // the indexer's query reads qr
-  mv(L.q_b, b.qr, b.q, s);
+  if (qr_q8)
+    matvec_q(L.q_b.type, L.q_b.d, L.q_b.rows, L.q_b.cols, b.act, b.q, s);
+  else
+    mv(L.q_b, b.qr, b.q, s);
   fwd::rows_finish(query_finish(hp), L.omega, b.q, b.q, NH, D, 0, b.ctl, s);
-
-  // 3.4.2 KV: one shared K = V row (projected with q_a above), normed, rotated, FP8 round
-  // trip (official) -> raw ring.
-  fwd::rows_finish(kv_finish(hp, L, official), L.omega, b.kv, S.raw, 1, D, cap_, b.ctl, s);
   mark("q/kv projections", static_cast<double>(L.q_a.bytes() + L.q_b.bytes() + L.kv.bytes()), s);
 
   // 3.4.5 / 3.4.7 Compressors and the lightning indexer, joined back before attention.

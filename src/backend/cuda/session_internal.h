@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "backend/cpu/matmul.h"
 #include "backend/cuda/buffer.h"
 #include "backend/cuda/forward_kernels.h"
 #include "backend/cuda/gpu_session.h"
@@ -30,6 +31,9 @@ struct Arena {
 
 // Weights the float kernels take (f32 activations) rather than the quantized ones.
 inline bool is_float_type(GgmlType t) { return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16; }
+// Weights whose products take Q8_0 activation blocks (BlockQ8_0Act), which rows_finish_jobs
+// and attention can write beside their float output, saving a quantize launch.
+inline bool takes_q8_0_act(GgmlType t) { return cpu::activation_type(t) == GgmlType::Q8_0; }
 
 // How rows_finish / comp_emit finish the layer's rows (architecture.md 3.4), one definition for
 // the decode and prefill paths: the query heads (per-head unweighted RMSNorm, RoPE); the shared
@@ -39,6 +43,15 @@ inline fwd::RowFinish query_finish(const model::HParams& hp) {
   fwd::RowFinish f;
   f.d = hp.head_dim;
   f.n_rope = hp.n_rope;
+  f.eps = hp.rms_eps;
+  return f;
+}
+// RMSNorm(wq_a x) with the weight q_a_norm (3.4.1): a row finish without RoPE (rmsnorm's
+// arithmetic).
+inline fwd::RowFinish q_a_norm_finish(const model::HParams& hp, const DLayer& L) {
+  fwd::RowFinish f;
+  f.d = hp.q_lora;
+  f.norm = L.q_a_norm;
   f.eps = hp.rms_eps;
   return f;
 }
