@@ -13,8 +13,10 @@
 //    simulation. The indexer's scores and top-k and the attention (each query its own causal
 //    visible rows) also take a token dimension, but their per-token scratch is large (Flash:
 //    2.6 MB of attention partials a token), so they run in groups of Batch::group tokens
-//    whose scratch fits GpuSessionOptions::prefill_group_bytes. Window pooling (only tokens
-//    that complete a window) is still launched per token, spread over kLanes streams;
+//    whose scratch fits GpuSessionOptions::prefill_group_bytes.
+//    Window pooling is one launch per chunk too (a block per token; those that complete a
+//    window pool it), and the indexer's scores are computed as (queries x rows) tiles
+//    (prefill_indexer.h);
 //  - the output head only where logits are wanted (the last token, or every token for
 //    LogitsMode::All), through the decode path's head on that token's streams.
 //
@@ -34,6 +36,7 @@
 #include "backend/cuda/gpu_session.h"
 #include "backend/cuda/matmul.h"
 #include "backend/cuda/matvec.h"
+#include "backend/cuda/prefill_indexer.h"
 #include "backend/cuda/prefill_kernels.h"
 #include "backend/cuda/session_internal.h"
 #include "core/error.h"
@@ -47,11 +50,7 @@ using model::Numerics;
 // Working arrays for max_batch tokens, allocated by the first batched chunk (a session that
 // only decodes never pays for them).
 struct GpuSession::Batch {
-  static constexpr int kLanes = 8;
   Arena arena;
-  std::vector<Stream> lanes;                 // [kLanes]
-  std::vector<cudaEvent_t> lane_done;        // [kLanes]
-  cudaEvent_t fork = nullptr;
   int64_t group = 1;                         // tokens per attention / indexer launch
   float* attn_part = nullptr;                // [group][attention_scratch_floats]
   float* scores = nullptr;                   // [group][scores_stride]: indexer scores
@@ -76,35 +75,7 @@ struct GpuSession::Batch {
   void* moe_ws = nullptr;
 };
 
-void GpuSession::BatchFree::operator()(Batch* b) const {
-  if (b->fork) cudaEventDestroy(b->fork);
-  for (cudaEvent_t e : b->lane_done) cudaEventDestroy(e);
-  delete b;
-}
-
-namespace {
-
-cudaStream_t cs(void* s) { return static_cast<cudaStream_t>(s); }
-
-// Runs body(t, lane stream, lane) for every token t < T, token t on lane t % kLanes, after
-// the work already queued on s; s then waits for all lanes. Each token's launches stay in
-// order on its lane; different tokens' launches may overlap.
-template <class B, class F>
-void over_tokens(B& b, int64_t T, void* s, F&& body) {
-  DS4_CUDA_CHECK(cudaEventRecord(b.fork, cs(s)));
-  const int n = static_cast<int>(std::min<int64_t>(T, B::kLanes));
-  for (int l = 0; l < n; ++l) DS4_CUDA_CHECK(cudaStreamWaitEvent(cs(b.lanes[static_cast<size_t>(l)].handle()), b.fork, 0));
-  for (int64_t t = 0; t < T; ++t) {
-    const int l = static_cast<int>(t % B::kLanes);
-    body(t, b.lanes[static_cast<size_t>(l)].handle(), l);
-  }
-  for (int l = 0; l < n; ++l) {
-    DS4_CUDA_CHECK(cudaEventRecord(b.lane_done[static_cast<size_t>(l)], cs(b.lanes[static_cast<size_t>(l)].handle())));
-    DS4_CUDA_CHECK(cudaStreamWaitEvent(cs(s), b.lane_done[static_cast<size_t>(l)], 0));
-  }
-}
-
-}  // namespace
+void GpuSession::BatchFree::operator()(Batch* b) const { delete b; }
 
 void GpuSession::gemm(const DTensor& W, const float* x, int64_t T, float* y, void* s, int64_t row0, int64_t nrows) {
   if (nrows < 0) nrows = W.rows - row0;
@@ -124,7 +95,7 @@ void GpuSession::prefill_hc_pre(const DHc& hc, const float* H, const float* norm
 }
 
 void GpuSession::prefill_compressor(const DLayer& L, const DCompressor& C, int sim, int64_t n_nope, float* ring_kv,
-                                    float* ring_sc, float* rows, int64_t T, int64_t p0, void* s) {
+                                    float* ring_sc, float* rows, int64_t T, void* s) {
   const HParams& hp = model_->hparams();
   Batch& b = *batch_;
   const int64_t width = C.c * C.d;
@@ -133,11 +104,10 @@ void GpuSession::prefill_compressor(const DLayer& L, const DCompressor& C, int s
   gemm(C.kv, b.x, T, b.ckv, s);
   gemm(C.gate, b.x, T, b.csc, s);
   fwd::comp_store(b.ckv, b.csc, C.ape, width, L.ratio, ring_kv, ring_sc, cap_, b.ctls, s, T);
-  const fwd::RowFinish f = compressor_finish(hp, C, sim, n_nope);
-  // Every window reads only ring rows (stored above) and writes its own row: independent.
-  over_tokens(b, T, s, [&](int64_t t, void* st, int) {
-    if ((p0 + t + 1) % L.ratio == 0) fwd::comp_emit(f, L.omega, ring_kv, ring_sc, cap_, L.ratio, C.c, rows, b.ctls + t, st);
-  });
+  // Every window reads only ring rows (stored above) and writes its own row: one launch for
+  // the chunk, a block per token (those that complete no window return at once).
+  fwd::comp_emit(compressor_finish(hp, C, sim, n_nope), L.omega, ring_kv, ring_sc, cap_, L.ratio, C.c, rows, b.ctls, s,
+                 T);
 }
 
 void GpuSession::prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int64_t p0, void* s) {
@@ -161,10 +131,10 @@ void GpuSession::prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int
   const int32_t* sel = nullptr;
   if (L.ratio > 0) {
     prefill_compressor(L, L.comp, static_cast<int>(official ? fwd::Sim::Fp8Nope : fwd::Sim::None), hp.n_nope(),
-                       S.comp_kv, S.comp_sc, S.comp, T, p0, s);
+                       S.comp_kv, S.comp_sc, S.comp, T, s);
     if (L.has_indexer) {
       prefill_compressor(L, L.idx_comp, static_cast<int>(official ? fwd::Sim::HadamardFp4 : fwd::Sim::None), 0,
-                         S.idx_kv, S.idx_sc, S.icomp, T, p0, s);
+                         S.idx_kv, S.idx_sc, S.icomp, T, s);
       const int64_t NI = hp.idx_head, DI = hp.idx_dim, K = hp.idx_topk;
       // Queries and head weights only matter to tokens that see more than k rows
       // (indexer.cpp): those at positions >= (K + 1) * ratio - 1, the tokens from t0 on.
@@ -175,10 +145,22 @@ void GpuSession::prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int
         fwd::idx_prep_q(b.iq + t0 * NI * DI, NI, DI, hp.n_rope, L.omega, official, b.ctls + t0, s, T - t0);
       }
       const float wscale = 1.0f / std::sqrt(static_cast<float>(DI * NI));
+      const bool tiled = pre::idx_scores_tiled_supported(NI, DI);
       for (int64_t g0 = 0; g0 < T; g0 += b.group) {
         const int64_t n = std::min(b.group, T - g0);
-        fwd::idx_select(b.iq + g0 * NI * DI, b.iw + g0 * NI, wscale, NI, DI, S.icomp, L.ratio, K, b.scores,
-                        b.sel + g0 * K, b.n_sel + g0, b.ctls + g0, s, n, b.scores_stride);
+        const float* q = b.iq + g0 * NI * DI;
+        const float* w = b.iw + g0 * NI;
+        if (tiled) {
+          // The group's queries against their visible rows as tiles (prefill_indexer.h: the
+          // scores of idx_select, bit for bit), then the top-k of each query.
+          const int64_t max_rows = (p0 + g0 + n) / L.ratio;  // n_vis of the group's last token
+          pre::idx_scores_tiled(q, w, wscale, NI, DI, S.icomp, L.ratio, K, max_rows, b.scores, b.scores_stride,
+                                b.ctls + g0, n, s);
+          fwd::idx_topk(b.scores, b.scores_stride, L.ratio, K, b.sel + g0 * K, b.n_sel + g0, b.ctls + g0, s, n);
+        } else {
+          fwd::idx_select(q, w, wscale, NI, DI, S.icomp, L.ratio, K, b.scores, b.sel + g0 * K, b.n_sel + g0,
+                          b.ctls + g0, s, n, b.scores_stride);
+        }
       }
       sel = b.sel;
       log_batch(b.sel, K, T, L.il, hp.n_expert_used, s);
@@ -356,12 +338,6 @@ void GpuSession::prefill_chunk(std::span<const int32_t> tokens, LogitsMode mode,
     b.group = std::clamp<int64_t>(static_cast<int64_t>(gopts_.prefill_group_bytes / per_token), 1, Tm);
     b.attn_part = A.get<float>(b.group * attn_floats);
     b.scores = A.get<float>(b.group * b.scores_stride);
-    for (int l = 0; l < Batch::kLanes; ++l) {
-      b.lanes.emplace_back();
-      b.lane_done.push_back(nullptr);
-      DS4_CUDA_CHECK(cudaEventCreateWithFlags(&b.lane_done.back(), cudaEventDisableTiming));
-    }
-    DS4_CUDA_CHECK(cudaEventCreateWithFlags(&b.fork, cudaEventDisableTiming));
     state_bytes_ += A.bytes;
   }
   Batch& b = *batch_;

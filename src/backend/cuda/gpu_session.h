@@ -165,7 +165,7 @@ class GpuSession : public model::EvalSession {
   void prefill_layer(const DLayer& L, LayerBufs& S, int64_t T, int64_t p0, void* s);
   void prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int64_t p0, void* s);
   void prefill_compressor(const DLayer& L, const DCompressor& C, int sim, int64_t n_nope, float* ring_kv,
-                          float* ring_sc, float* rows, int64_t T, int64_t p0, void* s);
+                          float* ring_sc, float* rows, int64_t T, void* s);
   void prefill_moe(const DLayer& L, int64_t T, void* s);
   void prefill_hc_pre(const DHc& hc, const float* H, const float* norm, int64_t T, void* s);
   // Y [T][nrows] = X [T][W.cols] times rows row0.. of W, on the tensor cores (matmul.h).
