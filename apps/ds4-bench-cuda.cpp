@@ -211,12 +211,51 @@ Experts make_experts(GgmlType gu, GgmlType dn, int n_expert, void* stream, uint6
   return e;
 }
 
+// Q8_0 shared experts (Flash: gate/up 2048x4096, down 4096x2048), `copies` of them so that a
+// graph rotating over them reads DRAM.
+struct SharedExperts {
+  std::vector<DeviceBuffer> gate, up, down;
+  static constexpr int64_t kFf = 2048, kEmbd = 4096;
+  SharedExpert at(int i) const {
+    const size_t c = size_t(i) % gate.size();
+    return SharedExpert{GgmlType::Q8_0, gate[c].data(), up[c].data(), down[c].data(), kFf, 10.0f};
+  }
+  size_t bytes() const { return 3 * row_bytes(GgmlType::Q8_0, kEmbd) * size_t(kFf); }
+};
+
+SharedExperts make_shared_experts(int copies, void* stream, uint64_t seed) {
+  SharedExperts e;
+  for (int c = 0; c < copies; ++c) {
+    auto one = [&](int64_t rows, int64_t cols) {
+      DeviceBuffer b(row_bytes(GgmlType::Q8_0, cols) * size_t(rows));
+      fill_random_weights(GgmlType::Q8_0, b.data(), rows, cols, seed++, stream);
+      return b;
+    };
+    e.gate.push_back(one(SharedExperts::kFf, SharedExperts::kEmbd));
+    e.up.push_back(one(SharedExperts::kFf, SharedExperts::kEmbd));
+    e.down.push_back(one(SharedExperts::kEmbd, SharedExperts::kFf));
+  }
+  return e;
+}
+
+// The routed experts alone and with the shared expert, as separate 4-launch chains
+// (moe_experts) and as the two launches of moe_fused.
 void bench_moe(void* stream, int iters, double copy_gbs) {
   const int n_expert = 256, sets = 64;
-  fmt::print("\n{:<34} {:>10} {:>10} {:>9} {:>7}\n", "fused MoE, 6 of 256 (graph of 8)", "MB", "us", "GB/s", "%copy");
+  fmt::print("\n{:<46} {:>10} {:>10} {:>9} {:>7}\n", "MoE, 6 of 256 experts (graph of 8)", "MB", "us", "GB/s",
+             "%copy");
   const std::pair<GgmlType, GgmlType> kinds[] = {{GgmlType::IQ2_XXS, GgmlType::Q2_K},
                                                  {GgmlType::Q4_K, GgmlType::Q4_K},
                                                  {GgmlType::MXFP4, GgmlType::MXFP4}};
+  const SharedExperts shared = make_shared_experts(8, stream, 500);
+  MoeShape one;  // the shared expert through moe_experts: one expert, id 0, weight 1
+  one.gate_up_type = one.down_type = GgmlType::Q8_0;
+  one.n_used = 1;
+  const int32_t zero = 0;
+  const float onef = 1.0f;
+  DeviceBuffer zero_id(sizeof(zero)), unit_w(sizeof(onef)), ws_one(moe_workspace_bytes(one));
+  zero_id.upload(&zero, sizeof(zero));
+  unit_w.upload(&onef, sizeof(onef));
   for (auto [gu, dn] : kinds) {
     Experts e = make_experts(gu, dn, n_expert, stream, 100);
     DeviceBuffer ids = random_ids(sets, e.s.n_used, n_expert, 5);
@@ -224,26 +263,52 @@ void bench_moe(void* stream, int iters, double copy_gbs) {
     DeviceBuffer dw(w.size() * sizeof(float));
     dw.upload(w.data(), dw.size());
     const auto x = random_vec(e.s.n_embd, 3);
-    DeviceBuffer dx(x.size() * sizeof(float)), dy(x.size() * sizeof(float));
+    DeviceBuffer dx(x.size() * sizeof(float)), dy(x.size() * sizeof(float)), dy2(x.size() * sizeof(float));
     dx.upload(x.data(), dx.size());
-    DeviceBuffer ws(moe_workspace_bytes(e.s));
-    auto call = [&](int i) {
-      moe_experts(e.s, e.gate.data(), e.up.data(), e.down.data(), ids.as<int32_t>() + (i % sets) * e.s.n_used,
-                  dw.as<float>(), dx.as<float>(), dy.as<float>(), ws.data(), stream);
+    const SharedExpert sh0 = shared.at(0);
+    DeviceBuffer ws(moe_workspace_bytes(e.s)), ws_fused(moe_fused_workspace_bytes(e.s, &sh0));
+    const int32_t* id0 = ids.as<int32_t>();
+    auto routed = [&](int i) {
+      moe_experts(e.s, e.gate.data(), e.up.data(), e.down.data(), id0 + (i % sets) * e.s.n_used, dw.as<float>(),
+                  dx.as<float>(), dy.as<float>(), ws.data(), stream);
     };
-    median_ms(stream, 10, iters, call);  // warm-up outside the capture
-    const double ms = graph_us(stream, iters, 8, call) * 1e-3;
-    const double gbs = double(e.bytes_per_token()) / (ms * 1e-3) / 1e9;
-    fmt::print("{:<34} {:>10.2f} {:>10.2f} {:>9.1f} {:>6.1f}%\n",
-               fmt::format("{} gate/up, {} down", type_name(gu), type_name(dn)), double(e.bytes_per_token()) / 1e6,
-               ms * 1e3, gbs, 100.0 * gbs / copy_gbs);
+    auto shared_alone = [&](int i) {
+      const SharedExpert sh = shared.at(i);
+      moe_experts(one, sh.gate, sh.up, sh.down, zero_id.as<int32_t>(), unit_w.as<float>(), dx.as<float>(),
+                  dy2.as<float>(), ws_one.data(), stream);
+    };
+    auto fused = [&](int i, bool with_shared) {
+      const SharedExpert sh = shared.at(i);
+      moe_fused(e.s, e.gate.data(), e.up.data(), e.down.data(), id0 + (i % sets) * e.s.n_used, dw.as<float>(),
+                with_shared ? &sh : nullptr, dx.as<float>(), dy.as<float>(), ws_fused.data(), stream);
+    };
+    const std::string types = fmt::format("{}/{}", type_name(gu), type_name(dn));
+    const struct {
+      std::string name;
+      std::function<void(int)> call;
+      size_t bytes;
+    } variants[] = {
+        {types + " routed, 4 launches", routed, e.bytes_per_token()},
+        {types + " routed, 2 launches", [&](int i) { fused(i, false); }, e.bytes_per_token()},
+        {types + " + shared, 4 + 4 launches (no add)", [&](int i) { routed(i), shared_alone(i); },
+         e.bytes_per_token() + shared.bytes()},
+        {types + " + shared, 2 launches", [&](int i) { fused(i, true); }, e.bytes_per_token() + shared.bytes()},
+    };
+    for (const auto& v : variants) {
+      median_ms(stream, 10, iters, v.call);  // warm-up outside the capture
+      const double us = graph_us(stream, iters, 8, v.call);
+      const double gbs = double(v.bytes) / (us * 1e-6) / 1e9;
+      fmt::print("{:<46} {:>10.2f} {:>10.2f} {:>9.1f} {:>6.1f}%\n", v.name, double(v.bytes) / 1e6, us, gbs,
+                 100.0 * gbs / copy_gbs);
+    }
   }
 }
 
 // One decode step's products for the q2 recipe: 43 layers of attention projections (Q8_0),
 // router (F16), shared expert (Q8_0), 6 routed experts (IQ2_XXS/Q2_K, one 256-expert set
 // reused by every layer with different ids), then the Q8_0 output head, launched as the
-// session does: q_a + kv as one launch, attn_output_a as one grouped launch (8 groups).
+// session does: q_a + kv as one launch, attn_output_a as one grouped launch (8 groups), the
+// routed and shared experts as the two launches of moe_fused.
 void bench_step(void* stream, int iters, double copy_gbs) {
   using T = GgmlType;
   const int n_layer = 43;
@@ -274,17 +339,8 @@ void bench_step(void* stream, int iters, double copy_gbs) {
   DeviceBuffer dx(x.size() * sizeof(float)), a1(x.size() * sizeof(float)), a2(x.size() * sizeof(float)),
       a3(x.size() * sizeof(float)), ylog(size_t(head.nrows) * sizeof(float));
   dx.upload(x.data(), dx.size());
-  DeviceBuffer act(activation_bytes(T::Q8_0, 32768) + 256), ws(moe_workspace_bytes(ex.s));
-
-  MoeShape shared;
-  shared.gate_up_type = T::Q8_0;
-  shared.down_type = T::Q8_0;
-  shared.n_used = 1;
-  const int32_t zero = 0;
-  const float onef = 1.0f;
-  DeviceBuffer zero_id(sizeof(zero)), one(sizeof(onef)), ws_sh(moe_workspace_bytes(shared));
-  zero_id.upload(&zero, sizeof(zero));
-  one.upload(&onef, sizeof(onef));
+  const SharedExpert sh_shape{T::Q8_0, nullptr, nullptr, nullptr, sh_gu.nrows, 10.0f};
+  DeviceBuffer act(activation_bytes(T::Q8_0, 32768) + 256), ws(moe_fused_workspace_bytes(ex.s, &sh_shape));
   const size_t layer_bytes = q_a.bytes() + q_b.bytes() + kv.bytes() + o_a.bytes() + o_b.bytes() + router.bytes() +
                              2 * sh_gu.bytes() + sh_dn.bytes() + ex.bytes_per_token();
   const size_t step_bytes = layer_bytes * n_layer + head.bytes();
@@ -304,19 +360,18 @@ void bench_step(void* stream, int iters, double copy_gbs) {
       matvec(T::Q8_0, L.o_b.data(), 4096, 8192, y1, y2, act.data(), s);
       // FFN input: router, shared expert, routed experts.
       matvec_q(T::F16, L.router.data(), 256, 4096, y2, y3, s);
-      // Shared expert = one-expert fused MoE (same clamped SwiGLU, weight 1, id 0).
-      moe_experts(shared, L.sh_gate.data(), L.sh_up.data(), L.sh_down.data(), zero_id.as<int32_t>(),
-                  one.as<float>(), y2, y1, ws_sh.data(), s);
-      moe_experts(ex.s, ex.gate.data(), ex.up.data(), ex.down.data(), ids.as<int32_t>() + l * ex.s.n_used,
-                  drw.as<float>(), y2, X, ws.data(), s);
+      // Routed experts and the shared expert in the session's two launches.
+      const SharedExpert sh{T::Q8_0, L.sh_gate.data(), L.sh_up.data(), L.sh_down.data(), sh_gu.nrows, 10.0f};
+      moe_fused(ex.s, ex.gate.data(), ex.up.data(), ex.down.data(), ids.as<int32_t>() + l * ex.s.n_used,
+                drw.as<float>(), &sh, y2, X, ws.data(), s);
     }
     matvec(T::Q8_0, dhead.data(), head.nrows, 4096, X, ylog.as<float>(), act.data(), s);
   };
   const double ms_stream = median_ms(stream, 3, iters, [&](int) { step(stream); });
   Graph g(stream, step);
   const double ms_graph = median_ms(stream, 3, iters, [&](int) { g.launch(stream); });
-  fmt::print("\ndecode step, q2 recipe products (43 layers: attention Q8_0, router F16, shared expert Q8_0 (fused "
-             "SwiGLU), 6 experts IQ2_XXS/Q2_K (fused); head Q8_0)\n");
+  fmt::print("\ndecode step, q2 recipe products (43 layers: attention Q8_0, router F16, 6 experts IQ2_XXS/Q2_K "
+             "and the Q8_0 shared expert in two launches (moe_fused); head Q8_0)\n");
   fmt::print("  weight bytes read: {:.1f} MB\n", double(step_bytes) / 1e6);
   for (auto [name, ms] : {std::pair<const char*, double>{"stream launches", ms_stream}, {"CUDA graph", ms_graph}}) {
     const double gbs = double(step_bytes) / (ms * 1e-3) / 1e9;

@@ -278,81 +278,214 @@ float silu_clamped(float g, float u, float limit) {
   return g / (1.0f + std::exp(-g)) * u;
 }
 
+// Experts of one type set on the host (GGUF stacked layout), with their CPU composition of
+// architecture.md 3.5.2: quantize x, gate/up products, clamped SwiGLU times the route weight,
+// quantize h, down products summed in k order.
+struct HostExperts {
+  GgmlType gate_up_type, down_type;
+  int64_t n_embd, n_ff;
+  std::vector<uint8_t> gate, up, down;
+  size_t gu_rb() const { return row_bytes(gate_up_type, n_embd); }
+  size_t dn_rb() const { return row_bytes(down_type, n_ff); }
+
+  std::vector<float> hidden(const std::vector<int32_t>& ids, const std::vector<float>& w, float limit,
+                            const std::vector<float>& x, int* clamped = nullptr) const {
+    std::vector<uint8_t> ax(cpu::activation_bytes(gate_up_type, n_embd));
+    cpu::quantize_activation(gate_up_type, x.data(), ax.data(), n_embd);
+    const size_t slab = gu_rb() * size_t(n_ff);
+    std::vector<float> h(ids.size() * size_t(n_ff));
+    for (size_t k = 0; k < ids.size(); ++k)
+      for (int64_t r = 0; r < n_ff; ++r) {
+        const size_t off = size_t(ids[k]) * slab + size_t(r) * gu_rb();
+        const float gv = cpu::vec_dot(gate_up_type, gate.data() + off, ax.data(), n_embd);
+        const float uv = cpu::vec_dot(gate_up_type, up.data() + off, ax.data(), n_embd);
+        if (clamped != nullptr) *clamped += (gv > limit) + (std::fabs(uv) > limit);
+        h[k * size_t(n_ff) + size_t(r)] = w[k] * silu_clamped(gv, uv, limit);
+      }
+    return h;
+  }
+
+  std::vector<float> down_of(const std::vector<int32_t>& ids, const std::vector<float>& h) const {
+    const int64_t n = int64_t(ids.size()) * n_ff;
+    std::vector<uint8_t> ah(cpu::activation_bytes(down_type, n));
+    cpu::quantize_activation(down_type, h.data(), ah.data(), n);
+    const size_t arb = cpu::activation_bytes(down_type, n_ff), slab = dn_rb() * size_t(n_embd);
+    std::vector<float> y(size_t(n_embd), 0.0f);
+    for (int64_t r = 0; r < n_embd; ++r)
+      for (size_t k = 0; k < ids.size(); ++k)
+        y[size_t(r)] += cpu::vec_dot(down_type, down.data() + size_t(ids[k]) * slab + size_t(r) * dn_rb(),
+                                     ah.data() + k * arb, n_ff);
+    return y;
+  }
+};
+
+// n_expert experts of random valid blocks, on the device (filled there) and copied to the host.
+struct Experts {
+  DeviceBuffer gate, up, down;
+  HostExperts host;
+};
+Experts make_experts(GgmlType gate_up_type, GgmlType down_type, int64_t n_embd, int64_t n_ff, int n_expert,
+                     uint64_t seed) {
+  Experts e{DeviceBuffer(row_bytes(gate_up_type, n_embd) * size_t(n_ff) * size_t(n_expert)),
+            DeviceBuffer(row_bytes(gate_up_type, n_embd) * size_t(n_ff) * size_t(n_expert)),
+            DeviceBuffer(row_bytes(down_type, n_ff) * size_t(n_embd) * size_t(n_expert)),
+            HostExperts{gate_up_type, down_type, n_embd, n_ff, {}, {}, {}}};
+  fill_random_weights(gate_up_type, e.gate.data(), n_ff * n_expert, n_embd, seed);
+  fill_random_weights(gate_up_type, e.up.data(), n_ff * n_expert, n_embd, seed + 1);
+  fill_random_weights(down_type, e.down.data(), n_embd * n_expert, n_ff, seed + 2);
+  e.host.gate = download<uint8_t>(e.gate, e.gate.size());
+  e.host.up = download<uint8_t>(e.up, e.up.size());
+  e.host.down = download<uint8_t>(e.down, e.down.size());
+  return e;
+}
+
+struct ExpertTypes {
+  GgmlType gate_up, down;
+};
+// The routed expert types of the q2, q4 and MXFP4 recipes.
+constexpr ExpertTypes kRecipeExperts[] = {{GgmlType::IQ2_XXS, GgmlType::Q2_K},
+                                          {GgmlType::Q4_K, GgmlType::Q4_K},
+                                          {GgmlType::MXFP4, GgmlType::MXFP4}};
+
 TEST(CudaMoe, FusedExpertsMatchCpuComposition) {
   DS4_REQUIRE_GPU();
   const int n_expert = 8;
   const std::vector<int32_t> ids = {5, 0, 7, 3, 6, 1};
   const std::vector<float> route_w = {0.41f, 0.22f, 0.35f, 0.18f, 0.27f, 0.07f};
-  struct Types {
-    GgmlType gate_up, down;
-  };
-  for (Types ty : {Types{GgmlType::IQ2_XXS, GgmlType::Q2_K}, Types{GgmlType::Q4_K, GgmlType::Q4_K},
-                   Types{GgmlType::MXFP4, GgmlType::MXFP4}}) {
+  for (ExpertTypes ty : kRecipeExperts) {
     MoeShape s;
     s.gate_up_type = ty.gate_up;
     s.down_type = ty.down;
     s.n_used = int(ids.size());
     const std::string what = std::string(type_name(ty.gate_up)) + "/" + std::string(type_name(ty.down));
-    const size_t gu_rb = row_bytes(s.gate_up_type, s.n_embd), dn_rb = row_bytes(s.down_type, s.n_ff);
-    const size_t gu_slab = gu_rb * size_t(s.n_ff), dn_slab = dn_rb * size_t(s.n_embd);
-    DeviceBuffer dg(gu_slab * n_expert), du(gu_slab * n_expert), dd(dn_slab * n_expert);
-    fill_random_weights(s.gate_up_type, dg.data(), s.n_ff * n_expert, s.n_embd, 11);
-    fill_random_weights(s.gate_up_type, du.data(), s.n_ff * n_expert, s.n_embd, 12);
-    fill_random_weights(s.down_type, dd.data(), s.n_embd * n_expert, s.n_ff, 13);
-    const auto g = download<uint8_t>(dg, dg.size()), u = download<uint8_t>(du, du.size()),
-               d = download<uint8_t>(dd, dd.size());
+    const Experts e = make_experts(ty.gate_up, ty.down, s.n_embd, s.n_ff, n_expert, 11);
     // sigma 3 puts a good share of gate/up values past the clamp limit of 10.
     const auto x = gaussian(s.n_embd, 3.0f, 99);
-
-    // CPU composition of the same steps.
-    std::vector<uint8_t> ax(cpu::activation_bytes(s.gate_up_type, s.n_embd));
-    cpu::quantize_activation(s.gate_up_type, x.data(), ax.data(), s.n_embd);
-    std::vector<float> h_ref(size_t(s.n_used * s.n_ff));
     int clamped = 0;
-    for (int k = 0; k < s.n_used; ++k)
-      for (int64_t r = 0; r < s.n_ff; ++r) {
-        const size_t off = size_t(ids[size_t(k)]) * gu_slab + size_t(r) * gu_rb;
-        const float gv = cpu::vec_dot(s.gate_up_type, g.data() + off, ax.data(), s.n_embd);
-        const float uv = cpu::vec_dot(s.gate_up_type, u.data() + off, ax.data(), s.n_embd);
-        clamped += (gv > s.limit) + (std::fabs(uv) > s.limit);
-        h_ref[size_t(k * s.n_ff + r)] = route_w[size_t(k)] * silu_clamped(gv, uv, s.limit);
-      }
-    auto down_ref = [&](const std::vector<float>& h) {
-      std::vector<uint8_t> ah(cpu::activation_bytes(s.down_type, s.n_ff * s.n_used));
-      cpu::quantize_activation(s.down_type, h.data(), ah.data(), s.n_ff * s.n_used);
-      const size_t arb = cpu::activation_bytes(s.down_type, s.n_ff);
-      std::vector<float> y(size_t(s.n_embd), 0.0f);
-      for (int64_t r = 0; r < s.n_embd; ++r)
-        for (int k = 0; k < s.n_used; ++k)
-          y[size_t(r)] += cpu::vec_dot(s.down_type, d.data() + size_t(ids[size_t(k)]) * dn_slab + size_t(r) * dn_rb,
-                                       ah.data() + size_t(k) * arb, s.n_ff);
-      return y;
-    };
+    const std::vector<float> h_ref = e.host.hidden(ids, route_w, s.limit, x, &clamped);
 
     DeviceBuffer dids = upload(ids), dw = upload(route_w), dx = upload(x);
     DeviceBuffer ws(moe_workspace_bytes(s));
     ws.fill_bytes(0xFF);
     DeviceBuffer dy(size_t(s.n_embd) * sizeof(float));
     dy.fill_bytes(0xFF);
-    moe_experts(s, dg.data(), du.data(), dd.data(), dids.as<int32_t>(), dw.as<float>(), dx.as<float>(),
+    moe_experts(s, e.gate.data(), e.up.data(), e.down.data(), dids.as<int32_t>(), dw.as<float>(), dx.as<float>(),
                 dy.as<float>(), ws.data());
     check_last_error("moe_experts");
     device_synchronize();
     const auto y = download<float>(dy, size_t(s.n_embd));
     std::vector<float> h(h_ref.size());
-    DeviceBuffer* wsp = &ws;
-    const size_t h_off = size_t(reinterpret_cast<const uint8_t*>(moe_hidden(s, wsp->data())) -
-                                static_cast<const uint8_t*>(wsp->data()));
+    const size_t h_off = size_t(reinterpret_cast<const uint8_t*>(moe_hidden(s, ws.data())) -
+                                static_cast<const uint8_t*>(ws.data()));
     ws.download(h.data(), h.size() * sizeof(float), h_off);
 
     EXPECT_GT(clamped, 0) << what << ": test input never reaches the clamp";
     // Gate/up: float summation order only, then the same SwiGLU (expf vs std::exp: ulps).
     expect_close(h, h_ref, what + " hidden", 1e-4, 1e-5);
     // Down on the GPU's own hidden state: summation order only.
-    expect_close(y, down_ref(h), what + " down(h_gpu)", 1e-4, 1e-5);
+    expect_close(y, e.host.down_of(ids, h), what + " down(h_gpu)", 1e-4, 1e-5);
     // End to end: a hidden value on a rounding boundary may quantize one code apart.
-    expect_close(y, down_ref(h_ref), what + " end to end", 1e-2, 2e-3);
+    expect_close(y, e.host.down_of(ids, h_ref), what + " end to end", 1e-2, 2e-3);
   }
+}
+
+size_t count_bit_differences(const std::vector<float>& a, const std::vector<float>& b) {
+  size_t n = 0;
+  for (size_t i = 0; i < a.size(); ++i) n += std::memcmp(&a[i], &b[i], sizeof(float)) != 0;
+  return n;
+}
+
+// moe_fused (two launches, routed + shared expert) against the separate launches it replaces
+// (moe_experts for the routed experts, moe_experts with one expert of weight 1 for the shared
+// expert, then an add) and against the CPU composition, at the Flash shapes of the q2, q4 and
+// MXFP4 recipes (Q8_0 shared expert).
+TEST(CudaMoe, TwoLaunchMoeMatchesSeparateLaunchesAndCpu) {
+  DS4_REQUIRE_GPU();
+  const int n_expert = 8;
+  const std::vector<int32_t> ids = {2, 7, 0, 5, 4, 1}, shared_id = {0};
+  const std::vector<float> route_w = {0.31f, 0.12f, 0.45f, 0.28f, 0.17f, 0.09f}, one = {1.0f};
+  const Experts sh = make_experts(GgmlType::Q8_0, GgmlType::Q8_0, 4096, 2048, 1, 21);
+  // The separate path splits the shared gate/up rows in two on 86..170 SMs (H100, H200), as
+  // the fused kernel always does; there the results must agree bit for bit.
+  const int sms = list_devices().front().sm_count;
+  const bool same_order = sms >= 86 && sms <= 170;
+  for (ExpertTypes ty : kRecipeExperts) {
+    MoeShape s;
+    s.gate_up_type = ty.gate_up;
+    s.down_type = ty.down;
+    s.n_used = int(ids.size());
+    s.limit = 10.0f;
+    const std::string what = std::string(type_name(ty.gate_up)) + "/" + std::string(type_name(ty.down));
+    const Experts e = make_experts(ty.gate_up, ty.down, s.n_embd, s.n_ff, n_expert, 31);
+    const SharedExpert shared{GgmlType::Q8_0, sh.gate.data(), sh.up.data(), sh.down.data(), 2048, 7.0f};
+    ASSERT_TRUE(moe_fused_supported(s, &shared)) << what;
+    ASSERT_TRUE(moe_fused_supported(s, nullptr)) << what;
+    const auto x = gaussian(s.n_embd, 3.0f, 123);
+    DeviceBuffer dids = upload(ids), dw = upload(route_w), dx = upload(x), d0 = upload(shared_id), d1 = upload(one);
+    auto run = [&](bool with_shared) {
+      DeviceBuffer ws(moe_fused_workspace_bytes(s, with_shared ? &shared : nullptr));
+      ws.fill_bytes(0xFF);
+      DeviceBuffer dy(size_t(s.n_embd) * sizeof(float));
+      dy.fill_bytes(0xFF);
+      moe_fused(s, e.gate.data(), e.up.data(), e.down.data(), dids.as<int32_t>(), dw.as<float>(),
+                with_shared ? &shared : nullptr, dx.as<float>(), dy.as<float>(), ws.data());
+      check_last_error("moe_fused");
+      device_synchronize();
+      return download<float>(dy, size_t(s.n_embd));
+    };
+    const std::vector<float> fused = run(true), fused_routed = run(false);
+
+    // The separate launches.
+    MoeShape s1 = s;
+    s1.gate_up_type = s1.down_type = GgmlType::Q8_0;
+    s1.n_used = 1;
+    s1.limit = shared.limit;
+    DeviceBuffer ws(moe_workspace_bytes(s)), ws1(moe_workspace_bytes(s1));
+    DeviceBuffer dyr(size_t(s.n_embd) * sizeof(float)), dys(size_t(s.n_embd) * sizeof(float));
+    moe_experts(s, e.gate.data(), e.up.data(), e.down.data(), dids.as<int32_t>(), dw.as<float>(), dx.as<float>(),
+                dyr.as<float>(), ws.data());
+    moe_experts(s1, sh.gate.data(), sh.up.data(), sh.down.data(), d0.as<int32_t>(), d1.as<float>(), dx.as<float>(),
+                dys.as<float>(), ws1.data());
+    check_last_error("moe_experts");
+    device_synchronize();
+    const auto yr = download<float>(dyr, size_t(s.n_embd)), ys = download<float>(dys, size_t(s.n_embd));
+    std::vector<float> separate(yr.size());
+    for (size_t i = 0; i < yr.size(); ++i) separate[i] = yr[i] + ys[i];
+
+    // Routed experts alone: the same kernels' row order on any GPU of <= 170 SMs.
+    EXPECT_EQ(count_bit_differences(fused_routed, yr), 0u) << what << ": routed only vs moe_experts";
+    if (same_order) {
+      EXPECT_EQ(count_bit_differences(fused, separate), 0u) << what << ": vs separate launches (" << sms << " SMs)";
+    }
+    expect_close(fused, separate, what + " vs separate launches", 1e-5, 1e-6);
+
+    // CPU composition: routed + shared (weight 1), each with its own quantizations.
+    const std::vector<float> y_routed = e.host.down_of(ids, e.host.hidden(ids, route_w, s.limit, x));
+    const std::vector<float> y_shared = sh.host.down_of(shared_id, sh.host.hidden(shared_id, one, shared.limit, x));
+    std::vector<float> ref(y_routed.size());
+    for (size_t i = 0; i < ref.size(); ++i) ref[i] = y_routed[i] + y_shared[i];
+    // A hidden value on a rounding boundary may quantize one code apart (as above).
+    expect_close(fused, ref, what + " vs CPU", 1e-2, 2e-3);
+    expect_close(fused_routed, y_routed, what + " routed only vs CPU", 1e-2, 2e-3);
+  }
+}
+
+TEST(CudaMoe, TwoLaunchMoeRejectsWhatItDoesNotCover) {
+  DS4_REQUIRE_GPU();
+  MoeShape s;
+  SharedExpert shared;
+  EXPECT_TRUE(moe_fused_supported(s, &shared));
+  shared.type = GgmlType::F16;  // only a Q8_0 shared expert
+  EXPECT_FALSE(moe_fused_supported(s, &shared));
+  EXPECT_THROW(moe_fused(s, nullptr, nullptr, nullptr, nullptr, nullptr, &shared, nullptr, nullptr, nullptr),
+               std::exception);
+  MoeShape odd = s;
+  odd.n_ff = 2048 + 128;  // Q8_0 rows of whole blocks, but h is not whole 256-value spans
+  odd.gate_up_type = odd.down_type = GgmlType::Q8_0;
+  EXPECT_FALSE(moe_fused_supported(odd, nullptr));
+  MoeShape floats = s;
+  floats.gate_up_type = GgmlType::F16;  // float experts take fwd::moe_float
+  EXPECT_FALSE(moe_fused_supported(floats, nullptr));
 }
 
 TEST(CudaMatvec, RejectsBadArguments) {

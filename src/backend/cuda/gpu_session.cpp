@@ -173,6 +173,11 @@ GpuSession::GpuSession(const GpuModel& model, const model::SessionOptions& opts,
       MoeShape m{L.gate_shexp.type, L.down_shexp.type, E, L.gate_shexp.rows, 1, 1.0f};
       ws = std::max(ws, moe_workspace_bytes(m));
     }
+    if (L.gate_exps.present() && !is_float_type(L.gate_exps.type)) {
+      const SharedExpert sh{GgmlType::Q8_0, nullptr, nullptr, nullptr, L.gate_shexp.rows, 1.0f};
+      MoeShape m{L.gate_exps.type, L.down_exps.type, E, F, static_cast<int>(K), 1.0f};
+      ws = std::max(ws, moe_fused_workspace_bytes(m, L.gate_shexp.present() ? &sh : nullptr));
+    }
   }
   s.moe_ws = A.get<uint8_t>(static_cast<int64_t>(ws));
   s.act = A.get<uint8_t>(static_cast<int64_t>(act));
@@ -494,7 +499,27 @@ void GpuSession::moe(const DLayer& L, void* s) {
              hp.expert_weights_scale, b.ctl, b.ids, b.rw, s);
   log_choices(b.ids, K, L.il, 0, s);
   mark("router", static_cast<double>(L.router.bytes()), s);
-  // 3.5.2 Routed experts; 3.5.3 shared expert (same clamps, weight 1).
+  // 3.5.2 Routed experts and 3.5.3 shared expert (same clamps, weight 1) in two launches where
+  // the types and shapes allow (every quantized recipe); otherwise each as its own product
+  // chain, summed by an add.
+  const MoeShape routed{L.gate_exps.type, L.down_exps.type, E, F, static_cast<int>(K),
+                        hp.swiglu_limit[static_cast<size_t>(L.il)]};
+  const bool has_shared = hp.n_expert_shared > 0;
+  SharedExpert shared;
+  if (has_shared)
+    shared = SharedExpert{L.gate_shexp.type, L.gate_shexp.d, L.up_shexp.d, L.down_shexp.d, L.gate_shexp.rows,
+                          hp.swiglu_limit_shared[static_cast<size_t>(L.il)]};
+  const bool shared_one_type = !has_shared || (L.up_shexp.type == shared.type && L.down_shexp.type == shared.type);
+  if (shared_one_type && moe_fused_supported(routed, has_shared ? &shared : nullptr)) {
+    moe_fused(routed, L.gate_exps.d, L.up_exps.d, L.down_exps.d, b.ids, b.rw, has_shared ? &shared : nullptr, b.x,
+              b.y, b.moe_ws, s);
+    mark("routed + shared experts",
+         static_cast<double>(L.gate_exps.bytes() + L.up_exps.bytes() + L.down_exps.bytes()) * static_cast<double>(K) /
+                 static_cast<double>(hp.n_expert) +
+             (has_shared ? static_cast<double>(L.gate_shexp.bytes() + L.up_shexp.bytes() + L.down_shexp.bytes()) : 0.0),
+         s);
+    return;
+  }
   auto experts = [&](const DTensor& gate, const DTensor& up, const DTensor& down, const int32_t* ids,
                      const float* w, int n_used, int64_t ff, float limit, float* y) {
     if (is_float_type(gate.type) && is_float_type(down.type)) {

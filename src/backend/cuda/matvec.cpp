@@ -131,6 +131,50 @@ void moe_experts(const MoeShape& s, const void* d_gate, const void* d_up, const 
   detail::launch_moe_down(s.down_type, d_down, s.n_embd, s.n_ff, d_ids, s.n_used, act_h, d_y, stream);
 }
 
+namespace {
+bool is_expert_type(GgmlType t) { return !is_float(t) && matvec_supported(t); }
+}  // namespace
+
+bool moe_fused_supported(const MoeShape& s, const SharedExpert* shared) {
+  if (!is_expert_type(s.gate_up_type) || !is_expert_type(s.down_type)) return false;
+  if (s.n_used <= 0 || s.n_used > kMaxExpertsUsed) return false;
+  if (shared != nullptr && (shared->type != GgmlType::Q8_0 || shared->n_ff <= 0)) return false;
+  return detail::moe_fused_fits(s, shared != nullptr, shared != nullptr ? shared->n_ff : 0);
+}
+
+// Workspace layout: [routed h: n_used x n_ff f32][shared half-row sums: 4 x shared n_ff f32].
+size_t moe_fused_workspace_bytes(const MoeShape& s, const SharedExpert* shared) {
+  return align256(size_t(s.n_used) * size_t(s.n_ff) * sizeof(float)) +
+         (shared != nullptr ? align256(4 * size_t(shared->n_ff) * sizeof(float)) : 0);
+}
+
+void moe_fused(const MoeShape& s, const void* d_gate, const void* d_up, const void* d_down, const int32_t* d_ids,
+               const float* d_route_w, const SharedExpert* shared, const float* d_x, float* d_y, void* d_workspace,
+               void* stream) {
+  if (!moe_fused_supported(s, shared))
+    fail("cuda moe_fused: {}/{} experts x {} of {}x{} (shared expert: {}) are not supported; use moe_experts",
+         type_name(s.gate_up_type), type_name(s.down_type), s.n_used, s.n_embd, s.n_ff,
+         shared != nullptr ? type_name(shared->type) : "none");
+  for (const void* p : {d_gate, d_up, d_down, shared ? shared->gate : d_gate, shared ? shared->up : d_gate,
+                        shared ? shared->down : d_gate, static_cast<const void*>(d_x)})
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) fail("cuda moe_fused: weights and x must be 16-byte aligned");
+  detail::FusedMoe m;
+  m.s = s;
+  m.gate = d_gate;
+  m.up = d_up;
+  m.down = d_down;
+  m.ids = d_ids;
+  m.route_w = d_route_w;
+  m.has_shared = shared != nullptr;
+  if (shared != nullptr) m.shared = *shared;
+  m.x = d_x;
+  m.y = d_y;
+  m.h = static_cast<float*>(d_workspace);
+  m.parts = reinterpret_cast<float*>(static_cast<uint8_t*>(d_workspace) +
+                                     align256(size_t(s.n_used) * size_t(s.n_ff) * sizeof(float)));
+  detail::launch_moe_fused(m, stream);
+}
+
 void fill_random_weights(GgmlType type, void* d_w, int64_t nrows, int64_t ncols, uint64_t seed, void* stream) {
   check_type(type, "fill_random_weights");
   check_cols(type, ncols, "fill_random_weights");

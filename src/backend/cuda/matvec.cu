@@ -83,30 +83,49 @@ __device__ __forceinline__ int ld4(const uint8_t* p) { return *reinterpret_cast<
 __device__ __forceinline__ int ld1x4(const uint8_t* p) {
   return int(uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24));
 }
+
+// Where a product reads its activation: GlobalAct from global memory through L1 (__ldg: every
+// warp of the SM shares it), SharedAct from the block's shared memory (the fused MoE kernels
+// quantize their input into it).
+struct GlobalAct {
+  template <class T>
+  __device__ static T ld(const T* p) { return __ldg(p); }
+};
+struct SharedAct {
+  template <class T>
+  __device__ static T ld(const T* p) { return *p; }
+};
+template <class A>
 __device__ __forceinline__ int act_int(const int8_t* qs, int i) {
-  return __ldg(reinterpret_cast<const int*>(qs) + i);
+  return A::ld(reinterpret_cast<const int*>(qs) + i);
 }
 
 // ---------------------------------------------------------------------------------------
 // Per-type decoders. BB/BE: block bytes/elements; G: blocks per 16-byte-aligned group;
-// CHUNK: blocks staged per warp step; U: lane work units per block. dot() returns the float
-// contribution of unit u of the block at `w` (shared memory) against the activation block b.
+// CHUNK: blocks staged per warp step; U: lane work units per block; kQ8K: the activation is
+// BlockQ8_K (else BlockQ8_0Act, or f32 for float weights). dot<A>() returns the float
+// contribution of unit u of the block at `w` (shared memory) against the activation block b,
+// read through A (GlobalAct or SharedAct).
 // ---------------------------------------------------------------------------------------
 struct KQ8_0 {
   static constexpr int BB = 34, BE = 32, G = 8, CHUNK = 64, U = 1;
   static constexpr bool kTables = false;
+  static constexpr bool kQ8K = false;
+  template <class A = GlobalAct>
   __device__ static float dot(const uint8_t* w, int, const void* act, int64_t b, const Tables&) {
     const BlockQ8_0Act* a = static_cast<const BlockQ8_0Act*>(act) + b;
     int s = 0;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) s = __dp4a(ld2x2(w + 2 + 4 * i), act_int(a->qs, i), s);
-    return f16(w) * __ldg(&a->d) * float(s);
+    for (int i = 0; i < 8; ++i) s = __dp4a(ld2x2(w + 2 + 4 * i), act_int<A>(a->qs, i), s);
+    return f16(w) * A::ld(&a->d) * float(s);
   }
 };
 
 struct KQ2_K {  // unit = 64 elements: half h = u/2, sub-blocks 4*(u&1) .. +3 of that half
   static constexpr int BB = 84, BE = 256, G = 4, CHUNK = 24, U = 4;
   static constexpr bool kTables = false;
+  static constexpr bool kQ8K = true;
+  template <class A = GlobalAct>
   __device__ static float dot(const uint8_t* w, int u, const void* act, int64_t b, const Tables&) {
     const BlockQ8_K* a = static_cast<const BlockQ8_K*>(act) + b;
     const int h = u >> 1;
@@ -120,12 +139,12 @@ struct KQ2_K {  // unit = 64 elements: half h = u/2, sub-blocks 4*(u&1) .. +3 of
       int sub = 0;
 #pragma unroll
       for (int j = 0; j < 4; ++j)
-        sub = __dp4a((ld4(q + 4 * j) >> shift) & 0x03030303, act_int(a->qs, 4 * s + j), sub);
+        sub = __dp4a((ld4(q + 4 * j) >> shift) & 0x03030303, act_int<A>(a->qs, 4 * s + j), sub);
       const int sc = w[s];
       isum += (sc & 0xF) * sub;
-      msum += (sc >> 4) * int(__ldg(&a->bsums[s]));
+      msum += (sc >> 4) * int(A::ld(&a->bsums[s]));
     }
-    const float dx = __ldg(&a->d);
+    const float dx = A::ld(&a->d);
     return dx * f16(w + 80) * float(isum) - dx * f16(w + 82) * float(msum);
   }
 };
@@ -143,22 +162,24 @@ __device__ __forceinline__ void q4k_scale_min(int j, const uint8_t* s, int& sc, 
 struct KQ4_K {  // unit = 64-element pair p: low nibbles sub-block 2p, high nibbles 2p+1
   static constexpr int BB = 144, BE = 256, G = 1, CHUNK = 16, U = 4;
   static constexpr bool kTables = false;
+  static constexpr bool kQ8K = true;
+  template <class A = GlobalAct>
   __device__ static float dot(const uint8_t* w, int p, const void* act, int64_t b, const Tables&) {
     const BlockQ8_K* a = static_cast<const BlockQ8_K*>(act) + b;
     int lo = 0, hi = 0;
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const int q = ld4(w + 16 + 32 * p + 4 * i);
-      lo = __dp4a(q & 0x0F0F0F0F, act_int(a->qs, 16 * p + i), lo);
-      hi = __dp4a((q >> 4) & 0x0F0F0F0F, act_int(a->qs, 16 * p + 8 + i), hi);
+      lo = __dp4a(q & 0x0F0F0F0F, act_int<A>(a->qs, 16 * p + i), lo);
+      hi = __dp4a((q >> 4) & 0x0F0F0F0F, act_int<A>(a->qs, 16 * p + 8 + i), hi);
     }
     int sc0, m0, sc1, m1;
     q4k_scale_min(2 * p, w + 4, sc0, m0);
     q4k_scale_min(2 * p + 1, w + 4, sc1, m1);
     const int isum = sc0 * lo + sc1 * hi;
-    const int msum = m0 * (int(__ldg(&a->bsums[4 * p])) + int(__ldg(&a->bsums[4 * p + 1]))) +
-                     m1 * (int(__ldg(&a->bsums[4 * p + 2])) + int(__ldg(&a->bsums[4 * p + 3])));
-    const float dx = __ldg(&a->d);
+    const int msum = m0 * (int(A::ld(&a->bsums[4 * p])) + int(A::ld(&a->bsums[4 * p + 1]))) +
+                     m1 * (int(A::ld(&a->bsums[4 * p + 2])) + int(A::ld(&a->bsums[4 * p + 3])));
+    const float dx = A::ld(&a->d);
     return dx * f16(w) * float(isum) - dx * f16(w + 2) * float(msum);
   }
 };
@@ -166,6 +187,8 @@ struct KQ4_K {  // unit = 64-element pair p: low nibbles sub-block 2p, high nibb
 struct KIQ2_XXS {  // unit = 32-element group g with its own 4-bit scale
   static constexpr int BB = 66, BE = 256, G = 8, CHUNK = 32, U = 8;
   static constexpr bool kTables = true;
+  static constexpr bool kQ8K = true;
+  template <class A = GlobalAct>
   __device__ static float dot(const uint8_t* w, int g, const void* act, int64_t b, const Tables& t) {
     const BlockQ8_K* a = static_cast<const BlockQ8_K*>(act) + b;
     const uint32_t a0 = uint32_t(ld2x2(w + 2 + 8 * g));
@@ -181,11 +204,11 @@ struct KIQ2_XXS {  // unit = 32-element group g with its own 4-bit scale
       const uint32_t mlo = uint32_t(m), mhi = uint32_t(m >> 32);
       const int vlo = int((uint32_t(gv) ^ mlo) + (mlo & 0x01010101u));
       const int vhi = int((uint32_t(gv >> 32) ^ mhi) + (mhi & 0x01010101u));
-      s = __dp4a(vlo, act_int(a->qs, 8 * g + 2 * k), s);
-      s = __dp4a(vhi, act_int(a->qs, 8 * g + 2 * k + 1), s);
+      s = __dp4a(vlo, act_int<A>(a->qs, 8 * g + 2 * k), s);
+      s = __dp4a(vhi, act_int<A>(a->qs, 8 * g + 2 * k + 1), s);
     }
     const int ls = 2 * int(a1 >> 28) + 1;
-    return f16(w) * __ldg(&a->d) * 0.125f * float(ls * s);
+    return f16(w) * A::ld(&a->d) * 0.125f * float(ls * s);
   }
 };
 
@@ -213,6 +236,8 @@ __device__ __forceinline__ int2 lookup16(uint32_t q, const uint32_t t[4]) {
 struct KMXFP4 {
   static constexpr int BB = 17, BE = 32, G = 16, CHUNK = 128, U = 1;
   static constexpr bool kTables = false;
+  static constexpr bool kQ8K = false;
+  template <class A = GlobalAct>
   __device__ static float dot(const uint8_t* w, int, const void* act, int64_t b, const Tables&) {
     const BlockQ8_0Act* a = static_cast<const BlockQ8_0Act*>(act) + b;
     const uint32_t t[4] = {c_mxfp4_values[0], c_mxfp4_values[1], c_mxfp4_values[2], c_mxfp4_values[3]};
@@ -220,10 +245,10 @@ struct KMXFP4 {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int2 v = lookup16(uint32_t(ld1x4(w + 1 + 4 * i)), t);
-      s = __dp4a(v.x, act_int(a->qs, i), s);
-      s = __dp4a(v.y, act_int(a->qs, 4 + i), s);
+      s = __dp4a(v.x, act_int<A>(a->qs, i), s);
+      s = __dp4a(v.y, act_int<A>(a->qs, 4 + i), s);
     }
-    return mxfp4_scale(w[0]) * __ldg(&a->d) * float(s);
+    return mxfp4_scale(w[0]) * A::ld(&a->d) * float(s);
   }
 };
 
@@ -231,9 +256,10 @@ struct KMXFP4 {
 struct KF32 {
   static constexpr int BB = 16, BE = 4, G = 1, CHUNK = 128, U = 1;
   static constexpr bool kTables = false;
+  template <class A = GlobalAct>
   __device__ static float dot(const uint8_t* w, int, const void* act, int64_t b, const Tables&) {
     const float4 v = *reinterpret_cast<const float4*>(w);
-    const float4 x = __ldg(static_cast<const float4*>(act) + b);
+    const float4 x = A::ld(static_cast<const float4*>(act) + b);
     return fmaf(v.w, x.w, fmaf(v.z, x.z, fmaf(v.y, x.y, v.x * x.x)));
   }
 };
@@ -242,10 +268,11 @@ template <bool kBf16>
 struct KHalf {
   static constexpr int BB = 16, BE = 8, G = 1, CHUNK = 128, U = 1;
   static constexpr bool kTables = false;
+  template <class A = GlobalAct>
   __device__ static float dot(const uint8_t* w, int, const void* act, int64_t b, const Tables&) {
     const uint4 v = *reinterpret_cast<const uint4*>(w);
-    const float4 x0 = __ldg(static_cast<const float4*>(act) + 2 * b);
-    const float4 x1 = __ldg(static_cast<const float4*>(act) + 2 * b + 1);
+    const float4 x0 = A::ld(static_cast<const float4*>(act) + 2 * b);
+    const float4 x1 = A::ld(static_cast<const float4*>(act) + 2 * b + 1);
     const uint32_t words[4] = {v.x, v.y, v.z, v.w};
     const float xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
     float s = 0.0f;
@@ -329,8 +356,8 @@ struct GateUpPlan {
   float* h;
   __device__ int segments() const { return 2; }
   __device__ const uint8_t* row(int m, int64_t r) const {
-    const int64_t k = r / n_ff;
-    const size_t off = size_t(__ldg(ids + k)) * slab + size_t(r - k * n_ff) * rb;
+    const int k = int(r) / int(n_ff);  // rows < 2^31: a 32-bit division
+    const size_t off = size_t(__ldg(ids + k)) * slab + size_t(r - int64_t(k) * n_ff) * rb;
     return (m == 0 ? gate : up) + off;
   }
   __device__ const void* activation(int, int64_t) const { return act; }
@@ -351,6 +378,27 @@ struct DownPlan {
   __device__ const void* activation(int m, int64_t) const { return act + size_t(m) * act_rb; }
 };
 
+// The shared expert's gate and up rows (n_ff each), every row cut into two halves of nblk
+// blocks that are rows of their own: row j = 2 * (matrix * n_ff + row) + half, matrix 0 =
+// gate, 1 = up. A half row is as long as a routed gate/up row pair (Flash: 2176 vs 2112
+// bytes), which balances the fused kernel's warps; the halves are what the separate product
+// gives a warp at split 2, and the fused down kernel sums them in the same order.
+struct HalfRowsPlan {
+  const uint8_t* gate;
+  const uint8_t* up;
+  size_t rb, half_bytes;  // row bytes; bytes of nblk blocks
+  const uint8_t* act;
+  size_t act_half_bytes;  // activation bytes of nblk blocks
+  int64_t n_ff, nblk;
+  __device__ int segments() const { return 1; }
+  __device__ const uint8_t* row(int, int64_t j) const {
+    const int64_t rr = j >> 1;
+    const uint8_t* base = rr < n_ff ? gate + size_t(rr) * rb : up + size_t(rr - n_ff) * rb;
+    return base + (j & 1) * half_bytes;
+  }
+  __device__ const void* activation(int, int64_t j) const { return act + (j & 1) * act_half_bytes; }
+};
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -369,16 +417,29 @@ struct StoreParts {
     p.y[i][r - p.begin[i]] = a;
   }
 };
+// y[r] += a: the fused down kernel's second pass adds the shared expert to the routed sum
+// that the same warp's lane 0 stored in its first pass.
+struct AddY {
+  float* y;
+  __device__ void operator()(int64_t r, float a, float) const { y[r] = y[r] + a; }
+};
+
+// silu(min(g, limit)) * clamp(u, -limit, limit): gate clamped above only, up on both sides
+// (architecture.md 3.5.2).
+__device__ __forceinline__ float swiglu_clamped(float g, float u, float limit) {
+  g = fminf(g, limit);
+  u = fminf(fmaxf(u, -limit), limit);
+  const float silu = g / (1.0f + expf(-g));
+  return silu * u;
+}
+
 struct SwiGlu {
   float* h;
   const float* route_w;
   int64_t n_ff;
   float limit;
   __device__ void operator()(int64_t r, float g, float u) const {
-    g = fminf(g, limit);                 // gate: upper clamp only (architecture.md 3.5.2)
-    u = fminf(fmaxf(u, -limit), limit);  // up: both sides
-    const float silu = g / (1.0f + expf(-g));
-    h[r] = __ldg(route_w + r / n_ff) * (silu * u);
+    h[r] = __ldg(route_w + r / n_ff) * swiglu_clamped(g, u, limit);
   }
 };
 
@@ -410,7 +471,7 @@ __device__ void warp_row_bytes(const Plan& p, int64_t r, int64_t bb, int64_t be,
 // loads in flight: the next chunk is requested before the current one is decoded, across
 // segment and row boundaries. With `emit`, each finished row is reduced and handed to epi;
 // otherwise the lane partials of the (single) row are returned for a cross-warp reduction.
-template <class K, class Plan, class Epi>
+template <class K, class A = GlobalAct, class Plan, class Epi>
 __device__ void stream_rows(const Plan& p, const Epi& epi, int64_t row0, int64_t step, int64_t row_end,
                             int64_t bb, int64_t be, bool separate, bool emit, uint8_t* sw, const Tables& t,
                             float& out0, float& out1) {
@@ -485,7 +546,7 @@ __device__ void stream_rows(const Plan& p, const Epi& epi, int64_t row0, int64_t
     while (s < cper) {
       const int blk = rem / K::U;  // compile-time divisor
       const float v =
-          K::dot(sw + (s * cnb + blk) * K::BB, rem - blk * K::U, p.activation(cm + s, crow), cb0 + blk, t);
+          K::template dot<A>(sw + (s * cnb + blk) * K::BB, rem - blk * K::U, p.activation(cm + s, crow), cb0 + blk, t);
       if (separate && cm + s == 1) acc1 += v; else acc0 += v;
       rem += 32;
       while (rem >= useg) {
@@ -507,18 +568,30 @@ __device__ void stream_rows(const Plan& p, const Epi& epi, int64_t row0, int64_t
 
 // split == 1 with aligned rows: persistent warps stream rows gw, gw + all warps, ...
 // split > 1: `split` warps of one block share a row and reduce through shared memory.
+template <class K>
+constexpr int staging_bytes() {
+  return (K::CHUNK * K::BB + 15) / 16 * 16;
+}
+
+// The IQ2_XXS tables in the block's shared memory (when kNeed; arrays of 256 and 128), copied
+// by all threads of the block with one distinct element per thread.
+template <bool kNeed>
+__device__ Tables stage_tables(uint64_t* sgrid, uint64_t* ssign) {
+  if constexpr (kNeed) {
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) sgrid[i] = g_iq2_grid[i];
+    for (int i = threadIdx.x; i < 128; i += blockDim.x) ssign[i] = g_iq2_sign_mask[i];
+    __syncthreads();
+  }
+  return Tables{sgrid, ssign};
+}
+
 template <class K, class Plan, class Epi>
 __device__ void run(const Plan& p, const Epi& epi, int64_t nrows, int split, bool vec, bool separate) {
-  constexpr int kBuf = (K::CHUNK * K::BB + 15) / 16 * 16;
+  constexpr int kBuf = staging_bytes<K>();
   __shared__ __align__(16) uint8_t sbuf[kWarps][kBuf];
   __shared__ float part0[kWarps], part1[kWarps];
   __shared__ uint64_t sgrid[K::kTables ? 256 : 1], ssign[K::kTables ? 128 : 1];
-  Tables t{sgrid, ssign};
-  if constexpr (K::kTables) {
-    for (int i = threadIdx.x; i < 256; i += kThreads) sgrid[i] = g_iq2_grid[i];
-    for (int i = threadIdx.x; i < 128; i += kThreads) ssign[i] = g_iq2_sign_mask[i];
-    __syncthreads();
-  }
+  const Tables t = stage_tables<K::kTables>(sgrid, ssign);
   pdl_enter();  // decode-step launches are programmatic (pdl.h): wait for the producer here
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t gw = int64_t(blockIdx.x) * kWarps + warp;
@@ -670,6 +743,311 @@ void down_t(const void* down, int64_t n_embd, int64_t n_ff, const int32_t* ids, 
 }
 
 // ---------------------------------------------------------------------------------------
+// The MoE in two launches (moe_fused): each kernel quantizes its own input into shared
+// memory (one block per SM, so once per SM), and the shared expert's rows are streamed by
+// the same launches as the routed experts':
+//   gate/up: x -> quantized x (routed partner format, and Q8_0 for the shared expert);
+//            the first warps of every block stream the routed gate/up rows (SwiGLU into
+//            h), the others the shared expert's gate/up half rows (HalfRowsPlan: sums into
+//            parts), so both kinds of rows are spread over all SMs;
+//   down:    h -> quantized h; the shared hidden state from the parts (half 0 + half 1,
+//            then SwiGLU, weight 1) -> quantized; every warp streams its rows' routed down
+//            product (stored in y) and then the same rows' shared down product (added).
+// Float order: y[r] = routed(r) + shared(r), routed(r) summed over the experts exactly as
+// the separate down launch sums them, and shared(r) as the separate shared down launch; so
+// the result is bit-identical to moe_experts (routed) + moe_experts (shared, n_used 1, where
+// its gate/up splits rows in two, as on 86-170 SMs) + add.
+// Each warp loads its quantization inputs, then asks L2 for its first row's weights, then
+// quantizes: the first chunk's DRAM latency overlaps the quantization.
+// ---------------------------------------------------------------------------------------
+constexpr int kFusedWarps = 24;  // one block per SM: at <= 80 registers, the warps of 3 x 8
+constexpr int kFusedThreads = kFusedWarps * 32;
+
+template <class K>
+constexpr size_t span_bytes() {  // activation bytes of 256 values in K's partner format
+  return K::kQ8K ? sizeof(BlockQ8_K) : 8 * sizeof(BlockQ8_0Act);
+}
+constexpr size_t align16(size_t n) { return (n + 15) / 16 * 16; }
+template <class KA, class KB>
+constexpr int fused_staging_bytes() {
+  return kFusedWarps * (staging_bytes<KA>() > staging_bytes<KB>() ? staging_bytes<KA>() : staging_bytes<KB>());
+}
+
+// 256 values (8 consecutive per lane) as span t of an activation in K's partner format.
+template <class K>
+__device__ __forceinline__ void quantize_span(const float (&v)[8], uint8_t* act, int64_t t) {
+  if constexpr (K::kQ8K)
+    quantize_q8_k_warp(v, reinterpret_cast<BlockQ8_K*>(act) + t);
+  else
+    quantize_q8_0_act_warp<8>(v, reinterpret_cast<BlockQ8_0Act*>(act) + 8 * t);
+}
+
+// The block's quantization tasks t < n (warp-uniform; warp w takes w, w + kFusedWarps, ...):
+// load(t, v) fetches a task's 256 values (8 per lane), quant(t, v) stores them quantized. A
+// warp first loads all of its tasks (up to kMaxHeld of them) and only then quantizes, so it
+// waits for one round trip to L2 rather than one per task; between() runs after the loads
+// are issued (the weight prefetch, which must not queue ahead of them).
+template <int kMaxHeld, class Load, class Between, class Quant>
+__device__ __forceinline__ void quantize_tasks(int64_t n, Load&& load, Between&& between, Quant&& quant) {
+  const int64_t first = threadIdx.x >> 5;
+  float v[kMaxHeld][8];
+#pragma unroll
+  for (int i = 0; i < kMaxHeld; ++i)
+    if (first + int64_t(i) * kFusedWarps < n) load(first + int64_t(i) * kFusedWarps, v[i]);
+  between();
+#pragma unroll
+  for (int i = 0; i < kMaxHeld; ++i)
+    if (first + int64_t(i) * kFusedWarps < n) quant(first + int64_t(i) * kFusedWarps, v[i]);
+  for (int64_t t = first + int64_t(kMaxHeld) * kFusedWarps; t < n; t += kFusedWarps) {  // larger models
+    float w[8];
+    load(t, w);
+    quant(t, w);
+  }
+}
+
+// Asks L2 for the weights of row r of plan p (all segments, blocks [0, nblk)) without
+// waiting for them.
+template <class K, class Plan>
+__device__ void prefetch_row_l2(const Plan& p, int64_t r) {
+  const int lane = threadIdx.x & 31;
+  const size_t bytes = size_t(p.nblk) * K::BB;
+  for (int m = 0; m < p.segments(); ++m) {
+    const uintptr_t start = reinterpret_cast<uintptr_t>(p.row(m, r));
+    for (uintptr_t a = (start & ~uintptr_t(127)) + 128 * lane; a < start + bytes; a += 32 * 128)
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
+  }
+}
+
+struct FusedGateUp {
+  GateUpPlan routed;       // act set in the kernel (shared memory)
+  int64_t routed_rows;     // n_used * n_ff
+  HalfRowsPlan shared;     // act set in the kernel
+  float* parts;            // shared half-row sums [shared_rows]
+  int64_t shared_rows;     // 4 * shared n_ff; 0 without a shared expert
+  int routed_per_block;    // warps [0, routed_per_block) of each block take routed rows, the
+                           // others shared half rows: both kinds spread over every SM
+  const float* x;
+  int64_t x_spans;         // n_embd / 256
+};
+
+template <class KR, class KS>
+__global__ void __launch_bounds__(kFusedThreads, 1) moe_gate_up_fused_kernel(FusedGateUp a) {
+  constexpr int kBuf = fused_staging_bytes<KR, KS>() / kFusedWarps;
+  constexpr bool kOneAct = KR::kQ8K == KS::kQ8K;  // the shared expert reads the routed quantization
+  extern __shared__ __align__(16) uint8_t smem[];
+  __shared__ uint64_t sgrid[KR::kTables || KS::kTables ? 256 : 1], ssign[KR::kTables || KS::kTables ? 128 : 1];
+  const Tables t = stage_tables<KR::kTables || KS::kTables>(sgrid, ssign);
+  pdl_enter();
+  const int warp = threadIdx.x >> 5;
+  const bool routed = warp < a.routed_per_block;
+  // This warp's index among the routed (gw) or the shared expert's (sgw) warps, and their counts.
+  const int64_t gw = int64_t(blockIdx.x) * a.routed_per_block + warp, n_routed = int64_t(gridDim.x) * a.routed_per_block;
+  const int64_t sgw = int64_t(blockIdx.x) * (kFusedWarps - a.routed_per_block) + (warp - a.routed_per_block);
+  const int64_t n_shared = int64_t(gridDim.x) * (kFusedWarps - a.routed_per_block);
+  uint8_t* act_r = smem + fused_staging_bytes<KR, KS>();
+  uint8_t* act_s = kOneAct ? act_r : act_r + align16(size_t(a.x_spans) * span_bytes<KR>());
+  // Tasks [0, x_spans): x for the routed experts; [x_spans, 2 x_spans): x for the shared one.
+  const int64_t tasks = a.x_spans * (a.shared_rows > 0 && !kOneAct ? 2 : 1);
+  quantize_tasks<2>(
+      tasks, [&](int64_t task, float(&v)[8]) { load_256(a.x + 256 * (task % a.x_spans), v); },
+      [&] {
+        if (routed && gw < a.routed_rows) prefetch_row_l2<KR>(a.routed, gw);
+        if (!routed && sgw < a.shared_rows) prefetch_row_l2<KS>(a.shared, sgw);
+      },
+      [&](int64_t task, const float(&v)[8]) {
+        if (task < a.x_spans)
+          quantize_span<KR>(v, act_r, task);
+        else
+          quantize_span<KS>(v, act_s, task - a.x_spans);
+      });
+  __syncthreads();
+  float o0, o1;
+  if (routed) {
+    GateUpPlan p = a.routed;
+    p.act = act_r;
+    const SwiGlu epi{p.h, p.route_w, p.n_ff, p.limit};
+    stream_rows<KR, SharedAct>(p, epi, gw, n_routed, a.routed_rows, 0, p.nblk, true, true, smem + warp * kBuf, t, o0,
+                               o1);
+  } else {
+    HalfRowsPlan p = a.shared;
+    p.act = act_s;
+    stream_rows<KS, SharedAct>(p, StoreY{a.parts}, sgw, n_shared, a.shared_rows, 0, p.nblk, false, true,
+                               smem + warp * kBuf, t, o0, o1);
+  }
+}
+
+struct FusedDown {
+  DownPlan routed;        // act set in the kernel (shared memory)
+  const float* h;         // routed hidden state [n_used * n_ff]
+  int64_t h_spans;        // n_used * n_ff / 256
+  PlainPlan shared;       // the shared expert's down; act set in the kernel
+  const float* parts;     // the gate/up launch's shared half-row sums
+  int64_t shared_ff;
+  int64_t shared_spans;   // shared n_ff / 256; 0 without a shared expert
+  float shared_limit;
+  float* y;
+  int64_t n_embd;
+};
+
+// The shared expert's hidden values 256 * span + 8 * lane + j: gate and up as the separate
+// product's split-2 reduction sums them (0 + half 0 + half 1), then the clamped SwiGLU.
+__device__ __forceinline__ void shared_hidden_span(const FusedDown& a, int64_t span, float (&v)[8]) {
+  const int64_t r0 = 256 * span + 8 * (threadIdx.x & 31);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int64_t g = 2 * (r0 + j), u = 2 * (a.shared_ff + r0 + j);
+    const float gate = (0.0f + a.parts[g]) + a.parts[g + 1];
+    const float up = (0.0f + a.parts[u]) + a.parts[u + 1];
+    v[j] = swiglu_clamped(gate, up, a.shared_limit);
+  }
+}
+
+template <class KR, class KS>
+__global__ void __launch_bounds__(kFusedThreads, 1) moe_down_fused_kernel(FusedDown a) {
+  constexpr int kBuf = fused_staging_bytes<KR, KS>() / kFusedWarps;
+  extern __shared__ __align__(16) uint8_t smem[];
+  __shared__ uint64_t sgrid[KR::kTables || KS::kTables ? 256 : 1], ssign[KR::kTables || KS::kTables ? 128 : 1];
+  const Tables t = stage_tables<KR::kTables || KS::kTables>(sgrid, ssign);
+  pdl_enter();
+  const int warp = threadIdx.x >> 5;
+  const int64_t gw = int64_t(blockIdx.x) * kFusedWarps + warp, nw = int64_t(gridDim.x) * kFusedWarps;
+  uint8_t* act_r = smem + fused_staging_bytes<KR, KS>();
+  uint8_t* act_s = act_r + align16(size_t(a.h_spans) * span_bytes<KR>());
+  // Tasks [0, h_spans): the routed h; then the shared expert's hidden state.
+  quantize_tasks<3>(
+      a.h_spans + a.shared_spans,
+      [&](int64_t task, float(&v)[8]) {
+        if (task < a.h_spans)
+          load_256(a.h + 256 * task, v);
+        else
+          shared_hidden_span(a, task - a.h_spans, v);
+      },
+      [&] {
+        if (gw < a.n_embd) {
+          prefetch_row_l2<KR>(a.routed, gw);
+          if (a.shared_spans > 0) prefetch_row_l2<KS>(a.shared, gw);
+        }
+      },
+      [&](int64_t task, const float(&v)[8]) {
+        if (task < a.h_spans)
+          quantize_span<KR>(v, act_r, task);
+        else
+          quantize_span<KS>(v, act_s, task - a.h_spans);
+      });
+  __syncthreads();
+  float o0, o1;
+  DownPlan p = a.routed;
+  p.act = act_r;
+  stream_rows<KR, SharedAct>(p, StoreY{a.y}, gw, nw, a.n_embd, 0, p.nblk, false, true, smem + warp * kBuf, t, o0, o1);
+  if (a.shared_spans > 0) {  // the same rows again, adding the shared expert (lane 0 stored them above)
+    PlainPlan q = a.shared;
+    q.act = act_s;
+    stream_rows<KS, SharedAct>(q, AddY{a.y}, gw, nw, a.n_embd, 0, q.nblk, false, true, smem + warp * kBuf, t, o0, o1);
+  }
+}
+
+// Warps per block for the routed rows of the fused gate/up launch (the others take the shared
+// half rows): the split that gives the busiest warp the fewest bytes.
+int routed_warps_per_block(int64_t blocks, int64_t rows_a, size_t bytes_a, int64_t rows_b, size_t bytes_b) {
+  if (rows_b == 0) return kFusedWarps;
+  int best = kFusedWarps / 2;
+  size_t best_cost = SIZE_MAX;
+  for (int wa = 1; wa < kFusedWarps; ++wa) {
+    const int64_t na = blocks * wa, nb = blocks * (kFusedWarps - wa);
+    const size_t cost = std::max(size_t((rows_a + na - 1) / na) * bytes_a, size_t((rows_b + nb - 1) / nb) * bytes_b);
+    if (cost < best_cost) {
+      best_cost = cost;
+      best = wa;
+    }
+  }
+  return best;
+}
+
+// Dynamic shared memory of the fused kernels for routed gate/up type KG and down type KD.
+template <class KG>
+size_t fused_gate_up_smem(const FusedMoe& m) {
+  const int64_t spans = m.s.n_embd / 256;
+  const bool two = m.has_shared && KG::kQ8K != KQ8_0::kQ8K;
+  return size_t(fused_staging_bytes<KG, KQ8_0>()) + align16(size_t(spans) * span_bytes<KG>()) +
+         (two ? align16(size_t(spans) * span_bytes<KQ8_0>()) : 0);
+}
+template <class KD>
+size_t fused_down_smem(const FusedMoe& m) {
+  return size_t(fused_staging_bytes<KD, KQ8_0>()) +
+         align16(size_t(m.s.n_used) * size_t(m.s.n_ff / 256) * span_bytes<KD>()) +
+         (m.has_shared ? align16(size_t(m.shared.n_ff / 256) * span_bytes<KQ8_0>()) : 0);
+}
+
+// Launches `kernel` (one block per SM) with `smem` bytes of dynamic shared memory; raises the
+// kernel's limit the first time it needs more than the default 48 KiB.
+template <class Arg>
+void launch_fused(void (*kernel)(Arg), size_t smem, const Arg& arg, void* stream) {
+  DS4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  DS4_CUDA_CHECK(launch_pdl(kernel, dim3(unsigned(sm_count())), kFusedThreads, smem,
+                             static_cast<cudaStream_t>(stream), arg));
+}
+
+template <class K>
+bool rows_aligned(int64_t ncols, int64_t halves = 1) {  // each row (half) a whole number of 16-byte groups
+  return ncols % (int64_t(K::BE) * K::G * halves) == 0;
+}
+
+template <class KG, class KD>
+void moe_fused_t(const FusedMoe& m, void* stream) {
+  const MoeShape& s = m.s;
+  const int64_t gu_nblk = s.n_embd / KG::BE, dn_nblk = s.n_ff / KD::BE;
+  const size_t gu_rb = size_t(gu_nblk) * KG::BB, dn_rb = size_t(dn_nblk) * KD::BB;
+  const int64_t sh_gu_nblk = s.n_embd / KQ8_0::BE, sh_dn_nblk = m.has_shared ? m.shared.n_ff / KQ8_0::BE : 0;
+  const size_t sh_gu_rb = size_t(sh_gu_nblk) * KQ8_0::BB, sh_dn_rb = size_t(sh_dn_nblk) * KQ8_0::BB;
+  FusedGateUp g{};
+  g.routed = GateUpPlan{static_cast<const uint8_t*>(m.gate), static_cast<const uint8_t*>(m.up), gu_rb,
+                        gu_rb * size_t(s.n_ff), m.ids, m.route_w, nullptr, gu_nblk, s.n_ff, s.limit, m.h};
+  g.routed_rows = int64_t(s.n_used) * s.n_ff;
+  if (m.has_shared) {
+    g.shared = HalfRowsPlan{static_cast<const uint8_t*>(m.shared.gate), static_cast<const uint8_t*>(m.shared.up),
+                            sh_gu_rb, sh_gu_rb / 2, nullptr, size_t(sh_gu_nblk / 2) * sizeof(BlockQ8_0Act),
+                            m.shared.n_ff, sh_gu_nblk / 2};
+    g.shared_rows = 4 * m.shared.n_ff;
+  }
+  g.parts = m.parts;
+  g.routed_per_block = routed_warps_per_block(sm_count(), g.routed_rows, 2 * gu_rb, g.shared_rows, sh_gu_rb / 2);
+  g.x = m.x;
+  g.x_spans = s.n_embd / 256;
+  launch_fused(moe_gate_up_fused_kernel<KG, KQ8_0>, fused_gate_up_smem<KG>(m), g, stream);
+
+  FusedDown d{};
+  const size_t act_rb = size_t(s.n_ff / 256) * span_bytes<KD>();
+  d.routed = DownPlan{static_cast<const uint8_t*>(m.down), dn_rb, dn_rb * size_t(s.n_embd), m.ids, nullptr, act_rb,
+                      dn_nblk, s.n_used};
+  d.h = m.h;
+  d.h_spans = int64_t(s.n_used) * s.n_ff / 256;
+  if (m.has_shared) {
+    d.shared = PlainPlan{static_cast<const uint8_t*>(m.shared.down), sh_dn_rb, nullptr, sh_dn_nblk};
+    d.parts = m.parts;
+    d.shared_ff = m.shared.n_ff;
+    d.shared_spans = m.shared.n_ff / 256;
+    d.shared_limit = m.shared.limit;
+  }
+  d.y = m.y;
+  d.n_embd = s.n_embd;
+  launch_fused(moe_down_fused_kernel<KD, KQ8_0>, fused_down_smem<KD>(m), d, stream);
+}
+
+// Calls f(K{}) with the decoder of a quantized expert weight type (MoE kernels).
+template <class F>
+void with_expert_kernel(GgmlType type, F&& f) {
+  init_tables();
+  switch (type) {
+    case GgmlType::Q8_0: return f(KQ8_0{});
+    case GgmlType::Q2_K: return f(KQ2_K{});
+    case GgmlType::Q4_K: return f(KQ4_K{});
+    case GgmlType::IQ2_XXS: return f(KIQ2_XXS{});
+    case GgmlType::MXFP4: return f(KMXFP4{});
+    default: break;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // Activation quantizers (device code in quantize_act.cuh, shared with the fused kernels).
 // ---------------------------------------------------------------------------------------
 __global__ void quantize_q8_0_act_kernel(const float* __restrict__ x, BlockQ8_0Act* __restrict__ y, int64_t nblocks) {
@@ -759,17 +1137,11 @@ __global__ void fill_kernel(int type, uint8_t* w, int64_t nblocks, int bb, uint6
 // side has rejected them).
 template <class F>
 void with_kernel(GgmlType type, F&& f) {
-  init_tables();
   switch (type) {
-    case GgmlType::Q8_0: return f(KQ8_0{});
-    case GgmlType::Q2_K: return f(KQ2_K{});
-    case GgmlType::Q4_K: return f(KQ4_K{});
-    case GgmlType::IQ2_XXS: return f(KIQ2_XXS{});
-    case GgmlType::MXFP4: return f(KMXFP4{});
     case GgmlType::F32: return f(KF32{});
     case GgmlType::F16: return f(KHalf<false>{});
     case GgmlType::BF16: return f(KHalf<true>{});
-    default: break;
+    default: return with_expert_kernel(type, f);
   }
 }
 
@@ -807,33 +1179,54 @@ void launch_matvec_parts(GgmlType type, int64_t ncols, const MatvecPart* parts, 
 void launch_moe_gate_up(GgmlType type, const void* gate, const void* up, int64_t n_embd, int64_t n_ff,
                         const int32_t* ids, const float* route_w, int n_used, float limit, const void* act,
                         float* h, void* stream) {
-  init_tables();
-  switch (type) {
-    case GgmlType::Q2_K: return gate_up_t<KQ2_K>(gate, up, n_embd, n_ff, ids, route_w, n_used, limit, act, h, stream);
-    case GgmlType::Q4_K: return gate_up_t<KQ4_K>(gate, up, n_embd, n_ff, ids, route_w, n_used, limit, act, h, stream);
-    case GgmlType::IQ2_XXS: return gate_up_t<KIQ2_XXS>(gate, up, n_embd, n_ff, ids, route_w, n_used, limit, act, h, stream);
-    case GgmlType::MXFP4: return gate_up_t<KMXFP4>(gate, up, n_embd, n_ff, ids, route_w, n_used, limit, act, h, stream);
-    case GgmlType::Q8_0: return gate_up_t<KQ8_0>(gate, up, n_embd, n_ff, ids, route_w, n_used, limit, act, h, stream);
-    default: break;
-  }
+  with_expert_kernel(type, [&](auto k) {
+    gate_up_t<decltype(k)>(gate, up, n_embd, n_ff, ids, route_w, n_used, limit, act, h, stream);
+  });
 }
 
 void launch_moe_down(GgmlType type, const void* down, int64_t n_embd, int64_t n_ff, const int32_t* ids,
                      int n_used, const void* act_h, float* y, void* stream) {
-  init_tables();
-  switch (type) {
-    case GgmlType::Q2_K:
-      return down_t<KQ2_K>(down, n_embd, n_ff, ids, n_used, act_h, size_t(n_ff / QK_K) * sizeof(BlockQ8_K), y, stream);
-    case GgmlType::Q4_K:
-      return down_t<KQ4_K>(down, n_embd, n_ff, ids, n_used, act_h, size_t(n_ff / QK_K) * sizeof(BlockQ8_K), y, stream);
-    case GgmlType::IQ2_XXS:
-      return down_t<KIQ2_XXS>(down, n_embd, n_ff, ids, n_used, act_h, size_t(n_ff / QK_K) * sizeof(BlockQ8_K), y, stream);
-    case GgmlType::MXFP4:
-      return down_t<KMXFP4>(down, n_embd, n_ff, ids, n_used, act_h, size_t(n_ff / QK8_0) * sizeof(BlockQ8_0Act), y, stream);
-    case GgmlType::Q8_0:
-      return down_t<KQ8_0>(down, n_embd, n_ff, ids, n_used, act_h, size_t(n_ff / QK8_0) * sizeof(BlockQ8_0Act), y, stream);
-    default: break;
-  }
+  with_expert_kernel(type, [&](auto k) {
+    using K = decltype(k);
+    const size_t act_rb = K::kQ8K ? size_t(n_ff / QK_K) * sizeof(BlockQ8_K) : size_t(n_ff / QK8_0) * sizeof(BlockQ8_0Act);
+    down_t<K>(down, n_embd, n_ff, ids, n_used, act_h, act_rb, y, stream);
+  });
+}
+
+bool moe_fused_fits(const MoeShape& s, bool has_shared, int64_t shared_ff) {
+  FusedMoe m{};
+  m.s = s;
+  m.has_shared = has_shared;
+  m.shared.n_ff = shared_ff;
+  // Whole 256-value spans for the in-kernel quantizers; the shared gate/up rows in two halves
+  // of whole 16-byte groups.
+  bool ok = s.n_embd % 256 == 0 && s.n_ff % 256 == 0 && (!has_shared || shared_ff % 256 == 0) &&
+            rows_aligned<KQ8_0>(s.n_embd, 2);
+  size_t smem = 0;
+  bool typed = false;
+  with_expert_kernel(s.gate_up_type, [&](auto k) {
+    ok = ok && rows_aligned<decltype(k)>(s.n_embd);
+    smem = std::max(smem, fused_gate_up_smem<decltype(k)>(m));
+    with_expert_kernel(s.down_type, [&](auto kd) {
+      ok = ok && rows_aligned<decltype(kd)>(s.n_ff);
+      smem = std::max(smem, fused_down_smem<decltype(kd)>(m));
+      typed = true;
+    });
+  });
+  static const int optin = [] {  // per process, as sm_count()
+    int dev = 0, bytes = 0;
+    DS4_CUDA_CHECK(cudaGetDevice(&dev));
+    DS4_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    return bytes;
+  }();
+  constexpr size_t kStaticSmem = 3 * 1024;  // the IQ2_XXS tables
+  return typed && ok && smem + kStaticSmem <= size_t(optin);
+}
+
+void launch_moe_fused(const FusedMoe& m, void* stream) {
+  with_expert_kernel(m.s.gate_up_type, [&](auto kg) {
+    with_expert_kernel(m.s.down_type, [&](auto kd) { moe_fused_t<decltype(kg), decltype(kd)>(m, stream); });
+  });
 }
 
 void launch_fill_random(GgmlType type, void* w, int64_t nrows, int64_t ncols, uint64_t seed, void* stream) {

@@ -81,6 +81,32 @@ void moe_experts(const MoeShape& s, const void* d_gate, const void* d_up, const 
 // The f32 h_k rows ([n_used][n_ff]) of the last moe_experts call on this workspace, for tests.
 const float* moe_hidden(const MoeShape& s, const void* d_workspace);
 
+// The routed experts and the shared expert of one MoE layer for one token in two launches
+// (architecture.md 3.5.2-3.5.3):
+//   y = sum_{k < n_used} D_e h_k  +  D_s h_s,   h_s = silu(min(G_s x, limit)) * clamp(U_s x, +-limit)
+// with the routed h_k as in moe_experts. Launch 1 quantizes x in each block and streams the
+// routed gate/up rows and the shared expert's gate/up rows (each cut in two halves); launch 2
+// quantizes h_k and h_s in each block and streams every output row's routed down product, then
+// adds its shared down product. The float summation order is fixed (no atomics): y[r] is the
+// routed sum exactly as moe_experts computes it plus the shared row exactly as moe_experts
+// with n_used = 1 computes it where that splits the gate/up rows in two (GPUs of 86-170 SMs,
+// e.g. H100/H200), so the result equals the separate calls plus an add bit for bit there.
+// `shared` may be nullptr (routed experts only). Only where moe_fused_supported; otherwise
+// use moe_experts. d_workspace holds moe_fused_workspace_bytes(...) bytes.
+struct SharedExpert {
+  GgmlType type = GgmlType::Q8_0;  // only Q8_0 (every quantized recipe's shared expert)
+  const void* gate = nullptr;      // [n_ff rows][n_embd cols]
+  const void* up = nullptr;
+  const void* down = nullptr;      // [n_embd rows][n_ff cols]
+  int64_t n_ff = 2048;
+  float limit = 10.0f;
+};
+bool moe_fused_supported(const MoeShape& s, const SharedExpert* shared);
+size_t moe_fused_workspace_bytes(const MoeShape& s, const SharedExpert* shared);
+void moe_fused(const MoeShape& s, const void* d_gate, const void* d_up, const void* d_down, const int32_t* d_ids,
+               const float* d_route_w, const SharedExpert* shared, const float* d_x, float* d_y, void* d_workspace,
+               void* stream = nullptr);
+
 // Fills nrows x ncols of `type` at d_w with valid pseudo-random blocks (finite, non-zero
 // scales of realistic size) derived from seed, on the device: benchmarks need gigabytes of
 // weights without a host round trip.

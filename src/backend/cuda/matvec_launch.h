@@ -24,6 +24,26 @@ void launch_moe_gate_up(GgmlType type, const void* gate, const void* up, int64_t
                         float limit, const void* act, float* h, void* stream);
 void launch_moe_down(GgmlType type, const void* down, int64_t n_embd, int64_t n_ff,
                      const int32_t* ids, int n_used, const void* act_h, float* y, void* stream);
+// moe_fused (matvec.h), arguments checked: h [n_used * n_ff] and parts [4 * shared n_ff] are
+// the workspace's two regions.
+struct FusedMoe {
+  MoeShape s;
+  const void* gate = nullptr;
+  const void* up = nullptr;
+  const void* down = nullptr;
+  const int32_t* ids = nullptr;
+  const float* route_w = nullptr;
+  SharedExpert shared;
+  bool has_shared = false;
+  const float* x = nullptr;
+  float* y = nullptr;
+  float* h = nullptr;
+  float* parts = nullptr;
+};
+// Whether the fused kernels take this shape (whole 256-value spans, aligned rows, shared
+// memory within the device's limit); the types must be quantized expert types.
+bool moe_fused_fits(const MoeShape& s, bool has_shared, int64_t shared_ff);
+void launch_moe_fused(const FusedMoe& m, void* stream);
 void launch_fill_random(GgmlType type, void* w, int64_t nrows, int64_t ncols, uint64_t seed,
                         void* stream);
 
