@@ -311,17 +311,17 @@ namespace {
 fwd::HcShape hc_shape(const HParams& hp) {
   return {static_cast<int>(hp.n_hc), hp.n_embd, hp.rms_eps, hp.hc_eps, static_cast<int>(hp.hc_sinkhorn_iters)};
 }
-}  // namespace
-
-void GpuSession::hc_post_now(const float* H_in, float* H_out, void* s) {
-  fwd::hc_post(hc_shape(model_->hparams()), sc_->y, H_in, sc_->post, sc_->comb, H_out, s);
-  mark("hc post", 0, s);
 // DS4_CUDA_NO_HC_FUSION set in the environment runs every hc_post as its own launch again (the
 // same results, bit for bit): an A/B switch for measurements, like DS4_CUDA_NO_PDL.
 bool hc_post_fusion() {
   static const bool on = std::getenv("DS4_CUDA_NO_HC_FUSION") == nullptr;
   return on;
 }
+}  // namespace
+
+void GpuSession::hc_post_now(const float* H_in, float* H_out, void* s) {
+  fwd::hc_post(hc_shape(model_->hparams()), sc_->y, H_in, sc_->post, sc_->comb, H_out, s);
+  mark("hc post", 0, s);
 }
 
 bool GpuSession::hc_fusable(const DHc& hc) const {
@@ -332,15 +332,15 @@ void GpuSession::hc_pre_norm(const DHc& hc, const float* post_from, float* H, co
   const HParams& hp = model_->hparams();
   const fwd::HcShape sh = hc_shape(hp);
   const double fn_bytes = static_cast<double>(hc.fn.bytes());
+  if (post_from && !hc_post_fusion()) {
+    hc_post_now(post_from, H, s);
+    post_from = nullptr;
+  }
   if (hc_fusable(hc)) {  // the fn product fused, two wide launches; the pending hc_post inside the first
     // The hc_post (3.3) of the previous sublayer: its output y, the post / comb of its HC pre.
     if (post_from)
       fwd::hc_post_pre_fused(sh, {sc_->y, post_from, sc_->post, sc_->comb}, H, hc.fn.type, hc.fn.d, hc.base,
                              hc.scale, norm, sc_->a, sc_->x, sc_->post, sc_->comb, sc_->hc_scr, s);
-  if (post_from && !hc_post_fusion()) {
-    hc_post_now(post_from, H, s);
-    post_from = nullptr;
-  }
     else
       fwd::hc_pre_fused(sh, hc.fn.type, hc.fn.d, H, hc.base, hc.scale, norm, sc_->a, sc_->x, sc_->post, sc_->comb,
                         sc_->hc_scr, s);
@@ -551,6 +551,10 @@ void GpuSession::head(void* s, bool post_pending) {
   const HParams& hp = model_->hparams();
   Scratch& b = *sc_;
   const DHc& hc = model_->hc_head();
+  if (post_pending && !hc_post_fusion()) {
+    hc_post_now(b.H2, b.H, s);
+    post_pending = false;
+  }
   if (hc_fusable(hc)) {  // hc_head and the output norm in two launches, the pending hc_post inside the first
     const fwd::HcPostIn p{b.y, b.H2, b.post, b.comb};
     fwd::hc_head_fused(hc_shape(hp), post_pending ? &p : nullptr, b.H, hc.fn.type, hc.fn.d, hc.base, hc.scale,
@@ -581,10 +585,6 @@ void GpuSession::record_step(void* s, bool with_head) {
       post_pending = false;
       std::vector<float> H(static_cast<size_t>(hp.n_hc * hp.n_embd));
       fwd::StepCtl c;
-  if (post_pending && !hc_post_fusion()) {
-    hc_post_now(b.H2, b.H, s);
-    post_pending = false;
-  }
       stream_.synchronize();
       DS4_CUDA_CHECK(cudaMemcpy(H.data(), b.H, H.size() * sizeof(float), cudaMemcpyDeviceToHost));
       DS4_CUDA_CHECK(cudaMemcpy(&c, b.ctl, sizeof(c), cudaMemcpyDeviceToHost));
