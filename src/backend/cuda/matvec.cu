@@ -783,12 +783,20 @@ __device__ __forceinline__ void quantize_span(const float (&v)[8], uint8_t* act,
 }
 
 // The block's quantization tasks t < n (warp-uniform; warp w takes w, w + kFusedWarps, ...):
-// load(t, v) fetches a task's 256 values (8 per lane), quant(t, v) stores them quantized. A
-// warp first loads all of its tasks (up to kMaxHeld of them) and only then quantizes, so it
-// waits for one round trip to L2 rather than one per task; between() runs after the loads
-// are issued (the weight prefetch, which must not queue ahead of them).
-template <int kMaxHeld, class Load, class Between, class Quant>
-__device__ __forceinline__ void quantize_tasks(int64_t n, Load&& load, Between&& between, Quant&& quant) {
+// load(t, v) fetches a task's 256 values (8 per lane); tasks t < n_first are stored as span t
+// of act_a in KA's partner format, the others as span t - n_first of act_b in KB's. A warp
+// first loads all of its tasks (up to kMaxHeld of them) and only then quantizes, so it waits
+// for one round trip to L2 rather than one per task; between() runs after the loads are
+// issued (the weight prefetch, which must not queue ahead of them).
+template <int kMaxHeld, class KA, class KB, class Load, class Between>
+__device__ __forceinline__ void quantize_tasks(int64_t n, int64_t n_first, uint8_t* act_a, uint8_t* act_b,
+                                               Load&& load, Between&& between) {
+  auto quant = [&](int64_t t, const float(&v)[8]) {
+    if (t < n_first)
+      quantize_span<KA>(v, act_a, t);
+    else
+      quantize_span<KB>(v, act_b, t - n_first);
+  };
   const int64_t first = threadIdx.x >> 5;
   float v[kMaxHeld][8];
 #pragma unroll
@@ -848,17 +856,12 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_gate_up_fused_kernel(Fus
   uint8_t* act_s = kOneAct ? act_r : act_r + align16(size_t(a.x_spans) * span_bytes<KR>());
   // Tasks [0, x_spans): x for the routed experts; [x_spans, 2 x_spans): x for the shared one.
   const int64_t tasks = a.x_spans * (a.shared_rows > 0 && !kOneAct ? 2 : 1);
-  quantize_tasks<2>(
-      tasks, [&](int64_t task, float(&v)[8]) { load_256(a.x + 256 * (task % a.x_spans), v); },
+  quantize_tasks<2, KR, KS>(
+      tasks, a.x_spans, act_r, act_s,
+      [&](int64_t task, float(&v)[8]) { load_256(a.x + 256 * (task % a.x_spans), v); },
       [&] {
         if (routed && gw < a.routed_rows) prefetch_row_l2<KR>(a.routed, gw);
         if (!routed && sgw < a.shared_rows) prefetch_row_l2<KS>(a.shared, sgw);
-      },
-      [&](int64_t task, const float(&v)[8]) {
-        if (task < a.x_spans)
-          quantize_span<KR>(v, act_r, task);
-        else
-          quantize_span<KS>(v, act_s, task - a.x_spans);
       });
   __syncthreads();
   float o0, o1;
@@ -914,8 +917,8 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_down_fused_kernel(FusedD
   uint8_t* act_r = smem + fused_staging_bytes<KR, KS>();
   uint8_t* act_s = act_r + align16(size_t(a.h_spans) * span_bytes<KR>());
   // Tasks [0, h_spans): the routed h; then the shared expert's hidden state.
-  quantize_tasks<3>(
-      a.h_spans + a.shared_spans,
+  quantize_tasks<3, KR, KS>(
+      a.h_spans + a.shared_spans, a.h_spans, act_r, act_s,
       [&](int64_t task, float(&v)[8]) {
         if (task < a.h_spans)
           load_256(a.h + 256 * task, v);
@@ -927,12 +930,6 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_down_fused_kernel(FusedD
           prefetch_row_l2<KR>(a.routed, gw);
           if (a.shared_spans > 0) prefetch_row_l2<KS>(a.shared, gw);
         }
-      },
-      [&](int64_t task, const float(&v)[8]) {
-        if (task < a.h_spans)
-          quantize_span<KR>(v, act_r, task);
-        else
-          quantize_span<KS>(v, act_s, task - a.h_spans);
       });
   __syncthreads();
   float o0, o1;
