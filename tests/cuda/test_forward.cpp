@@ -188,6 +188,28 @@ class HyperConnections : public ::testing::TestWithParam<HcCase> {
     hp.rms_eps = 1e-6f;
   }
   fwd::HcShape shape() const { return {static_cast<int>(hp.n_hc), hp.n_embd, hp.rms_eps, hp.hc_eps, 20}; }
+  // The CPU reference of one sublayer's hyper-connections: hc_pre of H with fn weights `fn`
+  // ([n_mix][nc * E], kept alive by the caller) and random base (`seed`), then hc_post of F.
+  struct CpuHc {
+    ds4::model::HcWeights w;
+    std::vector<float> a, post, comb, H_out;
+  };
+  CpuHc cpu_pre_post(const std::vector<float>& fn, uint32_t seed, const std::vector<float>& H,
+                     const std::vector<float>& F) const {
+    const int64_t nc = hp.n_hc, E = hp.n_embd, n_mix = (2 + nc) * nc;
+    CpuHc r;
+    r.w.fn = f32_tensor(fn, nc * E, n_mix);
+    r.w.base = randv(n_mix, seed, 0.5f);
+    r.w.scale = {0.7f, 1.3f, 0.9f};
+    r.a.resize(E);
+    r.post.resize(nc);
+    r.comb.resize(nc * nc);
+    r.H_out.resize(nc * E);
+    std::vector<float> scratch(n_mix);
+    ds4::model::hc_pre(hp, r.w, H.data(), 1, r.a.data(), r.post.data(), r.comb.data(), scratch.data(), nullptr);
+    ds4::model::hc_post(hp, F.data(), H.data(), r.post.data(), r.comb.data(), 1, r.H_out.data());
+    return r;
+  }
   ds4::model::HParams hp;
 };
 
@@ -218,14 +240,13 @@ TEST_P(HyperConnections, MatchCpu) {
   REQUIRE_GPU();
   const int64_t nc = hp.n_hc, E = hp.n_embd, n_mix = (2 + nc) * nc;
   auto fn = randv(nc * E * n_mix, 30, 0.02f), H = randv(nc * E, 31), F = randv(E, 32);
-  ds4::model::HcWeights w;
-  w.fn = f32_tensor(fn, nc * E, n_mix);
-  w.base = randv(n_mix, 33, 0.5f);
-  w.scale = {0.7f, 1.3f, 0.9f};
-  std::vector<float> a(E), post(nc), comb(nc * nc), scratch(n_mix);
-  ds4::model::hc_pre(hp, w, H.data(), 1, a.data(), post.data(), comb.data(), scratch.data(), nullptr);
-  std::vector<float> Hout(nc * E);
-  ds4::model::hc_post(hp, F.data(), H.data(), post.data(), comb.data(), 1, Hout.data());
+  const CpuHc ref = cpu_pre_post(fn, 33, H, F);
+  const ds4::model::HcWeights& w = ref.w;
+  const std::vector<float>& a = ref.a;
+  const std::vector<float>& post = ref.post;
+  const std::vector<float>& comb = ref.comb;
+  const std::vector<float>& Hout = ref.H_out;
+  std::vector<float> scratch(n_mix);
 
   auto dfn = up(fn), dH = up(H), dF = up(F), dbase = up(w.base), dscale = up(w.scale);
   DeviceBuffer mix(n_mix * 4), da(E * 4), dpost(nc * 4), dcomb(nc * nc * 4), dHout(nc * E * 4);
@@ -293,14 +314,11 @@ TEST_P(HyperConnections, PostFusedIntoNextPreAndHead) {
   const fwd::HcShape s = shape();
   // post and comb of the previous HC pre (the CPU's, so that both sides start from the same).
   auto H = randv(nc * E, 40), F = randv(E, 41), fn0 = randv(nc * E * n_mix, 42, 0.02f);
-  ds4::model::HcWeights w0;
-  w0.fn = f32_tensor(fn0, nc * E, n_mix);
-  w0.base = randv(n_mix, 43, 0.5f);
-  w0.scale = {0.7f, 1.3f, 0.9f};
-  std::vector<float> a0(E), post(nc), comb(nc * nc), scratch(n_mix);
-  ds4::model::hc_pre(hp, w0, H.data(), 1, a0.data(), post.data(), comb.data(), scratch.data(), nullptr);
-  std::vector<float> Hp(nc * E);  // hc_post's output: the next pre's and the head's input
-  ds4::model::hc_post(hp, F.data(), H.data(), post.data(), comb.data(), 1, Hp.data());
+  const CpuHc prev = cpu_pre_post(fn0, 43, H, F);
+  const std::vector<float>& post = prev.post;
+  const std::vector<float>& comb = prev.comb;
+  const std::vector<float>& Hp = prev.H_out;  // hc_post's output: the next pre's and the head's input
+  std::vector<float> scratch(n_mix);
   std::vector<float> nw = randv(E, 44, 0.5f);
   for (float& v : nw) v += 1.0f;
   auto dH = up(H), dF = up(F), dnw = up(nw);
@@ -377,7 +395,10 @@ TEST_P(HyperConnections, PostFusedIntoNextPreAndHead) {
   EXPECT_TRUE(identical_bits(down<float>(dx, E), x_alone));
   EXPECT_TRUE(identical_bits(down<float>(Hfused, nc * E), down<float>(Hsep, nc * E)));
 }
-INSTANTIATE_TEST_SUITE_P(ForwardKernels, HyperConnections, ::testing::Values(4, 6));
+INSTANTIATE_TEST_SUITE_P(ForwardKernels, HyperConnections, ::testing::Values(HcCase{4, 4096}, HcCase{6, 1000}),
+                         [](const ::testing::TestParamInfo<HcCase>& i) {
+                           return std::to_string(i.param.nc) + "x" + std::to_string(i.param.E);
+                         });
 
 // Attention over a wrapped raw ring plus compressed rows, all or selected, vs attention_core.
 // 16 heads fill two blocks of kAttnHeads; 12 leave the second block half empty.
