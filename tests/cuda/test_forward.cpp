@@ -178,6 +178,7 @@ ds4::model::Tensor f32_tensor(const std::vector<float>& data, int64_t cols, int6
 struct HcCase {
   int64_t nc, E;
 };
+void PrintTo(const HcCase& c, std::ostream* os) { *os << c.nc << " streams x " << c.E; }
 class HyperConnections : public ::testing::TestWithParam<HcCase> {
  protected:
   void SetUp() override {
