@@ -454,9 +454,6 @@ TEST_P(AttentionHeads, MatchesCpu) {
 }
 INSTANTIATE_TEST_SUITE_P(ForwardKernels, AttentionHeads, ::testing::Values(16, 12));
 
-TEST(ForwardKernels, CompressorWindowMatchesCpu) {
-  REQUIRE_GPU();
-  const int64_t d = 512, c = 2, ratio = 4, width = c * d, cap = 50, n_rope = 64, win = 37;
 // The decode query/KV launch: RMSNorm(q_a x) (q_lora 1024) with its Q8_0 activation and the
 // KV row into the ring (norm, RoPE, FP8) as two jobs of one rows_finish_jobs launch, vs
 // rmsnorm + rows_finish (the same arithmetic: identical bits) and the CPU quantizer.
@@ -494,6 +491,9 @@ TEST(ForwardKernels, RowsFinishJobsEqualSeparateLaunches) {
   EXPECT_EQ(std::memcmp(down<uint8_t>(act, act.size()).data(), want.data(), act.size()), 0) << "Q8_0 of qr";
 }
 
+TEST(ForwardKernels, CompressorWindowMatchesCpu) {
+  REQUIRE_GPU();
+  const int64_t d = 512, c = 2, ratio = 4, width = c * d, cap = 50, n_rope = 64, win = 37;
   const int64_t pos = (win + 1) * ratio - 1;
   const auto rope = ds4::model::Rope::plain(n_rope, 10000.0f);
   auto kv = randv((pos + 1) * width, 50), sc = randv((pos + 1) * width, 51, 2.0f);

@@ -150,7 +150,6 @@ void comp_store(const float* kv, const float* sc, const float* ape, int64_t widt
 void comp_emit(const RowFinish& f, const float* omega, const float* ring_kv,
                const float* ring_sc, int64_t cap, int64_t ratio, int c, float* rows,
                const StepCtl* ctl, void* stream, int64_t tokens = 1);
-
 // One decode step of up to kMaxCompJobs compressors of a layer (its attention compressor and
 // the indexer's, which share ratio and omega) in one launch, one block per compressor:
 // comp_store of the token's projections kv / sc, then comp_emit of the window it completes.
