@@ -10,10 +10,13 @@
 //    take a token dimension and run as one launch per chunk (the same per-token arithmetic):
 //    embedding, HC pre (after the batched fn product), HC post, head norm + RoPE, KV norm +
 //    RoPE + FP8 + ring write, compressor ring store, routing, the indexer's query RoPE +
-//    simulation. The indexer's scores and top-k and the attention (each query its own causal
-//    visible rows) also take a token dimension, but their per-token scratch is large (Flash:
-//    2.6 MB of attention partials a token), so they run in groups of Batch::group tokens
-//    whose scratch fits GpuSessionOptions::prefill_group_bytes.
+//    simulation. The attention (each query its own causal visible rows) runs on the tensor
+//    cores in one launch for the chunk where the shape allows (prefill_attention.h: 512-dim
+//    heads, heads a multiple of 16, i.e. Flash and Pro). The indexer's scores and top-k, and
+//    the CUDA-core attention of the other shapes, also take a token dimension, but their
+//    per-token scratch is large (Flash: 2.6 MB of attention partials a token), so they run
+//    in groups of Batch::group tokens whose scratch fits
+//    GpuSessionOptions::prefill_group_bytes.
 //    Window pooling is one launch per chunk too (a block per token; those that complete a
 //    window pool it), and the indexer's scores are computed as (queries x rows) tiles
 //    (prefill_indexer.h);
@@ -29,6 +32,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <vector>
 
 #include "backend/cuda/check.h"
@@ -36,6 +40,7 @@
 #include "backend/cuda/gpu_session.h"
 #include "backend/cuda/matmul.h"
 #include "backend/cuda/matvec.h"
+#include "backend/cuda/prefill_attention.h"
 #include "backend/cuda/prefill_indexer.h"
 #include "backend/cuda/prefill_kernels.h"
 #include "backend/cuda/session_internal.h"
@@ -110,6 +115,16 @@ void GpuSession::prefill_compressor(const DLayer& L, const DCompressor& C, int s
                  T);
 }
 
+namespace {
+// DS4_CUDA_NO_TC_ATTENTION set in the environment runs the prefill attention on the CUDA-core
+// kernel for every shape (the path of the other shapes): an A/B switch for measurements, like
+// DS4_CUDA_NO_PDL.
+bool tensor_core_attention() {
+  static const bool on = std::getenv("DS4_CUDA_NO_TC_ATTENTION") == nullptr;
+  return on;
+}
+}  // namespace
+
 void GpuSession::prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int64_t p0, void* s) {
   const HParams& hp = model_->hparams();
   Batch& b = *batch_;
@@ -172,12 +187,18 @@ void GpuSession::prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int
                            L.idx_q_b.bytes() + L.idx_proj.bytes()),
        s);
 
-  // 3.4.8 Attention of each query over its own visible rows, de-rotated at its position.
+  // 3.4.8 Attention of each query over its own visible rows, de-rotated at its position: on
+  // the tensor cores in one launch where the shape allows (Flash, Pro: 512-dim heads, heads
+  // a multiple of 16), else the CUDA-core kernel in groups whose partials fit the scratch.
   const fwd::AttnShape as{NH, D, hp.n_rope, hp.window, cap_, L.ratio, sc_->max_rows};
-  for (int64_t g0 = 0; g0 < T; g0 += b.group) {
-    const int64_t n = std::min(b.group, T - g0);
-    fwd::attention(as, b.q + g0 * HD, S.raw, S.comp, sel ? sel + g0 * hp.idx_topk : nullptr, b.n_sel + g0, L.sinks,
-                   L.omega, b.attn_part, b.o + g0 * HD, b.ctls + g0, s, n, hp.idx_topk);
+  if (tensor_core_attention() && fwd::prefill_attention_supported(as)) {
+    fwd::prefill_attention(as, b.q, S.raw, S.comp, sel, b.n_sel, hp.idx_topk, L.sinks, L.omega, b.o, b.ctls, T, s);
+  } else {
+    for (int64_t g0 = 0; g0 < T; g0 += b.group) {
+      const int64_t n = std::min(b.group, T - g0);
+      fwd::attention(as, b.q + g0 * HD, S.raw, S.comp, sel ? sel + g0 * hp.idx_topk : nullptr, b.n_sel + g0, L.sinks,
+                     L.omega, b.attn_part, b.o + g0 * HD, b.ctls + g0, s, n, hp.idx_topk);
+    }
   }
   mark("attention core", 0, s);
 
