@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -131,6 +132,93 @@ TEST(CudaMatmul, OddShapes) {
   // The quantize + product wrapper.
   check_matmul({GgmlType::Q4_K, 300, 1024}, 77, seed++, true);
   check_matmul({GgmlType::F16, 300, 1024}, 77, seed++, true);
+}
+
+// ---------------------------------------------------------------------------------------
+// Skinny float GEMM (at most 32 weight rows: the HC mixing logits, 24 x 16384).
+// ---------------------------------------------------------------------------------------
+constexpr int64_t kHcRows = 24, kHcCols = 16384;  // Flash: (2 + hc) * hc = 24 rows, hc * n_embd columns
+
+// Sets (or clears) DS4_CUDA_NO_SKINNY_GEMM for one scope; skinny_float_gemm_serves reads it
+// on every call.
+class NoSkinnyGemm {
+ public:
+  NoSkinnyGemm() { setenv("DS4_CUDA_NO_SKINNY_GEMM", "1", 1); }
+  ~NoSkinnyGemm() { unsetenv("DS4_CUDA_NO_SKINNY_GEMM"); }
+  NoSkinnyGemm(const NoSkinnyGemm&) = delete;
+  NoSkinnyGemm& operator=(const NoSkinnyGemm&) = delete;
+};
+
+TEST(CudaSkinnyGemm, ServesFewFloatRowsOnly) {
+  DS4_REQUIRE_GPU();
+  DeviceBuffer b(1 << 16);
+  const uint8_t* p = static_cast<const uint8_t*>(b.data());
+  for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16}) {
+    EXPECT_TRUE(skinny_float_gemm_serves(t, kHcRows, kHcCols, p, p)) << type_name(t);
+    EXPECT_TRUE(skinny_float_gemm_serves(t, 32, 1000, p, p)) << type_name(t);
+    EXPECT_FALSE(skinny_float_gemm_serves(t, 33, kHcCols, p, p)) << type_name(t);
+    EXPECT_FALSE(skinny_float_gemm_serves(t, 5, 1001, p, p)) << type_name(t);  // no float4 columns
+    EXPECT_FALSE(skinny_float_gemm_serves(t, 5, 1000, p, p + 4)) << type_name(t);  // x not 16-byte aligned
+    EXPECT_FALSE(skinny_float_gemm_serves(t, 5, 1000, p + 2, p)) << type_name(t);  // w not 8-byte aligned
+  }
+  EXPECT_FALSE(skinny_float_gemm_serves(GgmlType::F32, 5, 1000, p + 8, p));  // f32 rows need 16 bytes
+  EXPECT_TRUE(skinny_float_gemm_serves(GgmlType::F16, 5, 1000, p + 8, p));
+  EXPECT_FALSE(skinny_float_gemm_serves(GgmlType::Q8_0, 5, 1024, p, p));
+  NoSkinnyGemm off;
+  EXPECT_FALSE(skinny_float_gemm_serves(GgmlType::F16, kHcRows, kHcCols, p, p));
+}
+
+TEST(CudaSkinnyGemm, MatchesCpuMatmul) {
+  DS4_REQUIRE_GPU();
+  uint64_t seed = 9100;
+  for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16}) {
+    for (int64_t T : {1, 7, 64, 2048}) check_matmul({t, kHcRows, kHcCols}, T, seed++);
+    // Rows not a multiple of 8, columns not a multiple of the 512 a token group covers per step.
+    for (int64_t T : {1, 3, 9, 130}) check_matmul({t, 5, 1000}, T, seed++);
+    check_matmul({t, 17, 4100}, 11, seed++);
+    check_matmul({t, 32, 4096}, 33, seed++, true);
+  }
+}
+
+// The A/B switch keeps the tiled kernel, which still matches; and shapes the skinny kernel
+// does not take (ncols not a multiple of 4) go to the tiled kernel.
+TEST(CudaSkinnyGemm, SwitchedOffAndUnservedShapesUseTiledKernel) {
+  DS4_REQUIRE_GPU();
+  uint64_t seed = 9300;
+  check_matmul({GgmlType::F32, 5, 1001}, 9, seed++);
+  check_matmul({GgmlType::BF16, 5, 1002}, 9, seed++);
+  NoSkinnyGemm off;
+  check_matmul({GgmlType::F16, kHcRows, kHcCols}, 64, seed++);
+}
+
+// A token's row must not depend on T or on which tokens share the launch: the batched
+// prefill's chunking tests require bit-identical logits for every chunk split.
+TEST(CudaSkinnyGemm, TokenRowsBitIdenticalAcrossLaunches) {
+  DS4_REQUIRE_GPU();
+  constexpr int64_t T = 2048;
+  for (GgmlType type : {GgmlType::F32, GgmlType::F16, GgmlType::BF16}) {
+    const size_t wbytes = row_bytes(type, kHcCols) * size_t(kHcRows);
+    DeviceBuffer dw(wbytes);
+    fill_random_weights(type, dw.data(), kHcRows, kHcCols, 9400 + uint64_t(type));
+    DeviceBuffer dx = upload(gaussian(T * kHcCols, 1.0f, 9401));
+    ASSERT_TRUE(skinny_float_gemm_serves(type, kHcRows, kHcCols, dw.data(), dx.data()));
+    DeviceBuffer dy(size_t(T * kHcRows) * sizeof(float));
+    matmul_q(type, dw.data(), kHcRows, kHcCols, dx.data(), T, dy.as<float>());
+    device_synchronize();
+    const auto full = download<float>(dy, size_t(T * kHcRows));
+    struct Range {
+      int64_t t0, n;
+    };
+    for (const Range r : {Range{0, 1}, Range{5, 1}, Range{2047, 1}, Range{3, 7}, Range{1000, 64}, Range{1, 2047}}) {
+      DeviceBuffer dsub(size_t(r.n * kHcRows) * sizeof(float));
+      dsub.fill_bytes(0xFF);
+      matmul_q(type, dw.data(), kHcRows, kHcCols, dx.as<float>() + r.t0 * kHcCols, r.n, dsub.as<float>());
+      device_synchronize();
+      const auto sub = download<float>(dsub, size_t(r.n * kHcRows));
+      EXPECT_EQ(std::memcmp(sub.data(), full.data() + r.t0 * kHcRows, sub.size() * sizeof(float)), 0)
+          << type_name(type) << ": tokens " << r.t0 << ".." << r.t0 + r.n - 1 << " differ from the T = 2048 launch";
+    }
+  }
 }
 
 TEST(CudaMatmul, RejectsBadArguments) {

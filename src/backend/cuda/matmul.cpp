@@ -4,6 +4,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdlib>
+
 #include "backend/cpu/matmul.h"
 #include "backend/cuda/check.h"
 #include "backend/cuda/matmul_launch.h"
@@ -98,6 +100,13 @@ void check_moe(const MoeBatchShape& s, int64_t T) {
 
 bool matmul_supported(GgmlType type) { return matvec_supported(type); }
 
+bool skinny_float_gemm_serves(GgmlType type, int64_t nrows, int64_t ncols, const void* d_w, const void* d_x) {
+  if (!is_float(type) || nrows > detail::kSkinnyMaxRows || ncols % 4 != 0) return false;
+  const uintptr_t w_align = type == GgmlType::F32 ? 16 : 8;
+  if (reinterpret_cast<uintptr_t>(d_w) % w_align != 0 || reinterpret_cast<uintptr_t>(d_x) % 16 != 0) return false;
+  return std::getenv("DS4_CUDA_NO_SKINNY_GEMM") == nullptr;
+}
+
 void matmul_q(GgmlType type, const void* d_w, int64_t nrows, int64_t ncols, const void* d_act, int64_t T,
               float* d_y, void* stream) {
   check_type(type, "matmul");
@@ -110,6 +119,8 @@ void matmul_q(GgmlType type, const void* d_w, int64_t nrows, int64_t ncols, cons
     fail("cuda matmul: {} rows exceed one launch ({} max)", nrows, int64_t(65535) * 64);
   if (nrows == 0 || T == 0) return;
   if (d_w == nullptr || d_act == nullptr || d_y == nullptr) fail("cuda matmul: null device pointer");
+  if (skinny_float_gemm_serves(type, nrows, ncols, d_w, d_act))
+    return detail::launch_skinny_float_mm(type, d_w, nrows, ncols, static_cast<const float*>(d_act), T, d_y, stream);
   detail::launch_matmul(type, d_w, nrows, ncols, d_act, T, d_y, stream);
 }
 

@@ -810,6 +810,122 @@ __global__ void __launch_bounds__(256) float_mm_kernel(const uint8_t* w, size_t 
 }
 
 // ---------------------------------------------------------------------------------------
+// Skinny float GEMM: at most kSkinnyMaxRows weight rows and many columns (the HC mixing
+// logits, 24 x 16384). The 64 x 64 tiles above would leave most of each tile empty and put
+// only T / 64 blocks on the GPU, each walking all columns alone. Here a warp takes 4 tokens
+// and a slice of the columns: each lane streams 4 consecutive columns (one float4) of its 4
+// x rows and multiplies them with the same 4 columns of every weight row (rows x 4 f32
+// accumulators per lane); 4 warps split the columns of one token group, and 2 token groups
+// share a block so that their (identical) weight loads hit L1. The weights (<= 2 MB) stay
+// in L2; x is read once.
+// A token's outputs depend only on its own x row and on ncols: every lane sums its fixed
+// column set in ascending order, the 32 lanes are combined by a fixed xor butterfly and the
+// 4 column warps in ascending order. So a token's row is bit-identical whatever T is, where
+// it sits in the batch and which tokens share its launch (the batched prefill's chunking
+// relies on that), as long as the same kernel serves it (the choice never depends on T).
+// ---------------------------------------------------------------------------------------
+constexpr int kSkTok = 4;                                // tokens per warp
+constexpr int kSkSplit = 4;                              // warps splitting one group's columns
+constexpr int kSkGroups = 2;                             // token groups per block
+constexpr int kSkThreads = 32 * kSkSplit * kSkGroups;    // 256
+constexpr int kSkBlockTokens = kSkTok * kSkGroups;       // 8
+
+// Weights 4j .. 4j+3 of row r (F16/BF16 -> f32 is exact).
+template <int kType>
+__device__ __forceinline__ float4 load_w4(const uint8_t* w, size_t rb, int r, int64_t j) {
+  const uint8_t* row = w + size_t(r) * rb;
+  if constexpr (kType == int(GgmlType::F32)) return __ldg(reinterpret_cast<const float4*>(row) + j);
+  const uint2 b = __ldg(reinterpret_cast<const uint2*>(row) + j);
+  if constexpr (kType == int(GgmlType::F16))
+    return make_float4(__half2float(__ushort_as_half(uint16_t(b.x & 0xFFFFu))),
+                       __half2float(__ushort_as_half(uint16_t(b.x >> 16))),
+                       __half2float(__ushort_as_half(uint16_t(b.y & 0xFFFFu))),
+                       __half2float(__ushort_as_half(uint16_t(b.y >> 16))));
+  return make_float4(__uint_as_float(b.x << 16), __uint_as_float(b.x & 0xFFFF0000u), __uint_as_float(b.y << 16),
+                     __uint_as_float(b.y & 0xFFFF0000u));
+}
+
+// kRows: nrows rounded up to a multiple of 8 (the accumulator count is fixed at compile time).
+template <int kType, int kRows>
+__global__ void __launch_bounds__(kSkThreads) skinny_mm_kernel(const uint8_t* __restrict__ w, size_t rb, int nrows,
+                                                               int64_t ncols4, const float* __restrict__ x, int64_t T,
+                                                               float* __restrict__ y) {
+  __shared__ float part[kSkGroups][kSkSplit][kRows][kSkTok];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int group = warp / kSkSplit, split = warp % kSkSplit;
+  const int64_t t0 = int64_t(blockIdx.x) * kSkBlockTokens + group * kSkTok;
+  const float4* xrow[kSkTok];
+#pragma unroll
+  for (int q = 0; q < kSkTok; ++q)
+    xrow[q] = t0 + q < T ? reinterpret_cast<const float4*>(x) + size_t(t0 + q) * size_t(ncols4) : nullptr;
+  float acc[kRows][kSkTok];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+#pragma unroll
+    for (int q = 0; q < kSkTok; ++q) acc[r][q] = 0.0f;
+  for (int64_t j = int64_t(split) * 32 + lane; j < ncols4; j += 32 * kSkSplit) {
+    float4 xv[kSkTok];
+#pragma unroll
+    for (int q = 0; q < kSkTok; ++q) xv[q] = xrow[q] ? __ldcs(xrow[q] + j) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      if (r >= nrows) break;
+      const float4 wv = load_w4<kType>(w, rb, r, j);
+#pragma unroll
+      for (int q = 0; q < kSkTok; ++q) {
+        float a = acc[r][q];
+        a = fmaf(wv.x, xv[q].x, a);
+        a = fmaf(wv.y, xv[q].y, a);
+        a = fmaf(wv.z, xv[q].z, a);
+        acc[r][q] = fmaf(wv.w, xv[q].w, a);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    if (r >= nrows) break;
+#pragma unroll
+    for (int q = 0; q < kSkTok; ++q) {
+      float v = acc[r][q];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
+      if (lane == 0) part[group][split][r][q] = v;
+    }
+  }
+  __syncthreads();
+  // Output i of the block: token i / kRows of the block, row i % kRows (consecutive threads
+  // write consecutive rows of one token).
+  for (int i = threadIdx.x; i < kSkBlockTokens * kRows; i += kSkThreads) {
+    const int bt = i / kRows, r = i % kRows, g = bt / kSkTok, q = bt % kSkTok;
+    const int64_t t = int64_t(blockIdx.x) * kSkBlockTokens + bt;
+    if (r >= nrows || t >= T) continue;
+    float s = part[g][0][r][q];
+#pragma unroll
+    for (int sp = 1; sp < kSkSplit; ++sp) s += part[g][sp][r][q];
+    y[size_t(t) * size_t(nrows) + size_t(r)] = s;
+  }
+}
+
+static_assert(kSkinnyMaxRows == 32, "skinny_mm_t instantiates kRows = 8, 16, 24, 32");
+
+template <int kType, int kRows>
+void skinny_mm_rows(const void* w, int64_t nrows, int64_t ncols, const void* x, int64_t T, float* y, void* stream) {
+  const size_t rb = size_t(ncols) * (kType == int(GgmlType::F32) ? 4 : 2);
+  const unsigned blocks = unsigned((T + kSkBlockTokens - 1) / kSkBlockTokens);
+  skinny_mm_kernel<kType, kRows><<<blocks, kSkThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      static_cast<const uint8_t*>(w), rb, int(nrows), ncols / 4, static_cast<const float*>(x), T, y);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
+
+template <int kType>
+void skinny_mm_t(const void* w, int64_t nrows, int64_t ncols, const void* x, int64_t T, float* y, void* stream) {
+  if (nrows <= 8) return skinny_mm_rows<kType, 8>(w, nrows, ncols, x, T, y, stream);
+  if (nrows <= 16) return skinny_mm_rows<kType, 16>(w, nrows, ncols, x, T, y, stream);
+  if (nrows <= 24) return skinny_mm_rows<kType, 24>(w, nrows, ncols, x, T, y, stream);
+  return skinny_mm_rows<kType, 32>(w, nrows, ncols, x, T, y, stream);
+}
+
+// ---------------------------------------------------------------------------------------
 // Launch helpers.
 // ---------------------------------------------------------------------------------------
 int align_of(uintptr_t v) {
@@ -977,6 +1093,17 @@ void launch_matmul(GgmlType type, const void* w, int64_t nrows, int64_t ncols, c
     case GgmlType::F32: return float_mm_t<int(GgmlType::F32)>(w, nrows, ncols, act, T, y, stream);
     case GgmlType::F16: return float_mm_t<int(GgmlType::F16)>(w, nrows, ncols, act, T, y, stream);
     case GgmlType::BF16: return float_mm_t<int(GgmlType::BF16)>(w, nrows, ncols, act, T, y, stream);
+    default: break;
+  }
+}
+
+void launch_skinny_float_mm(GgmlType type, const void* w, int64_t nrows, int64_t ncols, const float* x, int64_t T,
+                            float* y, void* stream) {
+  if (nrows == 0 || T == 0) return;
+  switch (type) {
+    case GgmlType::F32: return skinny_mm_t<int(GgmlType::F32)>(w, nrows, ncols, x, T, y, stream);
+    case GgmlType::F16: return skinny_mm_t<int(GgmlType::F16)>(w, nrows, ncols, x, T, y, stream);
+    case GgmlType::BF16: return skinny_mm_t<int(GgmlType::BF16)>(w, nrows, ncols, x, T, y, stream);
     default: break;
   }
 }

@@ -11,8 +11,11 @@
 // integer sub-block scales are applied in int32, and each block then adds one float term, as
 // the CPU's vec_dot does. The Q2_K/Q4_K min terms (sum_s m_s * bsums_s) are exact too (an
 // f16 MMA over small integers, f32 accumulation below 2^24). So results equal cpu::matmul
-// up to float summation order. F32/F16/BF16 weights use a plain f32 FMA kernel on the CUDA
-// cores (the CPU's f32 products; tensor-core f16 would round the f32 activations).
+// up to float summation order. F32/F16/BF16 weights use f32 FMA kernels on the CUDA cores
+// (the CPU's f32 products; tensor-core f16 would round the f32 activations): a skinny kernel
+// for at most 32 weight rows (the HC mixing logits, 24 x 16384; see skinny_float_gemm_serves)
+// and 64 x 64 tiles otherwise. Either way a token's output row is bit-identical whatever T
+// is and whichever tokens share the call.
 //
 // Use (prefill of T tokens, x = T rows of ncols floats, row-major):
 //   size_t ab = cuda::activation_bytes(type, ncols);            // matvec.h, per row
@@ -43,6 +46,13 @@ bool matmul_supported(GgmlType type);
 // f32). W rows are row_bytes(type, ncols) apart. T = 0 or nrows = 0 is a no-op.
 void matmul_q(GgmlType type, const void* d_w, int64_t nrows, int64_t ncols, const void* d_act,
               int64_t T, float* d_y, void* stream = nullptr);
+
+// Whether matmul_q / matmul run the skinny float kernel for these arguments: F32/F16/BF16
+// weights of at most 32 rows, ncols a multiple of 4, d_x 16-byte aligned, d_w 16-byte (F32)
+// or 8-byte aligned, and DS4_CUDA_NO_SKINNY_GEMM not set in the environment (an A/B switch
+// back to the tiled kernel, read on every call). Independent of T, so that a token's result
+// does not depend on how a batch is split.
+bool skinny_float_gemm_serves(GgmlType type, int64_t nrows, int64_t ncols, const void* d_w, const void* d_x);
 
 // Quantizes the T rows of d_x into d_scratch (T * activation_bytes(type, ncols) bytes; may be
 // nullptr for float types) and runs matmul_q.

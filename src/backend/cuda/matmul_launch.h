@@ -17,6 +17,13 @@ inline constexpr int kMmTokens = 64;
 void launch_matmul(GgmlType type, const void* w, int64_t nrows, int64_t ncols, const void* act,
                    int64_t T, float* y, void* stream);
 
+// Skinny float GEMM (F32/F16/BF16 weights of at most kSkinnyMaxRows rows, ncols a multiple
+// of 4, x 16-byte aligned, W 16-byte (F32) or 8-byte (F16/BF16) aligned; matmul.cpp checks):
+// Y[t][r] = W[r] . x[t] with a summation order fixed per output (matmul.cu).
+inline constexpr int64_t kSkinnyMaxRows = 32;
+void launch_skinny_float_mm(GgmlType type, const void* w, int64_t nrows, int64_t ncols, const float* x,
+                            int64_t T, float* y, void* stream);
+
 // Workspace pointers of one grouped MoE call (matmul.cpp lays them out).
 struct MoeBatchWs {
   void* act_x;           // T rows, partner format of gate_up_type
