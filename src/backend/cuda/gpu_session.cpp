@@ -331,12 +331,12 @@ bool GpuSession::hc_fusable(const DHc& hc) const {
 void GpuSession::hc_pre_norm(const DHc& hc, const float* post_from, float* H, const float* norm, void* s) {
   const HParams& hp = model_->hparams();
   const fwd::HcShape sh = hc_shape(hp);
-  const double fn_bytes = static_cast<double>(hc.fn.bytes());
-  if (post_from && !hc_post_fusion()) {
+  const bool fused = hc_fusable(hc);
+  if (post_from && !(fused && hc_post_fusion())) {  // the pending hc_post as its own launch
     hc_post_now(post_from, H, s);
     post_from = nullptr;
   }
-  if (hc_fusable(hc)) {  // the fn product fused, two wide launches; the pending hc_post inside the first
+  if (fused) {  // the fn product fused, two wide launches; a pending hc_post inside the first
     // The hc_post (3.3) of the previous sublayer: its output y, the post / comb of its HC pre.
     if (post_from)
       fwd::hc_post_pre_fused(sh, {sc_->y, post_from, sc_->post, sc_->comb}, H, hc.fn.type, hc.fn.d, hc.base,
@@ -344,14 +344,12 @@ void GpuSession::hc_pre_norm(const DHc& hc, const float* post_from, float* H, co
     else
       fwd::hc_pre_fused(sh, hc.fn.type, hc.fn.d, H, hc.base, hc.scale, norm, sc_->a, sc_->x, sc_->post, sc_->comb,
                         sc_->hc_scr, s);
-    mark("hc pre + norm", fn_bytes, s);
-    return;
+  } else {
+    mv(hc.fn, H, sc_->mix, s);
+    fwd::hc_pre(sh, sc_->mix, H, hc.base, hc.scale, sc_->a, sc_->post, sc_->comb, s);
+    fwd::rmsnorm(sc_->a, norm, sc_->x, hp.n_embd, 1, hp.rms_eps, s);
   }
-  if (post_from) hc_post_now(post_from, H, s);
-  mv(hc.fn, H, sc_->mix, s);
-  fwd::hc_pre(sh, sc_->mix, H, hc.base, hc.scale, sc_->a, sc_->post, sc_->comb, s);
-  fwd::rmsnorm(sc_->a, norm, sc_->x, hp.n_embd, 1, hp.rms_eps, s);
-  mark("hc pre + norm", fn_bytes, s);
+  mark("hc pre + norm", static_cast<double>(hc.fn.bytes()), s);
 }
 
 void GpuSession::layer(const DLayer& L, LayerBufs& S, bool post_pending, void* s) {
@@ -551,16 +549,16 @@ void GpuSession::head(void* s, bool post_pending) {
   const HParams& hp = model_->hparams();
   Scratch& b = *sc_;
   const DHc& hc = model_->hc_head();
-  if (post_pending && !hc_post_fusion()) {
+  const bool fused = hc_fusable(hc);
+  if (post_pending && !(fused && hc_post_fusion())) {  // the pending hc_post as its own launch
     hc_post_now(b.H2, b.H, s);
     post_pending = false;
   }
-  if (hc_fusable(hc)) {  // hc_head and the output norm in two launches, the pending hc_post inside the first
+  if (fused) {  // hc_head and the output norm in two launches, a pending hc_post inside the first
     const fwd::HcPostIn p{b.y, b.H2, b.post, b.comb};
     fwd::hc_head_fused(hc_shape(hp), post_pending ? &p : nullptr, b.H, hc.fn.type, hc.fn.d, hc.base, hc.scale,
                        model_->output_norm(), b.x, b.hc_scr, s);
   } else {
-    if (post_pending) hc_post_now(b.H2, b.H, s);
     mv(hc.fn, b.H, b.mix, s);
     fwd::hc_head(hc_shape(hp), b.mix, b.H, hc.base, hc.scale, b.x, s);
     fwd::rmsnorm(b.x, model_->output_norm(), b.x, hp.n_embd, 1, hp.rms_eps, s);
