@@ -57,7 +57,7 @@ using model::Numerics;
 struct GpuSession::Batch {
   Arena arena;
   int64_t group = 1;                         // tokens per attention / indexer launch
-  float* attn_part = nullptr;                // [group][attention_scratch_floats]
+  float* attn_part = nullptr;                // [group][attention_scratch_floats]; null with tensor-core attention
   float* scores = nullptr;                   // [group][scores_stride]: indexer scores
   int64_t scores_stride = 1;                 // the most rows a token's indexer scores
   fwd::StepCtl* ctls = nullptr;  // [T]: position, token and index of each token
@@ -119,9 +119,9 @@ namespace {
 // DS4_CUDA_NO_TC_ATTENTION set in the environment runs the prefill attention on the CUDA-core
 // kernel for every shape (the path of the other shapes): an A/B switch for measurements, like
 // DS4_CUDA_NO_PDL.
-bool tensor_core_attention() {
+bool tensor_core_attention(const fwd::AttnShape& as) {
   static const bool on = std::getenv("DS4_CUDA_NO_TC_ATTENTION") == nullptr;
-  return on;
+  return on && fwd::prefill_attention_supported(as);
 }
 }  // namespace
 
@@ -191,7 +191,7 @@ void GpuSession::prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int
   // the tensor cores in one launch where the shape allows (Flash, Pro: 512-dim heads, heads
   // a multiple of 16), else the CUDA-core kernel in groups whose partials fit the scratch.
   const fwd::AttnShape as{NH, D, hp.n_rope, hp.window, cap_, L.ratio, sc_->max_rows};
-  if (tensor_core_attention() && fwd::prefill_attention_supported(as)) {
+  if (tensor_core_attention(as)) {
     fwd::prefill_attention(as, b.q, S.raw, S.comp, sel, b.n_sel, hp.idx_topk, L.sinks, L.omega, b.o, b.ctls, T, s);
   } else {
     for (int64_t g0 = 0; g0 < T; g0 += b.group) {
@@ -353,7 +353,10 @@ void GpuSession::prefill_chunk(std::span<const int32_t> tokens, LogitsMode mode,
     for (const DLayer& L : model_->layers())
       if (L.has_indexer) b.scores_stride = std::max<int64_t>(b.scores_stride, opts_.max_ctx / L.ratio + 1);
     const fwd::AttnShape as{NH, D, hp.n_rope, hp.window, cap_, 0, sc_->max_rows};
-    const int64_t attn_floats = static_cast<int64_t>(fwd::attention_scratch_floats(as));
+    // The tensor-core attention needs no partials; the CUDA-core kernel's are 2.6 MB a token
+    // at Flash sizes.
+    const int64_t attn_floats =
+        tensor_core_attention(as) ? 0 : static_cast<int64_t>(fwd::attention_scratch_floats(as));
     const auto per_token = static_cast<size_t>(attn_floats + b.scores_stride) * sizeof(float);
     // Scratch of one group of attention / indexer launches: tokens * per-token scratch.
     b.group = std::clamp<int64_t>(static_cast<int64_t>(gopts_.prefill_group_bytes / per_token), 1, Tm);
