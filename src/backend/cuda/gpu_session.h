@@ -38,7 +38,8 @@ struct GpuSessionOptions {
   // tensor-core GEMMs, grouped experts); false: every token is one step, as in decode.
   bool batched_prefill = true;
   // Scratch for one group of a batched chunk's attention / indexer launches (each token of a
-  // group has its own partials and scores); a chunk runs in groups of as many tokens as fit.
+  // group has its own indexer scores, and its attention partials where the CUDA-core attention
+  // runs); a chunk runs in groups of as many tokens as fit.
   // Tests set it small to exercise chunks split into several groups.
   size_t prefill_group_bytes = size_t{512} << 20;
 };
