@@ -5,6 +5,7 @@
 #include <cfloat>
 #include <cmath>
 
+#include "backend/cpu/kernels.h"
 #include "cpu_test_util.h"
 #include "core/error.h"
 
@@ -145,15 +146,16 @@ TEST(VecDot, ExtremeCodesDoNotOverflow) {
   }
 }
 
-// The VBMI IQ2_XXS kernel forms the same int32 lanes as the AVX-512 one and accumulates
-// them the same way, so on realistic data the two must agree bit for bit (a lane mix-up
-// that still sums correctly on exact inputs would show here).
-// The avx512vbmi tier replaces the IQ2_XXS kernel and the Q2_K unpack of the avx512 tier
-// with VBMI/GFNI code computing the same integer lanes and float operations: same bits.
+// The avx512vbmi tier's Q2_K unpack (VBMI/GFNI) and its previous IQ2_XXS kernel
+// (DS4_CPU_NO_IQ2_GROUPED=1) form the same int32 lanes as the avx512 tier and accumulate them
+// the same way, so on realistic data they must agree bit for bit (a lane mix-up that still
+// sums correctly on exact inputs would show here). The default group-major IQ2_XXS kernel
+// sums other lanes: Iq2XxsGroupedKernelAgreesWithPrevious below.
 TEST(VecDot, VbmiTierEqualsAvx512) {
   if (detected_isa() < Isa::Avx512Vbmi) GTEST_SKIP() << "CPU has no AVX-512 VBMI";
   IsaGuard guard;
   std::mt19937 rng(31);
+  const detail::VecDotFn iq2_previous = detail::iq2_xxs_vbmi_kernels(false).dot;
   for (GgmlType t : {GgmlType::IQ2_XXS, GgmlType::Q2_K}) {
     for (int64_t n : {256, 512, 768, 4096}) {
       const int64_t nrows = 4;
@@ -169,8 +171,55 @@ TEST(VecDot, VbmiTierEqualsAvx512) {
         set_isa(Isa::Avx512);
         const float ref = vec_dot(t, row, act.data(), n);
         set_isa(Isa::Avx512Vbmi);
-        EXPECT_EQ(vec_dot(t, row, act.data(), n), ref) << type_name(t) << " ncols=" << n << " row " << r;
+        const float got = t == GgmlType::IQ2_XXS ? iq2_previous(row, act.data(), n) : vec_dot(t, row, act.data(), n);
+        EXPECT_EQ(got, ref) << type_name(t) << " ncols=" << n << " row " << r;
       }
+    }
+  }
+}
+
+// The group-major IQ2_XXS kernel (default of the avx512vbmi tier) against the previous one:
+// bit-equal where every float operation is exact (random codes, power-of-two scales, all
+// activation bytes including -128, up to 5 blocks: at 16 blocks the sums of such rows
+// outgrow the float mantissa), within float rounding of each other on realistic data
+// (the same exact block sums, accumulated over other lanes). Its tiles equal its dot
+// product bit for bit (several rows and tokens, odd block counts).
+TEST(VecDot, Iq2XxsGroupedKernelAgreesWithPrevious) {
+  if (detected_isa() < Isa::Avx512Vbmi) GTEST_SKIP() << "CPU has no AVX-512 VBMI";
+  std::mt19937 rng(77);
+  const detail::Iq2XxsKernels grouped = detail::iq2_xxs_vbmi_kernels(true);
+  const detail::Iq2XxsKernels previous = detail::iq2_xxs_vbmi_kernels(false);
+  const GgmlType t = GgmlType::IQ2_XXS;
+  for (int64_t n : {256, 768, 1280, 4096}) {
+    const int64_t nrows = 5, ntok = 6;
+    const size_t rb = row_bytes(t, n), ab = activation_bytes(t, n);
+    for (bool exact : {true, false}) {
+      if (exact && n > 1280) continue;
+      const auto w = exact ? exact_weights(t, nrows, n, rng) : real_weights(t, nrows, n, rng);
+      std::vector<uint8_t> acts;
+      for (int64_t k = 0; k < ntok; ++k) {
+        std::vector<uint8_t> a(ab);
+        if (exact) {
+          a = exact_activation(t, n, rng);
+        } else {
+          const auto x = gaussian(n, rng);
+          quantize_activation(t, x.data(), a.data(), n);
+        }
+        acts.insert(acts.end(), a.begin(), a.end());
+      }
+      std::vector<float> y(static_cast<size_t>(nrows * ntok));
+      grouped.tile(w.data(), rb, nrows, acts.data(), ab, ntok, n, y.data(), nrows);
+      for (int64_t k = 0; k < ntok; ++k)
+        for (int64_t r = 0; r < nrows; ++r) {
+          const uint8_t* row = w.data() + r * rb;
+          const uint8_t* a = acts.data() + k * ab;
+          const float g = grouped.dot(row, a, n), p = previous.dot(row, a, n);
+          EXPECT_EQ(y[k * nrows + r], g) << "tile, ncols=" << n << " row " << r << " token " << k;
+          if (exact)
+            EXPECT_EQ(g, p) << "exact, ncols=" << n << " row " << r << " token " << k;
+          else
+            EXPECT_NEAR(g, p, 1e-5 * (std::fabs(p) + 1.0)) << "ncols=" << n << " row " << r << " token " << k;
+        }
     }
   }
 }

@@ -32,7 +32,10 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "backend/cpu/avx512_common.h"
 #include "backend/cpu/kernels.h"
@@ -292,13 +295,225 @@ void tile_iq2_xxs_vbmi(const void* w, size_t rb, int64_t nr, const void* act, si
   for (; r < nr; ++r) iq2_tokens<1>(k, wb + r * rb, rb, a, ab, nt, nblocks, y + r, ldy);
 }
 
+// ---------------------------------------------------------------------------------------
+// The group-major kernel (default; DS4_CPU_NO_IQ2_GROUPED=1 selects the kernel above).
+// Intel server cores issue every byte shuffle on port 5 only (vpermi2b takes two of its
+// slots), and the kernel above spends ~23 of its ~46 uops per block there. This one decodes
+// the weights the same way (bit planes, one transpose per two registers, value shuffles) but
+// needs fewer ops around it:
+//
+//   1. Register c of a block holds sub-group c (8 weights) of each of the 8 groups, so dword
+//      lane i of every vpdpbusd belongs to group i / 2: the four registers of a block
+//      accumulate into one int32 vector (one vpdpbusd each, the offset values 64 +- G are
+//      unsigned), multiplied by the lane scales 2 s + 1 once per block (vpmulld), instead of
+//      vpmaddubsw + vpdpwssd + a scale shuffle per register and the scale-word shuffles.
+//   2. The activations are permuted into that order once per call (Iq2GroupAct, shared by
+//      all rows), with the offset correction -64 * sum(x) of every lane as the accumulator's
+//      start value (no bsums work per row).
+//   3. Sign bytes by vgf2p8affineqb (the 7-bit index plus its parity as bit 7) instead of a
+//      vpermi2b lookup of ksigns; scales (aux >> 27) | 1 = 2 s + 1 by shifts.
+//
+// The integer per-block sums are exact (the reference's); the float accumulation runs over
+// other int32 lanes than the kernel above, so the two differ by float rounding only
+// (bit-equal on exact inputs; tests/cpu).
+
+// One Q8_K activation block in group-major order (once per call and token).
+struct Iq2GroupAct {
+  alignas(64) int8_t x[4][64];   // [c][8 g + j] = qs[32 g + 8 c + j]
+  alignas(64) int32_t init[16];  // lane 2 g + t: -64 * sum of the 16 x in that lane
+};
+static_assert(sizeof(Iq2GroupAct) == 320);
+
+struct Iq2GroupTables {
+  alignas(64) uint8_t act_idx[4][64];  // [c]: vpermi2b index of x'_c from 128 activation bytes
+  // [2e + h]: lane g <- {sign, plane 1, plane 0} of sub-group (g, 2e + 1) (bytes 2-4) and
+  // (g, 2e) (bytes 5-7) of block h, from the merged-pair position 8 g + 4 h + k; bytes 0-1 zero
+  alignas(64) uint8_t spread[4][64];
+  Iq2GroupTables() {
+    for (int c = 0; c < 4; ++c)
+      for (int g = 0; g < 8; ++g)
+        for (int j = 0; j < 8; ++j) act_idx[c][8 * g + j] = static_cast<uint8_t>(32 * (g % 4) + 8 * c + j);
+    for (int e = 0; e < 2; ++e)
+      for (int h = 0; h < 2; ++h)
+        for (int g = 0; g < 8; ++g) {
+          const uint8_t pa = static_cast<uint8_t>(8 * g + 4 * h + 2 * e), pb = static_cast<uint8_t>(pa + 1);
+          const uint8_t bytes[8] = {0, 0, pb, static_cast<uint8_t>(64 + pb), pb, pa, static_cast<uint8_t>(64 + pa), pa};
+          std::memcpy(spread[2 * e + h] + 8 * g, bytes, 8);
+        }
+  }
+};
+const Iq2GroupTables kG;
+
+// Sign byte of a 7-bit sign index (ksigns_iq2xs): bits 0-6 unchanged, bit 7 = their parity
+// (matrix byte 7 - i selects the input bits of output bit i; input bit 7 is ignored).
+constexpr long long kSignParityMatrix = 0x010204081020407Fll;
+
+void prepare_group_act(const BlockQ8_K* x, int64_t nblocks, Iq2GroupAct* out) {
+  const __m512i idx[4] = {ld(kG.act_idx[0]), ld(kG.act_idx[1]), ld(kG.act_idx[2]), ld(kG.act_idx[3])};
+  for (int64_t b = 0; b < nblocks; ++b) {
+    __m512i q[4];
+    for (int i = 0; i < 4; ++i) q[i] = _mm512_loadu_si512(x[b].qs + 64 * i);
+    __m512i sum = _mm512_setzero_si512();
+    for (int c = 0; c < 4; ++c) {
+      // groups 0-3 from activation bytes 0..127, groups 4-7 from 128..255
+      const __m512i v = _mm512_mask_blend_epi64(0xF0, _mm512_permutex2var_epi8(q[0], idx[c], q[1]),
+                                                _mm512_permutex2var_epi8(q[2], idx[c], q[3]));
+      _mm512_store_si512(out[b].x[c], v);
+      sum = _mm512_dpbusd_epi32(sum, _mm512_set1_epi8(1), v);
+    }
+    _mm512_store_si512(out[b].init, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sum, 6)));
+  }
+}
+
+template <int NT>
+[[gnu::always_inline]] inline void iq2_grouped_pair(const Iq2Consts& k,
+                                                    const BlockIQ2_XXS* w, int64_t b, int nh,
+                                                    const Iq2GroupAct* const* x, const float* const* xd,
+                                                    __m512* acc) {
+  _mm_prefetch(reinterpret_cast<const char*>(w + b) + 2048, _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(w + b) + 2048 + 64, _MM_HINT_T0);
+  const __m512i q0 = _mm512_loadu_si512(w[b].qs);
+  const __m512i q1 = nh == 2 ? _mm512_loadu_si512(w[b + 1].qs) : q0;
+  // byte 8 g + 4 h + k: grid / sign index k of group g of block h
+  const __m512i gidx = _mm512_mask_blend_epi32(0xAAAA, q0, _mm512_slli_epi64(q1, 32));
+  const __m512i sidx = _mm512_mask_multishift_epi64_epi8(
+      _mm512_multishift_epi64_epi8(k.ms_sidx, q0), 0xF0F0F0F0F0F0F0F0ull, k.ms_sidx, q1);
+  const __m512i sgn = _mm512_gf2p8affine_epi64_epi8(sidx, _mm512_set1_epi64(kSignParityMatrix), 0);
+  const __mmask64 hi = _mm512_movepi8_mask(gidx);
+  const __m512i pl0 = lookup256(gidx, hi, k.plane0);
+  const __m512i pl1 = lookup256(gidx, hi, k.plane1);
+  #pragma GCC unroll 2
+  for (int h = 0; h < nh; ++h) {
+    const BlockIQ2_XXS& blk = w[b + h];
+    // lanes 2 g and 2 g + 1: 2 s + 1 of group g = (aux >> 27) | 1 of its second aux word
+    // (bit 27 is the top bit of sign index 3), made by shifts instead of a port-5 vpermd
+    const __m512i top = _mm512_srli_epi64(h == 0 ? q0 : q1, 59);
+    const __m512i scale =
+        _mm512_ternarylogic_epi32(top, _mm512_slli_epi64(top, 32), _mm512_set1_epi32(1), 0xFE);  // a | b | c
+    __m512i sumi[NT];
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) sumi[t] = ld(x[t][b + h].init);
+    #pragma GCC unroll 2
+    for (int e = 0; e < 2; ++e) {
+      const __m512i sp_idx = ld(kG.spread[2 * e + h]);
+      const __m512i lanes = _mm512_mask_permutexvar_epi8(
+          _mm512_maskz_permutex2var_epi8(0xD8D8D8D8D8D8D8D8ull, pl0, sp_idx, pl1),
+          0x2424242424242424ull, sp_idx, sgn);
+      // byte j of lane g: the 3-bit codes of element j of registers 2e (bits 0-2), 2e+1 (3-5)
+      const __m512i vi = _mm512_gf2p8affine_epi64_epi8(k.select, lanes, 0);
+      const __m512i u[2] = {_mm512_shuffle_epi8(k.value_lo, vi), _mm512_permutexvar_epi8(vi, k.value_hi)};
+      #pragma GCC unroll 2
+      for (int odd = 0; odd < 2; ++odd)
+        #pragma GCC unroll 8
+        for (int t = 0; t < NT; ++t)
+          sumi[t] = _mm512_dpbusd_epi32(sumi[t], u[odd], ld(x[t][b + h].x[2 * e + odd]));
+    }
+    const float wd = f16_block_field(&blk.d) * 0.125f;
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t)
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_mullo_epi32(sumi[t], scale)),
+                               _mm512_set1_ps(wd * xd[t][b + h]), acc[t]);
+  }
+}
+
+template <int NR, int NT>
+[[gnu::always_inline]] inline void iq2_grouped_rows(const Iq2Consts& k, const uint8_t* w, size_t rb,
+                                                   const Iq2GroupAct* const* x, const float* const* xd,
+                                                   int64_t nblocks, float* y, size_t ldy) {
+  __m512 acc[NR][NT];
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r)
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nblocks; b += 2) {
+    const int nh = b + 1 < nblocks ? 2 : 1;
+    #pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r)
+      iq2_grouped_pair<NT>(k, reinterpret_cast<const BlockIQ2_XXS*>(w + r * rb), b, nh, x, xd, acc[r]);
+  }
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r)
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+// Group-major activations of up to 4 tokens, with their block scales, in a per-thread
+// buffer that grows to the largest call seen.
+struct Iq2ActBatch {
+  const Iq2GroupAct* x[4];
+  const float* d[4];
+};
+
+Iq2ActBatch prepare_tokens(const uint8_t* act, size_t ab, int64_t nt, int64_t nblocks) {
+  thread_local std::vector<Iq2GroupAct> buffer;
+  thread_local std::vector<float> scales;
+  const size_t need = static_cast<size_t>(nt * nblocks);
+  if (buffer.size() < need) buffer.resize(need), scales.resize(need);
+  Iq2ActBatch batch{};
+  for (int64_t t = 0; t < nt; ++t) {
+    const auto* x = reinterpret_cast<const BlockQ8_K*>(act + t * ab);
+    Iq2GroupAct* out = buffer.data() + t * nblocks;
+    float* d = scales.data() + t * nblocks;
+    prepare_group_act(x, nblocks, out);
+    for (int64_t b = 0; b < nblocks; ++b) d[b] = x[b].d;
+    batch.x[t] = out;
+    batch.d[t] = d;
+  }
+  return batch;
+}
+
+template <int NR>
+void iq2_grouped_tokens(const Iq2Consts& k, const uint8_t* w, size_t rb, const Iq2ActBatch& a, int64_t nt,
+                       int64_t nblocks, float* y, size_t ldy) {
+  switch (nt) {
+    case 4: iq2_grouped_rows<NR, 4>(k, w, rb, a.x, a.d, nblocks, y, ldy); break;
+    case 3: iq2_grouped_rows<NR, 3>(k, w, rb, a.x, a.d, nblocks, y, ldy); break;
+    case 2: iq2_grouped_rows<NR, 2>(k, w, rb, a.x, a.d, nblocks, y, ldy); break;
+    case 1: iq2_grouped_rows<NR, 1>(k, w, rb, a.x, a.d, nblocks, y, ldy); break;
+    default: break;
+  }
+}
+
+// Same tiling as tile_iq2_xxs_vbmi (one row at a time for one token, 2 rows x up to 4 tokens
+// otherwise); the activations of each group of 4 tokens are prepared once for all rows.
+void tile_iq2_xxs_grouped(const void* w, size_t rb, int64_t nr, const void* act, size_t ab, int64_t nt,
+                         int64_t n, float* y, size_t ldy) {
+  const Iq2Consts k;
+  const uint8_t* wb = static_cast<const uint8_t*>(w);
+  const uint8_t* a = static_cast<const uint8_t*>(act);
+  const int64_t nblocks = n / QK_K;
+  for (int64_t t = 0; t < nt; t += 4) {
+    const int64_t tn = std::min<int64_t>(4, nt - t);
+    const Iq2ActBatch batch = prepare_tokens(a + t * ab, ab, tn, nblocks);
+    float* yt = y + t * ldy;
+    int64_t r = 0;
+    if (tn > 1)
+      for (; r + 2 <= nr; r += 2) iq2_grouped_tokens<2>(k, wb + r * rb, rb, batch, tn, nblocks, yt + r, ldy);
+    for (; r < nr; ++r) iq2_grouped_tokens<1>(k, wb + r * rb, rb, batch, tn, nblocks, yt + r, ldy);
+  }
+}
+
+float dot_iq2_xxs_grouped(const void* w_row, const void* act, int64_t n) {
+  float y;
+  tile_iq2_xxs_grouped(w_row, 0, 1, act, 0, 1, n, &y, 1);
+  return y;
+}
+
 }  // namespace
+
+Iq2XxsKernels iq2_xxs_vbmi_kernels(bool grouped) {
+  return grouped ? Iq2XxsKernels{dot_iq2_xxs_grouped, tile_iq2_xxs_grouped}
+                : Iq2XxsKernels{dot_iq2_xxs_vbmi, tile_iq2_xxs_vbmi};
+}
 
 const KernelTable& avx512vbmi_kernels() {
   static const KernelTable table = [] {
     KernelTable t = avx512_kernels();
-    t.iq2_xxs = dot_iq2_xxs_vbmi;
-    t.iq2_xxs_tile = tile_iq2_xxs_vbmi;
+    // A/B switch: DS4_CPU_NO_IQ2_GROUPED=1 keeps the previous kernel (docs/perf.md).
+    const char* off = std::getenv("DS4_CPU_NO_IQ2_GROUPED");
+    const Iq2XxsKernels iq2 = iq2_xxs_vbmi_kernels(!(off && off[0] == '1'));
+    t.iq2_xxs = iq2.dot;
+    t.iq2_xxs_tile = iq2.tile;
     use_gfni_q2_k(t);
     return t;
   }();

@@ -48,6 +48,14 @@ const KernelTable& scalar_kernels();
 const KernelTable& avx2_kernels();
 const KernelTable& avx512_kernels();
 const KernelTable& avx512vbmi_kernels();  // avx512 plus the VBMI/GFNI IQ2_XXS and Q2_K kernels
+// The two IQ2_XXS kernels of the avx512vbmi tier: group-major (default) or the previous one
+// (DS4_CPU_NO_IQ2_GROUPED=1). Both give exact integer block sums; their float accumulation
+// differs in rounding only. Exposed so that tests can compare them.
+struct Iq2XxsKernels {
+  VecDotFn dot;
+  TileFn tile;
+};
+Iq2XxsKernels iq2_xxs_vbmi_kernels(bool grouped);
 // Puts the GFNI Q2_K kernels (q2_k_gfni_avx512.cpp) into an avx512vbmi table.
 void use_gfni_q2_k(KernelTable& table);
 
