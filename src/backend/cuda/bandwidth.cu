@@ -5,6 +5,7 @@
 
 #include "backend/cuda/bandwidth.h"
 #include "backend/cuda/check.h"
+#include "backend/cuda/device_attribute.h"
 
 namespace ds4::cuda {
 namespace {
@@ -23,8 +24,7 @@ double measure_copy_bandwidth(size_t bytes, int iters) {
   DS4_CUDA_CHECK(cudaMalloc(&src, n * sizeof(int4)));
   DS4_CUDA_CHECK(cudaMalloc(&dst, n * sizeof(int4)));
   DS4_CUDA_CHECK(cudaMemset(src, 1, n * sizeof(int4)));
-  int sms = 0;
-  DS4_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  const int sms = device_attribute(cudaDevAttrMultiProcessorCount);
   cudaEvent_t a, b;
   DS4_CUDA_CHECK(cudaEventCreate(&a));
   DS4_CUDA_CHECK(cudaEventCreate(&b));
