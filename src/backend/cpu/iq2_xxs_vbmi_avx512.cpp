@@ -329,6 +329,7 @@ struct Iq2GroupTables {
   // [2e + h]: lane g <- {sign, plane 1, plane 0} of sub-group (g, 2e + 1) (bytes 2-4) and
   // (g, 2e) (bytes 5-7) of block h, from the merged-pair position 8 g + 4 h + k; bytes 0-1 zero
   alignas(64) uint8_t spread[4][64];
+  alignas(64) uint8_t ms_pair[64];  // byte 4 h + k of each qword <- bits 32 h + 7 k (sign index k)
   Iq2GroupTables() {
     for (int c = 0; c < 4; ++c)
       for (int g = 0; g < 8; ++g)
@@ -340,6 +341,7 @@ struct Iq2GroupTables {
           const uint8_t bytes[8] = {0, 0, pb, static_cast<uint8_t>(64 + pb), pb, pa, static_cast<uint8_t>(64 + pa), pa};
           std::memcpy(spread[2 * e + h] + 8 * g, bytes, 8);
         }
+    for (int i = 0; i < 64; ++i) ms_pair[i] = static_cast<uint8_t>(32 * (i % 8 / 4) + 7 * (i % 4));
   }
 };
 const Iq2GroupTables kG;
@@ -365,8 +367,12 @@ void prepare_group_act(const BlockQ8_K* x, int64_t nblocks, Iq2GroupAct* out) {
   }
 }
 
+struct Iq2GroupConsts : Iq2Consts {
+  __m512i ms_pair = ld(kG.ms_pair);
+};
+
 template <int NT>
-[[gnu::always_inline]] inline void iq2_grouped_pair(const Iq2Consts& k,
+[[gnu::always_inline]] inline void iq2_grouped_pair(const Iq2GroupConsts& k,
                                                     const BlockIQ2_XXS* w, int64_t b, int nh,
                                                     const Iq2GroupAct* const* x, const float* const* xd,
                                                     __m512* acc) {
@@ -376,8 +382,10 @@ template <int NT>
   const __m512i q1 = nh == 2 ? _mm512_loadu_si512(w[b + 1].qs) : q0;
   // byte 8 g + 4 h + k: grid / sign index k of group g of block h
   const __m512i gidx = _mm512_mask_blend_epi32(0xAAAA, q0, _mm512_slli_epi64(q1, 32));
-  const __m512i sidx = _mm512_mask_multishift_epi64_epi8(
-      _mm512_multishift_epi64_epi8(k.ms_sidx, q0), 0xF0F0F0F0F0F0F0F0ull, k.ms_sidx, q1);
+  // qword g: the second aux words of group g of blocks b and b + 1 (shifts and a blend:
+  // one port-5 vpmultishiftqb instead of two)
+  const __m512i aux1 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(q0, 32), q1);
+  const __m512i sidx = _mm512_multishift_epi64_epi8(k.ms_pair, aux1);
   const __m512i sgn = _mm512_gf2p8affine_epi64_epi8(sidx, _mm512_set1_epi64(kSignParityMatrix), 0);
   const __mmask64 hi = _mm512_movepi8_mask(gidx);
   const __m512i pl0 = lookup256(gidx, hi, k.plane0);
@@ -408,7 +416,7 @@ template <int NT>
         for (int t = 0; t < NT; ++t)
           sumi[t] = _mm512_dpbusd_epi32(sumi[t], u[odd], ld(x[t][b + h].x[2 * e + odd]));
     }
-    const float wd = f16_block_field(&blk.d) * 0.125f;
+    const float wd = f16_block_field(&blk.d);
     #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t)
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_mullo_epi32(sumi[t], scale)),
@@ -417,7 +425,7 @@ template <int NT>
 }
 
 template <int NR, int NT>
-[[gnu::always_inline]] inline void iq2_grouped_rows(const Iq2Consts& k, const uint8_t* w, size_t rb,
+[[gnu::always_inline]] inline void iq2_grouped_rows(const Iq2GroupConsts& k, const uint8_t* w, size_t rb,
                                                    const Iq2GroupAct* const* x, const float* const* xd,
                                                    int64_t nblocks, float* y, size_t ldy) {
   __m512 acc[NR][NT];
@@ -455,7 +463,7 @@ Iq2ActBatch prepare_tokens(const uint8_t* act, size_t ab, int64_t nt, int64_t nb
     Iq2GroupAct* out = buffer.data() + t * nblocks;
     float* d = scales.data() + t * nblocks;
     prepare_group_act(x, nblocks, out);
-    for (int64_t b = 0; b < nblocks; ++b) d[b] = x[b].d;
+    for (int64_t b = 0; b < nblocks; ++b) d[b] = x[b].d * 0.125f;  // with the 1/8 of (2 s + 1) / 8
     batch.x[t] = out;
     batch.d[t] = d;
   }
@@ -463,7 +471,7 @@ Iq2ActBatch prepare_tokens(const uint8_t* act, size_t ab, int64_t nt, int64_t nb
 }
 
 template <int NR>
-void iq2_grouped_tokens(const Iq2Consts& k, const uint8_t* w, size_t rb, const Iq2ActBatch& a, int64_t nt,
+void iq2_grouped_tokens(const Iq2GroupConsts& k, const uint8_t* w, size_t rb, const Iq2ActBatch& a, int64_t nt,
                        int64_t nblocks, float* y, size_t ldy) {
   switch (nt) {
     case 4: iq2_grouped_rows<NR, 4>(k, w, rb, a.x, a.d, nblocks, y, ldy); break;
@@ -478,7 +486,7 @@ void iq2_grouped_tokens(const Iq2Consts& k, const uint8_t* w, size_t rb, const I
 // otherwise); the activations of each group of 4 tokens are prepared once for all rows.
 void tile_iq2_xxs_grouped(const void* w, size_t rb, int64_t nr, const void* act, size_t ab, int64_t nt,
                          int64_t n, float* y, size_t ldy) {
-  const Iq2Consts k;
+  const Iq2GroupConsts k;
   const uint8_t* wb = static_cast<const uint8_t*>(w);
   const uint8_t* a = static_cast<const uint8_t*>(act);
   const int64_t nblocks = n / QK_K;
