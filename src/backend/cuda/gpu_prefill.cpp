@@ -87,6 +87,35 @@ void GpuSession::gemm(const DTensor& W, const float* x, int64_t T, float* y, voi
   matmul(W.type, W.row(row0), nrows, W.cols, x, T, y, batch_->act, s);
 }
 
+namespace {
+// DS4_CUDA_PREFILL_SUBPHASES set in the environment splits the profiled prefill phases into
+// their launches (the HC pre's fn product / hc_pre / RMSNorm, the compressor's and indexer's
+// products / pooling / scores, the router's product / routing): a measurement aid that adds
+// events, no change to the computation.
+bool split_phases() {
+  static const bool on = std::getenv("DS4_CUDA_PREFILL_SUBPHASES") != nullptr;
+  return on;
+}
+
+// DS4_CUDA_NO_PREFILL_HC_PRE set in the environment runs the prefill's HC pre after the fn
+// product as fwd::hc_pre + fwd::rmsnorm with a token dimension (a 1024-thread block per token
+// whose warps wait for one warp's Sinkhorn, then a second pass over `a`) instead of
+// pre::hc_pre_norm (H read once into registers, RMSNorm in the same block, Sinkhorn a thread
+// per token in a second launch): an A/B switch; both give the same bits.
+bool prefill_hc_pre_norm(const fwd::HcShape& sh) {
+  static const bool on = std::getenv("DS4_CUDA_NO_PREFILL_HC_PRE") == nullptr;
+  return on && pre::hc_pre_norm_supported(sh);
+}
+
+// DS4_CUDA_NO_PREFILL_HC_POST set in the environment runs the HC post of the prefill on the
+// decode kernel with a token dimension (a thread per output) instead of pre::hc_post (a
+// thread per four columns and all streams): an A/B switch; both give the same bits.
+bool prefill_hc_post(const fwd::HcShape& sh) {
+  static const bool on = std::getenv("DS4_CUDA_NO_PREFILL_HC_POST") == nullptr;
+  return on && pre::hc_post_supported(sh);
+}
+}  // namespace
+
 void GpuSession::prefill_hc_pre(const DHc& hc, const float* H, const float* norm, int64_t T, void* s) {
   const HParams& hp = model_->hparams();
   Batch& b = *batch_;
@@ -95,8 +124,15 @@ void GpuSession::prefill_hc_pre(const DHc& hc, const float* H, const float* norm
   // 3.2: the mixing logits of all T tokens in one product; the RMS factor, sigmoids,
   // Sinkhorn and the collapse per token (hyper_connection.cpp hc_pre); then RMSNorm.
   gemm(hc.fn, H, T, b.mix, s);
-  fwd::hc_pre(sh, b.mix, H, hc.base, hc.scale, b.a, b.post, b.comb, s, T);
-  fwd::rmsnorm(b.a, norm, b.x, E, T, hp.rms_eps, s);
+  if (split_phases()) mark("hc pre: fn product", 0, s);
+  if (prefill_hc_pre_norm(sh)) {
+    pre::hc_pre_norm(sh, b.mix, H, hc.base, hc.scale, norm, b.x, b.post, b.comb, T, s);
+  } else {
+    fwd::hc_pre(sh, b.mix, H, hc.base, hc.scale, b.a, b.post, b.comb, s, T);
+    if (split_phases()) mark("hc pre: mix + collapse", 0, s);
+    fwd::rmsnorm(b.a, norm, b.x, E, T, hp.rms_eps, s);
+  }
+  mark(split_phases() ? "hc pre: rest (+ rmsnorm)" : "hc pre + norm", static_cast<double>(hc.fn.bytes()), s);
 }
 
 void GpuSession::prefill_compressor(const DLayer& L, const DCompressor& C, int sim, int64_t n_nope, float* ring_kv,
@@ -108,11 +144,13 @@ void GpuSession::prefill_compressor(const DLayer& L, const DCompressor& C, int s
   // in position order (compressor_advance).
   gemm(C.kv, b.x, T, b.ckv, s);
   gemm(C.gate, b.x, T, b.csc, s);
+  if (split_phases()) mark("compressor: kv + gate products", 0, s);
   fwd::comp_store(b.ckv, b.csc, C.ape, width, L.ratio, ring_kv, ring_sc, cap_, b.ctls, s, T);
   // Every window reads only ring rows (stored above) and writes its own row: one launch for
   // the chunk, a block per token (those that complete no window return at once).
   fwd::comp_emit(compressor_finish(hp, C, sim, n_nope), L.omega, ring_kv, ring_sc, cap_, L.ratio, C.c, rows, b.ctls, s,
                  T);
+  if (split_phases()) mark("compressor: store + pool", 0, s);
 }
 
 namespace {
@@ -159,6 +197,7 @@ void GpuSession::prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int
         gemm(L.idx_proj, b.x, T, b.iw, s);
         fwd::idx_prep_q(b.iq + t0 * NI * DI, NI, DI, hp.n_rope, L.omega, official, b.ctls + t0, s, T - t0);
       }
+      if (split_phases()) mark("indexer: q_b + proj products, query prep", 0, s);
       const float wscale = 1.0f / std::sqrt(static_cast<float>(DI * NI));
       const bool tiled = pre::idx_scores_tiled_supported(NI, DI);
       for (int64_t g0 = 0; g0 < T; g0 += b.group) {
@@ -178,6 +217,7 @@ void GpuSession::prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int
         }
       }
       sel = b.sel;
+      if (split_phases()) mark("indexer: scores + top-k", 0, s);
       log_batch(b.sel, K, T, L.il, hp.n_expert_used, s);
       log_batch(b.n_sel, 1, T, L.il, hp.n_expert_used + K, s);
     }
@@ -218,6 +258,7 @@ void GpuSession::prefill_moe(const DLayer& L, int64_t T, void* s) {
   const int64_t E = hp.n_embd, K = hp.n_expert_used, F = hp.n_ff_exp, NE = hp.n_expert;
   // 3.5.1 Router logits of all T tokens; routing per token (hash layers read its token id).
   gemm(L.router, b.x, T, b.rlog, s);
+  if (split_phases()) mark("router: product", 0, s);
   const bool hash = hp.is_hash_layer(L.il);
   fwd::route(b.rlog, NE, K, hash ? nullptr : L.router_bias, hash ? static_cast<const int32_t*>(L.tid2eid.d) : nullptr,
              hp.expert_weights_norm, hp.expert_weights_scale, b.ctls, b.ids, b.rw, s, T);
@@ -258,16 +299,17 @@ void GpuSession::prefill_layer(const DLayer& L, LayerBufs& S, int64_t T, int64_t
   const int64_t E = hp.n_embd, NC = hp.n_hc;
   const fwd::HcShape sh{static_cast<int>(NC), E, hp.rms_eps, hp.hc_eps, static_cast<int>(hp.hc_sinkhorn_iters)};
   auto hc_post = [&](const float* H_in, float* H_out) {
-    fwd::hc_post(sh, b.y, H_in, b.post, b.comb, H_out, s, T);
+    if (prefill_hc_post(sh))
+      pre::hc_post(sh, b.y, H_in, b.post, b.comb, H_out, T, s);
+    else
+      fwd::hc_post(sh, b.y, H_in, b.post, b.comb, H_out, s, T);
     mark("hc post", 0, s);
   };
   // Attention half (3.2-3.4), then the FFN half (3.5), as layer_forward.
   prefill_hc_pre(L.hc_attn, b.H, L.attn_norm, T, s);
-  mark("hc pre + norm", static_cast<double>(L.hc_attn.fn.bytes()), s);
   prefill_attention(L, S, T, p0, s);
   hc_post(b.H, b.H2);
   prefill_hc_pre(L.hc_ffn, b.H2, L.ffn_norm, T, s);
-  mark("hc pre + norm", static_cast<double>(L.hc_ffn.fn.bytes()), s);
   prefill_moe(L, T, s);
   hc_post(b.H2, b.H);
 }

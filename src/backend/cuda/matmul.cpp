@@ -8,6 +8,7 @@
 
 #include "backend/cpu/matmul.h"
 #include "backend/cuda/check.h"
+#include "backend/cuda/matmul_f16.h"
 #include "backend/cuda/matmul_launch.h"
 #include "backend/cuda/matvec.h"
 #include "core/error.h"
@@ -121,6 +122,8 @@ void matmul_q(GgmlType type, const void* d_w, int64_t nrows, int64_t ncols, cons
   if (d_w == nullptr || d_act == nullptr || d_y == nullptr) fail("cuda matmul: null device pointer");
   if (skinny_float_gemm_serves(type, nrows, ncols, d_w, d_act))
     return detail::launch_skinny_float_mm(type, d_w, nrows, ncols, static_cast<const float*>(d_act), T, d_y, stream);
+  if (f16_tensor_core_gemm_serves(type, ncols, d_w, d_act))  // F16 weights on the tensor cores (matmul_f16.h)
+    return f16_tensor_core_gemm(d_w, nrows, ncols, static_cast<const float*>(d_act), T, d_y, stream);
   detail::launch_matmul(type, d_w, nrows, ncols, d_act, T, d_y, stream);
 }
 

@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "backend/cuda/check.h"
+#include "backend/cuda/f16_split.cuh"
 #include "backend/cuda/mma.cuh"
 #include "backend/cuda/prefill_attention.h"
 
@@ -46,25 +47,6 @@ struct Smem {
   static constexpr size_t kP = kS + size_t{2} * kHeads * kSLd * sizeof(float);
   static constexpr size_t kBytes = kP + kRows * sizeof(const float*);
 };
-
-__device__ __forceinline__ uint32_t bits(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
-
-// x = hi + lo for a pair of floats: hi = fp16(x), lo = fp16(x - hi) (x - hi is exact).
-__device__ __forceinline__ void split2(float x, float y, uint32_t& hi, uint32_t& lo) {
-  const __half2 h = __floats2half2_rn(x, y);
-  const float2 f = __half22float2(h);
-  hi = bits(h);
-  lo = bits(__floats2half2_rn(x - f.x, y - f.y));
-}
-
-// Four floats as hi / lo halves at hi[0..3], lo[0..3] (8-byte aligned).
-__device__ __forceinline__ void split_store(float4 v, __half* hi, __half* lo) {
-  uint2 h, l;
-  split2(v.x, v.y, h.x, l.x);
-  split2(v.z, v.w, h.y, l.y);
-  *reinterpret_cast<uint2*>(hi) = h;
-  *reinterpret_cast<uint2*>(lo) = l;
-}
 
 // c += a b with a = ahi + alo, b = bhi + blo: the three products that matter.
 __device__ __forceinline__ void mma3(float (&c)[4], const uint32_t (&ahi)[4], const uint32_t (&alo)[4],
