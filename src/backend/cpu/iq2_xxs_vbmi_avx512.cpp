@@ -1,7 +1,9 @@
 // IQ2_XXS x Q8_K with AVX-512 VBMI + GFNI: the tier Isa::Avx512Vbmi. The older AVX-512
 // kernel (vec_dot_avx512.cpp) assembles the grid rows from 32 scalar loads per block and
 // expands signs with pdep; at ~24 cycles per 256 weights it reached only ~22 % of the memory
-// bandwidth. Here every step is a whole-register operation (docs/perf.md has the numbers):
+// bandwidth. Here every step is a whole-register operation (docs/perf.md has the numbers).
+// Two kernels share the decode below: the group-major kernel at the end of the file (the
+// default, fewer ops per block) and this first one (DS4_CPU_NO_IQ2_GROUPED=1):
 //
 //   1. Two blocks' payloads (2 x 64 bytes) are merged into one register of 64 grid indices
 //      and one of 64 seven-bit sign indices (vpmultishiftqb picks bits 7k.. of each aux).
@@ -155,26 +157,54 @@ struct Iq2Consts {
 // (matrix row 7 - i selects the input bits of output bit i), plus the constant bit 0.
 constexpr long long kScaleMatrix = 0x0010204080000000ll;
 
+// The payloads of blocks b and b + 1 (q1 = q0 when nh = 1) and the two grid bit planes of
+// their 64 grid indices, at the merged position 8 g + 4 h + k (index k of group g, block h).
+struct Iq2PairPlanes {
+  __m512i q0, q1, pl0, pl1;
+};
+
+inline Iq2PairPlanes load_pair_planes(const Iq2Consts& k, const BlockIQ2_XXS* w, int64_t b, int nh) {
+  // Software prefetch 2 KiB ahead of the row stream (the kernel is slow enough per byte
+  // that the hardware prefetcher alone leaves DRAM latency exposed; 2 KiB measured 51 % of
+  // the read bandwidth at 2 threads on the Intel device CPU against 48 % for 1 KiB, and
+  // 3 KiB was no better for the group-major kernel).
+  _mm_prefetch(reinterpret_cast<const char*>(w + b) + 2048, _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(w + b) + 2048 + 64, _MM_HINT_T0);
+  Iq2PairPlanes p;
+  p.q0 = _mm512_loadu_si512(w[b].qs);
+  p.q1 = nh == 2 ? _mm512_loadu_si512(w[b + 1].qs) : p.q0;
+  // bytes 0-3 of qword g: block b's grid indices of group g; bytes 4-7: block b+1's
+  const __m512i gidx = _mm512_mask_blend_epi32(0xAAAA, p.q0, _mm512_slli_epi64(p.q1, 32));
+  const __mmask64 hi = _mm512_movepi8_mask(gidx);
+  p.pl0 = lookup256(gidx, hi, k.plane0);
+  p.pl1 = lookup256(gidx, hi, k.plane1);
+  return p;
+}
+
+// The offset values 64 +- G of two output registers: sp_idx (a spread table) gathers
+// {sign, plane 1, plane 0} of their sub-groups into bytes 2-4 (second register) and 5-7
+// (first) of each 64-bit lane, and an 8x8 bit transpose per lane puts the 3-bit codes of
+// element j of both into byte j (bits 0-2, 3-5), mapped to values by vpshufb / vpermb.
+inline void iq2_register_pair_values(const Iq2Consts& k, const Iq2PairPlanes& p, __m512i sgn, __m512i sp_idx,
+                                     __m512i u[2]) {
+  const __m512i lanes = _mm512_mask_permutexvar_epi8(
+      _mm512_maskz_permutex2var_epi8(0xD8D8D8D8D8D8D8D8ull, p.pl0, sp_idx, p.pl1),
+      0x2424242424242424ull, sp_idx, sgn);
+  const __m512i vi = _mm512_gf2p8affine_epi64_epi8(k.select, lanes, 0);
+  u[0] = _mm512_shuffle_epi8(k.value_lo, vi);
+  u[1] = _mm512_permutexvar_epi8(vi, k.value_hi);
+}
+
 // Blocks b and b+1 (nh = 2) or b alone (nh = 1) of one weight row against NT activation
 // rows x[t], accumulated into acc[t] exactly as the single-row kernel does.
 template <int NT>
 [[gnu::always_inline]] inline void iq2_pair(const Iq2Consts& k, const BlockIQ2_XXS* w, int64_t b,
                                             int nh, const BlockQ8_K* const* x, __m512* acc) {
-  // Software prefetch 2 KiB ahead of the row stream (the kernel is slow enough per byte
-  // that the hardware prefetcher alone leaves DRAM latency exposed; 2 KiB measured 51 % of
-  // the read bandwidth at 2 threads on the Intel device CPU against 48 % for 1 KiB).
-  _mm_prefetch(reinterpret_cast<const char*>(w + b) + 2048, _MM_HINT_T0);
-  _mm_prefetch(reinterpret_cast<const char*>(w + b) + 2048 + 64, _MM_HINT_T0);
-  const __m512i q0 = _mm512_loadu_si512(w[b].qs);
-  const __m512i q1 = nh == 2 ? _mm512_loadu_si512(w[b + 1].qs) : q0;
-  // bytes 0-3 of qword g: block b's grid indices of group g; bytes 4-7: block b+1's
-  const __m512i gidx = _mm512_mask_blend_epi32(0xAAAA, q0, _mm512_slli_epi64(q1, 32));
+  const Iq2PairPlanes p = load_pair_planes(k, w, b, nh);
+  const __m512i q0 = p.q0, q1 = p.q1;
   const __m512i sidx = _mm512_mask_multishift_epi64_epi8(
       _mm512_multishift_epi64_epi8(k.ms_sidx, q0), 0xF0F0F0F0F0F0F0F0ull, k.ms_sidx, q1);
   const __m512i sgn = _mm512_permutex2var_epi8(k.signs0, sidx, k.signs1);
-  const __mmask64 hi = _mm512_movepi8_mask(gidx);
-  const __m512i pl0 = lookup256(gidx, hi, k.plane0);
-  const __m512i pl1 = lookup256(gidx, hi, k.plane1);
   // 2 s_g + 1 of both blocks' groups (top aux byte >> 4, doubled, plus one), all 16 in
   // every 128-bit lane so that vpshufb can spread them into scale words
   const __m512i scale_bytes = _mm512_gf2p8affine_epi64_epi8(
@@ -198,16 +228,9 @@ template <int NT>
     }
 #pragma GCC unroll 2
     for (int e = 0; e < 2; ++e) {
-      const __m512i sp_idx = ld(kT.spread[2 * e + h]);
-      // lane bytes {0, 0, sign, plane 1, plane 0 of register 2e+1, sign, plane 1, plane 0
-      // of register 2e} of each sub-group
-      const __m512i lanes = _mm512_mask_permutexvar_epi8(
-          _mm512_maskz_permutex2var_epi8(0xD8D8D8D8D8D8D8D8ull, pl0, sp_idx, pl1),
-          0x2424242424242424ull, sp_idx, sgn);
-      // 8x8 bit transpose per lane: byte j <- bit j of lane bytes 7..2 (as bits 0..5), i.e.
-      // the 3-bit codes of element j of both registers
-      const __m512i vi = _mm512_gf2p8affine_epi64_epi8(k.select, lanes, 0);
-      const __m512i u[2] = {_mm512_shuffle_epi8(k.value_lo, vi), _mm512_permutexvar_epi8(vi, k.value_hi)};
+      // lane L: sub-group L of output registers 2e and 2e + 1
+      __m512i u[2];
+      iq2_register_pair_values(k, p, sgn, ld(kT.spread[2 * e + h]), u);
       #pragma GCC unroll 2
       for (int odd = 0; odd < 2; ++odd) {
         const int c = 2 * e + odd;
@@ -229,15 +252,13 @@ template <int NT>
   }
 }
 
-// NR weight rows (stride rb) x NT activation rows (stride ab):
-// y[t * ldy + r] = vec_dot(row r, activation t). Rows are interleaved block pair by block
-// pair, which gives the out-of-order core independent work (the decode chain is long).
-template <int NR, int NT>
-[[gnu::always_inline]] inline void iq2_rows(const Iq2Consts& k, const uint8_t* w, size_t rb, const uint8_t* act,
-                                            size_t ab, int64_t nblocks, float* y, size_t ldy) {
-  const BlockQ8_K* x[NT];
-  #pragma GCC unroll 8
-  for (int t = 0; t < NT; ++t) x[t] = reinterpret_cast<const BlockQ8_K*>(act + t * ab);
+// NR weight rows (stride rb) x NT activation rows, y[t * ldy + r] = the dot product of row
+// r and activation t: pair(row, b, nh, acc) accumulates blocks b, b + 1 (nh of them) of a row
+// into its NT accumulators. Rows are interleaved block pair by block pair, which gives the
+// out-of-order core independent work (the decode chain is long).
+template <int NR, int NT, typename Pair>
+[[gnu::always_inline]] inline void iq2_rows_by_pairs(const uint8_t* w, size_t rb, int64_t nblocks, float* y,
+                                                     size_t ldy, Pair pair) {
   __m512 acc[NR][NT];
   #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r)
@@ -246,13 +267,23 @@ template <int NR, int NT>
   for (int64_t b = 0; b < nblocks; b += 2) {
     const int nh = b + 1 < nblocks ? 2 : 1;
     #pragma GCC unroll 8
-    for (int r = 0; r < NR; ++r)
-      iq2_pair<NT>(k, reinterpret_cast<const BlockIQ2_XXS*>(w + r * rb), b, nh, x, acc[r]);
+    for (int r = 0; r < NR; ++r) pair(reinterpret_cast<const BlockIQ2_XXS*>(w + r * rb), b, nh, acc[r]);
   }
   #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r)
     #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+template <int NR, int NT>
+[[gnu::always_inline]] inline void iq2_rows(const Iq2Consts& k, const uint8_t* w, size_t rb, const uint8_t* act,
+                                            size_t ab, int64_t nblocks, float* y, size_t ldy) {
+  const BlockQ8_K* x[NT];
+  #pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) x[t] = reinterpret_cast<const BlockQ8_K*>(act + t * ab);
+  iq2_rows_by_pairs<NR, NT>(w, rb, nblocks, y, ldy,
+                            [&](const BlockIQ2_XXS* row, int64_t b, int nh, __m512* acc)
+                                __attribute__((always_inline)) { iq2_pair<NT>(k, row, b, nh, x, acc); });
 }
 
 float dot_iq2_xxs_vbmi(const void* w_row, const void* act, int64_t n) {
@@ -376,20 +407,13 @@ template <int NT>
                                                     const BlockIQ2_XXS* w, int64_t b, int nh,
                                                     const Iq2GroupAct* const* x, const float* const* xd,
                                                     __m512* acc) {
-  _mm_prefetch(reinterpret_cast<const char*>(w + b) + 2048, _MM_HINT_T0);
-  _mm_prefetch(reinterpret_cast<const char*>(w + b) + 2048 + 64, _MM_HINT_T0);
-  const __m512i q0 = _mm512_loadu_si512(w[b].qs);
-  const __m512i q1 = nh == 2 ? _mm512_loadu_si512(w[b + 1].qs) : q0;
-  // byte 8 g + 4 h + k: grid / sign index k of group g of block h
-  const __m512i gidx = _mm512_mask_blend_epi32(0xAAAA, q0, _mm512_slli_epi64(q1, 32));
+  const Iq2PairPlanes p = load_pair_planes(k, w, b, nh);
+  const __m512i q0 = p.q0, q1 = p.q1;
   // qword g: the second aux words of group g of blocks b and b + 1 (shifts and a blend:
   // one port-5 vpmultishiftqb instead of two)
   const __m512i aux1 = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(q0, 32), q1);
   const __m512i sidx = _mm512_multishift_epi64_epi8(k.ms_pair, aux1);
   const __m512i sgn = _mm512_gf2p8affine_epi64_epi8(sidx, _mm512_set1_epi64(kSignParityMatrix), 0);
-  const __mmask64 hi = _mm512_movepi8_mask(gidx);
-  const __m512i pl0 = lookup256(gidx, hi, k.plane0);
-  const __m512i pl1 = lookup256(gidx, hi, k.plane1);
   #pragma GCC unroll 2
   for (int h = 0; h < nh; ++h) {
     const BlockIQ2_XXS& blk = w[b + h];
@@ -403,13 +427,9 @@ template <int NT>
     for (int t = 0; t < NT; ++t) sumi[t] = ld(x[t][b + h].init);
     #pragma GCC unroll 2
     for (int e = 0; e < 2; ++e) {
-      const __m512i sp_idx = ld(kG.spread[2 * e + h]);
-      const __m512i lanes = _mm512_mask_permutexvar_epi8(
-          _mm512_maskz_permutex2var_epi8(0xD8D8D8D8D8D8D8D8ull, pl0, sp_idx, pl1),
-          0x2424242424242424ull, sp_idx, sgn);
-      // byte j of lane g: the 3-bit codes of element j of registers 2e (bits 0-2), 2e+1 (3-5)
-      const __m512i vi = _mm512_gf2p8affine_epi64_epi8(k.select, lanes, 0);
-      const __m512i u[2] = {_mm512_shuffle_epi8(k.value_lo, vi), _mm512_permutexvar_epi8(vi, k.value_hi)};
+      // lane g: sub-group (g, 2e) and (g, 2e + 1), i.e. group g of registers 2e and 2e + 1
+      __m512i u[2];
+      iq2_register_pair_values(k, p, sgn, ld(kG.spread[2 * e + h]), u);
       #pragma GCC unroll 2
       for (int odd = 0; odd < 2; ++odd)
         #pragma GCC unroll 8
@@ -428,21 +448,9 @@ template <int NR, int NT>
 [[gnu::always_inline]] inline void iq2_grouped_rows(const Iq2GroupConsts& k, const uint8_t* w, size_t rb,
                                                    const Iq2GroupAct* const* x, const float* const* xd,
                                                    int64_t nblocks, float* y, size_t ldy) {
-  __m512 acc[NR][NT];
-  #pragma GCC unroll 8
-  for (int r = 0; r < NR; ++r)
-    #pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < nblocks; b += 2) {
-    const int nh = b + 1 < nblocks ? 2 : 1;
-    #pragma GCC unroll 8
-    for (int r = 0; r < NR; ++r)
-      iq2_grouped_pair<NT>(k, reinterpret_cast<const BlockIQ2_XXS*>(w + r * rb), b, nh, x, xd, acc[r]);
-  }
-  #pragma GCC unroll 8
-  for (int r = 0; r < NR; ++r)
-    #pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+  iq2_rows_by_pairs<NR, NT>(w, rb, nblocks, y, ldy,
+                            [&](const BlockIQ2_XXS* row, int64_t b, int nh, __m512* acc)
+                                __attribute__((always_inline)) { iq2_grouped_pair<NT>(k, row, b, nh, x, xd, acc); });
 }
 
 // Group-major activations of up to 4 tokens, with their block scales, in a per-thread
