@@ -77,6 +77,18 @@ std::vector<float> random_vec(int64_t n, uint32_t seed) {
 }
 
 void bench_matvec(void* stream, int iters, double copy_gbs) {
+// Enough copies of m (random weights, seeds seed0, seed0 + 1, ...) that a kernel rotating over
+// them reads DRAM, not L2.
+std::vector<DeviceBuffer> rotated_copies(const Matrix& m, uint64_t seed0, void* stream) {
+  const int copies = int(std::clamp<size_t>(kRotateBytes / m.bytes() + 1, 2, 64));
+  std::vector<DeviceBuffer> w;
+  for (int c = 0; c < copies; ++c) {
+    w.emplace_back(m.bytes());
+    fill_random_weights(m.type, w.back().data(), m.nrows, m.ncols, seed0 + uint64_t(c), stream);
+  }
+  return w;
+}
+
   using T = GgmlType;
   const std::vector<Matrix> ms = {
       {T::Q8_0, 1024, 4096, "attn_q_a"},      {T::Q8_0, 32768, 1024, "attn_q_b"},
@@ -93,12 +105,8 @@ void bench_matvec(void* stream, int iters, double copy_gbs) {
              "MB", "us/call", "1-launch", "GB/s", "%copy");
   for (const Matrix& m : ms) {
     const size_t wb = m.bytes();
-    const int copies = int(std::clamp<size_t>(kRotateBytes / wb + 1, 2, 64));
-    std::vector<DeviceBuffer> w;
-    for (int c = 0; c < copies; ++c) {
-      w.emplace_back(wb);
-      fill_random_weights(m.type, w.back().data(), m.nrows, m.ncols, uint64_t(c + 1), stream);
-    }
+    const std::vector<DeviceBuffer> w = rotated_copies(m, 1, stream);
+    const int copies = int(w.size());
     const auto x = random_vec(m.ncols, 7);
     DeviceBuffer dx(x.size() * sizeof(float));
     dx.upload(x.data(), x.size() * sizeof(float));
@@ -125,15 +133,7 @@ void bench_fused(void* stream, int iters, double copy_gbs) {
   using T = GgmlType;
   const int64_t G = 8, R = 1024, C = 4096;
   const Matrix o_a{T::Q8_0, G * R, C, ""}, q_a{T::Q8_0, 1024, C, ""}, kv{T::Q8_0, 512, C, ""};
-  auto copies_of = [&](const Matrix& m) {
-    const int copies = int(std::clamp<size_t>(kRotateBytes / m.bytes() + 1, 2, 64));
-    std::vector<DeviceBuffer> w;
-    for (int c = 0; c < copies; ++c) {
-      w.emplace_back(m.bytes());
-      fill_random_weights(m.type, w.back().data(), m.nrows, m.ncols, uint64_t(c + 11), stream);
-    }
-    return w;
-  };
+  auto copies_of = [&](const Matrix& m) { return rotated_copies(m, 11, stream); };
   const auto x = random_vec(G * C, 8);
   DeviceBuffer dx(x.size() * sizeof(float)), y(size_t(G * R) * sizeof(float)), y2(size_t(kv.nrows) * sizeof(float));
   dx.upload(x.data(), dx.size());
@@ -175,6 +175,43 @@ void bench_fused(void* stream, int iters, double copy_gbs) {
 }
 
 // Random distinct expert ids for `sets` tokens, uploaded as [sets][n_used] int32.
+// Where a product's time goes: one Q8_0 product of 4096 columns at 1x .. 16x rows (graph of
+// 16 calls, weights rotated out of L2). A least-squares line through (bytes, us) splits the
+// time into a streaming rate (the slope) and a fixed cost per launch (the intercept: ramp,
+// first DRAM round trip, tail).
+void bench_ramp(void* stream, int iters, double copy_gbs) {
+  const int64_t C = 4096;
+  fmt::print("\n{:<34} {:>8} {:>10} {:>9} {:>7}\n", "Q8_0 x4096, rows (graph of 16)", "MB", "us/call", "GB/s", "%copy");
+  std::vector<double> mb, us;
+  for (int64_t rows : {2048, 4096, 8192, 16384, 32768}) {
+    const Matrix m{GgmlType::Q8_0, rows, C, ""};
+    const std::vector<DeviceBuffer> w = rotated_copies(m, 21, stream);
+    const int copies = int(w.size());
+    const auto x = random_vec(C, 9);
+    DeviceBuffer dx(x.size() * sizeof(float)), act(activation_bytes(m.type, C)), y(size_t(rows) * sizeof(float));
+    dx.upload(x.data(), dx.size());
+    quantize_activation(m.type, dx.as<float>(), act.data(), C, stream);
+    const double t = graph_us(stream, iters, 16, [&](int i) {
+      matvec_q(m.type, w[size_t(i % copies)].data(), rows, C, act.data(), y.as<float>(), stream);
+    });
+    const double gbs = double(m.bytes()) / (t * 1e-6) / 1e9;
+    fmt::print("{:<34} {:>8.2f} {:>10.2f} {:>9.1f} {:>6.1f}%\n", fmt::format("{} rows", rows), double(m.bytes()) / 1e6,
+               t, gbs, 100.0 * gbs / copy_gbs);
+    mb.push_back(double(m.bytes()) / 1e6);
+    us.push_back(t);
+  }
+  const double n = double(mb.size());
+  const double mx = std::accumulate(mb.begin(), mb.end(), 0.0) / n, my = std::accumulate(us.begin(), us.end(), 0.0) / n;
+  double sxy = 0.0, sxx = 0.0;
+  for (size_t i = 0; i < mb.size(); ++i) {
+    sxy += (mb[i] - mx) * (us[i] - my);
+    sxx += (mb[i] - mx) * (mb[i] - mx);
+  }
+  const double slope = sxy / sxx;  // us per MB
+  fmt::print("  fit: {:.1f} GB/s streaming ({:.1f}% of copy), {:.2f} us fixed per launch\n", 1e3 / slope,
+             100.0 * 1e3 / slope / copy_gbs, my - slope * mx);
+}
+
 DeviceBuffer random_ids(int sets, int n_used, int n_expert, uint32_t seed) {
   std::mt19937 rng(seed);
   std::vector<int32_t> all(static_cast<size_t>(n_expert));
@@ -487,6 +524,7 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     fmt::print(stderr, "ds4-bench-cuda: {}\n", e.what());
     return 1;
+    bench_ramp(stream.handle(), iters, copy);
   }
   return 0;
 }

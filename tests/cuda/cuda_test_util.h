@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -47,6 +48,18 @@ std::vector<T> download(const DeviceBuffer& b, size_t n, size_t offset = 0) {
   b.download(v.data(), n * sizeof(T), offset);
   return v;
 }
+
+// Sets an A/B switch (DS4_CUDA_NO_...) for one scope; the launchers read it on every call.
+class ScopedSwitchOff {
+ public:
+  explicit ScopedSwitchOff(const char* name) : name_(name) { setenv(name_, "1", 1); }
+  ~ScopedSwitchOff() { unsetenv(name_); }
+  ScopedSwitchOff(const ScopedSwitchOff&) = delete;
+  ScopedSwitchOff& operator=(const ScopedSwitchOff&) = delete;
+
+ private:
+  const char* name_;
+};
 
 struct Err {
   double max_abs = 0, max_ref = 0, rel_l2 = 0;

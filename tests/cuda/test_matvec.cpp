@@ -11,7 +11,9 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <functional>
 #include <random>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -39,6 +41,7 @@ using test_util::expect_close;
 using test_util::gaussian;
 using test_util::pool;
 using test_util::upload;
+using test_util::ScopedSwitchOff;
 
 struct Case {
   GgmlType type;
@@ -498,3 +501,74 @@ TEST(CudaMatvec, RejectsBadArguments) {
 
 }  // namespace
 }  // namespace ds4::cuda::test
+// The bulk-copy path (sm_90, the default for products of one weight row per output) against
+// the register pipeline it replaces (DS4_CUDA_NO_BULK_COPY=1): each lane sums the same units
+// in the same order and split rows reduce alike, so the outputs must be the same bits; for
+// every aligned shape above, the grouped o_a and the q_a + kv and F16 compressor parts.
+TEST(CudaMatvec, BulkCopyPathMatchesRegisterPathBitForBit) {
+  DS4_REQUIRE_GPU();
+  if (list_devices().front().cc_major != 9) GTEST_SKIP() << "bulk copies need sm_90: both paths are the same here";
+  // y of `launch` with the bulk path, then with the register pipeline (y poisoned before each).
+  auto both_paths = [](DeviceBuffer& y, size_t n, const std::function<void()>& launch) {
+    std::vector<float> out[2];
+    for (int off = 0; off < 2; ++off) {
+      std::unique_ptr<ScopedSwitchOff> no_bulk;
+      if (off == 1) no_bulk = std::make_unique<ScopedSwitchOff>("DS4_CUDA_NO_BULK_COPY");
+      y.fill_bytes(0xFF);
+      launch();
+      check_last_error("bulk vs register path");
+      device_synchronize();
+      out[off] = download<float>(y, n);
+    }
+    return std::pair{out[0], out[1]};
+  };
+  uint64_t seed = 900;
+  for (const Case& c : cases()) {
+    if (c.ncols % 256 != 0) continue;  // unaligned rows take the byte-staging path in both
+    const std::string what = std::string(type_name(c.type)) + " " + std::to_string(c.nrows) + "x" +
+                             std::to_string(c.ncols);
+    const HostDeviceWeights w = random_weights(c.type, c.nrows, c.ncols, seed++);
+    DeviceBuffer dx = upload(gaussian(c.ncols, 1.0f, uint32_t(seed++)));
+    const DeviceBuffer act = device_activation(c.type, dx, c.ncols);
+    DeviceBuffer dy(size_t(c.nrows) * sizeof(float));
+    const auto [bulk, reg] = both_paths(dy, size_t(c.nrows), [&] {
+      matvec_q(c.type, w.d.data(), c.nrows, c.ncols, reads_floats(c.type) ? dx.data() : act.data(), dy.as<float>());
+    });
+    EXPECT_EQ(count_bit_differences(bulk, reg), 0u) << what;
+    EXPECT_TRUE(std::all_of(bulk.begin(), bulk.end(), [](float v) { return std::isfinite(v); })) << what;
+  }
+  {  // grouped o_a: 8 groups of 1024 x 4096
+    const HostDeviceWeights w = random_weights(GgmlType::Q8_0, 8192, 4096, seed++);
+    DeviceBuffer dx = upload(gaussian(8 * 4096, 1.0f, uint32_t(seed++)));
+    const DeviceBuffer act = device_activation(GgmlType::Q8_0, dx, 8 * 4096);
+    DeviceBuffer dy(8192 * sizeof(float));
+    const auto [bulk, reg] = both_paths(dy, 8192, [&] {
+      matvec_grouped_q(GgmlType::Q8_0, w.d.data(), 8192, 4096, 8, act.data(), dy.as<float>());
+    });
+    EXPECT_EQ(count_bit_differences(bulk, reg), 0u) << "grouped o_a";
+  }
+  for (const auto& [type, rows] : {std::pair{GgmlType::Q8_0, std::vector<int64_t>{1024, 512}},
+                                   std::pair{GgmlType::F16, std::vector<int64_t>{1024, 1024, 256, 256, 64}}}) {
+    const int64_t ncols = 4096;
+    DeviceBuffer dx = upload(gaussian(ncols, 1.0f, uint32_t(seed++)));
+    const DeviceBuffer act = device_activation(type, dx, ncols);
+    std::vector<HostDeviceWeights> ws;
+    int64_t total = 0;
+    for (int64_t n : rows) {
+      ws.push_back(random_weights(type, n, ncols, seed++));
+      total += n;
+    }
+    DeviceBuffer dy(size_t(total) * sizeof(float));  // the parts' outputs back to back
+    std::vector<MatvecPart> parts;
+    int64_t at = 0;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      parts.push_back(MatvecPart{ws[i].d.data(), rows[i], dy.as<float>() + at});
+      at += rows[i];
+    }
+    const auto [bulk, reg] = both_paths(dy, size_t(total), [&] {
+      matvec_parts_q(type, ncols, parts.data(), int(parts.size()), reads_floats(type) ? dx.data() : act.data());
+    });
+    EXPECT_EQ(count_bit_differences(bulk, reg), 0u) << "parts " << type_name(type);
+  }
+}
+

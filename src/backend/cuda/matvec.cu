@@ -15,9 +15,13 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
+#include <type_traits>
 
+#include "backend/cuda/bulk_copy.cuh"
 #include "backend/cuda/check.h"
 #include "backend/cuda/kernel_tables.h"
 #include "backend/cuda/matvec.h"
@@ -585,32 +589,25 @@ __device__ Tables stage_tables(uint64_t* sgrid, uint64_t* ssign) {
   return Tables{sgrid, ssign};
 }
 
-template <class K, class Plan, class Epi>
-__device__ void run(const Plan& p, const Epi& epi, int64_t nrows, int split, bool vec, bool separate) {
-  constexpr int kBuf = staging_bytes<K>();
-  __shared__ __align__(16) uint8_t sbuf[kWarps][kBuf];
-  __shared__ float part0[kWarps], part1[kWarps];
-  __shared__ uint64_t sgrid[K::kTables ? 256 : 1], ssign[K::kTables ? 128 : 1];
-  const Tables t = stage_tables<K::kTables>(sgrid, ssign);
-  pdl_enter();  // decode-step launches are programmatic (pdl.h): wait for the producer here
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t gw = int64_t(blockIdx.x) * kWarps + warp;
-  float a0 = 0.0f, a1 = 0.0f;
-  if (vec && split == 1) {
-    stream_rows<K>(p, epi, gw, int64_t(gridDim.x) * kWarps, nrows, 0, p.nblk, separate, true, sbuf[warp], t, a0, a1);
-    return;
-  }
+// The blocks [bb, be) of row r that part `part` of `split` warps streams: contiguous ranges of
+// whole groups of g blocks (vec) or single blocks.
+struct RowPart {
+  int64_t r, bb, be;
+};
+__device__ __forceinline__ RowPart row_part(int64_t gw, int split, int64_t nblk, int g) {
   const int64_t r = gw / split;
   const int part = int(gw % split);
-  const int g = vec ? K::G : 1;
-  const int64_t ng = p.nblk / g;
-  const int64_t bb = (part * ng / split) * g, be = ((part + 1) * ng / split) * g;
-  if (r < nrows) {
-    if (vec)
-      stream_rows<K>(p, epi, r, 1, r + 1, bb, be, separate, false, sbuf[warp], t, a0, a1);
-    else
-      warp_row_bytes<K>(p, r, bb, be, separate, sbuf[warp], t, a0, a1);
-  }
+  const int64_t ng = nblk / g;
+  return RowPart{r, (part * ng / split) * g, ((part + 1) * ng / split) * g};
+}
+
+// After a warp has streamed its part of row r (lane partials a0, a1): reduce over the lanes;
+// at split 1 store the row, else add the `split` parts of each of the block's rows in a fixed
+// order (results do not depend on timing) through part0/part1 (kWarps floats each).
+template <class Epi>
+__device__ void finish_row_part(const Epi& epi, int64_t r, float a0, float a1, int64_t nrows, int split,
+                                bool separate, float* part0, float* part1) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   a0 = warp_sum(a0);
   if (separate) a1 = warp_sum(a1);
   if (split == 1) {
@@ -627,7 +624,7 @@ __device__ void run(const Plan& p, const Epi& epi, int64_t nrows, int split, boo
     const int64_t row = int64_t(blockIdx.x) * rows_here + threadIdx.x;
     if (row < nrows) {
       float s0 = 0.0f, s1 = 0.0f;
-      for (int i = 0; i < split; ++i) {  // fixed order: results do not depend on timing
+      for (int i = 0; i < split; ++i) {
         s0 += part0[threadIdx.x * split + i];
         s1 += part1[threadIdx.x * split + i];
       }
@@ -644,6 +641,31 @@ __global__ void __launch_bounds__(kThreads) product_kernel(Plan p, Epi epi, int6
 }
 
 // Warps per row: split rows over warps only when there are fewer rows than resident warps;
+template <class K, class Plan, class Epi>
+__device__ void run(const Plan& p, const Epi& epi, int64_t nrows, int split, bool vec, bool separate) {
+  constexpr int kBuf = staging_bytes<K>();
+  __shared__ __align__(16) uint8_t sbuf[kWarps][kBuf];
+  __shared__ float part0[kWarps], part1[kWarps];
+  __shared__ uint64_t sgrid[K::kTables ? 256 : 1], ssign[K::kTables ? 128 : 1];
+  const Tables t = stage_tables<K::kTables>(sgrid, ssign);
+  pdl_enter();  // decode-step launches are programmatic (pdl.h): wait for the producer here
+  const int warp = threadIdx.x >> 5;
+  const int64_t gw = int64_t(blockIdx.x) * kWarps + warp;
+  float a0 = 0.0f, a1 = 0.0f;
+  if (vec && split == 1) {
+    stream_rows<K>(p, epi, gw, int64_t(gridDim.x) * kWarps, nrows, 0, p.nblk, separate, true, sbuf[warp], t, a0, a1);
+    return;
+  }
+  const RowPart rp = row_part(gw, split, p.nblk, vec ? K::G : 1);
+  if (rp.r < nrows) {
+    if (vec)
+      stream_rows<K>(p, epi, rp.r, 1, rp.r + 1, rp.bb, rp.be, separate, false, sbuf[warp], t, a0, a1);
+    else
+      warp_row_bytes<K>(p, rp.r, rp.bb, rp.be, separate, sbuf[warp], t, a0, a1);
+  }
+  finish_row_part(epi, rp.r, a0, a1, nrows, split, separate, part0, part1);
+}
+
 // each part keeps at least one aligned group of blocks.
 int choose_split(int64_t nrows, int64_t ngroups) {
   const int64_t target = int64_t(sm_count()) * 24;  // about the resident warps at 64-80 registers
@@ -651,6 +673,162 @@ int choose_split(int64_t nrows, int64_t ngroups) {
   while (split < kWarps && nrows * split < target && ngroups >= 2 * split) split *= 2;
   return split;
 }
+// ---------------------------------------------------------------------------------------
+// Bulk-copy streaming (sm_90; products whose rows are one weight row each: PlainPlan,
+// GroupedPlan, PartsPlan). The register pipeline above keeps one chunk per warp in flight,
+// so a warp pays a DRAM round trip per ~2 KiB and the 35 MB products reach ~75% of the head's
+// rate. Here lane 0 of each warp requests `stages` chunks at once with one bulk copy each
+// (the TMA engine, bulk_copy.cuh) into a warp-private ring of shared-memory buffers and
+// requests the next chunk as soon as a buffer is decoded; no registers hold chunks in flight.
+// Lane l still sums units l, l + 32, ... of the warp's blocks in order (chunks are whole
+// multiples of 32 units), and rows split over warps and reduce exactly as in run(), so every
+// result is bit-identical to the register pipeline's.
+// ---------------------------------------------------------------------------------------
+constexpr int kMaxBulkStages = 8;
+
+struct BulkConfig {
+  int stages;        // buffers per warp
+  int chunk_blocks;  // blocks per buffer: a multiple of bulk_block_quantum<K>()
+  bool early;        // request the first chunks before pdl_enter (weights never depend on the predecessor)
+};
+
+// Blocks per chunk must be a multiple of G (16-byte sizes) and of 32 / U (whole lane rounds).
+template <class K>
+constexpr int bulk_block_quantum() {
+  int a = K::G, b = 32 / K::U;
+  while (b != 0) {
+    const int t = a % b;
+    a = b;
+    b = t;
+  }
+  return K::G / a * (32 / K::U);
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// One warp's pieces: rows row0, row0 + step, ... < row_end, each the blocks [bb, be) cut into
+// chunks of at most cb blocks; a cursor walks them in the order they are requested and decoded.
+struct WarpPieces {
+  int64_t row0, step, row_end, bb, be;
+  int cb;
+  struct Cursor {
+    int64_t row, b0;
+  };
+  __device__ Cursor first() const { return Cursor{row0, bb}; }
+  __device__ bool valid(const Cursor& c) const { return c.row < row_end; }
+  __device__ int blocks(const Cursor& c) const { return int(min(int64_t(cb), be - c.b0)); }
+  __device__ void advance(Cursor& c) const {
+    c.b0 += cb;
+    if (c.b0 >= be) {
+      c.b0 = bb;
+      c.row += step;
+    }
+  }
+};
+
+template <class K, class Plan>
+struct BulkStream {
+  const Plan& p;
+  WarpPieces w;
+  uint8_t* buf;    // stages * stage_bytes of this warp's shared memory
+  uint64_t* bars;  // one mbarrier per buffer
+  int stages;
+  size_t stage_bytes;
+  uint64_t policy = 0;
+  WarpPieces::Cursor next;  // the next piece to request
+  int next_stage = 0;
+
+  __device__ BulkStream(const Plan& plan, const WarpPieces& pieces, uint8_t* ring, uint64_t* barriers, int n_stages)
+      : p(plan), w(pieces), buf(ring), bars(barriers), stages(n_stages), stage_bytes(size_t(pieces.cb) * K::BB),
+        next(pieces.first()) {
+    if ((threadIdx.x & 31) == 0) {
+      for (int i = 0; i < stages; ++i) bulk_barrier_init(bars + i);
+      policy = l2_evict_first_policy();
+    }
+    __syncwarp();
+  }
+  // Lane 0: requests the next piece into buffer next_stage, if there is one left.
+  __device__ void request() {
+    if (!w.valid(next)) return;
+    if ((threadIdx.x & 31) == 0)
+      bulk_load(buf + next_stage * stage_bytes, p.row(0, next.row) + size_t(next.b0) * K::BB,
+                uint32_t(w.blocks(next) * K::BB), bars + next_stage, policy);
+    w.advance(next);
+    if (++next_stage == stages) next_stage = 0;
+  }
+  __device__ void start() {
+    for (int i = 0; i < stages; ++i) request();
+  }
+  // Decodes every piece in order, refilling each buffer once it is decoded; with `emit` every
+  // finished row is reduced and handed to epi, else the lane partial of the (single) row is
+  // returned.
+  template <class Epi>
+  __device__ float stream(const Epi& epi, bool emit, const Tables& t) {
+    const int lane = threadIdx.x & 31;
+    float acc = 0.0f;
+    int stage = 0;
+    uint32_t parity = 0;
+    for (WarpPieces::Cursor c = w.first(); w.valid(c);) {
+      const int nb = w.blocks(c);
+      bulk_wait(bars + stage, parity);
+      const uint8_t* chunk = buf + stage * stage_bytes;
+      const void* act = p.activation(0, c.row);
+      for (int u = lane; u < nb * K::U; u += 32) {
+        const int blk = u / K::U;  // compile-time divisor
+        const float v = K::template dot<GlobalAct>(chunk + blk * K::BB, u - blk * K::U, act, c.b0 + blk, t);
+        acc += v;
+      }
+      const int64_t row = c.row;
+      w.advance(c);
+      if (emit && c.row != row) {
+        acc = warp_sum(acc);
+        if (lane == 0) epi(row, acc, 0.0f);
+        acc = 0.0f;
+      }
+      __syncwarp();  // every lane is done with this buffer before it is refilled
+      request();
+      if (++stage == stages) {
+        stage = 0;
+        parity ^= 1u;
+      }
+    }
+    return acc;
+  }
+};
+#endif
+
+// The product kernel of the bulk path: split 1 persistent warps (rows gw, gw + all warps, ...)
+// or `split` warps per row as in run(); `stages` buffers of chunk_blocks blocks per warp in
+// dynamic shared memory.
+template <class K, class Plan, class Epi>
+__global__ void __launch_bounds__(kThreads) bulk_product_kernel(Plan p, Epi epi, int64_t nrows, int split,
+                                                                BulkConfig cfg) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ __align__(16) uint8_t ring[];
+  __shared__ __align__(8) uint64_t bars[kWarps][kMaxBulkStages];
+  __shared__ float part0[kWarps], part1[kWarps];
+  __shared__ uint64_t sgrid[K::kTables ? 256 : 1], ssign[K::kTables ? 128 : 1];
+  const Tables t = stage_tables<K::kTables>(sgrid, ssign);
+  const int warp = threadIdx.x >> 5;
+  const int64_t gw = int64_t(blockIdx.x) * kWarps + warp;
+  RowPart rp{gw, 0, p.nblk};
+  WarpPieces pieces{gw, int64_t(gridDim.x) * kWarps, nrows, 0, p.nblk, cfg.chunk_blocks};
+  if (split > 1) {
+    rp = row_part(gw, split, p.nblk, K::G);
+    pieces = WarpPieces{rp.r, 1, min(rp.r + 1, nrows), rp.bb, rp.be, cfg.chunk_blocks};
+  }
+  BulkStream<K, Plan> s(p, pieces, ring + size_t(warp) * cfg.stages * cfg.chunk_blocks * K::BB, bars[warp],
+                        cfg.stages);
+  if (cfg.early) s.start();
+  pdl_enter();  // everything before reads only weights and tables, which no kernel writes
+  if (!cfg.early) s.start();
+  const float a = s.stream(epi, split == 1, t);
+  if (split > 1) finish_row_part(epi, rp.r, a, 0.0f, nrows, split, false, part0, part1);
+#else
+  (void)cfg;
+  run<K>(p, epi, nrows, split, true, false);  // not launched: the host picks this kernel on sm_90 only
+#endif
+}
+
 
 template <class K>
 bool vec_ok(const void* w, size_t rb, int64_t nblk, size_t slab = 0) {
@@ -680,11 +858,92 @@ void launch_rows(const Plan& p, const Epi& epi, int64_t nrows, bool vec, void* s
   static const int per_sm = resident_blocks(product_kernel<K, Plan, Epi, kSeparate>);
   DS4_CUDA_CHECK(launch_pdl(product_kernel<K, Plan, Epi, kSeparate>, grid_for(per_sm, nrows, split, vec), kThreads,
                              0, static_cast<cudaStream_t>(stream), p, epi, nrows, split, vec));
+// DS4_CUDA_NO_BULK_COPY=1 streams every product through the register pipeline (A/B switch,
+// read at each launch so that one process can compare both paths); the bulk path needs sm_90.
+bool bulk_copy_enabled() {
+  static const bool sm90 = [] {
+    int dev = 0, major = 0;
+    DS4_CUDA_CHECK(cudaGetDevice(&dev));
+    DS4_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    return major == 9;
+  }();
+  return sm90 && std::getenv("DS4_CUDA_NO_BULK_COPY") == nullptr;
+}
+
+// The bulk path's shape, from the environment once per process (for measurements):
+// DS4_CUDA_BULK_STAGES buffers per warp, DS4_CUDA_BULK_STAGE_BYTES about this many bytes per
+// buffer (default: the register pipeline's chunk, ~2 KiB), DS4_CUDA_NO_EARLY_WEIGHTS=1 waits
+// for the predecessor before requesting any weights.
+struct BulkTuning {
+  int stages = 2;
+  int stage_bytes = 0;
+  bool early = true;
+};
+const BulkTuning& bulk_tuning() {
+  static const BulkTuning t = [] {
+    BulkTuning b;
+    if (const char* s = std::getenv("DS4_CUDA_BULK_STAGES")) b.stages = std::clamp(std::atoi(s), 1, kMaxBulkStages);
+    if (const char* s = std::getenv("DS4_CUDA_BULK_STAGE_BYTES")) b.stage_bytes = std::clamp(std::atoi(s), 0, 8192);
+    b.early = std::getenv("DS4_CUDA_NO_EARLY_WEIGHTS") == nullptr;
+    return b;
+  }();
+  return t;
+}
+
+template <class K>
+int bulk_chunk_blocks() {
+  constexpr int q = bulk_block_quantum<K>();
+  const int target = bulk_tuning().stage_bytes;
+  if (target == 0) return (K::CHUNK + q - 1) / q * q;
+  return std::max(q, (target / K::BB + q / 2) / q * q);
+}
+
+// Plans whose rows are one weight row each (the MoE plans keep the register pipeline).
+template <class Plan>
+constexpr bool kOneRowPlan =
+    std::is_same_v<Plan, PlainPlan> || std::is_same_v<Plan, GroupedPlan> || std::is_same_v<Plan, PartsPlan>;
+
+template <class K, class Plan, class Epi>
+void launch_bulk(const Plan& p, const Epi& epi, int64_t nrows, int split, void* stream) {
+  constexpr auto kernel = bulk_product_kernel<K, Plan, Epi>;
+  constexpr size_t kMaxSmem = 200 * 1024;  // of the 227 KiB a block may opt in to on sm_90
+  const BulkTuning& tune = bulk_tuning();
+  const int cb = bulk_chunk_blocks<K>();
+  const size_t chunk_bytes = size_t(cb) * K::BB;
+  const int most = std::max(1, std::min(tune.stages, int(kMaxSmem / (kWarps * chunk_bytes))));
+  // A warp of a split row streams one part of it: no more buffers than the part has chunks.
+  int stages = most;
+  if (split > 1) {
+    const int64_t part_blocks = (p.nblk / K::G + split - 1) / split * K::G;
+    stages = int(std::min<int64_t>(stages, (part_blocks + cb - 1) / cb));
+  }
+  const size_t smem = size_t(kWarps) * size_t(stages) * chunk_bytes;
+  static const bool raised = [&] {
+    DS4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        int(size_t(kWarps) * size_t(most) * chunk_bytes)));
+    return true;
+  }();
+  (void)raised;
+  static std::atomic<int> per_sm_of_stages[kMaxBulkStages + 1] = {};
+  int per_sm = per_sm_of_stages[stages].load(std::memory_order_relaxed);
+  if (per_sm == 0) {
+    DS4_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
+    per_sm = std::max(per_sm, 1);
+    per_sm_of_stages[stages].store(per_sm, std::memory_order_relaxed);
+  }
+  DS4_CUDA_CHECK(launch_pdl(kernel, grid_for(per_sm, nrows, split, true), kThreads, smem,
+                             static_cast<cudaStream_t>(stream), p, epi, nrows, split,
+                             BulkConfig{stages, cb, tune.early}));
+}
+
 }
 
 template <class K>
 void matvec_t(const void* w, int64_t nrows, int64_t ncols, const void* act, float* y, void* stream) {
   const int64_t nblk = ncols / K::BE;
+  if constexpr (kOneRowPlan<Plan> && !kSeparate) {
+    if (vec && bulk_copy_enabled()) return launch_bulk<K>(p, epi, nrows, split, stream);
+  }
   const size_t rb = size_t(nblk) * K::BB;
   const PlainPlan p{static_cast<const uint8_t*>(w), rb, act, nblk};
   launch_rows<K>(p, StoreY{y}, nrows, vec_ok<K>(w, rb, nblk), stream);
