@@ -76,7 +76,6 @@ std::vector<float> random_vec(int64_t n, uint32_t seed) {
   return v;
 }
 
-void bench_matvec(void* stream, int iters, double copy_gbs) {
 // Enough copies of m (random weights, seeds seed0, seed0 + 1, ...) that a kernel rotating over
 // them reads DRAM, not L2.
 std::vector<DeviceBuffer> rotated_copies(const Matrix& m, uint64_t seed0, void* stream) {
@@ -89,6 +88,7 @@ std::vector<DeviceBuffer> rotated_copies(const Matrix& m, uint64_t seed0, void* 
   return w;
 }
 
+void bench_matvec(void* stream, int iters, double copy_gbs) {
   using T = GgmlType;
   const std::vector<Matrix> ms = {
       {T::Q8_0, 1024, 4096, "attn_q_a"},      {T::Q8_0, 32768, 1024, "attn_q_b"},
@@ -174,7 +174,6 @@ void bench_fused(void* stream, int iters, double copy_gbs) {
   }
 }
 
-// Random distinct expert ids for `sets` tokens, uploaded as [sets][n_used] int32.
 // Where a product's time goes: one Q8_0 product of 4096 columns at 1x .. 16x rows (graph of
 // 16 calls, weights rotated out of L2). A least-squares line through (bytes, us) splits the
 // time into a streaming rate (the slope) and a fixed cost per launch (the intercept: ramp,
@@ -212,6 +211,7 @@ void bench_ramp(void* stream, int iters, double copy_gbs) {
              100.0 * 1e3 / slope / copy_gbs, my - slope * mx);
 }
 
+// Random distinct expert ids for `sets` tokens, uploaded as [sets][n_used] int32.
 DeviceBuffer random_ids(int sets, int n_used, int n_expert, uint32_t seed) {
   std::mt19937 rng(seed);
   std::vector<int32_t> all(static_cast<size_t>(n_expert));
@@ -518,13 +518,13 @@ int main(int argc, char** argv) {
       return 0;
     }
     bench_matvec(stream.handle(), iters, copy);
+    bench_ramp(stream.handle(), iters, copy);
     bench_moe(stream.handle(), iters, copy);
     bench_fused(stream.handle(), iters, copy);
     if (!no_step) bench_step(stream.handle(), std::max(5, iters / 5), copy);
   } catch (const std::exception& e) {
     fmt::print(stderr, "ds4-bench-cuda: {}\n", e.what());
     return 1;
-    bench_ramp(stream.handle(), iters, copy);
   }
   return 0;
 }

@@ -10,10 +10,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <limits>
 #include <functional>
-#include <random>
+#include <limits>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -40,8 +40,8 @@ using test_util::Err;
 using test_util::expect_close;
 using test_util::gaussian;
 using test_util::pool;
-using test_util::upload;
 using test_util::ScopedSwitchOff;
+using test_util::upload;
 
 struct Case {
   GgmlType type;
@@ -499,8 +499,6 @@ TEST(CudaMatvec, RejectsBadArguments) {
   EXPECT_THROW(matvec(GgmlType::Q8_0, b.data(), 1, 32, b.as<float>(), b.as<float>(), nullptr), std::exception);
 }
 
-}  // namespace
-}  // namespace ds4::cuda::test
 // The bulk-copy path (sm_90, the default for products of one weight row per output) against
 // the register pipeline it replaces (DS4_CUDA_NO_BULK_COPY=1): each lane sums the same units
 // in the same order and split rows reduce alike, so the outputs must be the same bits; for
@@ -572,3 +570,5 @@ TEST(CudaMatvec, BulkCopyPathMatchesRegisterPathBitForBit) {
   }
 }
 
+}  // namespace
+}  // namespace ds4::cuda::test

@@ -633,14 +633,6 @@ __device__ void finish_row_part(const Epi& epi, int64_t r, float a0, float a1, i
   }
 }
 
-// One kernel for every row plan: Plan says which weight rows and activations make a row, Epi
-// what a finished row writes; kSeparate keeps segment 1 (up) in its own accumulator.
-template <class K, class Plan, class Epi, bool kSeparate>
-__global__ void __launch_bounds__(kThreads) product_kernel(Plan p, Epi epi, int64_t nrows, int split, bool vec) {
-  run<K>(p, epi, nrows, split, vec, kSeparate);
-}
-
-// Warps per row: split rows over warps only when there are fewer rows than resident warps;
 template <class K, class Plan, class Epi>
 __device__ void run(const Plan& p, const Epi& epi, int64_t nrows, int split, bool vec, bool separate) {
   constexpr int kBuf = staging_bytes<K>();
@@ -666,13 +658,13 @@ __device__ void run(const Plan& p, const Epi& epi, int64_t nrows, int split, boo
   finish_row_part(epi, rp.r, a0, a1, nrows, split, separate, part0, part1);
 }
 
-// each part keeps at least one aligned group of blocks.
-int choose_split(int64_t nrows, int64_t ngroups) {
-  const int64_t target = int64_t(sm_count()) * 24;  // about the resident warps at 64-80 registers
-  int split = 1;
-  while (split < kWarps && nrows * split < target && ngroups >= 2 * split) split *= 2;
-  return split;
+// One kernel for every row plan: Plan says which weight rows and activations make a row, Epi
+// what a finished row writes; kSeparate keeps segment 1 (up) in its own accumulator.
+template <class K, class Plan, class Epi, bool kSeparate>
+__global__ void __launch_bounds__(kThreads) product_kernel(Plan p, Epi epi, int64_t nrows, int split, bool vec) {
+  run<K>(p, epi, nrows, split, vec, kSeparate);
 }
+
 // ---------------------------------------------------------------------------------------
 // Bulk-copy streaming (sm_90; products whose rows are one weight row each: PlainPlan,
 // GroupedPlan, PartsPlan). The register pipeline above keeps one chunk per warp in flight,
@@ -829,6 +821,14 @@ __global__ void __launch_bounds__(kThreads) bulk_product_kernel(Plan p, Epi epi,
 #endif
 }
 
+// Warps per row: split rows over warps only when there are fewer rows than resident warps;
+// each part keeps at least one aligned group of blocks.
+int choose_split(int64_t nrows, int64_t ngroups) {
+  const int64_t target = int64_t(sm_count()) * 24;  // about the resident warps at 64-80 registers
+  int split = 1;
+  while (split < kWarps && nrows * split < target && ngroups >= 2 * split) split *= 2;
+  return split;
+}
 
 template <class K>
 bool vec_ok(const void* w, size_t rb, int64_t nblk, size_t slab = 0) {
@@ -850,14 +850,6 @@ dim3 grid_for(int per_sm, int64_t nrows, int split, bool vec) {
   return dim3(unsigned(std::min<int64_t>(blocks, int64_t(sm_count()) * per_sm)));
 }
 
-// The one place the products are launched: nrows rows of plan p, split and grid chosen here
-// (a row splits at aligned block groups when vec, at single blocks otherwise).
-template <class K, class Plan, class Epi, bool kSeparate = false>
-void launch_rows(const Plan& p, const Epi& epi, int64_t nrows, bool vec, void* stream) {
-  const int split = choose_split(nrows, p.nblk / (vec ? K::G : 1));
-  static const int per_sm = resident_blocks(product_kernel<K, Plan, Epi, kSeparate>);
-  DS4_CUDA_CHECK(launch_pdl(product_kernel<K, Plan, Epi, kSeparate>, grid_for(per_sm, nrows, split, vec), kThreads,
-                             0, static_cast<cudaStream_t>(stream), p, epi, nrows, split, vec));
 // DS4_CUDA_NO_BULK_COPY=1 streams every product through the register pipeline (A/B switch,
 // read at each launch so that one process can compare both paths); the bulk path needs sm_90.
 bool bulk_copy_enabled() {
@@ -936,14 +928,22 @@ void launch_bulk(const Plan& p, const Epi& epi, int64_t nrows, int split, void* 
                              BulkConfig{stages, cb, tune.early}));
 }
 
+// The one place the products are launched: nrows rows of plan p, split and grid chosen here
+// (a row splits at aligned block groups when vec, at single blocks otherwise).
+template <class K, class Plan, class Epi, bool kSeparate = false>
+void launch_rows(const Plan& p, const Epi& epi, int64_t nrows, bool vec, void* stream) {
+  const int split = choose_split(nrows, p.nblk / (vec ? K::G : 1));
+  if constexpr (kOneRowPlan<Plan> && !kSeparate) {
+    if (vec && bulk_copy_enabled()) return launch_bulk<K>(p, epi, nrows, split, stream);
+  }
+  static const int per_sm = resident_blocks(product_kernel<K, Plan, Epi, kSeparate>);
+  DS4_CUDA_CHECK(launch_pdl(product_kernel<K, Plan, Epi, kSeparate>, grid_for(per_sm, nrows, split, vec), kThreads,
+                             0, static_cast<cudaStream_t>(stream), p, epi, nrows, split, vec));
 }
 
 template <class K>
 void matvec_t(const void* w, int64_t nrows, int64_t ncols, const void* act, float* y, void* stream) {
   const int64_t nblk = ncols / K::BE;
-  if constexpr (kOneRowPlan<Plan> && !kSeparate) {
-    if (vec && bulk_copy_enabled()) return launch_bulk<K>(p, epi, nrows, split, stream);
-  }
   const size_t rb = size_t(nblk) * K::BB;
   const PlainPlan p{static_cast<const uint8_t*>(w), rb, act, nblk};
   launch_rows<K>(p, StoreY{y}, nrows, vec_ok<K>(w, rb, nblk), stream);
