@@ -5,6 +5,7 @@
 // cannot sit in L2, so the numbers are DRAM numbers.
 //
 //   ds4-bench-cuda [--iters N] [--no-step]
+//   ds4-bench-cuda --moe [--iters N]       the decode MoE rows only
 //   ds4-bench-cuda --prefill [--iters N]   prefill GEMMs (matmul.h): int8 TOPS at T = 512 and
 //                                          2048, and one grouped MoE layer for 2048 tokens
 #include <CLI/CLI.hpp>
@@ -501,10 +502,11 @@ void bench_prefill(void* stream, int iters, const DeviceInfo& dev) {
 int main(int argc, char** argv) {
   CLI::App app{"DwarfStar CUDA decode kernel benchmark"};
   int iters = 50;
-  bool no_step = false, prefill = false;
+  bool no_step = false, prefill = false, moe_only = false;
   app.add_option("--iters", iters, "timed iterations per kernel (median reported)");
   app.add_flag("--no-step", no_step, "skip the decode-step estimate (needs ~9 GB of GPU memory)");
   app.add_flag("--prefill", prefill, "prefill GEMMs and the grouped MoE layer instead of the decode kernels");
+  app.add_flag("--moe", moe_only, "only the decode MoE rows (quick A/B of the MoE kernels)");
   CLI11_PARSE(app, argc, argv);
   try {
     const DeviceInfo dev = require_device(0);
@@ -515,6 +517,10 @@ int main(int argc, char** argv) {
     Stream stream;
     if (prefill) {
       bench_prefill(stream.handle(), iters, dev);
+      return 0;
+    }
+    if (moe_only) {
+      bench_moe(stream.handle(), iters, copy);
       return 0;
     }
     bench_matvec(stream.handle(), iters, copy);

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -470,6 +471,81 @@ TEST(CudaMoe, TwoLaunchMoeMatchesSeparateLaunchesAndCpu) {
     // A hidden value on a rounding boundary may quantize one code apart (as above).
     expect_close(fused, ref, what + " vs CPU", 1e-2, 2e-3);
     expect_close(fused_routed, y_routed, what + " routed only vs CPU", 1e-2, 2e-3);
+  }
+}
+
+// Sets an environment variable for one scope (the MoE launchers read their switches and
+// tuning variables at every call), restoring the unset state after.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const std::string& value) : name_(name) {
+    if (!value.empty()) setenv(name_, value.c_str(), 1);
+  }
+  ~ScopedEnv() { unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+};
+
+// MoE v2 (cp.async rings of whole rows, one task list for routed and shared rows, replicated
+// IQ2_XXS tables) keeps the work split and every float operation of the kernels before it
+// (DS4_CUDA_NO_MOE_V2=1), so the outputs must be the same bits: for the three recipes' types,
+// with and without the shared expert, for ring shapes from 8 warps of 1 buffer (no overlap)
+// to 24 warps (fewer buffers fit), and for 16 experts per token, where 16 warps' down rings
+// (16 x 672 + 2176 bytes a row) do not fit and v2's gate/up runs before the old down kernel.
+TEST(CudaMoe, V2KernelsMatchPreviousKernelsBitForBit) {
+  DS4_REQUIRE_GPU();
+  const Experts sh = make_experts(GgmlType::Q8_0, GgmlType::Q8_0, 4096, 2048, 1, 41);
+  const SharedExpert shared{GgmlType::Q8_0, sh.gate.data(), sh.up.data(), sh.down.data(), 2048, 7.0f};
+  const auto x = gaussian(4096, 3.0f, 77);
+  DeviceBuffer dx = upload(x);
+  struct Case {
+    ExpertTypes ty;
+    int n_used;
+  };
+  const Case cases[] = {{kRecipeExperts[0], 6}, {kRecipeExperts[1], 6}, {kRecipeExperts[2], 6},
+                        {kRecipeExperts[0], 16}};
+  for (const Case& c : cases) {
+    MoeShape s;
+    s.gate_up_type = c.ty.gate_up;
+    s.down_type = c.ty.down;
+    s.n_used = c.n_used;
+    const Experts e = make_experts(s.gate_up_type, s.down_type, s.n_embd, s.n_ff, 16, 51);
+    std::vector<int32_t> ids(size_t(c.n_used));
+    std::vector<float> route_w(ids.size());
+    for (size_t k = 0; k < ids.size(); ++k) {
+      ids[k] = int32_t((7 * k + 3) % 16);
+      route_w[k] = 0.05f + 0.03f * float(k);
+    }
+    DeviceBuffer dids = upload(ids), dw = upload(route_w);
+    auto run = [&](bool with_shared) {
+      DeviceBuffer ws(moe_fused_workspace_bytes(s, with_shared ? &shared : nullptr));
+      DeviceBuffer dy(size_t(s.n_embd) * sizeof(float));
+      dy.fill_bytes(0xFF);
+      moe_fused(s, e.gate.data(), e.up.data(), e.down.data(), dids.as<int32_t>(), dw.as<float>(),
+                with_shared ? &shared : nullptr, dx.as<float>(), dy.as<float>(), ws.data());
+      check_last_error("moe_fused");
+      device_synchronize();
+      return download<float>(dy, size_t(s.n_embd));
+    };
+    for (const bool with_shared : {true, false}) {
+      std::vector<float> before;
+      {
+        const ScopedEnv off("DS4_CUDA_NO_MOE_V2", "1");
+        before = run(with_shared);
+      }
+      const std::string what = std::string(type_name(s.gate_up_type)) + "/" + std::string(type_name(s.down_type)) +
+                               " x " + std::to_string(c.n_used) + (with_shared ? " + shared" : " routed");
+      EXPECT_TRUE(std::all_of(before.begin(), before.end(), [](float v) { return std::isfinite(v); })) << what;
+      const std::pair<const char*, const char*> shapes[] = {{"", ""}, {"8", "1"}, {"24", "4"}, {"16", "2"}};
+      for (const auto& [warps, stages] : shapes) {
+        const ScopedEnv w("DS4_CUDA_MOE_WARPS", warps), st("DS4_CUDA_MOE_STAGES", stages);
+        EXPECT_EQ(count_bit_differences(run(with_shared), before), 0u)
+            << what << ", warps " << warps << ", stages " << stages;
+      }
+    }
   }
 }
 

@@ -192,27 +192,35 @@ struct KIQ2_XXS {  // unit = 32-element group g with its own 4-bit scale
   static constexpr int BB = 66, BE = 256, G = 8, CHUNK = 32, U = 8;
   static constexpr bool kTables = true;
   static constexpr bool kQ8K = true;
-  template <class A = GlobalAct>
+  // kRep: the tables are laid out with kRep copies of each entry side by side and t points at
+  // this lane's copy (stage_tables_replicated): entry i is t.grid[i * kRep].
+  template <class A = GlobalAct, int kRep = 1>
   __device__ static float dot(const uint8_t* w, int g, const void* act, int64_t b, const Tables& t) {
     const BlockQ8_K* a = static_cast<const BlockQ8_K*>(act) + b;
+    return dot_unit<kRep>(w, g, A::ld(&a->d), t, [&](int i) { return act_int<A>(a->qs, 8 * g + i); });
+  }
+  // Group g of the block at w against 32 activation values: act(i) returns their i-th 4 bytes
+  // (i < 8, a compile-time constant once unrolled: registers work), dx their scale.
+  template <int kRep, class Act>
+  __device__ static float dot_unit(const uint8_t* w, int g, float dx, const Tables& t, Act&& act) {
     const uint32_t a0 = uint32_t(ld2x2(w + 2 + 8 * g));
     const uint32_t a1 = uint32_t(ld2x2(w + 6 + 8 * g));
     int s = 0;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      const uint64_t gv = t.grid[(a0 >> (8 * k)) & 0xFF];
-      const uint64_t m = t.signs[(a1 >> (7 * k)) & 127];
+      const uint64_t gv = t.grid[((a0 >> (8 * k)) & 0xFF) * kRep];
+      const uint64_t m = t.signs[((a1 >> (7 * k)) & 127) * kRep];
       // -g = (g ^ 0xFF) + 1 per byte where the mask is 0xFF. Grid bytes are 1..127 (checked
       // in init_tables), so g ^ 0xFF <= 0xFE and the +1 never carries into the next byte:
       // one 32-bit add replaces the emulated per-byte __vsub4.
       const uint32_t mlo = uint32_t(m), mhi = uint32_t(m >> 32);
       const int vlo = int((uint32_t(gv) ^ mlo) + (mlo & 0x01010101u));
       const int vhi = int((uint32_t(gv >> 32) ^ mhi) + (mhi & 0x01010101u));
-      s = __dp4a(vlo, act_int<A>(a->qs, 8 * g + 2 * k), s);
-      s = __dp4a(vhi, act_int<A>(a->qs, 8 * g + 2 * k + 1), s);
+      s = __dp4a(vlo, act(2 * k), s);
+      s = __dp4a(vhi, act(2 * k + 1), s);
     }
     const int ls = 2 * int(a1 >> 28) + 1;
-    return f16(w) * A::ld(&a->d) * 0.125f * float(ls * s);
+    return f16(w) * dx * 0.125f * float(ls * s);
   }
 };
 
@@ -1041,14 +1049,14 @@ __device__ __forceinline__ void quantize_span(const float (&v)[8], uint8_t* act,
     quantize_q8_0_act_warp<8>(v, reinterpret_cast<BlockQ8_0Act*>(act) + 8 * t);
 }
 
-// The block's quantization tasks t < n (warp-uniform; warp w takes w, w + kFusedWarps, ...):
+// The block's quantization tasks t < n (warp-uniform; warp w of nwarps takes w, w + nwarps, ...):
 // load(t, v) fetches a task's 256 values (8 per lane); tasks t < n_first are stored as span t
 // of act_a in KA's partner format, the others as span t - n_first of act_b in KB's. A warp
 // first loads all of its tasks (up to kMaxHeld of them) and only then quantizes, so it waits
 // for one round trip to L2 rather than one per task; between() runs after the loads are
 // issued (the weight prefetch, which must not queue ahead of them).
 template <int kMaxHeld, class KA, class KB, class Load, class Between>
-__device__ __forceinline__ void quantize_tasks(int64_t n, int64_t n_first, uint8_t* act_a, uint8_t* act_b,
+__device__ __forceinline__ void quantize_tasks(int nwarps, int64_t n, int64_t n_first, uint8_t* act_a, uint8_t* act_b,
                                                Load&& load, Between&& between) {
   auto quant = [&](int64_t t, const float(&v)[8]) {
     if (t < n_first)
@@ -1060,12 +1068,12 @@ __device__ __forceinline__ void quantize_tasks(int64_t n, int64_t n_first, uint8
   float v[kMaxHeld][8];
 #pragma unroll
   for (int i = 0; i < kMaxHeld; ++i)
-    if (first + int64_t(i) * kFusedWarps < n) load(first + int64_t(i) * kFusedWarps, v[i]);
+    if (first + int64_t(i) * nwarps < n) load(first + int64_t(i) * nwarps, v[i]);
   between();
 #pragma unroll
   for (int i = 0; i < kMaxHeld; ++i)
-    if (first + int64_t(i) * kFusedWarps < n) quant(first + int64_t(i) * kFusedWarps, v[i]);
-  for (int64_t t = first + int64_t(kMaxHeld) * kFusedWarps; t < n; t += kFusedWarps) {  // larger models
+    if (first + int64_t(i) * nwarps < n) quant(first + int64_t(i) * nwarps, v[i]);
+  for (int64_t t = first + int64_t(kMaxHeld) * nwarps; t < n; t += nwarps) {  // larger models
     float w[8];
     load(t, w);
     quant(t, w);
@@ -1116,7 +1124,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_gate_up_fused_kernel(Fus
   // Tasks [0, x_spans): x for the routed experts; [x_spans, 2 x_spans): x for the shared one.
   const int64_t tasks = a.x_spans * (a.shared_rows > 0 && !kOneAct ? 2 : 1);
   quantize_tasks<2, KR, KS>(
-      tasks, a.x_spans, act_r, act_s,
+      kFusedWarps, tasks, a.x_spans, act_r, act_s,
       [&](int64_t task, float(&v)[8]) { load_256(a.x + 256 * (task % a.x_spans), v); },
       [&] {
         if (routed && gw < a.routed_rows) prefetch_row_l2<KR>(a.routed, gw);
@@ -1152,15 +1160,25 @@ struct FusedDown {
 };
 
 // The shared expert's hidden values 256 * span + 8 * lane + j: gate and up as the separate
-// product's split-2 reduction sums them (0 + half 0 + half 1), then the clamped SwiGLU.
+// product's split-2 reduction sums them (0 + half 0 + half 1), then the clamped SwiGLU. The
+// lane's 8 gate and 8 up half-row pairs are 16 consecutive floats each, read as float4s (one
+// scalar load per value touched a sector per lane: 32x the L2 traffic, in every block).
 __device__ __forceinline__ void shared_hidden_span(const FusedDown& a, int64_t span, float (&v)[8]) {
   const int64_t r0 = 256 * span + 8 * (threadIdx.x & 31);
+  const float4* gp = reinterpret_cast<const float4*>(a.parts + 2 * r0);
+  const float4* up = reinterpret_cast<const float4*>(a.parts + 2 * (a.shared_ff + r0));
+  float g[16], u[16];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float4 x = gp[i], y = up[i];
+    g[4 * i] = x.x, g[4 * i + 1] = x.y, g[4 * i + 2] = x.z, g[4 * i + 3] = x.w;
+    u[4 * i] = y.x, u[4 * i + 1] = y.y, u[4 * i + 2] = y.z, u[4 * i + 3] = y.w;
+  }
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
-    const int64_t g = 2 * (r0 + j), u = 2 * (a.shared_ff + r0 + j);
-    const float gate = (0.0f + a.parts[g]) + a.parts[g + 1];
-    const float up = (0.0f + a.parts[u]) + a.parts[u + 1];
-    v[j] = swiglu_clamped(gate, up, a.shared_limit);
+    const float gate = (0.0f + g[2 * j]) + g[2 * j + 1];
+    const float upv = (0.0f + u[2 * j]) + u[2 * j + 1];
+    v[j] = swiglu_clamped(gate, upv, a.shared_limit);
   }
 }
 
@@ -1177,7 +1195,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_down_fused_kernel(FusedD
   uint8_t* act_s = act_r + align16(size_t(a.h_spans) * span_bytes<KR>());
   // Tasks [0, h_spans): the routed h; then the shared expert's hidden state.
   quantize_tasks<3, KR, KS>(
-      a.h_spans + a.shared_spans, a.h_spans, act_r, act_s,
+      kFusedWarps, a.h_spans + a.shared_spans, a.h_spans, act_r, act_s,
       [&](int64_t task, float(&v)[8]) {
         if (task < a.h_spans)
           load_256(a.h + 256 * task, v);
@@ -1200,6 +1218,286 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_down_fused_kernel(FusedD
     q.act = act_s;
     stream_rows<KS, SharedAct>(q, AddY{a.y}, gw, nw, a.n_embd, 0, q.nblk, false, true, smem + warp * kBuf, t, o0, o1);
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// MoE v2 (the default; DS4_CUDA_NO_MOE_V2=1 runs the kernels above). Measured on the kernels
+// above (ncu, H200, Flash q2 + shared expert): gate/up 49 us at 0.92 TB/s, bound by the
+// shared-memory pipe (2.9-way bank conflicts of the random IQ2_XXS grid/sign lookups, 55% of
+// all wavefronts excess) and instruction issue; down 28 us, its SMs idle 30% of the time (one
+// ~2 KiB chunk in flight per warp, up to six dependent round trips for a warp of two rows).
+// The v2 kernels keep the work split, the quantization prologue and every float operation
+// and order of the kernels above (so results are bit-identical), and change how the bytes
+// arrive and how the tables are read:
+//  - a task is one whole output row (routed gate+up pair, shared half row; in down: the
+//    n_used routed rows and the shared row of one output) copied with cp.async into one
+//    buffer of a warp-private ring of `stages` buffers; a warp requests its first tasks
+//    before the block quantizes its input and keeps stages - 1 tasks in flight while it
+//    decodes (no registers hold loads in flight);
+//  - routed and shared tasks form one list that every warp walks with the grid stride, so
+//    each warp gets the same number of ~equal tasks;
+//  - the IQ2_XXS tables are kTableRep copies side by side, lane l reading copy l % 16: the
+//    16 lanes of a half warp always hit 16 different bank pairs (conflict-free 64-bit loads).
+// ---------------------------------------------------------------------------------------
+constexpr int kTableRep = 16;
+constexpr int kV2MaxWarps = 24;
+constexpr int kV2MaxStages = 4;
+constexpr size_t kTableBytes = size_t(256 + 128) * kTableRep * sizeof(uint64_t);
+
+// The IQ2_XXS tables replicated into shared memory (when kNeed): entry i's copies at
+// [i * kTableRep, (i + 1) * kTableRep); the returned pointers are this lane's copy.
+template <bool kNeed>
+__device__ Tables stage_tables_replicated(uint64_t* tables) {
+  if constexpr (kNeed) {
+    uint64_t* grid = tables;
+    uint64_t* signs = tables + 256 * kTableRep;
+    for (int i = threadIdx.x; i < 256 * kTableRep; i += blockDim.x) grid[i] = g_iq2_grid[i / kTableRep];
+    for (int i = threadIdx.x; i < 128 * kTableRep; i += blockDim.x) signs[i] = g_iq2_sign_mask[i / kTableRep];
+    __syncthreads();
+    const int r = threadIdx.x & (kTableRep - 1);
+    return Tables{grid + r, signs + r};
+  }
+  return Tables{tables, tables};
+}
+
+template <class K, class A, int kRep>
+__device__ __forceinline__ float unit_dot(const uint8_t* w, int u, const void* act, int64_t b, const Tables& t) {
+  if constexpr (K::kTables)
+    return K::template dot<A, kRep>(w, u, act, b, t);
+  else
+    return K::template dot<A>(w, u, act, b, t);
+}
+
+// Lane partial of one row segment in shared memory: units lane, lane + 32, ... of its nblk
+// blocks, summed in that order into acc (the order of stream_rows for segments whose unit
+// count is a multiple of 32, every DS4 shape).
+template <class K, int kRep>
+__device__ __forceinline__ void segment_dot(const uint8_t* w, int64_t nblk, const void* act, const Tables& t,
+                                            float& acc) {
+  const int units = int(nblk) * K::U;
+  for (int u = threadIdx.x & 31; u < units; u += 32) {
+    const int blk = u / K::U;  // compile-time divisor
+    acc += unit_dot<K, SharedAct, kRep>(w + blk * K::BB, u - blk * K::U, act, blk, t);
+  }
+}
+
+__device__ __forceinline__ uint64_t evict_first_policy() {
+  uint64_t policy = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+#endif
+  return policy;
+}
+
+// Copies nvec 16-byte vectors global -> shared, the lanes of the warp taking every 32nd.
+__device__ __forceinline__ void copy_async(uint8_t* dst, const uint8_t* src, int nvec, uint64_t policy) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  for (int v = threadIdx.x & 31; v < nvec; v += 32)
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(d + 16 * v), "l"(src + 16 * v),
+                 "l"(policy)
+                 : "memory");
+#endif
+}
+
+__device__ __forceinline__ void copy_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+// Waits until at most n of this thread's committed copy groups are still pending.
+__device__ __forceinline__ void copy_async_wait(int n) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  static_assert(kV2MaxStages == 4, "one case per pending count");
+  switch (n) {
+    case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
+    case 2: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
+  }
+#endif
+}
+
+// The shared-memory layout of a v2 launch, computed on the host: nwarps rings of `stages`
+// buffers of stage_bytes, then the routed and the shared expert's activation, then the
+// replicated tables (if any). Offsets in bytes from the start of dynamic shared memory.
+struct V2Layout {
+  int stages = 0;
+  int stage_bytes = 0;
+  size_t act_r = 0, act_s = 0, tables = 0, total = 0;
+};
+
+// One warp's tasks first, first + step, ... < end, each copied by issue(task, buffer) into the
+// next buffer of the warp's ring and then handed to decode(task, buffer). start() requests
+// the first `stages` tasks; run() decodes them in order, refilling each buffer with the task
+// `stages` ahead as soon as it is decoded. Each request is one commit group (empty ones too),
+// so "task k has landed" is "at most stages - 1 groups pending".
+struct WarpRing {
+  uint8_t* ring;
+  int stages, stage_bytes;
+  int64_t first, step, end;
+  template <class Issue>
+  __device__ void start(Issue&& issue) const {
+    for (int s = 0; s < stages; ++s) {
+      const int64_t t = first + int64_t(s) * step;
+      if (t < end) issue(t, ring + s * stage_bytes);
+      copy_async_commit();
+    }
+  }
+  template <class Issue, class Decode>
+  __device__ void run(Issue&& issue, Decode&& decode) const {
+    int s = 0;
+    for (int64_t t = first; t < end; t += step) {
+      copy_async_wait(stages - 1);
+      __syncwarp();  // every lane's copies of this task are visible to the whole warp
+      uint8_t* buf = ring + s * stage_bytes;
+      decode(t, buf);
+      __syncwarp();  // every lane is done with the buffer before it is refilled
+      const int64_t next = t + int64_t(stages) * step;
+      if (next < end) issue(next, buf);
+      copy_async_commit();
+      if (++s == stages) s = 0;
+    }
+  }
+};
+
+// Routed IQ2_XXS rows of kActBlocks * 4 blocks (Flash: 4096 columns): lane l always takes
+// group l % 8 of blocks l / 8 + 4 i, so its 4 x 32 activation values and their scales stay in
+// registers for all its rows (no shared-memory loads for them); needs the 128-register bound.
+constexpr int kActBlocks = 4;
+struct Iq2LaneAct {
+  int q[kActBlocks][8];
+  float d[kActBlocks];
+  __device__ void load(const uint8_t* act) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int i = 0; i < kActBlocks; ++i) {
+      const BlockQ8_K* b = reinterpret_cast<const BlockQ8_K*>(act) + (lane >> 3) + 4 * i;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) q[i][j] = act_int<SharedAct>(b->qs, 8 * (lane & 7) + j);
+      d[i] = b->d;
+    }
+  }
+  // segment_dot<KIQ2_XXS> of a row of 4 * kActBlocks blocks at w, the same units in the same order.
+  template <int kRep>
+  __device__ void row_dot(const uint8_t* w, const Tables& t, float& acc) const {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int i = 0; i < kActBlocks; ++i)
+      acc += KIQ2_XXS::dot_unit<kRep>(w + ((lane >> 3) + 4 * i) * KIQ2_XXS::BB, lane & 7, d[i], t,
+                                      [&](int k) { return q[i][k]; });
+  }
+};
+
+// DS4_CUDA_MOE_IQ2_SMEM_ACT=1: the routed IQ2_XXS rows read the activation from shared memory
+// (for measurements; kernel argument).
+template <class KR, class KS, int kMaxWarps>
+__global__ void __launch_bounds__(kMaxWarps * 32, 1) moe_gate_up_v2_kernel(FusedGateUp a, V2Layout l, bool act_regs) {
+  constexpr bool kTab = KR::kTables || KS::kTables;
+  constexpr int kRep = kTab ? kTableRep : 1;
+  extern __shared__ __align__(16) uint8_t smem[];
+  const Tables t = stage_tables_replicated<kTab>(reinterpret_cast<uint64_t*>(smem + l.tables));
+  pdl_enter();  // ids, route weights and x come from earlier kernels
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  uint8_t* act_r = smem + l.act_r;
+  uint8_t* act_s = smem + l.act_s;
+  const GateUpPlan& r = a.routed;
+  const HalfRowsPlan& sh = a.shared;
+  const int routed_vec = int(r.rb / 16), shared_vec = int(sh.half_bytes / 16);
+  const uint64_t policy = evict_first_policy();
+  // Tasks [0, routed_rows): routed gate/up row pairs; then the shared expert's half rows.
+  auto issue = [&](int64_t task, uint8_t* buf) {
+    if (task < a.routed_rows) {
+      copy_async(buf, r.row(0, task), routed_vec, policy);
+      copy_async(buf + r.rb, r.row(1, task), routed_vec, policy);
+    } else {
+      copy_async(buf, sh.row(0, task - a.routed_rows), shared_vec, policy);
+    }
+  };
+  const WarpRing ring{smem + size_t(warp) * l.stages * l.stage_bytes, l.stages, l.stage_bytes,
+                      int64_t(blockIdx.x) * nwarps + warp, int64_t(gridDim.x) * nwarps,
+                      a.routed_rows + a.shared_rows};
+  ring.start(issue);
+  // Tasks [0, x_spans): x for the routed experts; [x_spans, 2 x_spans): x for the shared one.
+  const int64_t spans = a.x_spans * (a.shared_rows > 0 && act_s != act_r ? 2 : 1);
+  quantize_tasks<2, KR, KS>(
+      nwarps, spans, a.x_spans, act_r, act_s,
+      [&](int64_t task, float(&v)[8]) { load_256(a.x + 256 * (task % a.x_spans), v); }, [] {});
+  __syncthreads();
+  const SwiGlu epi{r.h, r.route_w, r.n_ff, r.limit};
+  constexpr bool kRegs = std::is_same_v<KR, KIQ2_XXS> && kMaxWarps <= 16;
+  Iq2LaneAct ra;
+  const bool regs = kRegs && act_regs && r.nblk == 4 * kActBlocks;
+  if (kRegs && regs) ra.load(act_r);
+  ring.run(issue, [&](int64_t task, const uint8_t* buf) {
+    if (task < a.routed_rows) {
+      float g = 0.0f, u = 0.0f;
+      if (kRegs && regs) {
+        ra.row_dot<kRep>(buf, t, g);
+        ra.row_dot<kRep>(buf + r.rb, t, u);
+      } else {
+        segment_dot<KR, kRep>(buf, r.nblk, act_r, t, g);
+        segment_dot<KR, kRep>(buf + r.rb, r.nblk, act_r, t, u);
+      }
+      g = warp_sum(g);
+      u = warp_sum(u);
+      if (lane == 0) epi(task, g, u);
+    } else {
+      const int64_t j = task - a.routed_rows;
+      float s = 0.0f;
+      segment_dot<KS, kRep>(buf, sh.nblk, act_s + (j & 1) * sh.act_half_bytes, t, s);
+      s = warp_sum(s);
+      if (lane == 0) a.parts[j] = s;
+    }
+  });
+}
+
+template <class KR, class KS>
+__global__ void __launch_bounds__(kV2MaxWarps * 32, 1) moe_down_v2_kernel(FusedDown a, V2Layout l) {
+  constexpr bool kTab = KR::kTables || KS::kTables;
+  constexpr int kRep = kTab ? kTableRep : 1;
+  extern __shared__ __align__(16) uint8_t smem[];
+  const Tables t = stage_tables_replicated<kTab>(reinterpret_cast<uint64_t*>(smem + l.tables));
+  pdl_enter();  // h and the shared half-row sums come from the gate/up launch
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  uint8_t* act_r = smem + l.act_r;
+  uint8_t* act_s = smem + l.act_s;
+  const DownPlan& r = a.routed;
+  const PlainPlan& sh = a.shared;
+  const bool has_shared = a.shared_spans > 0;
+  const int routed_vec = int(r.rb / 16), shared_vec = int(sh.rb / 16);
+  const uint64_t policy = evict_first_policy();
+  // Task = output row: its n_used routed rows back to back, then the shared expert's row.
+  auto issue = [&](int64_t row, uint8_t* buf) {
+    for (int k = 0; k < r.n_used; ++k) copy_async(buf + k * r.rb, r.row(k, row), routed_vec, policy);
+    if (has_shared) copy_async(buf + r.n_used * r.rb, sh.row(0, row), shared_vec, policy);
+  };
+  const WarpRing ring{smem + size_t(warp) * l.stages * l.stage_bytes, l.stages, l.stage_bytes,
+                      int64_t(blockIdx.x) * nwarps + warp, int64_t(gridDim.x) * nwarps, a.n_embd};
+  ring.start(issue);
+  // Tasks [0, h_spans): the routed h; then the shared expert's hidden state.
+  quantize_tasks<3, KR, KS>(
+      nwarps, a.h_spans + a.shared_spans, a.h_spans, act_r, act_s,
+      [&](int64_t task, float(&v)[8]) {
+        if (task < a.h_spans)
+          load_256(a.h + 256 * task, v);
+        else
+          shared_hidden_span(a, task - a.h_spans, v);
+      },
+      [] {});
+  __syncthreads();
+  ring.run(issue, [&](int64_t row, const uint8_t* buf) {
+    float acc = 0.0f;  // the n_used experts in k order, as one accumulator (stream_rows' packed chunks)
+    for (int k = 0; k < r.n_used; ++k) segment_dot<KR, kRep>(buf + k * r.rb, r.nblk, act_r + k * r.act_rb, t, acc);
+    float y = warp_sum(acc);
+    if (has_shared) {
+      float s = 0.0f;
+      segment_dot<KS, kRep>(buf + r.n_used * r.rb, sh.nblk, act_s, t, s);
+      y = y + warp_sum(s);  // routed(r) + shared(r), as the store and the add of the kernel above
+    }
+    if (lane == 0) a.y[row] = y;
+  });
 }
 
 // Warps per block for the routed rows of the fused gate/up launch (the others take the shared
@@ -1232,6 +1530,67 @@ size_t fused_down_smem(const FusedMoe& m) {
   return size_t(fused_staging_bytes<KD, KQ8_0>()) +
          align16(size_t(m.s.n_used) * size_t(m.s.n_ff / 256) * span_bytes<KD>()) +
          (m.has_shared ? align16(size_t(m.shared.n_ff / 256) * span_bytes<KQ8_0>()) : 0);
+}
+
+int smem_optin() {  // per process, as sm_count()
+  static const int bytes = [] {
+    int dev = 0, b = 0;
+    DS4_CUDA_CHECK(cudaGetDevice(&dev));
+    DS4_CUDA_CHECK(cudaDeviceGetAttribute(&b, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    return b;
+  }();
+  return bytes;
+}
+
+// DS4_CUDA_NO_MOE_V2=1 runs the MoE kernels before v2 (A/B switch, read at each launch).
+// For measurements, DS4_CUDA_MOE_WARPS / DS4_CUDA_MOE_DOWN_WARPS (warps per block of the
+// gate/up and down launches, 4..24, default 16) and DS4_CUDA_MOE_STAGES (ring buffers per warp,
+// 1..4, default 2; fewer where shared memory does not hold them) shape v2. Defaults measured
+// on an H200 (Flash q2 + shared expert, graph of 8): 16 warps 49.6 us, 24 warps 56.5 (no room
+// for the IQ2_XXS activation registers), 8 warps 61.2; 4 buffers 49.6-49.8 us, 2 buffers 48.4.
+struct V2Tuning {
+  bool on = true;
+  int warps = 16;
+  int down_warps = 16;
+  int stages = 2;
+};
+int env_int(const char* name, int fallback, int lo, int hi) {
+  const char* e = std::getenv(name);
+  return e == nullptr ? fallback : std::clamp(std::atoi(e), lo, hi);
+}
+V2Tuning v2_tuning() {
+  V2Tuning v;
+  v.on = std::getenv("DS4_CUDA_NO_MOE_V2") == nullptr;
+  v.warps = env_int("DS4_CUDA_MOE_WARPS", v.warps, 4, kV2MaxWarps);
+  v.down_warps = env_int("DS4_CUDA_MOE_DOWN_WARPS", v.down_warps, 4, kV2MaxWarps);
+  v.stages = env_int("DS4_CUDA_MOE_STAGES", v.stages, 1, kV2MaxStages);
+  return v;
+}
+
+// The v2 layout for rings of buffers of stage_bytes (a multiple of 16), the routed activation,
+// the shared expert's (act_s_bytes 0: it reads the routed one) and the tables; as many
+// buffers per warp as asked for and fit. stages == 0: not even one fits (use the kernels before v2).
+V2Layout v2_layout(const V2Tuning& tune, int warps, size_t stage_bytes, size_t act_r_bytes, size_t act_s_bytes,
+                   bool tables) {
+  V2Layout l;
+  const size_t fixed = align16(act_r_bytes) + align16(act_s_bytes) + (tables ? kTableBytes : 0);
+  const size_t per_stage = size_t(warps) * stage_bytes;
+  const size_t limit = size_t(smem_optin());
+  if (!tune.on || stage_bytes % 16 != 0 || fixed + per_stage > limit) return l;
+  l.stages = int(std::min<size_t>(size_t(tune.stages), (limit - fixed) / per_stage));
+  l.stage_bytes = int(stage_bytes);
+  l.act_r = per_stage * size_t(l.stages);
+  l.act_s = act_s_bytes == 0 ? l.act_r : l.act_r + align16(act_r_bytes);
+  l.tables = l.act_r + align16(act_r_bytes) + align16(act_s_bytes);
+  l.total = l.tables + (tables ? kTableBytes : 0);
+  return l;
+}
+
+template <class... Args>
+void launch_v2(void (*kernel)(Args...), int warps, size_t smem, void* stream, const Args&... args) {
+  DS4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  DS4_CUDA_CHECK(launch_pdl(kernel, dim3(unsigned(sm_count())), dim3(unsigned(32 * warps)), smem,
+                             static_cast<cudaStream_t>(stream), args...));
 }
 
 // Launches `kernel` (one block per SM) with `smem` bytes of dynamic shared memory; raises the
@@ -1269,7 +1628,18 @@ void moe_fused_t(const FusedMoe& m, void* stream) {
   g.routed_per_block = routed_warps_per_block(sm_count(), g.routed_rows, 2 * gu_rb, g.shared_rows, sh_gu_rb / 2);
   g.x = m.x;
   g.x_spans = s.n_embd / 256;
-  launch_fused(moe_gate_up_fused_kernel<KG, KQ8_0>, fused_gate_up_smem<KG>(m), g, stream);
+  const V2Tuning tune = v2_tuning();
+  const bool two_acts = m.has_shared && KG::kQ8K != KQ8_0::kQ8K;
+  const V2Layout gl = v2_layout(tune, tune.warps, std::max(2 * gu_rb, m.has_shared ? sh_gu_rb / 2 : 0),
+                                size_t(g.x_spans) * span_bytes<KG>(),
+                                two_acts ? size_t(g.x_spans) * span_bytes<KQ8_0>() : 0, KG::kTables);
+  const bool act_regs = std::getenv("DS4_CUDA_MOE_IQ2_SMEM_ACT") == nullptr;
+  if (gl.stages > 0 && tune.warps <= 16)  // 128 registers: room for Iq2LaneAct
+    launch_v2(moe_gate_up_v2_kernel<KG, KQ8_0, 16>, tune.warps, gl.total, stream, g, gl, act_regs);
+  else if (gl.stages > 0)
+    launch_v2(moe_gate_up_v2_kernel<KG, KQ8_0, kV2MaxWarps>, tune.warps, gl.total, stream, g, gl, act_regs);
+  else
+    launch_fused(moe_gate_up_fused_kernel<KG, KQ8_0>, fused_gate_up_smem<KG>(m), g, stream);
 
   FusedDown d{};
   const size_t act_rb = size_t(s.n_ff / 256) * span_bytes<KD>();
@@ -1286,7 +1656,13 @@ void moe_fused_t(const FusedMoe& m, void* stream) {
   }
   d.y = m.y;
   d.n_embd = s.n_embd;
-  launch_fused(moe_down_fused_kernel<KD, KQ8_0>, fused_down_smem<KD>(m), d, stream);
+  const V2Layout dl = v2_layout(tune, tune.down_warps, size_t(s.n_used) * dn_rb + sh_dn_rb,
+                                size_t(d.h_spans) * span_bytes<KD>(), size_t(d.shared_spans) * span_bytes<KQ8_0>(),
+                                KD::kTables);
+  if (dl.stages > 0)
+    launch_v2(moe_down_v2_kernel<KD, KQ8_0>, tune.down_warps, dl.total, stream, d, dl);
+  else
+    launch_fused(moe_down_fused_kernel<KD, KQ8_0>, fused_down_smem<KD>(m), d, stream);
 }
 
 // Calls f(K{}) with the decoder of a quantized expert weight type (MoE kernels).
@@ -1469,14 +1845,8 @@ bool moe_fused_fits(const MoeShape& s, bool has_shared, int64_t shared_ff) {
       typed = true;
     });
   });
-  static const int optin = [] {  // per process, as sm_count()
-    int dev = 0, bytes = 0;
-    DS4_CUDA_CHECK(cudaGetDevice(&dev));
-    DS4_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    return bytes;
-  }();
   constexpr size_t kStaticSmem = 3 * 1024;  // the IQ2_XXS tables
-  return typed && ok && smem + kStaticSmem <= size_t(optin);
+  return typed && ok && smem + kStaticSmem <= size_t(smem_optin());
 }
 
 void launch_moe_fused(const FusedMoe& m, void* stream) {
