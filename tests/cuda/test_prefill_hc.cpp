@@ -65,7 +65,8 @@ TEST(PrefillHc, PreNormEqualsTokenDimensionDecodeKernels) {
     int64_t E, T;
   };
   uint32_t seed = 13100;
-  for (const Shape c : {Shape{4, 4096, 37}, Shape{4, 1024, 5}, Shape{2, 2048, 3}, Shape{8, 2048, 2}, Shape{1, 4096, 1}}) {
+  for (const Shape c :
+       {Shape{4, 4096, 37}, Shape{4, 1024, 5}, Shape{2, 2048, 3}, Shape{8, 2048, 2}, Shape{1, 4096, 1}}) {
     const fwd::HcShape sh{c.nc, c.E, 1e-6f, 1e-6f, 20};
     ASSERT_TRUE(pre::hc_pre_norm_supported(sh)) << c.nc << " x " << c.E;
     const int64_t n_mix = (2 + c.nc) * c.nc;

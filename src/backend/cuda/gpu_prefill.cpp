@@ -39,6 +39,7 @@
 #include "backend/cuda/forward_kernels.h"
 #include "backend/cuda/gpu_session.h"
 #include "backend/cuda/matmul.h"
+#include "backend/cuda/matmul_f16.h"
 #include "backend/cuda/matvec.h"
 #include "backend/cuda/prefill_attention.h"
 #include "backend/cuda/prefill_indexer.h"
@@ -97,6 +98,16 @@ bool split_phases() {
   return on;
 }
 
+// The HC fn product (24 x 16384 F16 in the q2 / q4 / mxfp4 recipes) on the tensor cores
+// (matmul_f16.h: 16-token tiles) instead of matmul_q's skinny CUDA-core kernel (8 tokens a
+// block, one block per SM, 457 us a product at T = 2048 on an H100: latency bound).
+// DS4_CUDA_NO_TC_HC_FN set in the environment keeps the skinny kernel: an A/B switch (the
+// two differ in rounding; both stay within the float GEMM tests' bounds).
+bool tensor_core_hc_fn(const DTensor& fn, const float* H) {
+  static const bool on = std::getenv("DS4_CUDA_NO_TC_HC_FN") == nullptr;
+  return on && f16_tensor_core_gemm_serves(fn.type, fn.cols, fn.d, H);
+}
+
 // DS4_CUDA_NO_PREFILL_HC_PRE set in the environment runs the prefill's HC pre after the fn
 // product as fwd::hc_pre + fwd::rmsnorm with a token dimension (a 1024-thread block per token
 // whose warps wait for one warp's Sinkhorn, then a second pass over `a`) instead of
@@ -123,7 +134,10 @@ void GpuSession::prefill_hc_pre(const DHc& hc, const float* H, const float* norm
   const fwd::HcShape sh{static_cast<int>(NC), E, hp.rms_eps, hp.hc_eps, static_cast<int>(hp.hc_sinkhorn_iters)};
   // 3.2: the mixing logits of all T tokens in one product; the RMS factor, sigmoids,
   // Sinkhorn and the collapse per token (hyper_connection.cpp hc_pre); then RMSNorm.
-  gemm(hc.fn, H, T, b.mix, s);
+  if (tensor_core_hc_fn(hc.fn, H))
+    f16_tensor_core_gemm(hc.fn.d, hc.fn.rows, hc.fn.cols, H, T, b.mix, s);
+  else
+    gemm(hc.fn, H, T, b.mix, s);
   if (split_phases()) mark("hc pre: fn product", 0, s);
   if (prefill_hc_pre_norm(sh)) {
     pre::hc_pre_norm(sh, b.mix, H, hc.base, hc.scale, norm, b.x, b.post, b.comb, T, s);
