@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -646,6 +647,111 @@ TEST(ForwardKernels, IndexerSelectionMatchesCpu) {
   EXPECT_EQ(down<int32_t>(dn, 1)[0], 10);
   const auto few = down<int32_t>(dsel, 10);
   for (int i = 0; i < 10; ++i) EXPECT_EQ(few[i], i);
+}
+
+// What the decode step's latency-bound launches cost at Flash shapes, one step's worth each
+// (2K context): every call repeated 32 times in a CUDA graph (as in the decode step: PDL
+// edges, no host launch gaps), microseconds per call, median of 9 graph launches. Printed for
+// the notes (docs/cuda.md); the A/B switches (DS4_CUDA_NO_BATCHED_LOADS, DS4_CUDA_NO_PDL) time
+// the other paths in the same binary. Asserts that every output is finite.
+TEST(ForwardKernels, PrintsDecodeLaunchTimes) {
+  REQUIRE_GPU();
+  ds4::cuda::Stream stream;
+  void* st = stream.handle();
+  constexpr int kCalls = 32;
+  auto per_call_us = [&](const std::function<void(void*)>& call) {
+    call(st);  // outside the capture: first-use setup (opt-in shared memory)
+    ds4::cuda::Graph g(st, [&](void* s) {
+      for (int i = 0; i < kCalls; ++i) call(s);
+    });
+    std::vector<float> t;
+    for (int r = 0; r < 9; ++r) {
+      ds4::cuda::EventTimer ev;
+      ev.start(st);
+      g.launch(st);
+      ev.stop(st);
+      t.push_back(ev.elapsed_ms() * 1000.0f / kCalls);
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+  };
+  auto all_finite = [](const std::vector<float>& v) {
+    return std::all_of(v.begin(), v.end(), [](float x) { return std::isfinite(x); });
+  };
+
+  // HC pre + norm at nc 4 x E 4096, F16 fn (the q2 recipe), with and without the pending hc_post.
+  const int nc = 4;
+  const int64_t E = 4096, n_mix = (2 + nc) * nc;
+  const fwd::HcShape hs{nc, E, 1e-6f, 1e-6f, 20};
+  std::vector<float> rounded;
+  const auto fn = fn_bytes_as(ds4::GgmlType::F16, randv(n_mix * nc * E, 70, 0.02f), rounded);
+  auto dfn = up(fn), dH = up(randv(nc * E, 71)), dH2 = up(randv(nc * E, 72)), dbase = up(randv(n_mix, 73, 0.5f));
+  auto dscale = up(std::vector<float>{0.7f, 1.3f, 0.9f}), dnorm = up(randv(E, 74)), df = up(randv(E, 75));
+  DeviceBuffer da(E * 4), dx(E * 4), dpost(nc * 4), dcomb(nc * nc * 4), dHout(nc * E * 4);
+  DeviceBuffer hscr(fwd::hc_fused_scratch_bytes(hs));
+  auto pre = [&](void* s) {
+    fwd::hc_pre_fused(hs, ds4::GgmlType::F16, dfn.as<uint8_t>(), dH.as<float>(), dbase.as<float>(), dscale.as<float>(),
+                      dnorm.as<float>(), da.as<float>(), dx.as<float>(), dpost.as<float>(), dcomb.as<float>(),
+                      hscr.as<uint8_t>(), s);
+  };
+  const float pre_us = per_call_us(pre);
+  const float post_pre_us = per_call_us([&](void* s) {
+    fwd::hc_post_pre_fused(hs, {df.as<float>(), dH2.as<float>(), dpost.as<float>(), dcomb.as<float>()},
+                           dHout.as<float>(), ds4::GgmlType::F16, dfn.as<uint8_t>(), dbase.as<float>(),
+                           dscale.as<float>(), dnorm.as<float>(), da.as<float>(), dx.as<float>(), dpost.as<float>(),
+                           dcomb.as<float>(), hscr.as<uint8_t>(), s);
+  });
+  const float post_us = per_call_us([&](void* s) {
+    fwd::hc_post(hs, df.as<float>(), dH2.as<float>(), dpost.as<float>(), dcomb.as<float>(), dHout.as<float>(), s);
+  });
+  EXPECT_TRUE(all_finite(down<float>(dx, E)));
+
+  // Attention at 2K context: 64 heads x 512, window 128 + 512 selected compressed rows.
+  const int64_t NH = 64, D = 512, pos = 2047, ratio = 4, cap = 128, K = 512;
+  const auto rope = ds4::model::Rope::plain(64, 10000.0f);
+  auto dq = up(randv(NH * D, 76, 0.05f)), dring = up(randv(cap * D, 77)), dcomp = up(randv((pos + 1) / ratio * D, 78));
+  auto dsinks = up(randv(NH, 79)), dom = up(rope.omega());
+  std::vector<int32_t> sel(K);
+  for (int64_t i = 0; i < K; ++i) sel[i] = static_cast<int32_t>(i);
+  auto dsel = up(sel), dn = up(std::vector<int32_t>{static_cast<int32_t>(K)});
+  const fwd::AttnShape as{NH, D, 64, 128, cap, ratio, 128 + K};
+  DeviceBuffer sf(fwd::attention_scratch_floats(as) * 4), dout(NH * D * 4);
+  auto c = ctl_at(pos);
+  const float attn_us = per_call_us([&](void* s) {
+    fwd::attention(as, dq.as<float>(), dring.as<float>(), dcomp.as<float>(), dsel.as<int32_t>(), dn.as<int32_t>(),
+                   dsinks.as<float>(), dom.as<float>(), sf.as<float>(), dout.as<float>(), ctl(c), s);
+  });
+  EXPECT_TRUE(all_finite(down<float>(dout, NH * D)));
+
+  // The q/kv finish launch: RMSNorm(q_a x) (1024) and the KV row into the ring.
+  auto dqa = up(randv(1024, 80)), dkv = up(randv(D, 81)), dqn = up(randv(1024, 82));
+  DeviceBuffer dqr(1024 * 4), dring2(cap * D * 4);
+  fwd::RowFinish qf;
+  qf.d = 1024;
+  qf.norm = dqn.as<float>();
+  fwd::RowFinish kf;
+  kf.d = D;
+  kf.n_rope = 64;
+  const fwd::RowsJob jobs[] = {{qf, dqa.as<float>(), dqr.as<float>(), 1, 1024, 0, nullptr},
+                               {kf, dkv.as<float>(), dring2.as<float>(), 1, D, cap, nullptr}};
+  const float rows_us = per_call_us([&](void* s) { fwd::rows_finish_jobs(jobs, 2, dom.as<float>(), ctl(c), s); });
+  EXPECT_TRUE(all_finite(down<float>(dqr, 1024)));
+
+  // The indexer's scores and top-k at 8K context (2048 compressed rows, 64 x 128 query).
+  const int64_t NI = 64, DI = 128, n_vis = 2048;
+  auto diq = up(randv(NI * DI, 83)), diw = up(randv(NI, 84)), dik = up(randv(n_vis * DI, 85));
+  DeviceBuffer dsc(n_vis * 4), disel(K * 4), din(4);
+  auto c8 = ctl_at(n_vis * ratio - 1);
+  const float idx_us = per_call_us([&](void* s) {
+    fwd::idx_select(diq.as<float>(), diw.as<float>(), 0.01f, NI, DI, dik.as<float>(), ratio, K, dsc.as<float>(),
+                    disel.as<int32_t>(), din.as<int32_t>(), ctl(c8), s);
+  });
+  EXPECT_TRUE(all_finite(down<float>(dsc, n_vis)));
+
+  std::printf(
+      "[decode launches, us per call in a graph] hc_pre_fused %.2f, hc_post_pre_fused %.2f, hc_post alone %.2f; "
+      "attention (640 rows, 64 heads) %.2f; rows_finish_jobs (q_a norm + kv) %.2f; idx_select (2048 rows) %.2f\n",
+      pre_us, post_pre_us, post_us, attn_us, rows_us, idx_us);
 }
 
 TEST(ForwardKernels, RoutingMatchesCpu) {

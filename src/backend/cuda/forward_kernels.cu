@@ -7,10 +7,12 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstdint>
 #include <utility>
 
 #include "backend/cuda/check.h"
+#include "backend/cuda/device_attribute.h"
 #include "backend/cuda/forward_kernels.h"
 #include "backend/cuda/pdl.h"
 #include "backend/cuda/quantize_act.cuh"
@@ -54,6 +56,38 @@ __device__ double block_sum_d(double v) {
   }
   __syncthreads();
   return part[0];
+}
+
+// Global loads with kStageBatch per thread in flight: for i = first, first + step, ... < n,
+// store(i, load(i)), the loads of a batch all issued before its stores. A plain copy loop
+// (`dst[i] = src[i]` in a strided loop) may do one global round trip per iteration: the
+// compiler does not hoist the next load (through a generic pointer, e.g. a row pointer read
+// from shared memory) above a store it might alias, so attention's 16 float4 per thread could
+// be 16 serial trips to L2 / DRAM. The same values are stored either way. The kernels below
+// use it where the A/B switch `batched_loads()` allows (the indexer's scoring kernel does not:
+// measured 0.4 us slower with it, its q pointer is a kernel argument the compiler can see).
+constexpr int kStageBatch = 8;
+template <class Load, class Store>
+__device__ __forceinline__ void copy_batched(int64_t first, int64_t n, int64_t step, Load load, Store store) {
+  using T = decltype(load(int64_t{0}));
+  for (int64_t i0 = first; i0 < n; i0 += kStageBatch * step) {
+    T v[kStageBatch];
+#pragma unroll
+    for (int j = 0; j < kStageBatch; ++j) {
+      const int64_t i = i0 + j * step;
+      if (i < n) v[j] = load(i);
+    }
+#pragma unroll
+    for (int j = 0; j < kStageBatch; ++j) {
+      const int64_t i = i0 + j * step;
+      if (i < n) store(i, v[j]);
+    }
+  }
+}
+// copy_batched over the block's threads (i = threadIdx.x, += blockDim.x).
+template <class Load, class Store>
+__device__ __forceinline__ void stage_batched(int64_t n, Load load, Store store) {
+  copy_batched(threadIdx.x, n, blockDim.x, load, store);
 }
 
 __device__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -523,7 +557,7 @@ __global__ void hc_head_kernel(HcShape s, const float* mix_raw, const float* H, 
 
 // Block x finishes row x of the concatenated jobs (job 0's rows first); a batch's token
 // blockIdx.y has each job's rows at (blockIdx.y * rows + r) * stride.
-__global__ void rows_finish_kernel(RowsJobs jobs, const float* omega, const StepCtl* ctl) {
+__global__ void rows_finish_kernel(RowsJobs jobs, const float* omega, const StepCtl* ctl, bool batched) {
   pdl_enter();
   extern __shared__ float row[];
   int64_t r = blockIdx.x;
@@ -535,7 +569,10 @@ __global__ void rows_finish_kernel(RowsJobs jobs, const float* omega, const Step
   r += static_cast<int64_t>(blockIdx.y) * J.rows;
   const float* src = J.in + r * J.stride;
   float* dst = J.ring_cap > 0 ? J.out + (pos % J.ring_cap) * f.d : J.out + r * J.stride;
-  for (int64_t k = threadIdx.x; k < f.d; k += blockDim.x) row[k] = src[k];
+  if (batched)
+    stage_batched(f.d, [&](int64_t k) { return src[k]; }, [&](int64_t k, float v) { row[k] = v; });
+  else
+    for (int64_t k = threadIdx.x; k < f.d; k += blockDim.x) row[k] = src[k];
   __syncthreads();
   finish_row(f, omega, row, pos);
   for (int64_t k = threadIdx.x; k < f.d; k += blockDim.x) dst[k] = row[k];
@@ -548,10 +585,19 @@ __global__ void rows_finish_kernel(RowsJobs jobs, const float* omega, const Step
 // comp_store of the token at pos: elements first, first + step, ... of its projections.
 __device__ void store_projections(const float* kv, const float* sc, const float* ape, int64_t width,
                                   int64_t ratio, float* ring_kv, float* ring_sc, int64_t cap, int64_t pos,
-                                  int64_t first, int64_t step) {
+                                  int64_t first, int64_t step, bool batched) {
   const float* a = ape + (pos % ratio) * width;
   float* rk = ring_kv + (pos % cap) * width;
   float* rs = ring_sc + (pos % cap) * width;
+  if (batched) {
+    copy_batched(
+        first, width, step, [&](int64_t i) { return make_float2(kv[i], sc[i] + a[i]); },
+        [&](int64_t i, float2 v) {
+          rk[i] = v.x;
+          rs[i] = v.y;
+        });
+    return;
+  }
   for (int64_t i = first; i < width; i += step) {
     rk[i] = kv[i];
     rs[i] = sc[i] + a[i];
@@ -560,11 +606,11 @@ __device__ void store_projections(const float* kv, const float* sc, const float*
 
 __global__ void comp_store_kernel(const float* kv, const float* sc, const float* ape, int64_t width,
                                   int64_t ratio, float* ring_kv, float* ring_sc, int64_t cap,
-                                  const StepCtl* ctl) {
+                                  const StepCtl* ctl, bool batched) {
   pdl_enter();
   const int64_t pos = ctl[blockIdx.y].pos;  // token blockIdx.y of a batch
   store_projections(kv + blockIdx.y * width, sc + blockIdx.y * width, ape, width, ratio, ring_kv, ring_sc, cap, pos,
-                    blockIdx.x * blockDim.x + threadIdx.x, gridDim.x * blockDim.x);
+                    blockIdx.x * blockDim.x + threadIdx.x, gridDim.x * blockDim.x, batched);
 }
 
 // comp_emit for the token at pos, by the whole block; row: f.d floats of shared memory.
@@ -615,12 +661,13 @@ struct CompJobs {
 };
 
 __global__ void comp_store_emit_kernel(CompJobs jobs, const float* omega, int64_t cap, int64_t ratio,
-                                       const StepCtl* ctl) {
+                                       const StepCtl* ctl, bool batched) {
   pdl_enter();
   extern __shared__ float row[];
   const CompJob& j = jobs.job[blockIdx.x];
   const int64_t pos = ctl->pos;
-  store_projections(j.kv, j.sc, j.ape, j.c * j.f.d, ratio, j.ring_kv, j.ring_sc, cap, pos, threadIdx.x, blockDim.x);
+  store_projections(j.kv, j.sc, j.ape, j.c * j.f.d, ratio, j.ring_kv, j.ring_sc, cap, pos, threadIdx.x, blockDim.x,
+                    batched);
   __syncthreads();  // the pooling below reads the ring row this block just wrote
   emit_window(j.f, omega, j.ring_kv, j.ring_sc, cap, ratio, j.c, j.rows, pos, row);
 }
@@ -713,6 +760,7 @@ __host__ __device__ inline size_t attn_part_smem(int64_t D) {
 // and 64 heads). Warp w scores head g * kAttnHeads + w, a lane per row; then each thread
 // sums p * V for (head, 4 dims) items in row order. Writes {o[D], max, sum} per head and
 // chunk; chunks past n write nothing.
+template <bool kBatched>
 __global__ void __launch_bounds__(kThreads) attention_part_kernel(AttnShape s, float scale, const float* q,
                                                                   const float* ring, const float* comp,
                                                                   const int32_t* sel, const int32_t* n_sel,
@@ -746,11 +794,19 @@ __global__ void __launch_bounds__(kThreads) attention_part_kernel(AttnShape s, f
                        : comp + static_cast<int64_t>(sel ? sel[rr - n_raw] : rr - n_raw) * D;
   }
   const float4* q4 = reinterpret_cast<const float4*>(q + h0 * D);
-  for (int64_t i = threadIdx.x; i < nh * D4; i += blockDim.x) qs[i] = q4[i];
-  __syncthreads();
-  for (int64_t i = threadIdx.x; i < nr * D4; i += blockDim.x) {
-    const int64_t r = i / D4, k = i - r * D4;
-    rows[r * RS4 + k] = reinterpret_cast<const float4*>(rp[r])[k];
+  if constexpr (kBatched) {
+    stage_batched(nh * D4, [&](int64_t i) { return q4[i]; }, [&](int64_t i, float4 v) { qs[i] = v; });
+    __syncthreads();
+    stage_batched(
+        nr * D4, [&](int64_t i) { return reinterpret_cast<const float4*>(rp[i / D4])[i % D4]; },
+        [&](int64_t i, float4 v) { rows[(i / D4) * RS4 + i % D4] = v; });
+  } else {
+    for (int64_t i = threadIdx.x; i < nh * D4; i += blockDim.x) qs[i] = q4[i];
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < nr * D4; i += blockDim.x) {
+      const int64_t r = i / D4, k = i - r * D4;
+      rows[r * RS4 + k] = reinterpret_cast<const float4*>(rp[r])[k];
+    }
   }
   __syncthreads();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -802,7 +858,15 @@ __global__ void __launch_bounds__(kThreads) attention_part_kernel(AttnShape s, f
 }
 
 // Merge of a head's chunks in chunk order with the sink (in double), then the de-rotation.
-__global__ void attention_merge_kernel(AttnShape s, const int32_t* sel, const int32_t* n_sel,
+// kBatched: the chunk maxima and sums are loaded by the lanes of warp 0 at once (the max is
+// exact in any order, the exponentials are independent; only the denominator's sum stays in
+// chunk order, on lane 0, from shared memory) and the output loop has kMergeBatch chunk loads
+// in flight before its in-order double sums (kMergeThreads: one output per thread at D = 512,
+// so one L2 round trip up to 32 chunks, i.e. 1024 rows): the same bits as the serial loops (one
+// thread walking the chunks: two dependent L2 round trips per chunk).
+constexpr int kMergeBatch = 32, kMergeThreads = 512;
+template <bool kBatched>
+__global__ void __launch_bounds__(kMergeThreads) attention_merge_kernel(AttnShape s, const int32_t* sel, const int32_t* n_sel,
                                        int64_t sel_stride, const float* sinks, const float* omega,
                                        const float* part, int nchunks, float* o, const StepCtl* ctl) {
   pdl_enter();
@@ -813,31 +877,72 @@ __global__ void attention_merge_kernel(AttnShape s, const int32_t* sel, const in
   ctl += t;
   part += t * s.NH * nchunks * (s.D + 2);
   o += t * s.NH * s.D;
-  extern __shared__ double wgt[];                          // [nchunks], then out_row [D]
+  extern __shared__ double wgt[];  // [nchunks], then out_row [D], then the chunk sums [nchunks]
   float* out_row = reinterpret_cast<float*>(wgt + nchunks);
+  float* sum_sh = out_row + s.D;
   __shared__ double den_sh;
   const int64_t h = blockIdx.x, D = s.D, pos = ctl->pos;
   int64_t n_raw = 0, start = 0;
   const int64_t n = attn_rows(s, sel, n_sel, pos, &n_raw, &start);
   const int64_t nc = (n + kAttnChunk - 1) / kAttnChunk;  // <= nchunks (max_rows >= n)
   const float* ph = part + h * nchunks * (D + 2);
-  if (threadIdx.x == 0) {
-    double mx = sinks[h];
-    for (int64_t c = 0; c < nc; ++c) mx = fmax(mx, static_cast<double>(ph[c * (D + 2) + D]));
-    double den = exp(static_cast<double>(sinks[h]) - mx);
-    for (int64_t c = 0; c < nc; ++c) {
-      const double w = exp(static_cast<double>(ph[c * (D + 2) + D]) - mx);
-      wgt[c] = w;
-      den += w * ph[c * (D + 2) + D + 1];
+  if constexpr (kBatched) {
+    // The thread's first kMergeBatch chunk values are requested before the maxima and sums
+    // are reduced (they do not depend on them): both L2 round trips overlap.
+    float v[kMergeBatch];
+    auto load_batch = [&](int64_t d, int64_t c) {
+#pragma unroll
+      for (int j = 0; j < kMergeBatch; ++j) v[j] = d < D && c + j < nc ? ph[(c + j) * (D + 2) + d] : 0.0f;
+    };
+    load_batch(threadIdx.x, 0);
+    if (threadIdx.x < 32) {
+      const int lane = threadIdx.x;
+      double mx = sinks[h];
+      for (int64_t c = lane; c < nc; c += 32) mx = fmax(mx, static_cast<double>(ph[c * (D + 2) + D]));
+      for (int off = 16; off > 0; off >>= 1) mx = fmax(mx, __shfl_xor_sync(kFull, mx, off));
+      for (int64_t c = lane; c < nc; c += 32) {
+        const float m = ph[c * (D + 2) + D], l = ph[c * (D + 2) + D + 1];
+        wgt[c] = exp(static_cast<double>(m) - mx);
+        sum_sh[c] = l;
+      }
+      __syncwarp();
+      if (lane == 0) {
+        double den = exp(static_cast<double>(sinks[h]) - mx);
+        for (int64_t c = 0; c < nc; ++c) den += wgt[c] * sum_sh[c];
+        den_sh = den;
+      }
     }
-    den_sh = den;
-  }
-  __syncthreads();
-  const double den = den_sh;
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    double acc = 0.0;
-    for (int64_t c = 0; c < nc; ++c) acc += wgt[c] * ph[c * (D + 2) + d];
-    out_row[d] = static_cast<float>(acc / den);
+    __syncthreads();
+    const double den = den_sh;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+      double acc = 0.0;
+      for (int64_t c = 0; c < nc; c += kMergeBatch) {
+        if (d != threadIdx.x || c != 0) load_batch(d, c);
+#pragma unroll
+        for (int j = 0; j < kMergeBatch; ++j)
+          if (c + j < nc) acc += wgt[c + j] * v[j];
+      }
+      out_row[d] = static_cast<float>(acc / den);
+    }
+  } else {
+    if (threadIdx.x == 0) {
+      double mx = sinks[h];
+      for (int64_t c = 0; c < nc; ++c) mx = fmax(mx, static_cast<double>(ph[c * (D + 2) + D]));
+      double den = exp(static_cast<double>(sinks[h]) - mx);
+      for (int64_t c = 0; c < nc; ++c) {
+        const double w = exp(static_cast<double>(ph[c * (D + 2) + D]) - mx);
+        wgt[c] = w;
+        den += w * ph[c * (D + 2) + D + 1];
+      }
+      den_sh = den;
+    }
+    __syncthreads();
+    const double den = den_sh;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+      double acc = 0.0;
+      for (int64_t c = 0; c < nc; ++c) acc += wgt[c] * ph[c * (D + 2) + d];
+      out_row[d] = static_cast<float>(acc / den);
+    }
   }
   __syncthreads();
   // 3.4.9: V carries rotated tail dims; de-rotate at the query position.
@@ -982,6 +1087,14 @@ int float_type_code(GgmlType t) {
   return t == GgmlType::F32 ? 0 : t == GgmlType::F16 ? 1 : 2;
 }
 
+// DS4_CUDA_NO_BATCHED_LOADS set in the environment runs the kernels that stage rows with their
+// serial copy loops (one global round trip per element a thread copies; copy_batched above)
+// and the attention merge with its one-thread chunk loop: the same bits, an A/B switch.
+bool batched_loads() {
+  static const bool on = std::getenv("DS4_CUDA_NO_BATCHED_LOADS") == nullptr;
+  return on;
+}
+
 // Every kernel of this file is launched with programmatic dependent launch (pdl.h) and calls
 // pdl_enter() first; the decode step's ~30 launches per layer then overlap their ramps.
 template <class... KernelArgs, class... Args>
@@ -1079,7 +1192,7 @@ void rows_finish_jobs(const RowsJob* jobs, int n_jobs, const float* omega, const
     d = std::max(d, jobs[i].f.d);
   }
   launch(rows_finish_kernel, token_grid(rows, tokens), kThreads, static_cast<size_t>(d) * sizeof(float), stream, js,
-         omega, ctl);
+         omega, ctl, batched_loads());
 }
 
 void rows_finish(const RowFinish& f, const float* omega, const float* in, float* out, int64_t rows,
@@ -1091,7 +1204,7 @@ void rows_finish(const RowFinish& f, const float* omega, const float* in, float*
 void comp_store(const float* kv, const float* sc, const float* ape, int64_t width, int64_t ratio,
                 float* ring_kv, float* ring_sc, int64_t cap, const StepCtl* ctl, void* stream, int64_t tokens) {
   launch(comp_store_kernel, token_grid(grid_for(width), tokens), kThreads, 0, stream, kv, sc, ape, width, ratio, ring_kv, ring_sc, cap,
-         ctl);
+         ctl, batched_loads());
 }
 
 void comp_emit(const RowFinish& f, const float* omega, const float* ring_kv, const float* ring_sc,
@@ -1111,7 +1224,7 @@ void comp_store_emit(const CompJob* jobs, int n_jobs, const float* omega, int64_
     d_max = std::max(d_max, jobs[i].f.d);
   }
   launch(comp_store_emit_kernel, static_cast<unsigned>(n_jobs), kThreads, d_max * sizeof(float), stream, p, omega,
-         cap, ratio, ctl);
+         cap, ratio, ctl, batched_loads());
 }
 
 void idx_prep_q(float* q, int64_t NI, int64_t DI, int64_t n_rope, const float* omega, bool official,
@@ -1148,30 +1261,44 @@ size_t attention_scratch_floats(const AttnShape& s) {
   return static_cast<size_t>(s.NH * nchunks * (s.D + 2));
 }
 
-void attention(const AttnShape& s, const float* q, const float* ring, const float* comp, const int32_t* sel,
-               const int32_t* n_sel, const float* sinks, const float* omega, float* scratch, float* o,
-               const StepCtl* ctl, void* stream, int64_t tokens, int64_t sel_stride) {
+namespace {
+template <bool kBatched>
+void attention_launches(const AttnShape& s, const float* q, const float* ring, const float* comp, const int32_t* sel,
+                        const int32_t* n_sel, const float* sinks, const float* omega, float* scratch, float* o,
+                        const StepCtl* ctl, void* stream, int64_t tokens, int64_t sel_stride) {
   const float scale = 1.0f / sqrtf(static_cast<float>(s.D));
-  DS4_FWD_REQUIRE(tokens >= 1 && tokens <= 65535);
-  DS4_FWD_REQUIRE(s.D % 4 == 0);
   const int64_t nchunks = (std::max<int64_t>(s.max_rows, 1) + kAttnChunk - 1) / kAttnChunk;
   const size_t smem = attn_part_smem(s.D);
   // Above 48 KB of dynamic shared memory a kernel must opt in; once, before any capture
   // (the session's first step runs with plain launches).
   static const int max_smem = [] {
-    int dev = 0, optin = 0;
-    DS4_CUDA_CHECK(cudaGetDevice(&dev));
-    DS4_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    DS4_CUDA_CHECK(cudaFuncSetAttribute(attention_part_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+    const int optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+    DS4_CUDA_CHECK(
+        cudaFuncSetAttribute(attention_part_kernel<kBatched>, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
     return optin;
   }();
   DS4_FWD_REQUIRE(smem <= static_cast<size_t>(max_smem));
   const unsigned groups = static_cast<unsigned>((s.NH + kAttnHeads - 1) / kAttnHeads);
-  launch(attention_part_kernel, dim3(static_cast<unsigned>(nchunks), groups, static_cast<unsigned>(tokens)), kThreads,
-         smem, stream, s, scale, q, ring, comp, sel, n_sel, sel_stride, scratch, ctl);
-  const size_t msmem = static_cast<size_t>(nchunks) * sizeof(double) + static_cast<size_t>(s.D) * sizeof(float);
-  launch(attention_merge_kernel, token_grid(s.NH, tokens), kThreads, msmem, stream, s, sel, n_sel, sel_stride, sinks,
-         omega, scratch, static_cast<int>(nchunks), o, ctl);
+  launch(attention_part_kernel<kBatched>,
+         dim3(static_cast<unsigned>(nchunks), groups, static_cast<unsigned>(tokens)), kThreads, smem, stream, s,
+         scale, q, ring, comp, sel, n_sel, sel_stride, scratch, ctl);
+  const size_t msmem = static_cast<size_t>(nchunks) * (sizeof(double) + sizeof(float)) +
+                       static_cast<size_t>(s.D) * sizeof(float);
+  launch(attention_merge_kernel<kBatched>, token_grid(s.NH, tokens), kBatched ? kMergeThreads : kThreads, msmem,
+         stream, s, sel, n_sel, sel_stride, sinks, omega, scratch, static_cast<int>(nchunks), o, ctl);
+}
+}  // namespace
+
+void attention(const AttnShape& s, const float* q, const float* ring, const float* comp, const int32_t* sel,
+               const int32_t* n_sel, const float* sinks, const float* omega, float* scratch, float* o,
+               const StepCtl* ctl, void* stream, int64_t tokens, int64_t sel_stride) {
+  DS4_FWD_REQUIRE(tokens >= 1 && tokens <= 65535);
+  DS4_FWD_REQUIRE(s.D % 4 == 0);
+  if (batched_loads())
+    attention_launches<true>(s, q, ring, comp, sel, n_sel, sinks, omega, scratch, o, ctl, stream, tokens, sel_stride);
+  else
+    attention_launches<false>(s, q, ring, comp, sel, n_sel, sinks, omega, scratch, o, ctl, stream, tokens,
+                              sel_stride);
 }
 
 void route(const float* logits, int64_t NE, int64_t K, const float* bias, const int32_t* tid2eid, bool norm,
