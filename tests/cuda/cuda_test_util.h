@@ -13,7 +13,14 @@
 #include <vector>
 
 #include "backend/cuda/buffer.h"
+#include "backend/cuda/device.h"
 #include "core/thread_pool.h"
+
+// Skips the calling test, visibly, on a machine without a CUDA GPU.
+#define DS4_CUDA_REQUIRE_GPU()                                                                     \
+  do {                                                                                             \
+    if (::ds4::cuda::list_devices().empty()) GTEST_SKIP() << "no CUDA GPU on this machine: skipped"; \
+  } while (0)
 
 namespace ds4::cuda::test_util {
 

@@ -31,27 +31,7 @@
 namespace ds4::cuda::test_f16 {
 namespace {
 
-using test_util::compare;
-using test_util::download;
-using test_util::Err;
-using test_util::expect_close;
-using test_util::gaussian;
-using test_util::pool;
-using test_util::upload;
-
-#define REQUIRE_GPU()                                                                              \
-  do {                                                                                             \
-    if (list_devices().empty()) GTEST_SKIP() << "no CUDA GPU on this machine: skipped";           \
-  } while (0)
-
-// Sets DS4_CUDA_NO_F16_TC_GEMM for its lifetime (the f32 CUDA-core kernel).
-class NoF16TensorCores {
- public:
-  NoF16TensorCores() { setenv("DS4_CUDA_NO_F16_TC_GEMM", "1", 1); }
-  ~NoF16TensorCores() { unsetenv("DS4_CUDA_NO_F16_TC_GEMM"); }
-  NoF16TensorCores(const NoF16TensorCores&) = delete;
-  NoF16TensorCores& operator=(const NoF16TensorCores&) = delete;
-};
+using namespace test_util;  // random inputs, upload / download, the CPU comparison
 
 // Random F16 weights on the device and their bytes on the host.
 struct Weights {
@@ -108,7 +88,7 @@ void check_against_cpu(int64_t nrows, int64_t ncols, int64_t T, uint64_t seed, V
 }
 
 TEST(CudaF16TensorCoreGemm, ServesF16WeightsOnly) {
-  REQUIRE_GPU();
+  DS4_CUDA_REQUIRE_GPU();
   DeviceBuffer b(1 << 16);
   const uint8_t* p = static_cast<const uint8_t*>(b.data());
   EXPECT_TRUE(f16_tensor_core_gemm_serves(GgmlType::F16, 4096, p, p));
@@ -118,12 +98,12 @@ TEST(CudaF16TensorCoreGemm, ServesF16WeightsOnly) {
   EXPECT_FALSE(f16_tensor_core_gemm_serves(GgmlType::F16, 4096, p, p + 4));  // x not 16-byte aligned
   for (GgmlType t : {GgmlType::F32, GgmlType::BF16, GgmlType::Q8_0})
     EXPECT_FALSE(f16_tensor_core_gemm_serves(t, 4096, p, p)) << type_name(t);
-  NoF16TensorCores off;
+  ScopedSwitchOff off("DS4_CUDA_NO_F16_TC_GEMM");
   EXPECT_FALSE(f16_tensor_core_gemm_serves(GgmlType::F16, 4096, p, p));
 }
 
 TEST(CudaF16TensorCoreGemm, MatchesCpuMatmulAtPrefillShapes) {
-  REQUIRE_GPU();
+  DS4_CUDA_REQUIRE_GPU();
   uint64_t seed = 12000;
   for (int64_t T : {1, 7, 64, 130, 2048}) check_against_cpu(256, 4096, T, seed++);  // router
   check_against_cpu(1024, 4096, 300, seed++);  // CSA compressor kv / gate (2 x 512)
@@ -142,7 +122,7 @@ TEST(CudaF16TensorCoreGemm, MatchesCpuMatmulAtPrefillShapes) {
 // At most 32 rows (the HC fn product, which the prefill sends here directly): 16-token tiles
 // with the stage split over the warps; columns not a multiple of 256 take the wide tiles.
 TEST(CudaF16TensorCoreGemm, FewRowsMatchCpuMatmul) {
-  REQUIRE_GPU();
+  DS4_CUDA_REQUIRE_GPU();
   uint64_t seed = 12050;
   for (int64_t T : {1, 7, 2048}) check_against_cpu(24, 16384, T, seed++, Via::TensorCores);
   check_against_cpu(17, 4096, 33, seed++, Via::TensorCores);
@@ -154,7 +134,7 @@ TEST(CudaF16TensorCoreGemm, FewRowsMatchCpuMatmul) {
 // overflow), small (1e-3, 1e-30: lo would fall into f16's subnormals), all zero, and normal
 // ones beside them. Each row is compared with its own CPU row (the tolerance is relative).
 TEST(CudaF16TensorCoreGemm, RowsOutsideF16RangeKeepTheirPrecision) {
-  REQUIRE_GPU();
+  DS4_CUDA_REQUIRE_GPU();
   constexpr int64_t T = 70, K = 1024;
   const float mags[] = {1.0f, 1e6f, 1e-3f, 1e-30f, 0.0f, 3e4f, 0.2f};
   auto x = gaussian(T * K, 1.0f, 12101);
@@ -181,7 +161,7 @@ TEST(CudaF16TensorCoreGemm, RowsOutsideF16RangeKeepTheirPrecision) {
 // A token's row must not depend on T or on which tokens share the launch (rows that take the
 // rescaled second pass included), for both tile shapes.
 TEST(CudaF16TensorCoreGemm, TokenRowsBitIdenticalAcrossLaunches) {
-  REQUIRE_GPU();
+  DS4_CUDA_REQUIRE_GPU();
   struct Shape {
     int64_t nrows, K;
   };
@@ -208,8 +188,8 @@ TEST(CudaF16TensorCoreGemm, TokenRowsBitIdenticalAcrossLaunches) {
 // With the switch set, the same products run on the f32 CUDA-core kernel, which matches the
 // CPU too.
 TEST(CudaF16TensorCoreGemm, SwitchedOffStillMatchesCpu) {
-  REQUIRE_GPU();
-  NoF16TensorCores off;
+  DS4_CUDA_REQUIRE_GPU();
+  ScopedSwitchOff off("DS4_CUDA_NO_F16_TC_GEMM");
   const Weights w(256, 4096, 12300);
   const auto x = gaussian(64 * 4096, 1.0f, 12301);
   expect_close(gpu_product(w, upload(x), 64), cpu_product(w, x, 64), "switched off");

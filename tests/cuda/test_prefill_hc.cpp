@@ -16,22 +16,13 @@
 #include "backend/cuda/prefill_kernels.h"
 #include "cuda/cuda_test_util.h"
 
+namespace ds4::cuda {
 namespace {
 
-using ds4::cuda::DeviceBuffer;
-using ds4::cuda::test_util::download;
-using ds4::cuda::test_util::gaussian;
-using ds4::cuda::test_util::upload;
-namespace fwd = ds4::cuda::fwd;
-namespace pre = ds4::cuda::pre;
-
-#define REQUIRE_GPU()                                                                              \
-  do {                                                                                             \
-    if (ds4::cuda::list_devices().empty()) GTEST_SKIP() << "no CUDA GPU on this machine: skipped"; \
-  } while (0)
+using namespace test_util;  // random inputs, upload / download
 
 TEST(PrefillHc, PostEqualsTokenDimensionDecodeKernel) {
-  REQUIRE_GPU();
+  DS4_CUDA_REQUIRE_GPU();
   struct Shape {
     int nc;
     int64_t E, T;
@@ -49,7 +40,7 @@ TEST(PrefillHc, PostEqualsTokenDimensionDecodeKernel) {
     got.fill_bytes(0xFF);
     fwd::hc_post(sh, f.as<float>(), H.as<float>(), post.as<float>(), comb.as<float>(), want.as<float>(), nullptr, c.T);
     pre::hc_post(sh, f.as<float>(), H.as<float>(), post.as<float>(), comb.as<float>(), got.as<float>(), c.T, nullptr);
-    ds4::cuda::device_synchronize();
+    device_synchronize();
     const auto w = download<float>(want, size_t(nH)), g = download<float>(got, size_t(nH));
     EXPECT_EQ(std::memcmp(w.data(), g.data(), w.size() * sizeof(float)), 0)
         << "nc " << c.nc << " E " << c.E << " T " << c.T;
@@ -59,7 +50,7 @@ TEST(PrefillHc, PostEqualsTokenDimensionDecodeKernel) {
 }
 
 TEST(PrefillHc, PreNormEqualsTokenDimensionDecodeKernels) {
-  REQUIRE_GPU();
+  DS4_CUDA_REQUIRE_GPU();
   struct Shape {
     int nc;
     int64_t E, T;
@@ -94,7 +85,7 @@ TEST(PrefillHc, PreNormEqualsTokenDimensionDecodeKernels) {
     fwd::rmsnorm(a.as<float>(), norm.as<float>(), want.x.as<float>(), c.E, c.T, sh.rms_eps, nullptr);
     pre::hc_pre_norm(sh, mix_new.as<float>(), H.as<float>(), base.as<float>(), scale.as<float>(), norm.as<float>(),
                      got.x.as<float>(), got.post.as<float>(), got.comb.as<float>(), c.T, nullptr);
-    ds4::cuda::device_synchronize();
+    device_synchronize();
     const std::string what = "nc " + std::to_string(c.nc) + " E " + std::to_string(c.E) + " T " + std::to_string(c.T);
     for (auto [w, g, n, name] : {std::tuple{&want.x, &got.x, c.T * c.E, "x"},
                                  std::tuple{&want.post, &got.post, c.T * c.nc, "post"},
@@ -109,3 +100,4 @@ TEST(PrefillHc, PreNormEqualsTokenDimensionDecodeKernels) {
 }
 
 }  // namespace
+}  // namespace ds4::cuda
