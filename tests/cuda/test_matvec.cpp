@@ -393,6 +393,21 @@ TEST(CudaMoe, FusedExpertsMatchCpuComposition) {
   }
 }
 
+// y of one moe_fused call (workspace and y filled with 0xFF first: a value not written, or
+// read before it is written, shows).
+std::vector<float> run_moe_fused(const MoeShape& s, const Experts& e, const DeviceBuffer& ids, const DeviceBuffer& w,
+                                 const SharedExpert* shared, const DeviceBuffer& x) {
+  DeviceBuffer ws(moe_fused_workspace_bytes(s, shared));
+  ws.fill_bytes(0xFF);
+  DeviceBuffer dy(size_t(s.n_embd) * sizeof(float));
+  dy.fill_bytes(0xFF);
+  moe_fused(s, e.gate.data(), e.up.data(), e.down.data(), ids.as<int32_t>(), w.as<float>(), shared, x.as<float>(),
+            dy.as<float>(), ws.data());
+  check_last_error("moe_fused");
+  device_synchronize();
+  return download<float>(dy, size_t(s.n_embd));
+}
+
 size_t count_bit_differences(const std::vector<float>& a, const std::vector<float>& b) {
   size_t n = 0;
   for (size_t i = 0; i < a.size(); ++i) n += std::memcmp(&a[i], &b[i], sizeof(float)) != 0;
@@ -426,18 +441,8 @@ TEST(CudaMoe, TwoLaunchMoeMatchesSeparateLaunchesAndCpu) {
     ASSERT_TRUE(moe_fused_supported(s, nullptr)) << what;
     const auto x = gaussian(s.n_embd, 3.0f, 123);
     DeviceBuffer dids = upload(ids), dw = upload(route_w), dx = upload(x), d0 = upload(shared_id), d1 = upload(one);
-    auto run = [&](bool with_shared) {
-      DeviceBuffer ws(moe_fused_workspace_bytes(s, with_shared ? &shared : nullptr));
-      ws.fill_bytes(0xFF);
-      DeviceBuffer dy(size_t(s.n_embd) * sizeof(float));
-      dy.fill_bytes(0xFF);
-      moe_fused(s, e.gate.data(), e.up.data(), e.down.data(), dids.as<int32_t>(), dw.as<float>(),
-                with_shared ? &shared : nullptr, dx.as<float>(), dy.as<float>(), ws.data());
-      check_last_error("moe_fused");
-      device_synchronize();
-      return download<float>(dy, size_t(s.n_embd));
-    };
-    const std::vector<float> fused = run(true), fused_routed = run(false);
+    const std::vector<float> fused = run_moe_fused(s, e, dids, dw, &shared, dx),
+                             fused_routed = run_moe_fused(s, e, dids, dw, nullptr, dx);
 
     // The separate launches.
     MoeShape s1 = s;
@@ -520,21 +525,12 @@ TEST(CudaMoe, V2KernelsMatchPreviousKernelsBitForBit) {
       route_w[k] = 0.05f + 0.03f * float(k);
     }
     DeviceBuffer dids = upload(ids), dw = upload(route_w);
-    auto run = [&](bool with_shared) {
-      DeviceBuffer ws(moe_fused_workspace_bytes(s, with_shared ? &shared : nullptr));
-      DeviceBuffer dy(size_t(s.n_embd) * sizeof(float));
-      dy.fill_bytes(0xFF);
-      moe_fused(s, e.gate.data(), e.up.data(), e.down.data(), dids.as<int32_t>(), dw.as<float>(),
-                with_shared ? &shared : nullptr, dx.as<float>(), dy.as<float>(), ws.data());
-      check_last_error("moe_fused");
-      device_synchronize();
-      return download<float>(dy, size_t(s.n_embd));
-    };
     for (const bool with_shared : {true, false}) {
+      const SharedExpert* sp = with_shared ? &shared : nullptr;
       std::vector<float> before;
       {
         const ScopedEnv off("DS4_CUDA_NO_MOE_V2", "1");
-        before = run(with_shared);
+        before = run_moe_fused(s, e, dids, dw, sp, dx);
       }
       const std::string what = std::string(type_name(s.gate_up_type)) + "/" + std::string(type_name(s.down_type)) +
                                " x " + std::to_string(c.n_used) + (with_shared ? " + shared" : " routed");
@@ -542,7 +538,7 @@ TEST(CudaMoe, V2KernelsMatchPreviousKernelsBitForBit) {
       const std::pair<const char*, const char*> shapes[] = {{"", ""}, {"8", "1"}, {"24", "4"}, {"16", "2"}};
       for (const auto& [warps, stages] : shapes) {
         const ScopedEnv w("DS4_CUDA_MOE_WARPS", warps), st("DS4_CUDA_MOE_STAGES", stages);
-        EXPECT_EQ(count_bit_differences(run(with_shared), before), 0u)
+        EXPECT_EQ(count_bit_differences(run_moe_fused(s, e, dids, dw, sp, dx), before), 0u)
             << what << ", warps " << warps << ", stages " << stages;
       }
     }

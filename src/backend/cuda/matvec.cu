@@ -23,6 +23,7 @@
 
 #include "backend/cuda/bulk_copy.cuh"
 #include "backend/cuda/check.h"
+#include "backend/cuda/device_attribute.h"
 #include "backend/cuda/kernel_tables.h"
 #include "backend/cuda/matvec.h"
 #include "backend/cuda/matvec_launch.h"
@@ -1532,15 +1533,7 @@ size_t fused_down_smem(const FusedMoe& m) {
          (m.has_shared ? align16(size_t(m.shared.n_ff / 256) * span_bytes<KQ8_0>()) : 0);
 }
 
-int smem_optin() {  // per process, as sm_count()
-  static const int bytes = [] {
-    int dev = 0, b = 0;
-    DS4_CUDA_CHECK(cudaGetDevice(&dev));
-    DS4_CUDA_CHECK(cudaDeviceGetAttribute(&b, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    return b;
-  }();
-  return bytes;
-}
+int smem_optin() { return device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin); }
 
 // DS4_CUDA_NO_MOE_V2=1 runs the MoE kernels before v2 (A/B switch, read at each launch).
 // For measurements, DS4_CUDA_MOE_WARPS / DS4_CUDA_MOE_DOWN_WARPS (warps per block of the
