@@ -224,6 +224,50 @@ TEST(CudaSkinnyGemm, TokenRowsBitIdenticalAcrossLaunches) {
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// The warp-specialized GEMM (opt-in, DS4_CUDA_GEMM_WS=1; persistent grid, and one CTA per tile
+// with DS4_CUDA_NO_GEMM_PERSISTENT=1) against the default kernel: their MMA warps run the same
+// products in the same order, so every output must be the same bits (the default matches the
+// CPU: the tests above).
+// ---------------------------------------------------------------------------------------
+std::vector<float> run_matmul_q(const Case& c, int64_t T, const DeviceBuffer& dw, const DeviceBuffer& act) {
+  DeviceBuffer dy(size_t(T * c.nrows) * sizeof(float));
+  dy.fill_bytes(0xFF);
+  matmul_q(c.type, dw.data(), c.nrows, c.ncols, act.data(), T, dy.as<float>());
+  check_last_error("matmul_q");
+  device_synchronize();
+  return download<float>(dy, size_t(T * c.nrows));
+}
+
+TEST(CudaMatmulWs, BitIdenticalToDefaultKernel) {
+  DS4_REQUIRE_GPU();
+  uint64_t seed = 9600;
+  std::vector<Case> cases;
+  for (const Case& c : flash_cases())
+    if (activation_bytes(c.type, c.ncols) > 0 && c.nrows * c.ncols <= 8192 * 4096 / 2) cases.push_back(c);
+  for (const Case& c : odd_cases())
+    if (activation_bytes(c.type, c.ncols) > 0) cases.push_back(c);
+  for (const Case& c : cases) {
+    for (int64_t T : {int64_t(1), int64_t(37), int64_t(130), int64_t(2048)}) {
+      const size_t wbytes = row_bytes(c.type, c.ncols) * size_t(c.nrows);
+      DeviceBuffer dw(wbytes);
+      fill_random_weights(c.type, dw.data(), c.nrows, c.ncols, seed++);
+      DeviceBuffer dx = upload(gaussian(T * c.ncols, 1.0f, uint32_t(seed++)));
+      DeviceBuffer act(activation_bytes(c.type, c.ncols) * size_t(T));
+      quantize_activation(c.type, dx.as<float>(), act.data(), T * c.ncols);
+      const auto base = run_matmul_q(c, T, dw, act);
+      test_util::ScopedSwitchOff ws_kernel("DS4_CUDA_GEMM_WS");  // sets it to 1: the opt-in kernel
+      const auto persistent = run_matmul_q(c, T, dw, act);
+      EXPECT_EQ(std::memcmp(base.data(), persistent.data(), base.size() * sizeof(float)), 0)
+          << type_name(c.type) << " " << c.nrows << "x" << c.ncols << " T=" << T;
+      test_util::ScopedSwitchOff per_tile("DS4_CUDA_NO_GEMM_PERSISTENT");
+      const auto one_tile = run_matmul_q(c, T, dw, act);
+      EXPECT_EQ(std::memcmp(base.data(), one_tile.data(), base.size() * sizeof(float)), 0)
+          << type_name(c.type) << " " << c.nrows << "x" << c.ncols << " T=" << T << " (one CTA per tile)";
+    }
+  }
+}
+
 TEST(CudaMatmul, RejectsBadArguments) {
   DS4_REQUIRE_GPU();
   DeviceBuffer b(1 << 16);
@@ -410,6 +454,29 @@ TEST(CudaMoeBatch, FlashRoutingShape) {
   // 256 experts, top-6, 512 tokens: most experts hold a partial tile.
   MoeCase c = make_case(GgmlType::IQ2_XXS, GgmlType::Q2_K, 256, 6, 512, 77);
   check_moe(c, "flash 256x6 T=512");
+}
+
+// The grouped layer through both GEMM kernels: the same bits (see CudaMatmulWs). 512 tokens
+// over 256 experts: most tiles hold fewer than 32 tokens, whose empty n-tiles the
+// warp-specialized kernel skips.
+TEST(CudaMoeBatch, WarpSpecializedKernelBitIdentical) {
+  DS4_REQUIRE_GPU();
+  MoeCase c = make_case(GgmlType::IQ2_XXS, GgmlType::Q2_K, 256, 6, 512, 79);
+  DeviceBuffer dids = upload(c.ids), drw = upload(c.rw), dx = upload(c.x);
+  DeviceBuffer ws(moe_batch_workspace_bytes(c.s, c.T));
+  auto run = [&] {
+    DeviceBuffer dy(size_t(c.T * c.s.n_embd) * sizeof(float));
+    dy.fill_bytes(0xFF);
+    moe_experts_batch(c.s, c.dg.data(), c.du.data(), c.dd.data(), dids.as<int32_t>(), drw.as<float>(),
+                      dx.as<float>(), c.T, dy.as<float>(), ws.data());
+    check_last_error("moe_experts_batch");
+    device_synchronize();
+    return download<float>(dy, size_t(c.T * c.s.n_embd));
+  };
+  const auto base = run();
+  test_util::ScopedSwitchOff ws_kernel("DS4_CUDA_GEMM_WS");  // sets it to 1: the opt-in kernel
+  const auto persistent = run();
+  EXPECT_EQ(std::memcmp(base.data(), persistent.data(), base.size() * sizeof(float)), 0) << "warp-specialized";
 }
 
 TEST(CudaMoeBatch, SharedExpertAndSkippedIds) {

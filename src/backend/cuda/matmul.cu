@@ -16,15 +16,19 @@
 //    one 32-block per chunk). The K-quant min term sum_s m_s*bsums_s is an f16 m16n8k16 MMA
 //    of small integers (|m| <= 63, |bsums| <= 2048, exact in f16; sums < 2^24, exact in f32).
 // Two CTAs fit per SM (at most about 110 KB of shared memory each), so one CTA's decode
-// overlaps the other's MMAs. Measurements and the remaining gap: docs/cuda.md, "Prefill GEMMs".
+// overlaps the other's MMAs. A warp-specialized variant (mm_kernel_ws, opt-in) gives the same
+// bits but was slower.
+// Measurements and the remaining gap: docs/cuda.md, "Prefill GEMMs".
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 
 #include "backend/cuda/check.h"
+#include "backend/cuda/device_attribute.h"
 #include "backend/cuda/kernel_tables.h"
 #include "backend/cuda/matmul_launch.h"
 #include "backend/cuda/mma.cuh"
@@ -196,9 +200,11 @@ struct DIQ2_XXS {  // chunk = group g: 4 grid bytes + u32 {4 x 7 sign bits, 4-bi
       const uint64_t gv = t.grid[(a0 >> (8 * k)) & 0xFF];
       const uint64_t m = t.signs[(a1 >> (7 * k)) & 127];
       const uint32_t mlo = uint32_t(m), mhi = uint32_t(m >> 32);
-      // (g ^ m) - m per byte negates exactly the bytes whose mask is 0xFF.
-      w[2 * k] = __vsub4(uint32_t(gv) ^ mlo, mlo);
-      w[2 * k + 1] = __vsub4(uint32_t(gv >> 32) ^ mhi, mhi);
+      // (g ^ m) + (m & 1) per byte negates exactly the bytes whose mask is 0xFF: ~g + 1 = -g,
+      // and no byte carries into the next (grid bytes are 8..43, so ~g + 1 <= 248). Three
+      // integer instructions where __vsub4 is emulated with more.
+      w[2 * k] = (uint32_t(gv) ^ mlo) + (mlo & 0x01010101u);
+      w[2 * k + 1] = (uint32_t(gv >> 32) ^ mhi) + (mhi & 0x01010101u);
     }
     isc = 2 * int(a1 >> 28) + 1;
   }
@@ -229,9 +235,9 @@ struct PlainPlan {
   int64_t T;
   float* y;
   static constexpr bool kGateUp = false;
-  __device__ bool tile(Tile& t) const {
-    t.n0 = int64_t(blockIdx.x) * BN;
-    t.m0 = int64_t(blockIdx.y) * BM;
+  __device__ bool tile(Tile& t, unsigned bx, unsigned by) const {
+    t.n0 = int64_t(bx) * BN;
+    t.m0 = int64_t(by) * BM;
     t.nn = int(std::min<int64_t>(BN, T - t.n0));
     t.e = 0;
     return true;
@@ -264,13 +270,13 @@ struct GateUpPlan {
   float* h;
   float limit;
   static constexpr bool kGateUp = true;
-  __device__ bool tile(Tile& t) const {
-    if (int(blockIdx.y) >= __ldg(ctrl)) return false;
-    const int4 d = tiles[blockIdx.y];
+  __device__ bool tile(Tile& t, unsigned bx, unsigned by) const {
+    if (int(by) >= __ldg(ctrl)) return false;
+    const int4 d = tiles[by];
     t.e = d.x;
     t.n0 = d.y;
     t.nn = d.z;
-    t.m0 = int64_t(blockIdx.x) * (BM / 2);
+    t.m0 = int64_t(bx) * (BM / 2);
     return true;
   }
   __device__ const uint8_t* wrow(const Tile& t, int a) const {
@@ -303,13 +309,13 @@ struct DownPlan {
   const int4* tiles;
   float* z;
   static constexpr bool kGateUp = false;
-  __device__ bool tile(Tile& t) const {
-    if (int(blockIdx.y) >= __ldg(ctrl)) return false;
-    const int4 d = tiles[blockIdx.y];
+  __device__ bool tile(Tile& t, unsigned bx, unsigned by) const {
+    if (int(by) >= __ldg(ctrl)) return false;
+    const int4 d = tiles[by];
     t.e = d.x;
     t.n0 = d.y;
     t.nn = d.z;
-    t.m0 = int64_t(blockIdx.x) * BM;
+    t.m0 = int64_t(bx) * BM;
     return true;
   }
   __device__ const uint8_t* wrow(const Tile& t, int a) const {
@@ -342,11 +348,24 @@ __device__ __forceinline__ void mma_s8(int (&d)[4], const uint32_t (&a)[4], cons
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// Shared-memory layout of one CTA (bytes). One raw stage buffer: the next stage's weight bytes
-// are copied (cp.async) while the current stage's MMAs run. The activation tile (qs, scales,
-// bsums) is double-buffered: stage s+1's copy is issued together with the weights, before
-// stage s's MMAs, so its L2 latency is hidden too. Arrays a type does not use take no room
-// (Q8_0 must stay under ~113 KB for two CTAs per SM).
+// Pointers to one stage's tiles in shared memory: the decoded weights (int8, swizzled, with
+// their chunk and block scales and min codes) and the activation tile (qs, scales, bsums).
+struct StageTiles {
+  uint8_t* a;    // [BM][BK] int8 weights, swizzled (swz)
+  uint8_t* wsc;  // [BM][SS] f32 or int chunk scales
+  float* wd;     // [BM] block d (K-quants)
+  float* wdm;    // [BM] block dmin (K-quants)
+  __half* mn;    // [BM][MS] min codes (Q2_K, Q4_K)
+  uint8_t* b;    // [BN][BK] int8 activation qs, swizzled
+  float* xsc;    // [BN][SS] activation scales
+  uint8_t* bs;   // [BN][MS] int16 bsums (Q2_K, Q4_K)
+};
+
+// Shared-memory layout of one CTA of mm_kernel (bytes). One raw stage buffer: the next stage's
+// weight bytes are copied (cp.async) while the current stage's MMAs run. The activation tile
+// (qs, scales, bsums) is double-buffered: stage s+1's copy is issued together with the
+// weights, before stage s's MMAs, so its L2 latency is hidden too. Arrays a type does not use
+// take no room (Q8_0 must stay under ~113 KB for two CTAs per SM).
 template <class K>
 struct Smem {
   static constexpr bool kKq = K::BE == 256;
@@ -368,6 +387,17 @@ struct Smem {
   static constexpr int GRID = DELTA + BM * 4;           // IQ2_XXS tables
   static constexpr int SIGN = GRID + (K::kTables ? 256 * 8 : 0);
   static constexpr int BYTES = SIGN + (K::kTables ? 128 * 8 : 0);
+  // The single weight tile with activation buffer buf.
+  __device__ static StageTiles tiles(uint8_t* sm, int buf) {
+    return {sm + A,
+            sm + WSC,
+            reinterpret_cast<float*>(sm + WD),
+            reinterpret_cast<float*>(sm + WDM),
+            reinterpret_cast<__half*>(sm + MIN),
+            sm + B + buf * BBUF,
+            reinterpret_cast<float*>(sm + XSC + buf * XBUF),
+            sm + BS + buf * SBUF};
+  }
 };
 
 __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
@@ -381,23 +411,26 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+// All but the most recently committed group.
+__device__ __forceinline__ void cp_async_wait_one() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
 
-// Issues the copies of stage s of every tile row: warp w takes rows w, w+8, ...; the lanes
-// copy vw-byte words covering [start, start + bytes) from the aligned word below start (any
-// block alignment works; the covering words never leave an aligned word holding a valid
-// byte, so they stay inside the allocation). delta[a] records where the stage begins.
-template <class K>
-__device__ __forceinline__ void issue_raw(const uint8_t* const* rows, int s, int bytes, int vw, uint8_t* sm) {
+// Issues the copies of stage s of every tile row into raw (rows RS bytes apart), NT threads
+// with index tid: warp w takes rows w, w + NT/32, ...; the lanes copy vw-byte words covering
+// [start, start + bytes) from the aligned word below start (any block alignment works; the
+// covering words never leave an aligned word holding a valid byte, so they stay inside the
+// allocation). delta[a] records where the stage begins.
+template <class K, int NT>
+__device__ __forceinline__ void issue_raw(const uint8_t* const* rows, int s, int bytes, int vw, uint8_t* raw,
+                                          int* delta, int tid) {
   using L = Smem<K>;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  int* delta = reinterpret_cast<int*>(sm + L::DELTA);
-  for (int a = warp; a < BM; a += kThreads / 32) {
+  const int warp = tid >> 5, lane = tid & 31;
+  for (int a = warp; a < BM; a += NT / 32) {
     const uint8_t* src = rows[a];
     if (src == nullptr) continue;
     src += size_t(s) * L::SB;
     const int d = int(reinterpret_cast<uintptr_t>(src) & uintptr_t(vw - 1));
     const uint8_t* base = src - d;
-    uint8_t* dst = sm + L::RAW + a * L::RS;
+    uint8_t* dst = raw + a * L::RS;
     if (lane == 0) delta[a] = d;
     const int nw = (d + bytes + vw - 1) / vw;
     if (vw == 16) {
@@ -413,38 +446,37 @@ __device__ __forceinline__ void issue_raw(const uint8_t* const* rows, int s, int
 // Fast path of issue_raw when every row start is aligned to K::VW (all DS4 shapes): the
 // stage's start offset within an aligned word is the same for every row, and each thread
 // takes fixed (row, word) slots, so a stage costs a few instructions per thread.
-template <class K>
-__device__ __forceinline__ void issue_raw_aligned(const uint8_t* const* rows, int s, int bytes, int d, uint8_t* sm) {
+template <class K, int NT>
+__device__ __forceinline__ void issue_raw_aligned(const uint8_t* const* rows, int s, int bytes, int d, uint8_t* raw,
+                                                  int tid) {
   using L = Smem<K>;
   constexpr int VW = K::VW;
   constexpr int NWM = L::SB % VW == 0 ? L::SB / VW : L::SB / VW + 2;  // words per row, at most
   const int nw = (d + bytes + VW - 1) / VW;
 #pragma unroll 1  // cp.async needs no registers in flight; unrolling only raises register pressure
-  for (int i = 0; i < (BM * NWM + kThreads - 1) / kThreads; ++i) {
-    const int idx = threadIdx.x + kThreads * i;
+  for (int i = 0; i < (BM * NWM + NT - 1) / NT; ++i) {
+    const int idx = tid + NT * i;
     const int a = idx / NWM, w = idx - a * NWM;
     if (a >= BM || w >= nw) continue;
     const uint8_t* src = rows[a];
     if (src == nullptr) continue;
     src += size_t(s) * L::SB - d + size_t(w) * VW;
-    uint8_t* dst = sm + L::RAW + a * L::RS + w * VW;
+    uint8_t* dst = raw + a * L::RS + w * VW;
     if constexpr (VW == 16) cp_async16(dst, src);
     else if constexpr (VW == 8) cp_async8(dst, src);
     else cp_async4(dst, src);
   }
 }
 
-// Issues the copies of stage s of the activation tile (qs, scales, bsums); rows past the
-// tile's tokens and chunks past the matrix are zeroed instead.
-// Buffer buf (stage parity) receives it.
-template <class K, class P>
-__device__ __forceinline__ void issue_act(const P& p, const Tile& t, int s, int nch, int buf, uint8_t* sm) {
-  using L = Smem<K>;
-  float* xsc = reinterpret_cast<float*>(sm + L::XSC + buf * L::XBUF);
-  uint8_t* bt = sm + L::B + buf * L::BBUF;
+// Issues the copies of stage s of the activation tile (qs, scales, bsums) into st.b, st.xsc,
+// st.bs; rows past the tile's tokens and chunks past the matrix are zeroed instead.
+template <class K, int NT, class P>
+__device__ __forceinline__ void issue_act(const P& p, const Tile& t, int s, int nch, const StageTiles& st, int tid) {
+  float* xsc = st.xsc;
+  uint8_t* bt = st.b;
 #pragma unroll
-  for (int i = 0; i < (BN * 8) / kThreads; ++i) {
-    const int u = threadIdx.x + kThreads * i, n = u >> 3, j = u & 7;
+  for (int i = 0; i < (BN * 8) / NT; ++i) {
+    const int u = tid + NT * i, n = u >> 3, j = u & 7;
     // Chunk j of row n = 16-byte units 2j, 2j+1 (swizzled).
     uint32_t* d0 = reinterpret_cast<uint32_t*>(bt + swz(n, 2 * j));
     uint32_t* d1 = reinterpret_cast<uint32_t*>(bt + swz(n, 2 * j + 1));
@@ -463,7 +495,7 @@ __device__ __forceinline__ void issue_act(const P& p, const Tile& t, int s, int 
         xsc[n * SS + j] = 0.0f;
       }
     } else {
-      uint32_t* bs = reinterpret_cast<uint32_t*>(sm + L::BS + buf * L::SBUF + n * MS * 2);
+      uint32_t* bs = reinterpret_cast<uint32_t*>(st.bs + n * MS * 2);
       if (n < t.nn) {
         const uint8_t* blk = p.arow(t, n) + size_t(s) * sizeof(BlockQ8_K);
 #pragma unroll
@@ -494,6 +526,254 @@ __device__ __forceinline__ uint32_t bsums_to_h2(uint32_t w) {
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
+// Elements of stage s (the last stage of a K that is not a multiple of BK is shorter).
+__device__ __forceinline__ int stage_elems(int64_t ncols, int s) {
+  return int(std::min<int64_t>(BK, ncols - int64_t(s) * BK));
+}
+// Start offset of stage s inside its aligned K::VW-byte word (the aligned copy path: the same
+// for every row).
+template <class K>
+__device__ __forceinline__ int stage_start(int s) {
+  return int((size_t(s) * Smem<K>::SB) % K::VW);
+}
+
+// The IQ2_XXS tables copied to shared memory by the NT threads of the CTA (no-op otherwise).
+template <class K, int NT>
+__device__ __forceinline__ Tabs load_tables(uint8_t* grid, uint8_t* sign, int tid) {
+  if constexpr (!K::kTables) {
+    return Tabs{nullptr, nullptr};
+  } else {
+    uint64_t* gs = reinterpret_cast<uint64_t*>(grid);
+    uint64_t* ss = reinterpret_cast<uint64_t*>(sign);
+    for (int i = tid; i < 256; i += NT) gs[i] = g_grid[i];
+    for (int i = tid; i < 128; i += NT) ss[i] = g_sign_mask[i];
+    return Tabs{gs, ss};
+  }
+}
+
+// Decodes the stage's raw bytes (raw: rows RS bytes apart; the stage of row a starts at d, the
+// same for every row on the aligned path (vw == 0), else at delta[a]) into st's weight tile
+// and scales; NT threads with index tid, unit (row a, chunk j) each.
+template <class K, int NT>
+__device__ __forceinline__ void decode_stage(const uint8_t* const* rows, const uint8_t* raw, const int* delta, int vw,
+                                             int d, int nch, const Tabs& tabs, const StageTiles& st, int tid) {
+  using L = Smem<K>;
+#pragma unroll
+  for (int i = 0; i < (BM * 8) / NT; ++i) {
+    const int u = tid + NT * i, a = u >> 3, j = u & 7;
+    uint32_t w[8];
+    float fsc = 0.0f;
+    int isc = 0;
+    const bool ok = rows[a] != nullptr && j < nch;
+    const uint8_t* rr = raw + a * L::RS + (rows[a] == nullptr ? 0 : vw == 0 ? d : delta[a]);
+    if (ok) {
+      K::decode(rr, j, w, fsc, isc, tabs);
+    } else {
+#pragma unroll
+      for (int q = 0; q < 8; ++q) w[q] = 0;
+    }
+    *reinterpret_cast<uint4*>(st.a + swz(a, 2 * j)) = make_uint4(w[0], w[1], w[2], w[3]);
+    *reinterpret_cast<uint4*>(st.a + swz(a, 2 * j + 1)) = make_uint4(w[4], w[5], w[6], w[7]);
+    if constexpr (K::kKind == kFloatChunk) reinterpret_cast<float*>(st.wsc)[a * SS + j] = fsc;
+    if constexpr (K::kKind == kIntChunk) reinterpret_cast<int*>(st.wsc)[a * SS + j] = isc;
+    if constexpr (K::BE == 256) {
+      if (j == 0) {
+        float bd = 0.0f, bdmin = 0.0f;
+        if (ok) K::meta(rr, bd, bdmin);
+        st.wd[a] = bd;
+        st.wdm[a] = bdmin;
+      }
+    }
+    if constexpr (K::kMins) {
+      int m0 = 0, m1 = 0;
+      if (ok) K::mins(rr, j, m0, m1);
+      __half* mn = st.mn + a * MS;
+      mn[2 * j] = __int2half_rn(m0);
+      mn[2 * j + 1] = __int2half_rn(m1);
+    }
+  }
+}
+
+// Accumulators of one MMA warp (32 rows x 32 tokens): acc holds the float sums, bi the
+// current K-quant block's int32 sums.
+struct WarpAcc {
+  float acc[2][4][4];
+  int bi[2][4][4];
+  __device__ void zero() {
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int v = 0; v < 4; ++v) {
+          acc[mt][nt][v] = 0.0f;
+          bi[mt][nt][v] = 0;
+        }
+  }
+};
+
+// The MMAs of one stage for MMA warp `warp` (0..7: rows 32 (warp & 3), tokens 32 (warp >> 2)).
+// kSkip: n-tiles (8 tokens) at or past `live` hold no token of the tile and are skipped (their
+// outputs are never stored); without it every n-tile is multiplied.
+template <class K, bool kSkip>
+__device__ __forceinline__ void mma_stage(const StageTiles& st, int nch, int live, int warp, WarpAcc& wa) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int wm = warp & 3, wn = warp >> 2;
+  auto& acc = wa.acc;
+  auto& bi = wa.bi;
+  const uint8_t* As = st.a;
+  const uint8_t* Bs = st.b;
+  const float* wsc = reinterpret_cast<const float*>(st.wsc);
+  const int* isc = reinterpret_cast<const int*>(st.wsc);
+  const float* xsc = st.xsc;
+  auto mma_chunk = [&](int j) {
+    // ldmatrix: A (16 rows x 32 bytes) as four 8x8 b16 matrices {rows 0-7, 8-15} x {bytes
+    // 0-15, 16-31} gives exactly the m16n8k32 s8 A fragment; B likewise two n-tiles at once.
+    uint32_t af[2][4], bf[4][2];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+      ldmatrix_x4(af[mt], As + swz(wm * 32 + mt * 16 + (lane & 15), 2 * j + (lane >> 4)));
+#pragma unroll
+    for (int np = 0; np < 2; ++np) {
+      uint32_t r[4];
+      ldmatrix_x4(r, Bs + swz(wn * 32 + np * 16 + (lane & 7) + 8 * (lane >> 4), 2 * j + ((lane >> 3) & 1)));
+      bf[2 * np][0] = r[0];
+      bf[2 * np][1] = r[1];
+      bf[2 * np + 1][0] = r[2];
+      bf[2 * np + 1][1] = r[3];
+    }
+    if constexpr (K::kKind == kFolded) {
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt)
+          if (!kSkip || nt < live) mma_s8(bi[mt][nt], af[mt], bf[nt]);
+    } else {
+      float ws[2][2], xs[4][2];
+      int is[2][2];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int r = wm * 32 + mt * 16 + g + 8 * h;
+          if constexpr (K::kKind == kFloatChunk) ws[mt][h] = wsc[r * SS + j];
+          else is[mt][h] = isc[r * SS + j];
+        }
+      if constexpr (K::kKind == kFloatChunk) {
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) xs[nt][h] = xsc[(wn * 32 + nt * 8 + 2 * c + h) * SS + j];
+      }
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          if (kSkip && nt >= live) continue;
+          int pp[4];
+          // Float chunks: the MMA starts from the bits of 1.5 * 2^23, so pp holds the f32
+          // 1.5 * 2^23 + sum exactly (|sum| < 2^22) and one subtraction gives float(sum)
+          // (no integer add, no quarter-rate I2F).
+          mma_s8_c(pp, af[mt], bf[nt], K::kKind == kFloatChunk ? kMagicBits : 0);
+#pragma unroll
+          for (int v = 0; v < 4; ++v) {
+            if constexpr (K::kKind == kFloatChunk)
+              acc[mt][nt][v] = fmaf(ws[mt][v >> 1] * xs[nt][v & 1], __fsub_rn(__int_as_float(pp[v]), kMagic),
+                                    acc[mt][nt][v]);
+            else
+              bi[mt][nt][v] += is[mt][v >> 1] * pp[v];
+          }
+        }
+    }
+  };
+  // Float chunks (Q8_0, MXFP4): two chunks per iteration let one chunk's fragment loads
+  // overlap the other's MMAs and scaling (measured +4-5%; 128 registers, 8 bytes spilled);
+  // the integer-scale and folded types spill up to 132 bytes when unrolled (-5 to -15%).
+  if constexpr (K::kKind == kFloatChunk) {
+#pragma unroll 2
+    for (int j = 0; j < nch; ++j) mma_chunk(j);
+  } else {
+#pragma unroll 1
+    for (int j = 0; j < nch; ++j) mma_chunk(j);
+  }
+
+  // K-quants: one block per stage; apply d (and the min term) once per block.
+  if constexpr (K::BE == 256) {
+    float msum[2][4][4];
+    if constexpr (K::kMins) {
+      const __half* mn = st.mn;
+      const uint8_t* bsm = st.bs;
+      uint32_t am[2][4], bm[4][2];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const uint32_t* r0 = reinterpret_cast<const uint32_t*>(mn + (wm * 32 + mt * 16 + g) * MS);
+        const uint32_t* r1 = reinterpret_cast<const uint32_t*>(mn + (wm * 32 + mt * 16 + g + 8) * MS);
+        am[mt][0] = r0[c];
+        am[mt][1] = r1[c];
+        am[mt][2] = r0[c + 4];
+        am[mt][3] = r1[c + 4];
+      }
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const uint32_t* r0 = reinterpret_cast<const uint32_t*>(bsm + (wn * 32 + nt * 8 + g) * MS * 2);
+        bm[nt][0] = bsums_to_h2(r0[c]);
+        bm[nt][1] = bsums_to_h2(r0[c + 4]);
+      }
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          float z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+          mma_f16(z, am[mt], bm[nt]);
+#pragma unroll
+          for (int v = 0; v < 4; ++v) msum[mt][nt][v] = z[v];
+        }
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = wm * 32 + mt * 16 + g + 8 * h;
+        const float d = st.wd[r], dm = st.wdm[r];
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            const float dx = xsc[(wn * 32 + nt * 8 + 2 * c + q) * SS];
+            const int v = 2 * h + q;
+            float term = (dx * d) * float(bi[mt][nt][v]);
+            if constexpr (K::kMins) term -= (dx * dm) * msum[mt][nt][v];
+            acc[mt][nt][v] += term;
+            bi[mt][nt][v] = 0;
+          }
+      }
+  }
+}
+
+// 8-token n-tiles of MMA warp `warp`'s 32 tokens that hold a token of the tile.
+__device__ __forceinline__ int live_ntiles(const Tile& t, int warp) {
+  return std::min(4, std::max(0, (t.nn - 32 * (warp >> 2) + 7) / 8));
+}
+
+// Writes MMA warp `warp`'s outputs through the plan.
+template <class P>
+__device__ __forceinline__ void store_tile(const P& p, const Tile& t, int warp, const WarpAcc& wa) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int wm = warp & 3, wn = warp >> 2;
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int v = 0; v < 4; ++v) {
+      const int n = wn * 32 + nt * 8 + 2 * c + (v & 1);
+      if constexpr (P::kGateUp) {
+        p.store_pair(t, wm * 16 + g + 8 * (v >> 1), n, wa.acc[0][nt][v], wa.acc[1][nt][v]);
+      } else {
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) p.store(t, wm * 32 + mt * 16 + g + 8 * (v >> 1), n, wa.acc[mt][nt][v]);
+      }
+    }
+}
+
 template <class K, class P>
 // vw: 0 when every row start is aligned to K::VW (issue_raw_aligned), else the copy width of
 // the general path (issue_raw).
@@ -501,240 +781,204 @@ __global__ void __launch_bounds__(kThreads, 2) mm_kernel(P p, int64_t ncols, int
   extern __shared__ __align__(16) uint8_t sm[];
   using L = Smem<K>;
   Tile t;
-  if (!p.tile(t)) return;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int g = lane >> 2, c = lane & 3;
-  const int wm = warp & 3, wn = warp >> 2;
+  if (!p.tile(t, blockIdx.x, blockIdx.y)) return;
+  const int tid = threadIdx.x;
 
   __shared__ const uint8_t* rows[BM];
   for (int a = tid; a < BM; a += kThreads) rows[a] = p.wrow(t, a);
-  Tabs tabs{nullptr, nullptr};
-  if constexpr (K::kTables) {
-    uint64_t* gs = reinterpret_cast<uint64_t*>(sm + L::GRID);
-    uint64_t* ss = reinterpret_cast<uint64_t*>(sm + L::SIGN);
-    for (int i = tid; i < 256; i += kThreads) gs[i] = g_grid[i];
-    for (int i = tid; i < 128; i += kThreads) ss[i] = g_sign_mask[i];
-    tabs = Tabs{gs, ss};
-  }
+  const Tabs tabs = load_tables<K, kThreads>(sm + L::GRID, sm + L::SIGN, tid);
+  int* delta = reinterpret_cast<int*>(sm + L::DELTA);
 
-  float acc[2][4][4];
-  int bi[2][4][4];
-#pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int v = 0; v < 4; ++v) {
-        acc[mt][nt][v] = 0.0f;
-        bi[mt][nt][v] = 0;
-      }
+  WarpAcc wa;
+  wa.zero();
 
   const int nstages = int((ncols + BK - 1) / BK);
-  auto stage_k = [&](int s) { return int(std::min<int64_t>(BK, ncols - int64_t(s) * BK)); };
-  // Start offset of stage s inside its aligned word (fast path: the same for every row).
-  auto stage_d = [&](int s) { return int((size_t(s) * L::SB) % K::VW); };
   auto raw_copy = [&](int s) {
-    const int bytes = (stage_k(s) / K::BE) * K::BB;
-    if (vw == 0) issue_raw_aligned<K>(rows, s, bytes, stage_d(s), sm);
-    else issue_raw<K>(rows, s, bytes, vw, sm);
+    const int bytes = (stage_elems(ncols, s) / K::BE) * K::BB;
+    if (vw == 0) issue_raw_aligned<K, kThreads>(rows, s, bytes, stage_start<K>(s), sm + L::RAW, tid);
+    else issue_raw<K, kThreads>(rows, s, bytes, vw, sm + L::RAW, delta, tid);
   };
   __syncthreads();  // rows[]
   raw_copy(0);
-  issue_act<K>(p, t, 0, stage_k(0) / 32, 0, sm);
+  issue_act<K, kThreads>(p, t, 0, stage_elems(ncols, 0) / 32, L::tiles(sm, 0), tid);
   cp_async_commit();
 
   for (int s = 0; s < nstages; ++s) {
-    const int nch = stage_k(s) / 32;
+    const int nch = stage_elems(ncols, s) / 32;
+    const int buf = s & 1;
     cp_async_wait_all();
     __syncthreads();  // stage s landed for every thread; the previous MMAs are done with A and
                       // with activation buffer (s + 1) & 1
-    // Decode: unit (row a, chunk j).
-    const int* delta = reinterpret_cast<const int*>(sm + L::DELTA);
-#pragma unroll
-    for (int i = 0; i < (BM * 8) / kThreads; ++i) {
-      const int u = tid + kThreads * i, a = u >> 3, j = u & 7;
-      uint32_t w[8];
-      float fsc = 0.0f;
-      int isc = 0;
-      const bool ok = rows[a] != nullptr && j < nch;
-      const uint8_t* raw = sm + L::RAW + a * L::RS + (rows[a] == nullptr ? 0 : vw == 0 ? stage_d(s) : delta[a]);
-      if (ok) {
-        K::decode(raw, j, w, fsc, isc, tabs);
-      } else {
-#pragma unroll
-        for (int q = 0; q < 8; ++q) w[q] = 0;
-      }
-      *reinterpret_cast<uint4*>(sm + L::A + swz(a, 2 * j)) = make_uint4(w[0], w[1], w[2], w[3]);
-      *reinterpret_cast<uint4*>(sm + L::A + swz(a, 2 * j + 1)) = make_uint4(w[4], w[5], w[6], w[7]);
-      if constexpr (K::kKind == kFloatChunk) reinterpret_cast<float*>(sm + L::WSC)[a * SS + j] = fsc;
-      if constexpr (K::kKind == kIntChunk) reinterpret_cast<int*>(sm + L::WSC)[a * SS + j] = isc;
-      if constexpr (K::BE == 256) {
-        if (j == 0) {
-          float d = 0.0f, dmin = 0.0f;
-          if (ok) K::meta(raw, d, dmin);
-          reinterpret_cast<float*>(sm + L::WD)[a] = d;
-          reinterpret_cast<float*>(sm + L::WDM)[a] = dmin;
-        }
-      }
-      if constexpr (K::kMins) {
-        int m0 = 0, m1 = 0;
-        if (ok) K::mins(raw, j, m0, m1);
-        __half* mn = reinterpret_cast<__half*>(sm + L::MIN) + a * MS;
-        mn[2 * j] = __int2half_rn(m0);
-        mn[2 * j + 1] = __int2half_rn(m1);
-      }
-    }
+    decode_stage<K, kThreads>(rows, sm + L::RAW, delta, vw, stage_start<K>(s), nch, tabs, L::tiles(sm, buf), tid);
     __syncthreads();  // A and its scales are ready; the raw buffer is free
-    const int buf = s & 1;
     if (s + 1 < nstages) {
       raw_copy(s + 1);
-      issue_act<K>(p, t, s + 1, stage_k(s + 1) / 32, buf ^ 1, sm);
+      issue_act<K, kThreads>(p, t, s + 1, stage_elems(ncols, s + 1) / 32, L::tiles(sm, buf ^ 1), tid);
       cp_async_commit();
     }
+    mma_stage<K, false>(L::tiles(sm, buf), nch, 4, tid >> 5, wa);
+  }
+  store_tile(p, t, tid >> 5, wa);
+}
 
-    // MMA over the stage's chunks.
-    const uint8_t* As = sm + L::A;
-    const uint8_t* Bs = sm + L::B + buf * L::BBUF;
-    const float* wsc = reinterpret_cast<const float*>(sm + L::WSC);
-    const int* isc = reinterpret_cast<const int*>(sm + L::WSC);
-    const float* xsc = reinterpret_cast<const float*>(sm + L::XSC + buf * L::XBUF);
-    auto mma_chunk = [&](int j) {
-      // ldmatrix: A (16 rows x 32 bytes) as four 8x8 b16 matrices {rows 0-7, 8-15} x {bytes
-      // 0-15, 16-31} gives exactly the m16n8k32 s8 A fragment; B likewise two n-tiles at once.
-      uint32_t af[2][4], bf[4][2];
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
-        ldmatrix_x4(af[mt], As + swz(wm * 32 + mt * 16 + (lane & 15), 2 * j + (lane >> 4)));
-#pragma unroll
-      for (int np = 0; np < 2; ++np) {
-        uint32_t r[4];
-        ldmatrix_x4(r, Bs + swz(wn * 32 + np * 16 + (lane & 7) + 8 * (lane >> 4), 2 * j + ((lane >> 3) & 1)));
-        bf[2 * np][0] = r[0];
-        bf[2 * np][1] = r[1];
-        bf[2 * np + 1][0] = r[2];
-        bf[2 * np + 1][1] = r[3];
-      }
-      if constexpr (K::kKind == kFolded) {
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-          for (int nt = 0; nt < 4; ++nt) mma_s8(bi[mt][nt], af[mt], bf[nt]);
-      } else {
-        float ws[2][2], xs[4][2];
-        int is[2][2];
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = wm * 32 + mt * 16 + g + 8 * h;
-            if constexpr (K::kKind == kFloatChunk) ws[mt][h] = wsc[r * SS + j];
-            else is[mt][h] = isc[r * SS + j];
-          }
-        if constexpr (K::kKind == kFloatChunk) {
-#pragma unroll
-          for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) xs[nt][h] = xsc[(wn * 32 + nt * 8 + 2 * c + h) * SS + j];
-        }
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-          for (int nt = 0; nt < 4; ++nt) {
-            int pp[4];
-            // Float chunks: the MMA starts from the bits of 1.5 * 2^23, so pp holds the f32
-            // 1.5 * 2^23 + sum exactly (|sum| < 2^22) and one subtraction gives float(sum)
-            // (no integer add, no quarter-rate I2F).
-            mma_s8_c(pp, af[mt], bf[nt], K::kKind == kFloatChunk ? kMagicBits : 0);
-#pragma unroll
-            for (int v = 0; v < 4; ++v) {
-              if constexpr (K::kKind == kFloatChunk)
-                acc[mt][nt][v] = fmaf(ws[mt][v >> 1] * xs[nt][v & 1], __fsub_rn(__int_as_float(pp[v]), kMagic),
-                                      acc[mt][nt][v]);
-              else
-                bi[mt][nt][v] += is[mt][v >> 1] * pp[v];
-            }
-          }
-      }
+// ---------------------------------------------------------------------------------------
+// Warp-specialized kernel (opt-in: DS4_CUDA_GEMM_WS=1; measured slower than mm_kernel, see
+// gemm_ws_enabled): the copy + decode of a stage overlaps the MMAs of the previous one instead
+// of alternating with them between CTA-wide barriers. 8 MMA warps (the tiling of mm_kernel:
+// each warp 32 rows x 32 tokens, the same MMAs in the same order, so its results equal
+// mm_kernel's bit for bit) and 8 producer warps that copy the raw weight bytes and the
+// activations of stage g+1 (raw bytes double-buffered, activation tiles in a ring of
+// kSlots + 1) while they decode stage g into a ring of kSlots weight tiles. Hand-off by named
+// barriers: full[slot] (producers arrive once the slot's tiles are written, MMA warps wait)
+// and empty[slot] (MMA warps arrive once done with it, producers wait before refilling it).
+// One CTA per SM (~203 KB for Q8_0). MMA warps skip 8-token n-tiles past the tile's tokens.
+// ---------------------------------------------------------------------------------------
+constexpr int kMmaThreads = kThreads;
+// As many producer threads as MMA threads (with 4 producer warps the kernel was slower still).
+constexpr int kProducerThreads = 256;
+constexpr int kWsThreads = kMmaThreads + kProducerThreads;
+constexpr int kSlots = 2;
+// Named barrier ids (0 is __syncthreads).
+constexpr int kBarFull = 1, kBarEmpty = kBarFull + kSlots, kBarProducers = kBarEmpty + kSlots;
+
+__device__ __forceinline__ void bar_sync(int id, int nthreads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(nthreads) : "memory");
+}
+__device__ __forceinline__ void bar_arrive(int id, int nthreads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(nthreads) : "memory");
+}
+
+template <class K>
+struct SmemWs {
+  using L = Smem<K>;
+  // A weight slot (kSlots of them): the decoded tile with its scales.
+  static constexpr int A = 0;
+  static constexpr int WSC = A + BM * BK;
+  static constexpr int WD = WSC + BM * SS * 4;
+  static constexpr int WDM = WD + (L::kKq ? BM * 4 : 0);
+  static constexpr int MIN = WDM + (L::kKq ? BM * 4 : 0);
+  static constexpr int ASLOT = MIN + (K::kMins ? BM * MS * 2 : 0);
+  // An activation slot (kSlots + 1: stage g+1's copy is issued while stage g - 1's MMAs may
+  // still read theirs).
+  static constexpr int B = 0;
+  static constexpr int XSC = B + BN * BK;
+  static constexpr int BS = XSC + BN * SS * 4;
+  static constexpr int XSLOT = BS + (K::kMins ? BN * MS * 2 : 0);
+  static constexpr int ACT = kSlots * ASLOT;
+  // Then two raw stage buffers with their row start offsets, and the IQ2_XXS tables.
+  static constexpr int RAW = ACT + (kSlots + 1) * XSLOT;  // 2 x [BM][RS]
+  static constexpr int DELTA = RAW + 2 * BM * L::RS;       // 2 x [BM] int
+  static constexpr int GRID = DELTA + 2 * BM * 4;
+  static constexpr int SIGN = GRID + (K::kTables ? 256 * 8 : 0);
+  static constexpr int BYTES = SIGN + (K::kTables ? 128 * 8 : 0);
+  static_assert(ASLOT % 16 == 0 && XSLOT % 16 == 0 && L::RS % 16 == 0, "16-byte aligned tiles (ldmatrix, cp.async)");
+  // The tiles of stage g (counted over all of the CTA's tiles).
+  __device__ static StageTiles tiles(uint8_t* sm, int g) {
+    uint8_t* a = sm + (g % kSlots) * ASLOT;
+    uint8_t* x = sm + ACT + (g % (kSlots + 1)) * XSLOT;
+    return {a + A,
+            a + WSC,
+            reinterpret_cast<float*>(a + WD),
+            reinterpret_cast<float*>(a + WDM),
+            reinterpret_cast<__half*>(a + MIN),
+            x + B,
+            reinterpret_cast<float*>(x + XSC),
+            x + BS};
+  }
+  __device__ static uint8_t* raw(uint8_t* sm, int g) { return sm + RAW + (g & 1) * BM * L::RS; }
+  __device__ static int* delta(uint8_t* sm, int g) { return reinterpret_cast<int*>(sm + DELTA) + (g & 1) * BM; }
+};
+
+// A CTA runs the tiles blockIdx.x, blockIdx.x + gridDim.x, ... of the gx-wide tile grid (tile
+// idx = (idx % gx, idx / gx) in the plan's terms): one tile when the grid covers them all, or,
+// persistent (a grid of one CTA per SM), many, the producers running into the next tile's
+// stages while the MMA warps finish the current one (no pipeline fill per tile).
+template <class K, class P>
+__global__ void __launch_bounds__(kWsThreads, 1) mm_kernel_ws(P p, int64_t ncols, int vw, unsigned gx,
+                                                              unsigned ntiles) {
+  extern __shared__ __align__(16) uint8_t sm[];
+  using L = SmemWs<K>;
+  auto tile_at = [&](unsigned idx, Tile& t) { return idx < ntiles && p.tile(t, idx % gx, idx / gx); };
+  unsigned idx = blockIdx.x;
+  Tile t;
+  if (!tile_at(idx, t)) return;
+  const int tid = threadIdx.x;
+
+  __shared__ const uint8_t* rows[2][BM];  // weight rows of the current and the next tile
+  for (int a = tid; a < BM; a += kWsThreads) rows[0][a] = p.wrow(t, a);
+  const Tabs tabs = load_tables<K, kWsThreads>(sm + L::GRID, sm + L::SIGN, tid);
+  __syncthreads();  // rows[0], tables
+  const int nstages = int((ncols + BK - 1) / BK);
+
+  if (tid >= kMmaThreads) {  // producer warps; g counts stages over all of the CTA's tiles
+    const int ptid = tid - kMmaThreads;
+    auto raw_copy = [&](const uint8_t* const* rws, int s, int g) {
+      const int bytes = (stage_elems(ncols, s) / K::BE) * K::BB;
+      if (vw == 0) issue_raw_aligned<K, kProducerThreads>(rws, s, bytes, stage_start<K>(s), L::raw(sm, g), ptid);
+      else issue_raw<K, kProducerThreads>(rws, s, bytes, vw, L::raw(sm, g), L::delta(sm, g), ptid);
     };
-    // Float chunks (Q8_0, MXFP4): two chunks per iteration let one chunk's fragment loads
-    // overlap the other's MMAs and scaling (measured +4-5%; 128 registers, 8 bytes spilled);
-    // the integer-scale and folded types spill up to 132 bytes when unrolled (-5 to -15%).
-    if constexpr (K::kKind == kFloatChunk) {
-#pragma unroll 2
-      for (int j = 0; j < nch; ++j) mma_chunk(j);
-    } else {
-#pragma unroll 1
-      for (int j = 0; j < nch; ++j) mma_chunk(j);
-    }
-
-    // K-quants: one block per stage; apply d (and the min term) once per block.
-    if constexpr (K::BE == 256) {
-      const float* wd = reinterpret_cast<const float*>(sm + L::WD);
-      const float* wdm = reinterpret_cast<const float*>(sm + L::WDM);
-      float msum[2][4][4];
-      if constexpr (K::kMins) {
-        const __half* mn = reinterpret_cast<const __half*>(sm + L::MIN);
-        const uint8_t* bsm = sm + L::BS + buf * L::SBUF;
-        uint32_t am[2][4], bm[4][2];
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt) {
-          const uint32_t* r0 = reinterpret_cast<const uint32_t*>(mn + (wm * 32 + mt * 16 + g) * MS);
-          const uint32_t* r1 = reinterpret_cast<const uint32_t*>(mn + (wm * 32 + mt * 16 + g + 8) * MS);
-          am[mt][0] = r0[c];
-          am[mt][1] = r1[c];
-          am[mt][2] = r0[c + 4];
-          am[mt][3] = r1[c + 4];
-        }
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-          const uint32_t* r0 = reinterpret_cast<const uint32_t*>(bsm + (wn * 32 + nt * 8 + g) * MS * 2);
-          bm[nt][0] = bsums_to_h2(r0[c]);
-          bm[nt][1] = bsums_to_h2(r0[c + 4]);
-        }
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-          for (int nt = 0; nt < 4; ++nt) {
-            float z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            mma_f16(z, am[mt], bm[nt]);
-#pragma unroll
-            for (int v = 0; v < 4; ++v) msum[mt][nt][v] = z[v];
+    issue_act<K, kProducerThreads>(p, t, 0, stage_elems(ncols, 0) / 32, L::tiles(sm, 0), ptid);
+    raw_copy(rows[0], 0, 0);
+    cp_async_commit();
+    int g = 0;
+    for (int k = 0;; ++k) {
+      Tile tn;
+      const bool has_next = tile_at(idx + gridDim.x, tn);
+      const uint8_t* const* cur = rows[k & 1];
+      const uint8_t** nxt = rows[(k + 1) & 1];
+      for (int s = 0; s < nstages; ++s, ++g) {
+        const StageTiles st = L::tiles(sm, g);
+        // The MMA warps are done with stage g - kSlots: its weight slot (now stage g's) and
+        // its activation slot (now stage g + 1's) are free.
+        if (g >= kSlots) bar_sync(kBarEmpty + g % kSlots, kWsThreads);
+        const bool last = s + 1 == nstages;
+        if (!last || has_next) {
+          // Every producer decoded stage g - 1: its raw buffer is free, and so are the rows of
+          // tile k - 1 (now those of tile k + 1).
+          bar_sync(kBarProducers, kProducerThreads);
+          if (s == 0 && has_next) {
+            for (int a = ptid; a < BM; a += kProducerThreads) nxt[a] = p.wrow(tn, a);
+            if (last) bar_sync(kBarProducers, kProducerThreads);  // one-stage tiles read them right away
           }
-      }
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int r = wm * 32 + mt * 16 + g + 8 * h;
-          const float d = wd[r], dm = wdm[r];
-#pragma unroll
-          for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-            for (int q = 0; q < 2; ++q) {
-              const float dx = xsc[(wn * 32 + nt * 8 + 2 * c + q) * SS];
-              const int v = 2 * h + q;
-              float term = (dx * d) * float(bi[mt][nt][v]);
-              if constexpr (K::kMins) term -= (dx * dm) * msum[mt][nt][v];
-              acc[mt][nt][v] += term;
-              bi[mt][nt][v] = 0;
-            }
+          // Stage g + 1's activations and raw weight bytes.
+          const Tile& t1 = last ? tn : t;
+          const int s1 = last ? 0 : s + 1;
+          issue_act<K, kProducerThreads>(p, t1, s1, stage_elems(ncols, s1) / 32, L::tiles(sm, g + 1), ptid);
+          raw_copy(last ? nxt : cur, s1, g + 1);
+          cp_async_commit();
+          cp_async_wait_one();  // this thread's copies of stage g
+        } else {
+          cp_async_wait_all();
         }
+        bar_sync(kBarProducers, kProducerThreads);  // every producer's copies of stage g landed
+        decode_stage<K, kProducerThreads>(cur, L::raw(sm, g), L::delta(sm, g), vw, stage_start<K>(s),
+                                          stage_elems(ncols, s) / 32, tabs, st, ptid);
+        bar_arrive(kBarFull + g % kSlots, kWsThreads);  // (orders this thread's shared writes for the MMA warps)
+      }
+      if (!has_next) break;
+      t = tn;
+      idx += gridDim.x;
     }
+    // The MMA warps arrive on empty after every stage: wait for the arrivals the loop did not.
+    for (int gg = std::max(0, g - kSlots); gg < g; ++gg) bar_sync(kBarEmpty + gg % kSlots, kWsThreads);
+    return;
   }
 
-  // Epilogue.
-#pragma unroll
-  for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-    for (int v = 0; v < 4; ++v) {
-      const int n = wn * 32 + nt * 8 + 2 * c + (v & 1);
-      if constexpr (P::kGateUp) {
-        p.store_pair(t, wm * 16 + g + 8 * (v >> 1), n, acc[0][nt][v], acc[1][nt][v]);
-      } else {
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt) p.store(t, wm * 32 + mt * 16 + g + 8 * (v >> 1), n, acc[mt][nt][v]);
-      }
+  // MMA warps.
+  const int warp = tid >> 5;
+  for (int g = 0;;) {
+    const int live = live_ntiles(t, warp);
+    WarpAcc wa;
+    wa.zero();
+    for (int s = 0; s < nstages; ++s, ++g) {
+      bar_sync(kBarFull + g % kSlots, kWsThreads);
+      mma_stage<K, true>(L::tiles(sm, g), stage_elems(ncols, s) / 32, live, warp, wa);
+      bar_arrive(kBarEmpty + g % kSlots, kWsThreads);
     }
+    store_tile(p, t, warp, wa);
+    idx += gridDim.x;
+    if (!tile_at(idx, t)) break;
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -952,8 +1196,32 @@ int copy_width(std::initializer_list<uintptr_t> bases, int64_t ncols) {
   return std::max(vw, 4);
 }
 
+// The warp-specialized kernel (mm_kernel_ws) only when DS4_CUDA_GEMM_WS is set: it gives the
+// same bits as mm_kernel but measured 15-25% slower on an H200 (docs/cuda.md), so it is an
+// opt-in experiment (read on every call).
+bool gemm_ws_enabled() { return std::getenv("DS4_CUDA_GEMM_WS") != nullptr; }
+// Its persistent grid (one CTA per SM looping over the tiles) unless DS4_CUDA_NO_GEMM_PERSISTENT
+// is set (then one CTA per tile).
+bool gemm_persistent_enabled() { return std::getenv("DS4_CUDA_NO_GEMM_PERSISTENT") == nullptr; }
+
+// grid: gx x gy tiles in the plan's terms (tile (bx, by)).
 template <class K, class P>
 void launch_mm(const P& p, dim3 grid, int64_t ncols, int vw, void* stream) {
+  if (gemm_ws_enabled()) {
+    static const bool once = [] {
+      DS4_CUDA_CHECK(
+          cudaFuncSetAttribute(mm_kernel_ws<K, P>, cudaFuncAttributeMaxDynamicSharedMemorySize, SmemWs<K>::BYTES));
+      DS4_CUDA_CHECK(cudaFuncSetAttribute(mm_kernel_ws<K, P>, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+      return true;
+    }();
+    (void)once;
+    const unsigned ntiles = grid.x * grid.y;
+    const unsigned ctas = gemm_persistent_enabled() ? std::min(ntiles, unsigned(device_attribute(cudaDevAttrMultiProcessorCount))) : ntiles;
+    mm_kernel_ws<K, P><<<ctas, kWsThreads, SmemWs<K>::BYTES, static_cast<cudaStream_t>(stream)>>>(p, ncols, vw, grid.x,
+                                                                                                  ntiles);
+    DS4_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
   static const bool once = [] {
     DS4_CUDA_CHECK(cudaFuncSetAttribute(mm_kernel<K, P>, cudaFuncAttributeMaxDynamicSharedMemorySize, Smem<K>::BYTES));
     // Two CTAs per SM need (nearly) all of the unified L1/shared memory as shared memory.
