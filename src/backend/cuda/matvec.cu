@@ -1183,6 +1183,22 @@ __device__ __forceinline__ void shared_hidden_span(const FusedDown& a, int64_t s
   }
 }
 
+// The down kernels' prologue: spans [0, h_spans) of the routed h, then the shared expert's
+// hidden state, quantized by the block's nwarps warps (between() as in quantize_tasks).
+template <class KR, class KS, class Between>
+__device__ __forceinline__ void quantize_down_inputs(const FusedDown& a, int nwarps, uint8_t* act_r, uint8_t* act_s,
+                                                     Between&& between) {
+  quantize_tasks<3, KR, KS>(
+      nwarps, a.h_spans + a.shared_spans, a.h_spans, act_r, act_s,
+      [&](int64_t task, float(&v)[8]) {
+        if (task < a.h_spans)
+          load_256(a.h + 256 * task, v);
+        else
+          shared_hidden_span(a, task - a.h_spans, v);
+      },
+      between);
+}
+
 template <class KR, class KS>
 __global__ void __launch_bounds__(kFusedThreads, 1) moe_down_fused_kernel(FusedDown a) {
   constexpr int kBuf = fused_staging_bytes<KR, KS>() / kFusedWarps;
@@ -1194,21 +1210,12 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_down_fused_kernel(FusedD
   const int64_t gw = int64_t(blockIdx.x) * kFusedWarps + warp, nw = int64_t(gridDim.x) * kFusedWarps;
   uint8_t* act_r = smem + fused_staging_bytes<KR, KS>();
   uint8_t* act_s = act_r + align16(size_t(a.h_spans) * span_bytes<KR>());
-  // Tasks [0, h_spans): the routed h; then the shared expert's hidden state.
-  quantize_tasks<3, KR, KS>(
-      kFusedWarps, a.h_spans + a.shared_spans, a.h_spans, act_r, act_s,
-      [&](int64_t task, float(&v)[8]) {
-        if (task < a.h_spans)
-          load_256(a.h + 256 * task, v);
-        else
-          shared_hidden_span(a, task - a.h_spans, v);
-      },
-      [&] {
-        if (gw < a.n_embd) {
-          prefetch_row_l2<KR>(a.routed, gw);
-          if (a.shared_spans > 0) prefetch_row_l2<KS>(a.shared, gw);
-        }
-      });
+  quantize_down_inputs<KR, KS>(a, kFusedWarps, act_r, act_s, [&] {
+    if (gw < a.n_embd) {
+      prefetch_row_l2<KR>(a.routed, gw);
+      if (a.shared_spans > 0) prefetch_row_l2<KS>(a.shared, gw);
+    }
+  });
   __syncthreads();
   float o0, o1;
   DownPlan p = a.routed;
@@ -1477,16 +1484,7 @@ __global__ void __launch_bounds__(kV2MaxWarps * 32, 1) moe_down_v2_kernel(FusedD
   const WarpRing ring{smem + size_t(warp) * l.stages * l.stage_bytes, l.stages, l.stage_bytes,
                       int64_t(blockIdx.x) * nwarps + warp, int64_t(gridDim.x) * nwarps, a.n_embd};
   ring.start(issue);
-  // Tasks [0, h_spans): the routed h; then the shared expert's hidden state.
-  quantize_tasks<3, KR, KS>(
-      nwarps, a.h_spans + a.shared_spans, a.h_spans, act_r, act_s,
-      [&](int64_t task, float(&v)[8]) {
-        if (task < a.h_spans)
-          load_256(a.h + 256 * task, v);
-        else
-          shared_hidden_span(a, task - a.h_spans, v);
-      },
-      [] {});
+  quantize_down_inputs<KR, KS>(a, nwarps, act_r, act_s, [] {});
   __syncthreads();
   ring.run(issue, [&](int64_t row, const uint8_t* buf) {
     float acc = 0.0f;  // the n_used experts in k order, as one accumulator (stream_rows' packed chunks)
