@@ -2,14 +2,16 @@
 // by layer over all T tokens, as model::Session's eval_chunk does on the CPU (forward.cpp):
 //
 //  - every weight product is one GEMM over the T rows (matmul.h: activations of all T rows
-//    quantized in one call, bit-identical to the CPU's; float weights through the f32 path),
-//    the routed experts one grouped call (moe_experts_batch), the shared expert the same call
-//    with one expert;
+//    quantized in one call, bit-identical to the CPU's; F16 weights on the tensor cores with
+//    x split into f16 hi + lo, matmul_f16.h, the HC fn product included; other float weights
+//    through the f32 path), the routed experts one grouped call (moe_experts_batch), the
+//    shared expert the same call with one expert;
 //  - the position-dependent per-token work uses the kernels of forward_kernels.h with a
 //    StepCtl per token (`Batch::ctls[t]` = {p0 + t, token t, t}). The cheap, numerous ones
 //    take a token dimension and run as one launch per chunk (the same per-token arithmetic):
-//    embedding, HC pre (after the batched fn product), HC post, head norm + RoPE, KV norm +
-//    RoPE + FP8 + ring write, compressor ring store, routing, the indexer's query RoPE +
+//    embedding, HC pre (after the batched fn product) and HC post (for Flash-sized streams
+//    the prefill's own pre::hc_pre_norm / pre::hc_post, prefill_kernels.h), head norm + RoPE,
+//    KV norm + RoPE + FP8 + ring write, compressor ring store, routing, the indexer's query RoPE +
 //    simulation. The attention (each query its own causal visible rows) runs on the tensor
 //    cores in one launch for the chunk where the shape allows (prefill_attention.h: 512-dim
 //    heads, heads a multiple of 16, i.e. Flash and Pro). The indexer's scores and top-k, and

@@ -10,7 +10,7 @@
 // difference is exact in f32), so that hi + lo keeps ~22 significant bits of x. Each product
 // is two mma.sync m16n8k16 (W hi, W lo) accumulated in f32 over one stage of columns; the
 // stage sums are added in ordinary f32 (one tensor-core accumulator over a long K drifts:
-// 7.4e-6 relative at K = 4096, 3e-5 at 16384 on an H100), and the result is scaled back by
+// 7.4e-6 relative at K = 4096 on an H100, over 1e-5 at 16384), and the result is scaled back by
 // 2^-e. e = 0 unless the token's row has max |x| outside [2^-3, 2^15) (f16 would overflow, or
 // lo would fall into f16's subnormals): then that row is recomputed with the power of two e
 // that takes its max into [2^14, 2^15). So the result equals the f32 product (cpu::matmul)
