@@ -56,16 +56,25 @@ std::vector<T> download(const DeviceBuffer& b, size_t n, size_t offset = 0) {
   return v;
 }
 
-// Sets an A/B switch (DS4_CUDA_NO_...) for one scope; the launchers read it on every call.
-class ScopedSwitchOff {
+// Sets an environment variable for one scope (the launchers read their A/B switches and
+// tuning variables on every call) and unsets it after; an empty value leaves it unset.
+class ScopedEnv {
  public:
-  explicit ScopedSwitchOff(const char* name) : name_(name) { setenv(name_, "1", 1); }
-  ~ScopedSwitchOff() { unsetenv(name_); }
-  ScopedSwitchOff(const ScopedSwitchOff&) = delete;
-  ScopedSwitchOff& operator=(const ScopedSwitchOff&) = delete;
+  ScopedEnv(const char* name, const std::string& value) : name_(name) {
+    if (!value.empty()) setenv(name_, value.c_str(), 1);
+  }
+  ~ScopedEnv() { unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
 
  private:
   const char* name_;
+};
+
+// Sets an A/B switch (DS4_CUDA_NO_...) to 1 for one scope.
+class ScopedSwitchOff : public ScopedEnv {
+ public:
+  explicit ScopedSwitchOff(const char* name) : ScopedEnv(name, "1") {}
 };
 
 struct Err {

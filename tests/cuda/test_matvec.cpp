@@ -41,6 +41,7 @@ using test_util::Err;
 using test_util::expect_close;
 using test_util::gaussian;
 using test_util::pool;
+using test_util::ScopedEnv;
 using test_util::ScopedSwitchOff;
 using test_util::upload;
 
@@ -478,21 +479,6 @@ TEST(CudaMoe, TwoLaunchMoeMatchesSeparateLaunchesAndCpu) {
     expect_close(fused_routed, y_routed, what + " routed only vs CPU", 1e-2, 2e-3);
   }
 }
-
-// Sets an environment variable for one scope (the MoE launchers read their switches and
-// tuning variables at every call), restoring the unset state after.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const std::string& value) : name_(name) {
-    if (!value.empty()) setenv(name_, value.c_str(), 1);
-  }
-  ~ScopedEnv() { unsetenv(name_); }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-};
 
 // MoE v2 (cp.async rings of whole rows, one task list for routed and shared rows, replicated
 // IQ2_XXS tables) keeps the work split and every float operation of the kernels before it

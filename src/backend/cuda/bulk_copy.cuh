@@ -21,6 +21,16 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// L2 policy for data read once (weights): evict first, as __ldcs does for ordinary loads. Also
+// used by the cp.async (sm_80) rings of the MoE kernels, hence outside the sm_90 block.
+__device__ __forceinline__ uint64_t l2_evict_first_policy() {
+  uint64_t policy = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+#endif
+  return policy;
+}
+
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 
 // Initializes an mbarrier that completes a phase on one arrival plus its armed bytes, and
@@ -31,12 +41,6 @@ __device__ __forceinline__ void bulk_barrier_init(uint64_t* bar) {
   asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 }
 
-// L2 policy for data read once (weights): evict first, as __ldcs does for ordinary loads.
-__device__ __forceinline__ uint64_t l2_evict_first_policy() {
-  uint64_t policy;
-  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
-  return policy;
-}
 
 // Copies `bytes` (a multiple of 16; both addresses 16-byte aligned) from global `src` to
 // shared `dst` and arrives on `bar` when they have landed. One thread calls it.

@@ -61,15 +61,7 @@ void init_tables() {
   });
 }
 
-int sm_count() {
-  static const int n = [] {
-    int dev = 0, sms = 0;
-    DS4_CUDA_CHECK(cudaGetDevice(&dev));
-    DS4_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    return sms;
-  }();
-  return n;
-}
+int sm_count() { return device_attribute(cudaDevAttrMultiProcessorCount); }
 
 struct Tables {
   const uint64_t* grid;   // shared-memory copies (IQ2_XXS only)
@@ -862,13 +854,7 @@ dim3 grid_for(int per_sm, int64_t nrows, int split, bool vec) {
 // DS4_CUDA_NO_BULK_COPY=1 streams every product through the register pipeline (A/B switch,
 // read at each launch so that one process can compare both paths); the bulk path needs sm_90.
 bool bulk_copy_enabled() {
-  static const bool sm90 = [] {
-    int dev = 0, major = 0;
-    DS4_CUDA_CHECK(cudaGetDevice(&dev));
-    DS4_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    return major == 9;
-  }();
-  return sm90 && std::getenv("DS4_CUDA_NO_BULK_COPY") == nullptr;
+  return device_attribute(cudaDevAttrComputeCapabilityMajor) == 9 && std::getenv("DS4_CUDA_NO_BULK_COPY") == nullptr;
 }
 
 // The bulk path's shape, from the environment once per process (for measurements):
@@ -1289,13 +1275,6 @@ __device__ __forceinline__ void segment_dot(const uint8_t* w, int64_t nblk, cons
   }
 }
 
-__device__ __forceinline__ uint64_t evict_first_policy() {
-  uint64_t policy = 0;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
-#endif
-  return policy;
-}
 
 // Copies nvec 16-byte vectors global -> shared, the lanes of the warp taking every 32nd.
 __device__ __forceinline__ void copy_async(uint8_t* dst, const uint8_t* src, int nvec, uint64_t policy) {
@@ -1413,7 +1392,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 1) moe_gate_up_v2_kernel(Fused
   const GateUpPlan& r = a.routed;
   const HalfRowsPlan& sh = a.shared;
   const int routed_vec = int(r.rb / 16), shared_vec = int(sh.half_bytes / 16);
-  const uint64_t policy = evict_first_policy();
+  const uint64_t policy = l2_evict_first_policy();
   // Tasks [0, routed_rows): routed gate/up row pairs; then the shared expert's half rows.
   auto issue = [&](int64_t task, uint8_t* buf) {
     if (task < a.routed_rows) {
@@ -1475,7 +1454,7 @@ __global__ void __launch_bounds__(kV2MaxWarps * 32, 1) moe_down_v2_kernel(FusedD
   const PlainPlan& sh = a.shared;
   const bool has_shared = a.shared_spans > 0;
   const int routed_vec = int(r.rb / 16), shared_vec = int(sh.rb / 16);
-  const uint64_t policy = evict_first_policy();
+  const uint64_t policy = l2_evict_first_policy();
   // Task = output row: its n_used routed rows back to back, then the shared expert's row.
   auto issue = [&](int64_t row, uint8_t* buf) {
     for (int k = 0; k < r.n_used; ++k) copy_async(buf + k * r.rb, r.row(k, row), routed_vec, policy);

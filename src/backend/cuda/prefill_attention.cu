@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "backend/cuda/check.h"
+#include "backend/cuda/device_attribute.h"
 #include "backend/cuda/f16_split.cuh"
 #include "backend/cuda/mma.cuh"
 #include "backend/cuda/prefill_attention.h"
@@ -258,15 +259,7 @@ size_t smem_bytes() {
 }
 size_t smem_bytes(int mt) { return mt == 4 ? smem_bytes<4>() : mt == 2 ? smem_bytes<2>() : smem_bytes<1>(); }
 
-int device_smem_optin() {
-  static const int optin = [] {
-    int dev = 0, v = 0;
-    DS4_CUDA_CHECK(cudaGetDevice(&dev));
-    DS4_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    return v;
-  }();
-  return optin;
-}
+int device_smem_optin() { return device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin); }
 
 template <int MT>
 void launch(const AttnShape& s, const float* q, const float* ring, const float* comp, const int32_t* sel,
