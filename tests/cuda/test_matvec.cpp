@@ -395,9 +395,12 @@ TEST(CudaMoe, FusedExpertsMatchCpuComposition) {
 }
 
 // y of one moe_fused call (workspace and y filled with 0xFF first: a value not written, or
-// read before it is written, shows).
+// read before it is written, shows). With quantized_hidden_diff: also how many bytes of the
+// routed h that the call left quantized in the workspace (moe_fused_quantized_hidden) differ
+// from quantize_activation of its f32 h (all of them still 0xFF if no launch wrote them).
 std::vector<float> run_moe_fused(const MoeShape& s, const Experts& e, const DeviceBuffer& ids, const DeviceBuffer& w,
-                                 const SharedExpert* shared, const DeviceBuffer& x) {
+                                 const SharedExpert* shared, const DeviceBuffer& x,
+                                 size_t* quantized_hidden_diff = nullptr) {
   DeviceBuffer ws(moe_fused_workspace_bytes(s, shared));
   ws.fill_bytes(0xFF);
   DeviceBuffer dy(size_t(s.n_embd) * sizeof(float));
@@ -405,6 +408,19 @@ std::vector<float> run_moe_fused(const MoeShape& s, const Experts& e, const Devi
   moe_fused(s, e.gate.data(), e.up.data(), e.down.data(), ids.as<int32_t>(), w.as<float>(), shared, x.as<float>(),
             dy.as<float>(), ws.data());
   check_last_error("moe_fused");
+  if (quantized_hidden_diff != nullptr) {
+    const int64_t n = int64_t(s.n_used) * s.n_ff;
+    const size_t bytes = activation_bytes(s.down_type, n);
+    DeviceBuffer want(bytes);
+    quantize_activation(s.down_type, ws.as<float>(), want.data(), n);  // h: the workspace's start
+    check_last_error("quantize_activation");
+    device_synchronize();
+    const size_t offset = size_t(static_cast<const uint8_t*>(moe_fused_quantized_hidden(s, shared, ws.data())) -
+                                 ws.as<const uint8_t>());
+    const auto got = download<uint8_t>(ws, bytes, offset), expected = download<uint8_t>(want, bytes);
+    *quantized_hidden_diff = 0;
+    for (size_t i = 0; i < bytes; ++i) *quantized_hidden_diff += got[i] != expected[i] ? 1 : 0;
+  }
   device_synchronize();
   return download<float>(dy, size_t(s.n_embd));
 }
@@ -485,7 +501,11 @@ TEST(CudaMoe, TwoLaunchMoeMatchesSeparateLaunchesAndCpu) {
 // (DS4_CUDA_NO_MOE_V2=1), so the outputs must be the same bits: for the three recipes' types,
 // with and without the shared expert, for ring shapes from 8 warps of 1 buffer (no overlap)
 // to 24 warps (fewer buffers fit), and for 16 experts per token, where 16 warps' down rings
-// (16 x 672 + 2176 bytes a row) do not fit and v2's gate/up runs before the old down kernel.
+// (16 x 672 + 2176 bytes a row) do not fit and v2's gate/up runs before the old down kernel
+// (with 4 down warps they fit). Each v2 shape runs with the down inputs quantized once per
+// layer (moe_down_quantize_kernel, the default) and by every down block
+// (DS4_CUDA_NO_MOE_DOWN_PREQ=1); the workspace is filled with 0xFF, so bytes the quantize
+// launch leaves unwritten show.
 TEST(CudaMoe, V2KernelsMatchPreviousKernelsBitForBit) {
   DS4_REQUIRE_GPU();
   const Experts sh = make_experts(GgmlType::Q8_0, GgmlType::Q8_0, 4096, 2048, 1, 41);
@@ -521,11 +541,30 @@ TEST(CudaMoe, V2KernelsMatchPreviousKernelsBitForBit) {
       const std::string what = std::string(type_name(s.gate_up_type)) + "/" + std::string(type_name(s.down_type)) +
                                " x " + std::to_string(c.n_used) + (with_shared ? " + shared" : " routed");
       EXPECT_TRUE(std::all_of(before.begin(), before.end(), [](float v) { return std::isfinite(v); })) << what;
-      const std::pair<const char*, const char*> shapes[] = {{"", ""}, {"8", "1"}, {"24", "4"}, {"16", "2"}};
-      for (const auto& [warps, stages] : shapes) {
-        const ScopedEnv w("DS4_CUDA_MOE_WARPS", warps), st("DS4_CUDA_MOE_STAGES", stages);
-        EXPECT_EQ(count_bit_differences(run_moe_fused(s, e, dids, dw, sp, dx), before), 0u)
-            << what << ", warps " << warps << ", stages " << stages;
+      struct Shape {
+        const char *warps, *down_warps, *stages;
+      };
+      // The last shape's 4 down warps make v2's down rings fit at 16 experts per token too.
+      const Shape shapes[] = {{"", "", ""}, {"8", "8", "1"}, {"24", "24", "4"}, {"16", "16", "2"}, {"16", "4", "1"}};
+      for (const Shape& shape : shapes) {
+        const ScopedEnv w("DS4_CUDA_MOE_WARPS", shape.warps), dw_env("DS4_CUDA_MOE_DOWN_WARPS", shape.down_warps),
+            st("DS4_CUDA_MOE_STAGES", shape.stages);
+        // The down inputs quantized once per layer (default) and by every down block (switch off).
+        for (const bool preq : {true, false}) {
+          const ScopedEnv no_preq("DS4_CUDA_NO_MOE_DOWN_PREQ", preq ? "" : "1");
+          const std::string where = what + ", warps " + shape.warps + ", down warps " + shape.down_warps +
+                                    ", stages " + shape.stages +
+                                    (preq ? ", down inputs quantized once" : ", down inputs quantized per block");
+          // At 6 experts per token v2's down runs in every shape (H100/H200 shared memory), so
+          // the once-per-layer path must have run and left the quantized h in the workspace.
+          size_t hidden_diff = 0;
+          const bool check_hidden = preq && c.n_used == 6;
+          EXPECT_EQ(count_bit_differences(run_moe_fused(s, e, dids, dw, sp, dx, check_hidden ? &hidden_diff : nullptr),
+                                          before),
+                    0u)
+              << where;
+          EXPECT_EQ(hidden_diff, 0u) << where << ": quantized h in the workspace";
+        }
       }
     }
   }

@@ -142,10 +142,25 @@ bool moe_fused_supported(const MoeShape& s, const SharedExpert* shared) {
   return detail::moe_fused_fits(s, shared != nullptr, shared != nullptr ? shared->n_ff : 0);
 }
 
-// Workspace layout: [routed h: n_used x n_ff f32][shared half-row sums: 4 x shared n_ff f32].
+// Workspace layout: [routed h: n_used x n_ff f32][shared half-row sums: 4 x shared n_ff f32]
+// [quantized down inputs: h in down_type's partner format, then the shared hidden state in
+// Q8_0's (each region rounded up to 256 bytes, which covers the kernels' 16-byte alignment)].
+namespace {
+size_t fused_parts_bytes(const SharedExpert* shared) {
+  return shared != nullptr ? align256(4 * size_t(shared->n_ff) * sizeof(float)) : 0;
+}
+}  // namespace
+
 size_t moe_fused_workspace_bytes(const MoeShape& s, const SharedExpert* shared) {
-  return align256(size_t(s.n_used) * size_t(s.n_ff) * sizeof(float)) +
-         (shared != nullptr ? align256(4 * size_t(shared->n_ff) * sizeof(float)) : 0);
+  const int64_t h_values = int64_t(s.n_used) * s.n_ff;
+  return align256(size_t(h_values) * sizeof(float)) + fused_parts_bytes(shared) +
+         align256(activation_bytes(s.down_type, h_values)) +
+         (shared != nullptr ? align256(activation_bytes(shared->type, shared->n_ff)) : 0);
+}
+
+const void* moe_fused_quantized_hidden(const MoeShape& s, const SharedExpert* shared, const void* d_workspace) {
+  return static_cast<const uint8_t*>(d_workspace) + align256(size_t(s.n_used) * size_t(s.n_ff) * sizeof(float)) +
+         fused_parts_bytes(shared);
 }
 
 void moe_fused(const MoeShape& s, const void* d_gate, const void* d_up, const void* d_down, const int32_t* d_ids,
@@ -169,9 +184,10 @@ void moe_fused(const MoeShape& s, const void* d_gate, const void* d_up, const vo
   if (shared != nullptr) m.shared = *shared;
   m.x = d_x;
   m.y = d_y;
-  m.h = static_cast<float*>(d_workspace);
-  m.parts = reinterpret_cast<float*>(static_cast<uint8_t*>(d_workspace) +
-                                     align256(size_t(s.n_used) * size_t(s.n_ff) * sizeof(float)));
+  uint8_t* ws = static_cast<uint8_t*>(d_workspace);
+  m.h = reinterpret_cast<float*>(ws);
+  m.parts = reinterpret_cast<float*>(ws + align256(size_t(s.n_used) * size_t(s.n_ff) * sizeof(float)));
+  m.act_pre = static_cast<uint8_t*>(const_cast<void*>(moe_fused_quantized_hidden(s, shared, d_workspace)));
   detail::launch_moe_fused(m, stream);
 }
 

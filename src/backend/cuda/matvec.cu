@@ -1033,6 +1033,17 @@ __device__ __forceinline__ void quantize_span(const float (&v)[8], uint8_t* act,
     quantize_q8_0_act_warp<8>(v, reinterpret_cast<BlockQ8_0Act*>(act) + 8 * t);
 }
 
+// Task t's 256 values stored as span t of act_a (KA's partner format) if t < n_first, else as
+// span t - n_first of act_b (KB's).
+template <class KA, class KB>
+__device__ __forceinline__ void quantize_task(int64_t t, int64_t n_first, const float (&v)[8], uint8_t* act_a,
+                                              uint8_t* act_b) {
+  if (t < n_first)
+    quantize_span<KA>(v, act_a, t);
+  else
+    quantize_span<KB>(v, act_b, t - n_first);
+}
+
 // The block's quantization tasks t < n (warp-uniform; warp w of nwarps takes w, w + nwarps, ...):
 // load(t, v) fetches a task's 256 values (8 per lane); tasks t < n_first are stored as span t
 // of act_a in KA's partner format, the others as span t - n_first of act_b in KB's. A warp
@@ -1042,12 +1053,7 @@ __device__ __forceinline__ void quantize_span(const float (&v)[8], uint8_t* act,
 template <int kMaxHeld, class KA, class KB, class Load, class Between>
 __device__ __forceinline__ void quantize_tasks(int nwarps, int64_t n, int64_t n_first, uint8_t* act_a, uint8_t* act_b,
                                                Load&& load, Between&& between) {
-  auto quant = [&](int64_t t, const float(&v)[8]) {
-    if (t < n_first)
-      quantize_span<KA>(v, act_a, t);
-    else
-      quantize_span<KB>(v, act_b, t - n_first);
-  };
+  auto quant = [&](int64_t t, const float(&v)[8]) { quantize_task<KA, KB>(t, n_first, v, act_a, act_b); };
   const int64_t first = threadIdx.x >> 5;
   float v[kMaxHeld][8];
 #pragma unroll
@@ -1141,6 +1147,11 @@ struct FusedDown {
   float shared_limit;
   float* y;
   int64_t n_embd;
+  // The quantized down inputs, made once per layer by moe_down_quantize_kernel in the layout of
+  // the block's act_r / act_s (act_s at act_r + align16(routed bytes)), act_pre_vec 16-byte
+  // vectors; nullptr: every block quantizes them itself (quantize_down_inputs).
+  const uint8_t* act_pre;
+  int act_pre_vec;
 };
 
 // The shared expert's hidden values 256 * span + 8 * lane + j: gate and up as the separate
@@ -1166,20 +1177,38 @@ __device__ __forceinline__ void shared_hidden_span(const FusedDown& a, int64_t s
   }
 }
 
-// The down kernels' prologue: spans [0, h_spans) of the routed h, then the shared expert's
-// hidden state, quantized by the block's nwarps warps (between() as in quantize_tasks).
+// The down kernels' input span `task` (8 values per lane): [0, h_spans) the routed h, then
+// the shared expert's hidden state.
+__device__ __forceinline__ void load_down_input(const FusedDown& a, int64_t task, float (&v)[8]) {
+  if (task < a.h_spans)
+    load_256(a.h + 256 * task, v);
+  else
+    shared_hidden_span(a, task - a.h_spans, v);
+}
+
+// The down kernels' prologue: every down input span quantized by the block's nwarps warps
+// (between() as in quantize_tasks).
 template <class KR, class KS, class Between>
 __device__ __forceinline__ void quantize_down_inputs(const FusedDown& a, int nwarps, uint8_t* act_r, uint8_t* act_s,
                                                      Between&& between) {
   quantize_tasks<3, KR, KS>(
       nwarps, a.h_spans + a.shared_spans, a.h_spans, act_r, act_s,
-      [&](int64_t task, float(&v)[8]) {
-        if (task < a.h_spans)
-          load_256(a.h + 256 * task, v);
-        else
-          shared_hidden_span(a, task - a.h_spans, v);
-      },
-      between);
+      [&](int64_t task, float(&v)[8]) { load_down_input(a, task, v); }, between);
+}
+
+// The down inputs quantized once per layer (instead of once per block of the down launch), one
+// warp per 256-value span, into global act_r / act_s: the same loads, operations and stores
+// as quantize_down_inputs, so the bytes are the same.
+constexpr int kDownQuantizeWarps = 8;
+template <class KR, class KS>
+__global__ void __launch_bounds__(kDownQuantizeWarps * 32) moe_down_quantize_kernel(FusedDown a, uint8_t* act_r,
+                                                                                    uint8_t* act_s) {
+  pdl_enter();  // h and the shared half-row sums come from the gate/up launch
+  const int64_t task = int64_t(blockIdx.x) * kDownQuantizeWarps + (threadIdx.x >> 5);
+  if (task >= a.h_spans + a.shared_spans) return;  // whole warps: the quantizers are warp-collective
+  float v[8];
+  load_down_input(a, task, v);
+  quantize_task<KR, KS>(task, a.h_spans, v, act_r, act_s);
 }
 
 template <class KR, class KS>
@@ -1293,12 +1322,13 @@ __device__ __forceinline__ void copy_async_commit() {
 // Waits until at most n of this thread's committed copy groups are still pending.
 __device__ __forceinline__ void copy_async_wait(int n) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  static_assert(kV2MaxStages == 4, "one case per pending count");
+  static_assert(kV2MaxStages == 4, "one case per pending count, 0..kV2MaxStages");
   switch (n) {
     case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
     case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
     case 2: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
-    default: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
+    case 3: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 4;" ::: "memory"); break;
   }
 #endif
 }
@@ -1459,8 +1489,18 @@ __global__ void __launch_bounds__(kV2MaxWarps * 32, 1) moe_down_v2_kernel(FusedD
   };
   const WarpRing ring{smem + size_t(warp) * l.stages * l.stage_bytes, l.stages, l.stage_bytes,
                       int64_t(blockIdx.x) * nwarps + warp, int64_t(gridDim.x) * nwarps, a.n_embd};
-  ring.start(issue);
-  quantize_down_inputs<KR, KS>(a, nwarps, act_r, act_s, [] {});
+  if (a.act_pre != nullptr) {
+    // The quantized inputs (~16 KB for Flash q2) as one commit group ahead of the ring's: warp w
+    // copies the w-th slice; at most `stages` groups pending = this one has landed.
+    const int per = (a.act_pre_vec + nwarps - 1) / nwarps, lo = warp * per;
+    copy_async(act_r + 16 * lo, a.act_pre + 16 * lo, max(0, min(per, a.act_pre_vec - lo)), policy);
+    copy_async_commit();
+    ring.start(issue);
+    copy_async_wait(l.stages);
+  } else {
+    ring.start(issue);
+    quantize_down_inputs<KR, KS>(a, nwarps, act_r, act_s, [] {});
+  }
   __syncthreads();
   ring.run(issue, [&](int64_t row, const uint8_t* buf) {
     float acc = 0.0f;  // the n_used experts in k order, as one accumulator (stream_rows' packed chunks)
@@ -1515,11 +1555,15 @@ int smem_optin() { return device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOpt
 // 1..4, default 2; fewer where shared memory does not hold them) shape v2. Defaults measured
 // on an H200 (Flash q2 + shared expert, graph of 8): 16 warps 49.6 us, 24 warps 56.5 (no room
 // for the IQ2_XXS activation registers), 8 warps 61.2; 4 buffers 49.6-49.8 us, 2 buffers 48.4.
+// DS4_CUDA_NO_MOE_DOWN_PREQ=1 (A/B switch): v2's down blocks quantize their inputs themselves
+// (each of them all of h and the shared hidden state) instead of copying what
+// moe_down_quantize_kernel quantized once; same bytes either way.
 struct V2Tuning {
   bool on = true;
   int warps = 16;
   int down_warps = 16;
   int stages = 2;
+  bool down_preq = true;  // the down inputs quantized once per layer (moe_down_quantize_kernel)
 };
 int env_int(const char* name, int fallback, int lo, int hi) {
   const char* e = std::getenv(name);
@@ -1528,6 +1572,7 @@ int env_int(const char* name, int fallback, int lo, int hi) {
 V2Tuning v2_tuning() {
   V2Tuning v;
   v.on = std::getenv("DS4_CUDA_NO_MOE_V2") == nullptr;
+  v.down_preq = std::getenv("DS4_CUDA_NO_MOE_DOWN_PREQ") == nullptr;
   v.warps = env_int("DS4_CUDA_MOE_WARPS", v.warps, 4, kV2MaxWarps);
   v.down_warps = env_int("DS4_CUDA_MOE_DOWN_WARPS", v.down_warps, 4, kV2MaxWarps);
   v.stages = env_int("DS4_CUDA_MOE_STAGES", v.stages, 1, kV2MaxStages);
@@ -1626,6 +1671,18 @@ void moe_fused_t(const FusedMoe& m, void* stream) {
   const V2Layout dl = v2_layout(tune, tune.down_warps, size_t(s.n_used) * dn_rb + sh_dn_rb,
                                 size_t(d.h_spans) * span_bytes<KD>(), size_t(d.shared_spans) * span_bytes<KQ8_0>(),
                                 KD::kTables);
+  if (dl.stages > 0 && tune.down_preq && m.act_pre != nullptr) {
+    // Quantize the down inputs once (a small launch) rather than in each of the down blocks.
+    uint8_t* act_r = m.act_pre;
+    uint8_t* act_s = act_r + align16(size_t(d.h_spans) * span_bytes<KD>());
+    const int64_t spans = d.h_spans + d.shared_spans;
+    DS4_CUDA_CHECK(launch_pdl(moe_down_quantize_kernel<KD, KQ8_0>,
+                              dim3(unsigned((spans + kDownQuantizeWarps - 1) / kDownQuantizeWarps)),
+                              dim3(unsigned(32 * kDownQuantizeWarps)), 0, static_cast<cudaStream_t>(stream), d,
+                              act_r, act_s));
+    d.act_pre = act_r;
+    d.act_pre_vec = int((act_s - act_r + align16(size_t(d.shared_spans) * span_bytes<KQ8_0>())) / 16);
+  }
   if (dl.stages > 0)
     launch_v2(moe_down_v2_kernel<KD, KQ8_0>, tune.down_warps, dl.total, stream, d, dl);
   else

@@ -24,8 +24,9 @@ void launch_moe_gate_up(GgmlType type, const void* gate, const void* up, int64_t
                         float limit, const void* act, float* h, void* stream);
 void launch_moe_down(GgmlType type, const void* down, int64_t n_embd, int64_t n_ff,
                      const int32_t* ids, int n_used, const void* act_h, float* y, void* stream);
-// moe_fused (matvec.h), arguments checked: h [n_used * n_ff] and parts [4 * shared n_ff] are
-// the workspace's two regions.
+// moe_fused (matvec.h), arguments checked: h [n_used * n_ff], parts [4 * shared n_ff] and
+// act_pre (the quantized down inputs: routed h, then the shared hidden state 16-byte aligned)
+// are the workspace's regions.
 struct FusedMoe {
   MoeShape s;
   const void* gate = nullptr;
@@ -39,6 +40,7 @@ struct FusedMoe {
   float* y = nullptr;
   float* h = nullptr;
   float* parts = nullptr;
+  uint8_t* act_pre = nullptr;
 };
 // Whether the fused kernels take this shape (whole 256-value spans, aligned rows, shared
 // memory within the device's limit); the types must be quantized expert types.
