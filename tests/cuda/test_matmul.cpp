@@ -239,9 +239,11 @@ std::vector<float> run_matmul_q(const Case& c, int64_t T, const DeviceBuffer& dw
   return download<float>(dy, size_t(T * c.nrows));
 }
 
-TEST(CudaMatmulWs, BitIdenticalToDefaultKernel) {
-  DS4_REQUIRE_GPU();
-  uint64_t seed = 9600;
+// Calls compare(c, T, weights, activations, default_result) on random data for the quantized
+// GEMM cases (Flash shapes up to 8192 x 2048, the odd ones) at T = 1, 37, 130, 2048, where
+// default_result is the default path's output; compare runs a variant and checks it.
+template <class F>
+void for_each_gemm_variant_case(uint64_t seed, F&& compare) {
   std::vector<Case> cases;
   for (const Case& c : flash_cases())
     if (activation_bytes(c.type, c.ncols) > 0 && c.nrows * c.ncols <= 8192 * 4096 / 2) cases.push_back(c);
@@ -256,16 +258,38 @@ TEST(CudaMatmulWs, BitIdenticalToDefaultKernel) {
       DeviceBuffer act(activation_bytes(c.type, c.ncols) * size_t(T));
       quantize_activation(c.type, dx.as<float>(), act.data(), T * c.ncols);
       const auto base = run_matmul_q(c, T, dw, act);
-      test_util::ScopedSwitchOff ws_kernel("DS4_CUDA_GEMM_WS");  // sets it to 1: the opt-in kernel
-      const auto persistent = run_matmul_q(c, T, dw, act);
-      EXPECT_EQ(std::memcmp(base.data(), persistent.data(), base.size() * sizeof(float)), 0)
-          << type_name(c.type) << " " << c.nrows << "x" << c.ncols << " T=" << T;
-      test_util::ScopedSwitchOff per_tile("DS4_CUDA_NO_GEMM_PERSISTENT");
-      const auto one_tile = run_matmul_q(c, T, dw, act);
-      EXPECT_EQ(std::memcmp(base.data(), one_tile.data(), base.size() * sizeof(float)), 0)
-          << type_name(c.type) << " " << c.nrows << "x" << c.ncols << " T=" << T << " (one CTA per tile)";
+      compare(c, T, dw, act, base);
     }
   }
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+TEST(CudaMatmulWs, BitIdenticalToDefaultKernel) {
+  DS4_REQUIRE_GPU();
+  for_each_gemm_variant_case(9600, [](const Case& c, int64_t T, const DeviceBuffer& dw, const DeviceBuffer& act,
+                                      const std::vector<float>& base) {
+    test_util::ScopedSwitchOff ws_kernel("DS4_CUDA_GEMM_WS");  // sets it to 1: the opt-in kernel
+    EXPECT_TRUE(same_bits(base, run_matmul_q(c, T, dw, act)))
+        << type_name(c.type) << " " << c.nrows << "x" << c.ncols << " T=" << T;
+    test_util::ScopedSwitchOff per_tile("DS4_CUDA_NO_GEMM_PERSISTENT");
+    EXPECT_TRUE(same_bits(base, run_matmul_q(c, T, dw, act)))
+        << type_name(c.type) << " " << c.nrows << "x" << c.ncols << " T=" << T << " (one CTA per tile)";
+  });
+}
+
+// mm_kernel built with an int thread index for the copy helpers (DS4_CUDA_NO_GEMM_UNSIGNED_TID;
+// the default is unsigned for Q8_0 / MXFP4): other code, the same values, so the same bits.
+TEST(CudaMatmul, IntTidBuildBitIdentical) {
+  DS4_REQUIRE_GPU();
+  for_each_gemm_variant_case(9700, [](const Case& c, int64_t T, const DeviceBuffer& dw, const DeviceBuffer& act,
+                                      const std::vector<float>& base) {
+    test_util::ScopedSwitchOff int_tid("DS4_CUDA_NO_GEMM_UNSIGNED_TID");
+    EXPECT_TRUE(same_bits(base, run_matmul_q(c, T, dw, act)))
+        << type_name(c.type) << " " << c.nrows << "x" << c.ncols << " T=" << T;
+  });
 }
 
 TEST(CudaMatmul, RejectsBadArguments) {

@@ -418,10 +418,10 @@ __device__ __forceinline__ void cp_async_wait_one() { asm volatile("cp.async.wai
 // with index tid: warp w takes rows w, w + NT/32, ...; the lanes copy vw-byte words covering
 // [start, start + bytes) from the aligned word below start (any block alignment works; the
 // covering words never leave an aligned word holding a valid byte, so they stay inside the
-// allocation). delta[a] records where the stage begins.
-template <class K, int NT>
+// allocation). delta[a] records where the stage begins. Tid: see mm_kernel.
+template <class K, int NT, class Tid>
 __device__ __forceinline__ void issue_raw(const uint8_t* const* rows, int s, int bytes, int vw, uint8_t* raw,
-                                          int* delta, int tid) {
+                                          int* delta, Tid tid) {
   using L = Smem<K>;
   const int warp = tid >> 5, lane = tid & 31;
   for (int a = warp; a < BM; a += NT / 32) {
@@ -446,9 +446,9 @@ __device__ __forceinline__ void issue_raw(const uint8_t* const* rows, int s, int
 // Fast path of issue_raw when every row start is aligned to K::VW (all DS4 shapes): the
 // stage's start offset within an aligned word is the same for every row, and each thread
 // takes fixed (row, word) slots, so a stage costs a few instructions per thread.
-template <class K, int NT>
+template <class K, int NT, class Tid>
 __device__ __forceinline__ void issue_raw_aligned(const uint8_t* const* rows, int s, int bytes, int d, uint8_t* raw,
-                                                  int tid) {
+                                                  Tid tid) {
   using L = Smem<K>;
   constexpr int VW = K::VW;
   constexpr int NWM = L::SB % VW == 0 ? L::SB / VW : L::SB / VW + 2;  // words per row, at most
@@ -470,8 +470,8 @@ __device__ __forceinline__ void issue_raw_aligned(const uint8_t* const* rows, in
 
 // Issues the copies of stage s of the activation tile (qs, scales, bsums) into st.b, st.xsc,
 // st.bs; rows past the tile's tokens and chunks past the matrix are zeroed instead.
-template <class K, int NT, class P>
-__device__ __forceinline__ void issue_act(const P& p, const Tile& t, int s, int nch, const StageTiles& st, int tid) {
+template <class K, int NT, class P, class Tid>
+__device__ __forceinline__ void issue_act(const P& p, const Tile& t, int s, int nch, const StageTiles& st, Tid tid) {
   float* xsc = st.xsc;
   uint8_t* bt = st.b;
 #pragma unroll
@@ -774,15 +774,23 @@ __device__ __forceinline__ void store_tile(const P& p, const Tile& t, int warp, 
     }
 }
 
-template <class K, class P>
 // vw: 0 when every row start is aligned to K::VW (issue_raw_aligned), else the copy width of
 // the general path (issue_raw).
+// Tid: the type of the thread index given to the copy helpers (issue_raw*, issue_act); the
+// values are the same either way, only the code differs. unsigned (threadIdx.x's own type, as
+// these loops had it before the helper split; Q8_0 and MXFP4, plain and down plans, see
+// launch_mm): ptxas then schedules the Q8_0 plain kernel's MMA loop as it did at 24f1e2d
+// (2-chunk body: 265 instructions, 438 stall cycles by the control bits, no spill; with int
+// 269, 458 and an 8-byte spill, the build that read 2-4% slower). int: everything else, and
+// all with DS4_CUDA_NO_GEMM_UNSIGNED_TID=1.
+template <class K, class P, class Tid>
 __global__ void __launch_bounds__(kThreads, 2) mm_kernel(P p, int64_t ncols, int vw) {
   extern __shared__ __align__(16) uint8_t sm[];
   using L = Smem<K>;
   Tile t;
   if (!p.tile(t, blockIdx.x, blockIdx.y)) return;
   const int tid = threadIdx.x;
+  const Tid copy_tid = Tid(threadIdx.x);
 
   __shared__ const uint8_t* rows[BM];
   for (int a = tid; a < BM; a += kThreads) rows[a] = p.wrow(t, a);
@@ -795,12 +803,12 @@ __global__ void __launch_bounds__(kThreads, 2) mm_kernel(P p, int64_t ncols, int
   const int nstages = int((ncols + BK - 1) / BK);
   auto raw_copy = [&](int s) {
     const int bytes = (stage_elems(ncols, s) / K::BE) * K::BB;
-    if (vw == 0) issue_raw_aligned<K, kThreads>(rows, s, bytes, stage_start<K>(s), sm + L::RAW, tid);
-    else issue_raw<K, kThreads>(rows, s, bytes, vw, sm + L::RAW, delta, tid);
+    if (vw == 0) issue_raw_aligned<K, kThreads>(rows, s, bytes, stage_start<K>(s), sm + L::RAW, copy_tid);
+    else issue_raw<K, kThreads>(rows, s, bytes, vw, sm + L::RAW, delta, copy_tid);
   };
   __syncthreads();  // rows[]
   raw_copy(0);
-  issue_act<K, kThreads>(p, t, 0, stage_elems(ncols, 0) / 32, L::tiles(sm, 0), tid);
+  issue_act<K, kThreads>(p, t, 0, stage_elems(ncols, 0) / 32, L::tiles(sm, 0), copy_tid);
   cp_async_commit();
 
   for (int s = 0; s < nstages; ++s) {
@@ -813,7 +821,7 @@ __global__ void __launch_bounds__(kThreads, 2) mm_kernel(P p, int64_t ncols, int
     __syncthreads();  // A and its scales are ready; the raw buffer is free
     if (s + 1 < nstages) {
       raw_copy(s + 1);
-      issue_act<K, kThreads>(p, t, s + 1, stage_elems(ncols, s + 1) / 32, L::tiles(sm, buf ^ 1), tid);
+      issue_act<K, kThreads>(p, t, s + 1, stage_elems(ncols, s + 1) / 32, L::tiles(sm, buf ^ 1), copy_tid);
       cp_async_commit();
     }
     mma_stage<K, false>(L::tiles(sm, buf), nch, 4, tid >> 5, wa);
@@ -1203,6 +1211,24 @@ bool gemm_ws_enabled() { return std::getenv("DS4_CUDA_GEMM_WS") != nullptr; }
 // Its persistent grid (one CTA per SM looping over the tiles) unless DS4_CUDA_NO_GEMM_PERSISTENT
 // is set (then one CTA per tile).
 bool gemm_persistent_enabled() { return std::getenv("DS4_CUDA_NO_GEMM_PERSISTENT") == nullptr; }
+// mm_kernel's copy helpers index threads as unsigned for the float-chunk types' plain and down
+// plans unless DS4_CUDA_NO_GEMM_UNSIGNED_TID is set (see mm_kernel, launch_mm; read on every call).
+bool gemm_unsigned_tid_enabled() { return std::getenv("DS4_CUDA_NO_GEMM_UNSIGNED_TID") == nullptr; }
+
+// Launches mm_kernel<K, P, Tid> (two CTAs per SM).
+template <class K, class P, class Tid>
+void launch_mm_default(const P& p, dim3 grid, int64_t ncols, int vw, void* stream) {
+  static const bool once = [] {
+    DS4_CUDA_CHECK(
+        cudaFuncSetAttribute(mm_kernel<K, P, Tid>, cudaFuncAttributeMaxDynamicSharedMemorySize, Smem<K>::BYTES));
+    // Two CTAs per SM need (nearly) all of the unified L1/shared memory as shared memory.
+    DS4_CUDA_CHECK(cudaFuncSetAttribute(mm_kernel<K, P, Tid>, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+    return true;
+  }();
+  (void)once;
+  mm_kernel<K, P, Tid><<<grid, kThreads, Smem<K>::BYTES, static_cast<cudaStream_t>(stream)>>>(p, ncols, vw);
+  DS4_CUDA_CHECK(cudaGetLastError());
+}
 
 // grid: gx x gy tiles in the plan's terms (tile (bx, by)).
 template <class K, class P>
@@ -1222,15 +1248,16 @@ void launch_mm(const P& p, dim3 grid, int64_t ncols, int vw, void* stream) {
     DS4_CUDA_CHECK(cudaGetLastError());
     return;
   }
-  static const bool once = [] {
-    DS4_CUDA_CHECK(cudaFuncSetAttribute(mm_kernel<K, P>, cudaFuncAttributeMaxDynamicSharedMemorySize, Smem<K>::BYTES));
-    // Two CTAs per SM need (nearly) all of the unified L1/shared memory as shared memory.
-    DS4_CUDA_CHECK(cudaFuncSetAttribute(mm_kernel<K, P>, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
-    return true;
-  }();
-  (void)once;
-  mm_kernel<K, P><<<grid, kThreads, Smem<K>::BYTES, static_cast<cudaStream_t>(stream)>>>(p, ncols, vw);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  // Float-chunk types (Q8_0, MXFP4), plain and down plans only: the other types and the
+  // gate/up plan keep the int build, the code measured at 6b5eab8 (by the control bits the
+  // unsigned build schedules the Q8_0 gate/up MMA loop worse: 449 stall cycles vs 400).
+  if constexpr (K::kKind == kFloatChunk && !P::kGateUp) {
+    if (gemm_unsigned_tid_enabled()) {
+      launch_mm_default<K, P, unsigned>(p, grid, ncols, vw, stream);
+      return;
+    }
+  }
+  launch_mm_default<K, P, int>(p, grid, ncols, vw, stream);
 }
 
 template <class K>
