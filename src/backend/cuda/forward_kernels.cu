@@ -1400,15 +1400,6 @@ size_t attention_scratch_floats(const AttnShape& s) {
 }
 
 namespace {
-// Above 48 KB of dynamic shared memory a kernel must opt in: the device's limit, set for
-// `kernel` (each caller once, in a static, before any capture: the session's first step runs
-// with plain launches).
-int opt_in_max_smem(const void* kernel) {
-  const int optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
-  DS4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
-  return optin;
-}
-
 template <bool kBatched>
 void attention_launches(const AttnShape& s, const float* q, const float* ring, const float* comp, const int32_t* sel,
                         const int32_t* n_sel, const float* sinks, const float* omega, float* scratch, float* o,
@@ -1416,7 +1407,14 @@ void attention_launches(const AttnShape& s, const float* q, const float* ring, c
   const float scale = 1.0f / sqrtf(static_cast<float>(s.D));
   const int64_t nchunks = (std::max<int64_t>(s.max_rows, 1) + kAttnChunk - 1) / kAttnChunk;
   const size_t smem = attn_part_smem(s.D);
-  static const int max_smem = opt_in_max_smem(reinterpret_cast<const void*>(attention_part_kernel<kBatched>));
+  // Above 48 KB of dynamic shared memory a kernel must opt in; once, before any capture
+  // (the session's first step runs with plain launches).
+  static const int max_smem = [] {
+    const int optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+    DS4_CUDA_CHECK(
+        cudaFuncSetAttribute(attention_part_kernel<kBatched>, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+    return optin;
+  }();
   DS4_FWD_REQUIRE(smem <= static_cast<size_t>(max_smem));
   const unsigned groups = static_cast<unsigned>((s.NH + kAttnHeads - 1) / kAttnHeads);
   launch(attention_part_kernel<kBatched>,
@@ -1439,7 +1437,12 @@ void attention_one_launch(const AttnShape& s, const float* q, const float* ring,
   const float scale = 1.0f / sqrtf(static_cast<float>(s.D));
   const int64_t nchunks = (std::max<int64_t>(s.max_rows, 1) + kAttnChunk - 1) / kAttnChunk;
   const size_t smem = std::max(attn_part_smem(s.D), attn_group_merge_smem(s.D, nchunks));
-  static const int max_smem = opt_in_max_smem(reinterpret_cast<const void*>(attention_one_launch_kernel));
+  static const int max_smem = [] {  // the opt-in above 48 KB, once before any capture
+    const int optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+    DS4_CUDA_CHECK(
+        cudaFuncSetAttribute(attention_one_launch_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+    return optin;
+  }();
   DS4_FWD_REQUIRE(smem <= static_cast<size_t>(max_smem));
   const unsigned groups = static_cast<unsigned>((s.NH + kAttnHeads - 1) / kAttnHeads);
   launch(attention_one_launch_kernel, dim3(static_cast<unsigned>(nchunks), groups, static_cast<unsigned>(tokens)),
