@@ -25,7 +25,6 @@
 #include "backend/cuda/matvec.h"
 #include "core/fp16.h"
 #include "cuda/pinned_divergence.h"
-#include "cuda_test_util.h"
 #include "e2e/e2e_util.h"
 #include "model/attention.h"
 #include "model/compressor.h"
@@ -448,25 +447,10 @@ TEST_P(AttentionHeads, MatchesCpu) {
     for (int64_t h = 0; h < NH; ++h) rope.apply(ref.data() + h * D, D, pos, true);
     // 378 rows without the selection, 192 with it: several chunks of kAttnChunk, the last
     // one partial, merged with the sink.
-    const int32_t* dsel_or_null = with_sel ? dsel.as<int32_t>() : nullptr;
-    fwd::attention(shape, dq.as<float>(), dring.as<float>(), dcomp.as<float>(), dsel_or_null, dn.as<int32_t>(),
-                   dsinks.as<float>(), dom.as<float>(), sf.as<float>(), dout.as<float>(), ctl(c), nullptr);
-    const auto two_launches = down<float>(dout, NH * D);
-    EXPECT_LT(max_rel(two_launches, ref), 1e-5) << "selection " << with_sel;
-    // One launch (the head groups merged by their last chunk block): the same bits, also on a
-    // second launch with the same counters (the merging blocks set them back to zero).
-    const auto counters = static_cast<int64_t>(fwd::attention_arrival_counters(shape));
-    DeviceBuffer arrivals(static_cast<size_t>(counters) * 4), dout1(NH * D * 4);
-    arrivals.fill_bytes(0);
-    for (int launch = 0; launch < 2; ++launch) {
-      dout1.fill_bytes(0xFF);
-      fwd::attention(shape, dq.as<float>(), dring.as<float>(), dcomp.as<float>(), dsel_or_null, dn.as<int32_t>(),
-                     dsinks.as<float>(), dom.as<float>(), sf.as<float>(), dout1.as<float>(), ctl(c), nullptr, 1, 0,
-                     arrivals.as<uint32_t>());
-      EXPECT_TRUE(identical_bits(down<float>(dout1, NH * D), two_launches))
-          << "one launch, selection " << with_sel << ", launch " << launch;
-      EXPECT_EQ(down<uint32_t>(arrivals, counters), std::vector<uint32_t>(static_cast<size_t>(counters), 0u));
-    }
+    fwd::attention(shape, dq.as<float>(), dring.as<float>(), dcomp.as<float>(), with_sel ? dsel.as<int32_t>() : nullptr,
+                   dn.as<int32_t>(), dsinks.as<float>(), dom.as<float>(), sf.as<float>(), dout.as<float>(), ctl(c),
+                   nullptr);
+    EXPECT_LT(max_rel(down<float>(dout, NH * D), ref), 1e-5) << "selection " << with_sel;
   }
 }
 INSTANTIATE_TEST_SUITE_P(ForwardKernels, AttentionHeads, ::testing::Values(16, 12));
@@ -738,15 +722,6 @@ TEST(ForwardKernels, PrintsDecodeLaunchTimes) {
                    dsinks.as<float>(), dom.as<float>(), sf.as<float>(), dout.as<float>(), ctl(c), s);
   });
   EXPECT_TRUE(all_finite(down<float>(dout, NH * D)));
-  // The same in one launch (unless DS4_CUDA_NO_ONE_LAUNCH_ATTN): the same bits at Flash's shape.
-  DeviceBuffer arrivals(fwd::attention_arrival_counters(as) * 4), dout1(NH * D * 4);
-  arrivals.fill_bytes(0);
-  const float attn1_us = per_call_us([&](void* s) {
-    fwd::attention(as, dq.as<float>(), dring.as<float>(), dcomp.as<float>(), dsel.as<int32_t>(), dn.as<int32_t>(),
-                   dsinks.as<float>(), dom.as<float>(), sf.as<float>(), dout1.as<float>(), ctl(c), s, 1, 0,
-                   arrivals.as<uint32_t>());
-  });
-  EXPECT_TRUE(identical_bits(down<float>(dout1, NH * D), down<float>(dout, NH * D)));
 
   // The q/kv finish launch: RMSNorm(q_a x) (1024) and the KV row into the ring.
   auto dqa = up(randv(1024, 80)), dkv = up(randv(D, 81)), dqn = up(randv(1024, 82));
@@ -775,9 +750,8 @@ TEST(ForwardKernels, PrintsDecodeLaunchTimes) {
 
   std::printf(
       "[decode launches, us per call in a graph] hc_pre_fused %.2f, hc_post_pre_fused %.2f, hc_post alone %.2f; "
-      "attention (640 rows, 64 heads) %.2f, in one launch %.2f; rows_finish_jobs (q_a norm + kv) %.2f; "
-      "idx_select (2048 rows) %.2f\n",
-      pre_us, post_pre_us, post_us, attn_us, attn1_us, rows_us, idx_us);
+      "attention (640 rows, 64 heads) %.2f; rows_finish_jobs (q_a norm + kv) %.2f; idx_select (2048 rows) %.2f\n",
+      pre_us, post_pre_us, post_us, attn_us, rows_us, idx_us);
 }
 
 TEST(ForwardKernels, RoutingMatchesCpu) {
@@ -976,12 +950,6 @@ TEST(ForwardKernels, TokenBatchedLaunchesEqualPerTokenLaunches) {
                        with_sel ? selb.as<int32_t>() + t * topk : nullptr, nb.as<int32_t>() + t, sinks.as<float>(),
                        om.as<float>(), fs.as<float>(), os.as<float>() + t * NH * D, c0 + t, nullptr);
       same_bits(ob, os, T * NH * D * 4, with_sel ? "attention (selection)" : "attention (all rows)");
-      DeviceBuffer arrivals(fwd::attention_arrival_counters(as, T) * 4), o1(T * NH * D * 4);
-      arrivals.fill_bytes(0);
-      fwd::attention(as, q.as<float>(), ring.as<float>(), comp.as<float>(), with_sel ? selb.as<int32_t>() : nullptr,
-                     nb.as<int32_t>(), sinks.as<float>(), om.as<float>(), fb.as<float>(), o1.as<float>(), c0, nullptr,
-                     T, topk, arrivals.as<uint32_t>());
-      same_bits(o1, os, T * NH * D * 4, with_sel ? "one-launch attention (selection)" : "one-launch attention");
     }
   }
 }
@@ -1321,24 +1289,6 @@ TEST(CudaSession, GraphEqualsPlainLaunches) {
   const auto a = gpu_run(gm, tokens, Numerics::Official, 3, {}, true);
   const auto b = gpu_run(gm, tokens, Numerics::Official, 3, {}, false);
   EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0);
-}
-
-// Decode attention in one launch (the default) and in two (DS4_CUDA_NO_ONE_LAUNCH_ATTN=1): the
-// same logits bit for bit over several decode steps, through a graph and with plain launches.
-TEST(CudaSession, OneLaunchAttentionEqualsTwoLaunches) {
-  REQUIRE_GPU();
-  const auto& gm = gpu_model("dsv4-tiny-a-bf16", "bf16");
-  const auto tokens = e2e::load_cases("dsv4-tiny-a-bf16").at(0).tokens;
-  for (bool graph : {true, false}) {
-    const auto one = gpu_run(gm, tokens, Numerics::Official, 1, {}, graph);  // a decode step per token
-    std::vector<float> two;
-    {
-      const ds4::cuda::test_util::ScopedSwitchOff off("DS4_CUDA_NO_ONE_LAUNCH_ATTN");
-      two = gpu_run(gm, tokens, Numerics::Official, 1, {}, graph);
-    }
-    ASSERT_EQ(one.size(), two.size());
-    EXPECT_EQ(std::memcmp(one.data(), two.data(), one.size() * 4), 0) << (graph ? "graph" : "plain launches");
-  }
 }
 
 std::vector<int32_t> random_tokens(size_t n, int64_t vocab, uint32_t seed) {

@@ -770,11 +770,13 @@ __host__ __device__ inline size_t attn_part_smem(int64_t D) {
 // and 64 heads). Warp w scores head g * kAttnHeads + w, a lane per row; then each thread
 // sums p * V for (head, 4 dims) items in row order. Writes {o[D], max, sum} per head and
 // chunk; chunks past n write nothing.
-// attention_part_block is that block's work (sm4: attn_part_smem bytes); the kernels run it.
 template <bool kBatched>
-__device__ void attention_part_block(const AttnShape& s, float scale, const float* q, const float* ring,
-                                     const float* comp, const int32_t* sel, const int32_t* n_sel,
-                                     int64_t sel_stride, float* part, const StepCtl* ctl, float4* sm4) {
+__global__ void __launch_bounds__(kThreads) attention_part_kernel(AttnShape s, float scale, const float* q,
+                                                                  const float* ring, const float* comp,
+                                                                  const int32_t* sel, const int32_t* n_sel,
+                                                                  int64_t sel_stride, float* part,
+                                                                  const StepCtl* ctl) {
+  pdl_enter();
   // Token blockIdx.z of a batch: its query, selection, StepCtl and partials (one token's
   // attention_scratch_floats each: NH * gridDim.x chunks of D + 2).
   const int64_t t = blockIdx.z;
@@ -783,6 +785,7 @@ __device__ void attention_part_block(const AttnShape& s, float scale, const floa
   n_sel += t;
   ctl += t;
   part += t * s.NH * static_cast<int64_t>(gridDim.x) * (s.D + 2);
+  extern __shared__ float4 sm4[];
   const int64_t D = s.D, D4 = D / 4, RS4 = attn_row_stride4(D);
   float4* rows = sm4;                                                // [kAttnChunk][RS4]
   float4* qs = rows + kAttnChunk * RS4;                              // [kAttnHeads][D4]
@@ -864,17 +867,6 @@ __device__ void attention_part_block(const AttnShape& s, float scale, const floa
   }
 }
 
-template <bool kBatched>
-__global__ void __launch_bounds__(kThreads) attention_part_kernel(AttnShape s, float scale, const float* q,
-                                                                  const float* ring, const float* comp,
-                                                                  const int32_t* sel, const int32_t* n_sel,
-                                                                  int64_t sel_stride, float* part,
-                                                                  const StepCtl* ctl) {
-  pdl_enter();
-  extern __shared__ float4 sm4[];
-  attention_part_block<kBatched>(s, scale, q, ring, comp, sel, n_sel, sel_stride, part, ctl, sm4);
-}
-
 // Merge of a head's chunks in chunk order with the sink (in double), then the de-rotation.
 // kBatched: the chunk maxima and sums are loaded by the lanes of warp 0 at once (the max is
 // exact in any order, the exponentials are independent; only the denominator's sum stays in
@@ -883,56 +875,6 @@ __global__ void __launch_bounds__(kThreads) attention_part_kernel(AttnShape s, f
 // so one L2 round trip up to 32 chunks, i.e. 1024 rows): the same bits as the serial loops (one
 // thread walking the chunks: two dependent L2 round trips per chunk).
 constexpr int kMergeBatch = 32, kMergeThreads = 512;
-
-// A partial written by another block of the same launch (the one-launch attention) is read
-// through L2 (__ldcg: no stale L1 line); the merge launch reads plainly.
-template <bool kL2>
-__device__ __forceinline__ float load_part(const float* p) {
-  if constexpr (kL2) return __ldcg(p);
-  else return *p;
-}
-
-// v[j] = value d of chunk c + j of a head's partials ph (0 past nc or D): kMergeBatch loads
-// in flight before any is used.
-template <bool kL2>
-__device__ __forceinline__ void load_chunk_batch(float (&v)[kMergeBatch], const float* ph, int64_t D, int64_t d,
-                                                 int64_t c, int64_t nc) {
-#pragma unroll
-  for (int j = 0; j < kMergeBatch; ++j) v[j] = d < D && c + j < nc ? load_part<kL2>(ph + (c + j) * (D + 2) + d) : 0.0f;
-}
-
-// acc + the batch's chunks c .. in chunk order, each weighted in double.
-__device__ __forceinline__ double add_chunk_batch(double acc, const float (&v)[kMergeBatch], const double* wgt,
-                                                  int64_t c, int64_t nc) {
-#pragma unroll
-  for (int j = 0; j < kMergeBatch; ++j)
-    if (c + j < nc) acc += wgt[c + j] * v[j];
-  return acc;
-}
-
-// The lanes of one warp: the chunk weights wgt[c] = exp(max_c - mx) and sums sum_sh[c] of
-// one head's partials ph (mx over the chunk maxima and the sink: exact in any order, the
-// exponentials independent). Returns on lane 0 the denominator exp(sink - mx) + sum of
-// wgt[c] * sum_c, added in chunk order.
-template <bool kL2>
-__device__ double chunk_weights_warp(const float* ph, int64_t nc, int64_t D, float sink, double* wgt, float* sum_sh) {
-  const int lane = threadIdx.x & 31;
-  double mx = sink;
-  for (int64_t c = lane; c < nc; c += 32) mx = fmax(mx, static_cast<double>(load_part<kL2>(ph + c * (D + 2) + D)));
-  for (int off = 16; off > 0; off >>= 1) mx = fmax(mx, __shfl_xor_sync(kFull, mx, off));
-  for (int64_t c = lane; c < nc; c += 32) {
-    const float m = load_part<kL2>(ph + c * (D + 2) + D), l = load_part<kL2>(ph + c * (D + 2) + D + 1);
-    wgt[c] = exp(static_cast<double>(m) - mx);
-    sum_sh[c] = l;
-  }
-  __syncwarp();
-  double den = 0.0;
-  if (lane == 0) {
-    den = exp(static_cast<double>(sink) - mx);
-    for (int64_t c = 0; c < nc; ++c) den += wgt[c] * sum_sh[c];
-  }
-  return den;
-}
 template <bool kBatched>
 __global__ void __launch_bounds__(kMergeThreads) attention_merge_kernel(AttnShape s, const int32_t* sel, const int32_t* n_sel,
                                        int64_t sel_stride, const float* sinks, const float* omega,
@@ -958,18 +900,37 @@ __global__ void __launch_bounds__(kMergeThreads) attention_merge_kernel(AttnShap
     // The thread's first kMergeBatch chunk values are requested before the maxima and sums
     // are reduced (they do not depend on them): both L2 round trips overlap.
     float v[kMergeBatch];
-    load_chunk_batch<false>(v, ph, D, threadIdx.x, 0, nc);
+    auto load_batch = [&](int64_t d, int64_t c) {
+#pragma unroll
+      for (int j = 0; j < kMergeBatch; ++j) v[j] = d < D && c + j < nc ? ph[(c + j) * (D + 2) + d] : 0.0f;
+    };
+    load_batch(threadIdx.x, 0);
     if (threadIdx.x < 32) {
-      const double den = chunk_weights_warp<false>(ph, nc, D, sinks[h], wgt, sum_sh);
-      if (threadIdx.x == 0) den_sh = den;
+      const int lane = threadIdx.x;
+      double mx = sinks[h];
+      for (int64_t c = lane; c < nc; c += 32) mx = fmax(mx, static_cast<double>(ph[c * (D + 2) + D]));
+      for (int off = 16; off > 0; off >>= 1) mx = fmax(mx, __shfl_xor_sync(kFull, mx, off));
+      for (int64_t c = lane; c < nc; c += 32) {
+        const float m = ph[c * (D + 2) + D], l = ph[c * (D + 2) + D + 1];
+        wgt[c] = exp(static_cast<double>(m) - mx);
+        sum_sh[c] = l;
+      }
+      __syncwarp();
+      if (lane == 0) {
+        double den = exp(static_cast<double>(sinks[h]) - mx);
+        for (int64_t c = 0; c < nc; ++c) den += wgt[c] * sum_sh[c];
+        den_sh = den;
+      }
     }
     __syncthreads();
     const double den = den_sh;
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
       double acc = 0.0;
       for (int64_t c = 0; c < nc; c += kMergeBatch) {
-        if (d != threadIdx.x || c != 0) load_chunk_batch<false>(v, ph, D, d, c, nc);
-        acc = add_chunk_batch(acc, v, wgt, c, nc);
+        if (d != threadIdx.x || c != 0) load_batch(d, c);
+#pragma unroll
+        for (int j = 0; j < kMergeBatch; ++j)
+          if (c + j < nc) acc += wgt[c + j] * v[j];
       }
       out_row[d] = static_cast<float>(acc / den);
     }
@@ -997,89 +958,6 @@ __global__ void __launch_bounds__(kMergeThreads) attention_merge_kernel(AttnShap
   // 3.4.9: V carries rotated tail dims; de-rotate at the query position.
   rope_row(out_row, D, s.n_rope, omega, pos, true);
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) o[h * D + d] = out_row[d];
-}
-
-// Shared memory of the one-launch attention's merge (reusing the chunk phase's): the head
-// group's output rows [kAttnHeads][D], then per head the chunk weights [nchunks] (double)
-// and chunk sums [nchunks].
-__host__ __device__ inline size_t attn_group_merge_smem(int64_t D, int64_t nchunks) {
-  return static_cast<size_t>(kAttnHeads) *
-         (static_cast<size_t>(D) * sizeof(float) + static_cast<size_t>(nchunks) * (sizeof(double) + sizeof(float)));
-}
-
-// Attention in one launch: block (chunk c, head group g, token t) does attention_part_kernel's
-// work, then counts itself in arrivals[t][g]; the last of the group's gridDim.x blocks to
-// arrive (it sees every partial: each block fences its stores before it counts) merges the
-// group's heads as attention_merge_kernel<true> does, the same operations in the same order
-// (the same bits), and sets the counter back to 0 for the next launch (kernel boundaries
-// order that store before the next launch's atomics; graph replays included). The merge:
-// warp w computes head w's chunk weights, then the threads' (head, dim) outputs with two
-// outputs' kMergeBatch chunk loads in flight at once, the de-rotation and the store.
-// At most 128 registers (2 blocks per SM, as the part kernel's shared memory allows): at 151
-// one block per SM would take Flash's 20 x 8 chunk blocks to two waves on 132 SMs.
-__global__ void __launch_bounds__(kThreads, 2)
-    attention_one_launch_kernel(AttnShape s, float scale, const float* q, const float* ring, const float* comp,
-                                const int32_t* sel, const int32_t* n_sel, int64_t sel_stride, const float* sinks,
-                                const float* omega, float* part, float* o, uint32_t* arrivals, const StepCtl* ctl) {
-  pdl_enter();
-  extern __shared__ float4 sm4[];
-  attention_part_block<true>(s, scale, q, ring, comp, sel, n_sel, sel_stride, part, ctl, sm4);
-  __shared__ bool merges;
-  __threadfence();  // this thread's partials visible device-wide before the block counts itself
-  __syncthreads();  // every thread's partials written (and sm4 no longer read)
-  const int64_t t = blockIdx.z;
-  uint32_t* arrived = arrivals + t * gridDim.y + blockIdx.y;
-  if (threadIdx.x == 0) {
-    merges = atomicAdd(arrived, 1u) == gridDim.x - 1;
-    if (merges) *arrived = 0;
-  }
-  __syncthreads();
-  if (!merges) return;
-  __threadfence();
-  if (sel) sel += t * sel_stride;
-  n_sel += t;
-  ctl += t;
-  const int64_t nchunks = gridDim.x, D = s.D, h0 = static_cast<int64_t>(blockIdx.y) * kAttnHeads;
-  part += t * s.NH * nchunks * (D + 2);
-  o += t * s.NH * D;
-  const int nh = s.NH - h0 < kAttnHeads ? static_cast<int>(s.NH - h0) : kAttnHeads;
-  float* out_rows = reinterpret_cast<float*>(sm4);                        // [kAttnHeads][D]
-  double* wgt = reinterpret_cast<double*>(out_rows + kAttnHeads * D);     // [kAttnHeads][nchunks]
-  float* sum_sh = reinterpret_cast<float*>(wgt + kAttnHeads * nchunks);  // [kAttnHeads][nchunks]
-  __shared__ double den_sh[kAttnHeads];
-  const int64_t pos = ctl->pos;
-  int64_t n_raw = 0, start = 0;
-  const int64_t nc = (attn_rows(s, sel, n_sel, pos, &n_raw, &start) + kAttnChunk - 1) / kAttnChunk;
-  const int warp = threadIdx.x >> 5;
-  if (warp < nh) {
-    const double den = chunk_weights_warp<true>(part + (h0 + warp) * nchunks * (D + 2), nc, D, sinks[h0 + warp],
-                                                wgt + warp * nchunks, sum_sh + warp * nchunks);
-    if ((threadIdx.x & 31) == 0) den_sh[warp] = den;
-  }
-  __syncthreads();
-  // Outputs i = j * D + d (head h0 + j, dim d), two per step: i and i + blockDim.x.
-  const int64_t n_out = nh * D;
-  for (int64_t i = threadIdx.x; i < n_out; i += 2 * static_cast<int64_t>(blockDim.x)) {
-    const int64_t i2 = i + blockDim.x;
-    const int64_t j = i / D, d = i - j * D;
-    const int64_t j2 = i2 < n_out ? i2 / D : j, d2 = i2 < n_out ? i2 - j2 * D : D;  // d2 == D: no second output
-    const float* ph = part + (h0 + j) * nchunks * (D + 2);
-    const float* ph2 = part + (h0 + j2) * nchunks * (D + 2);
-    double acc = 0.0, acc2 = 0.0;
-    for (int64_t c = 0; c < nc; c += kMergeBatch) {
-      float v[kMergeBatch], v2[kMergeBatch];
-      load_chunk_batch<true>(v, ph, D, d, c, nc);
-      load_chunk_batch<true>(v2, ph2, D, d2, c, nc);
-      acc = add_chunk_batch(acc, v, wgt + j * nchunks, c, nc);
-      acc2 = add_chunk_batch(acc2, v2, wgt + j2 * nchunks, c, nc);
-    }
-    out_rows[i] = static_cast<float>(acc / den_sh[j]);
-    if (d2 < D) out_rows[i2] = static_cast<float>(acc2 / den_sh[j2]);
-  }
-  __syncthreads();
-  // 3.4.9: V carries rotated tail dims; de-rotate at the query position.
-  for (int j = 0; j < nh; ++j) rope_row(out_rows + j * D, D, s.n_rope, omega, pos, true);
-  for (int64_t i = threadIdx.x; i < n_out; i += blockDim.x) o[h0 * D + i] = out_rows[i];
 }
 
 __device__ double softplus_d(double t) { return t > 20.0 ? t : log1p(exp(t)); }
@@ -1425,45 +1303,14 @@ void attention_launches(const AttnShape& s, const float* q, const float* ring, c
   launch(attention_merge_kernel<kBatched>, token_grid(s.NH, tokens), kBatched ? kMergeThreads : kThreads, msmem,
          stream, s, sel, n_sel, sel_stride, sinks, omega, scratch, static_cast<int>(nchunks), o, ctl);
 }
-
-// The one-launch attention (attention_one_launch_kernel), unless DS4_CUDA_NO_ONE_LAUNCH_ATTN
-// is set (read per call, so that a test can compare both in one process; a captured graph
-// keeps the path of its capture) or DS4_CUDA_NO_BATCHED_LOADS asks for the serial merge loops.
-bool one_launch_attention() { return std::getenv("DS4_CUDA_NO_ONE_LAUNCH_ATTN") == nullptr && batched_loads(); }
-
-void attention_one_launch(const AttnShape& s, const float* q, const float* ring, const float* comp, const int32_t* sel,
-                          const int32_t* n_sel, const float* sinks, const float* omega, float* scratch, float* o,
-                          uint32_t* arrivals, const StepCtl* ctl, void* stream, int64_t tokens, int64_t sel_stride) {
-  const float scale = 1.0f / sqrtf(static_cast<float>(s.D));
-  const int64_t nchunks = (std::max<int64_t>(s.max_rows, 1) + kAttnChunk - 1) / kAttnChunk;
-  const size_t smem = std::max(attn_part_smem(s.D), attn_group_merge_smem(s.D, nchunks));
-  static const int max_smem = [] {  // the opt-in above 48 KB, once before any capture
-    const int optin = device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
-    DS4_CUDA_CHECK(
-        cudaFuncSetAttribute(attention_one_launch_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
-    return optin;
-  }();
-  DS4_FWD_REQUIRE(smem <= static_cast<size_t>(max_smem));
-  const unsigned groups = static_cast<unsigned>((s.NH + kAttnHeads - 1) / kAttnHeads);
-  launch(attention_one_launch_kernel, dim3(static_cast<unsigned>(nchunks), groups, static_cast<unsigned>(tokens)),
-         kThreads, smem, stream, s, scale, q, ring, comp, sel, n_sel, sel_stride, sinks, omega, scratch, o, arrivals,
-         ctl);
-}
 }  // namespace
-
-size_t attention_arrival_counters(const AttnShape& s, int64_t tokens) {
-  return static_cast<size_t>(tokens * ((s.NH + kAttnHeads - 1) / kAttnHeads));
-}
 
 void attention(const AttnShape& s, const float* q, const float* ring, const float* comp, const int32_t* sel,
                const int32_t* n_sel, const float* sinks, const float* omega, float* scratch, float* o,
-               const StepCtl* ctl, void* stream, int64_t tokens, int64_t sel_stride, uint32_t* arrivals) {
+               const StepCtl* ctl, void* stream, int64_t tokens, int64_t sel_stride) {
   DS4_FWD_REQUIRE(tokens >= 1 && tokens <= 65535);
   DS4_FWD_REQUIRE(s.D % 4 == 0);
-  if (arrivals && one_launch_attention())
-    attention_one_launch(s, q, ring, comp, sel, n_sel, sinks, omega, scratch, o, arrivals, ctl, stream, tokens,
-                         sel_stride);
-  else if (batched_loads())
+  if (batched_loads())
     attention_launches<true>(s, q, ring, comp, sel, n_sel, sinks, omega, scratch, o, ctl, stream, tokens, sel_stride);
   else
     attention_launches<false>(s, q, ring, comp, sel, n_sel, sinks, omega, scratch, o, ctl, stream, tokens,

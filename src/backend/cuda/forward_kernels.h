@@ -204,15 +204,11 @@ struct AttnShape {
 };
 inline constexpr int64_t kAttnChunk = 32;  // rows per block (= lanes of a warp)
 inline constexpr int64_t kAttnHeads = 8;   // heads per block (= its warps)
-// With `arrivals` (attention_arrival_counters(s, tokens) counters, zero before the first
-// call; each call leaves them zero), one launch: the last chunk block of each head group to
-// finish merges the group (same bits), unless DS4_CUDA_NO_ONE_LAUNCH_ATTN=1 is set.
 size_t attention_scratch_floats(const AttnShape& s);
-size_t attention_arrival_counters(const AttnShape& s, int64_t tokens = 1);
 void attention(const AttnShape& s, const float* q, const float* ring, const float* comp,
                const int32_t* sel, const int32_t* n_sel, const float* sinks,
                const float* omega, float* scratch, float* o, const StepCtl* ctl, void* stream,
-               int64_t tokens = 1, int64_t sel_stride = 0, uint32_t* arrivals = nullptr);
+               int64_t tokens = 1, int64_t sel_stride = 0);
 
 // Routing (moe.cpp route): logits [NE] -> ids [K], weights [K]. Hash layers pass tid2eid
 // (int32 [n_vocab][K]) and use row ctl->token; others pick the top K of score + bias.

@@ -186,7 +186,6 @@ GpuSession::GpuSession(const GpuModel& model, const model::SessionOptions& opts,
   {
     const fwd::AttnShape as{NH, D, hp.n_rope, hp.window, cap_, 0, s.max_rows};
     s.attn_f = A.get<float>(static_cast<int64_t>(fwd::attention_scratch_floats(as)));
-    s.attn_arrivals = A.get<uint32_t>(static_cast<int64_t>(fwd::attention_arrival_counters(as)));  // zero-filled
     const fwd::HcShape hs{static_cast<int>(NC), E, hp.rms_eps, hp.hc_eps, static_cast<int>(hp.hc_sinkhorn_iters)};
     s.hc_scr = A.get<uint8_t>(static_cast<int64_t>(fwd::hc_fused_scratch_bytes(hs)));
   }
@@ -469,8 +468,7 @@ void GpuSession::attention_sublayer(const DLayer& L, LayerBufs& S, void* s) {
 
   // 3.4.8 Attention with sinks over the raw window and the compressed rows, de-rotated.
   fwd::AttnShape as{NH, D, hp.n_rope, hp.window, cap_, L.ratio, b.max_rows};
-  fwd::attention(as, b.q, S.raw, S.comp, sel, b.n_sel, L.sinks, L.omega, b.attn_f, b.o, b.ctl, s, 1, 0,
-                 b.attn_arrivals);
+  fwd::attention(as, b.q, S.raw, S.comp, sel, b.n_sel, L.sinks, L.omega, b.attn_f, b.o, b.ctl, s);
   mark("attention core", 0, s);
 
   // 3.4.9 Grouped output projection: group g uses rows g*R.. of wo_a on its heads. All groups
