@@ -271,12 +271,7 @@ constexpr int kMaxHc = 8;
 // sequential order, so each value is what the CPU computes up to expf's rounding; the
 // divisions of a pass run on all elements at once instead of one lane per row walking
 // shared memory (the previous version: ~7 us of the ~40 us of an HC pre call).
-// kNc > 0: nc is known at compile time (kNc, nc_rt ignored), so the gathers and sums unroll
-// and the lane's row and column are shifts: the same operations in the same order, fewer
-// dependent instructions on the 20 iterations' critical path. kNc == 0: nc = nc_rt.
-template <int kNc>
-__device__ void sinkhorn_warp(float (&c)[2], int nc_rt, int iters, float eps) {
-  const int nc = kNc > 0 ? kNc : nc_rt;
+__device__ void sinkhorn_warp(float (&c)[2], int nc, int iters, float eps) {
   const int lane = threadIdx.x & 31, n = nc * nc;
   const int slots = n > 32 ? 2 : 1;  // warp-uniform: nc <= 5 needs one value per lane
   auto elem = [&](int idx) {  // element idx of the matrix, from whichever lane holds it
@@ -322,10 +317,9 @@ __device__ void sinkhorn_warp(float (&c)[2], int nc_rt, int iters, float eps) {
 
 
 // post and comb (Sinkhorn-normalized) of hyper_connection.cpp hc_pre from the raw mix
-// values and the RMS factor r, by one whole warp. unrolled: Sinkhorn compiled for nc = 4 (the
-// V4 models' stream count) when nc is 4.
+// values and the RMS factor r, by one whole warp.
 __device__ void hc_post_comb_warp(const HcShape& s, const float* mix, float r, const float* base,
-                                  const float* scale, float* post, float* comb, bool unrolled) {
+                                  const float* scale, float* post, float* comb) {
   const int nc = s.nc, lane = threadIdx.x & 31;
   if (lane < nc) post[lane] = 2.0f * sigmoidf_(scale[1] * (mix[nc + lane] * r) + base[nc + lane]);
   float c[2];
@@ -333,10 +327,7 @@ __device__ void hc_post_comb_warp(const HcShape& s, const float* mix, float r, c
     const int e = lane + 32 * t;
     c[t] = e < nc * nc ? scale[2] * (mix[2 * nc + e] * r) + base[2 * nc + e] : 0.0f;
   }
-  if (unrolled && nc == 4)
-    sinkhorn_warp<4>(c, nc, s.iters, s.hc_eps);
-  else
-    sinkhorn_warp<0>(c, nc, s.iters, s.hc_eps);
+  sinkhorn_warp(c, nc, s.iters, s.hc_eps);
   for (int t = 0; t < 2; ++t)
     if (lane + 32 * t < nc * nc) comb[lane + 32 * t] = c[t];
 }
@@ -356,7 +347,7 @@ __global__ void hc_pre_kernel(HcShape s, const float* mix_raw, const float* H, c
   const float r = hc_inv_rms(H, nc * s.E, s.rms_eps);
   const int t = threadIdx.x;
   if (t < nc) pre[t] = sigmoidf_(scale[0] * (mix_raw[t] * r) + base[t]) + s.hc_eps;
-  if (threadIdx.x < 32) hc_post_comb_warp(s, mix_raw, r, base, scale, post, comb, false);
+  if (threadIdx.x < 32) hc_post_comb_warp(s, mix_raw, r, base, scale, post, comb);
   __syncthreads();
   for (int64_t d = threadIdx.x; d < s.E; d += blockDim.x) {
     float acc = 0.0f;
@@ -460,8 +451,7 @@ template <bool kHead>
 __global__ void __launch_bounds__(kHcApplyThreads) hc_apply_kernel(HcShape s, int64_t n_mix, const float* H,
                                                                    const float* base, const float* scale,
                                                                    const float* norm, float* a, float* x, float* post,
-                                                                   float* comb, const uint8_t* scr,
-                                                                   bool unrolled_sinkhorn) {
+                                                                   float* comb, const uint8_t* scr) {
   pdl_enter();
   const HcLayout L(s, n_mix);
   const double* ss_a = reinterpret_cast<const double*>(scr + L.ss_a);
@@ -496,7 +486,7 @@ __global__ void __launch_bounds__(kHcApplyThreads) hc_apply_kernel(HcShape s, in
   __syncthreads();
   const float r = r_sh;
   if (comb_block) {
-    if (warp == 0) hc_post_comb_warp(s, mix, r, base, scale, post, comb, unrolled_sinkhorn);
+    if (warp == 0) hc_post_comb_warp(s, mix, r, base, scale, post, comb);
     return;
   }
   // Loops over the streams run to kMaxHc, unrolled, so that pre and h stay in registers.
@@ -1139,12 +1129,6 @@ void hc_pre(const HcShape& s, const float* mix_raw, const float* H, const float*
 size_t hc_fused_scratch_bytes(const HcShape& s) { return HcLayout(s, hc_pre_mix_rows(s)).total; }
 
 namespace {
-// DS4_CUDA_NO_HC_UNROLL set in the environment runs the fused HC pre's Sinkhorn with nc at run
-// time (same bits): an A/B switch.
-bool sinkhorn_unrolled() {
-  static const bool on = std::getenv("DS4_CUDA_NO_HC_UNROLL") == nullptr;
-  return on;
-}
 // The two launches of hc_pre_fused, hc_post_pre_fused and hc_head_fused: the fn partials
 // (after hc_post p when given, which writes the state to H), then the reduction and the
 // normalized collapse (kHead: the head's, of n_mix = nc fn rows).
@@ -1162,7 +1146,7 @@ void hc_fused_launches(const HcShape& s, int64_t n_mix, const HcPostIn* p, const
   if (p) launch(hc_mix_kernel<true>, nb, kHcCols, 0, stream, s, n_mix, code, w, H, *p, H_post, scr);
   else launch(hc_mix_kernel<false>, nb, kHcCols, 0, stream, s, n_mix, code, w, H, HcPostIn{}, H_post, scr);
   launch(hc_apply_kernel<kHead>, static_cast<unsigned>(L.nb2 + (kHead ? 0 : 1)), kHcApplyThreads, 0, stream, s,
-         n_mix, H, base, scale, norm, a, x, post, comb, static_cast<const uint8_t*>(scr), sinkhorn_unrolled());
+         n_mix, H, base, scale, norm, a, x, post, comb, static_cast<const uint8_t*>(scr));
 }
 }  // namespace
 
