@@ -700,15 +700,15 @@ constexpr int bulk_block_quantum() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 // One warp's pieces: rows row0, row0 + step, ... < row_end, each the blocks [bb, be) cut into
 // chunks of at most cb blocks; a cursor walks them in the order they are requested and decoded.
-// 32-bit rows and blocks (the host checks that they fit) keep the kernel at ~40 registers.
 struct WarpPieces {
-  int row0, step, row_end, bb, be, cb;
+  int64_t row0, step, row_end, bb, be;
+  int cb;
   struct Cursor {
-    int row, b0;
+    int64_t row, b0;
   };
   __device__ Cursor first() const { return Cursor{row0, bb}; }
   __device__ bool valid(const Cursor& c) const { return c.row < row_end; }
-  __device__ int blocks(const Cursor& c) const { return min(cb, be - c.b0); }
+  __device__ int blocks(const Cursor& c) const { return int(min(int64_t(cb), be - c.b0)); }
   __device__ void advance(Cursor& c) const {
     c.b0 += cb;
     if (c.b0 >= be) {
@@ -722,25 +722,29 @@ template <class K, class Plan>
 struct BulkStream {
   const Plan& p;
   WarpPieces w;
-  uint8_t* buf;    // stages buffers of cb blocks: this warp's shared memory
+  uint8_t* buf;    // stages * stage_bytes of this warp's shared memory
   uint64_t* bars;  // one mbarrier per buffer
   int stages;
+  size_t stage_bytes;
+  uint64_t policy = 0;
   WarpPieces::Cursor next;  // the next piece to request
   int next_stage = 0;
 
   __device__ BulkStream(const Plan& plan, const WarpPieces& pieces, uint8_t* ring, uint64_t* barriers, int n_stages)
-      : p(plan), w(pieces), buf(ring), bars(barriers), stages(n_stages), next(pieces.first()) {
-    if ((threadIdx.x & 31) == 0)
+      : p(plan), w(pieces), buf(ring), bars(barriers), stages(n_stages), stage_bytes(size_t(pieces.cb) * K::BB),
+        next(pieces.first()) {
+    if ((threadIdx.x & 31) == 0) {
       for (int i = 0; i < stages; ++i) bulk_barrier_init(bars + i);
+      policy = l2_evict_first_policy();
+    }
     __syncwarp();
   }
-  __device__ uint8_t* buffer(int stage) const { return buf + stage * w.cb * K::BB; }
   // Lane 0: requests the next piece into buffer next_stage, if there is one left.
   __device__ void request() {
     if (!w.valid(next)) return;
     if ((threadIdx.x & 31) == 0)
-      bulk_load(buffer(next_stage), p.row(0, next.row) + size_t(next.b0) * K::BB, uint32_t(w.blocks(next) * K::BB),
-                bars + next_stage, l2_evict_first_policy());
+      bulk_load(buf + next_stage * stage_bytes, p.row(0, next.row) + size_t(next.b0) * K::BB,
+                uint32_t(w.blocks(next) * K::BB), bars + next_stage, policy);
     w.advance(next);
     if (++next_stage == stages) next_stage = 0;
   }
@@ -759,14 +763,14 @@ struct BulkStream {
     for (WarpPieces::Cursor c = w.first(); w.valid(c);) {
       const int nb = w.blocks(c);
       bulk_wait(bars + stage, parity);
-      const uint8_t* chunk = buffer(stage);
+      const uint8_t* chunk = buf + stage * stage_bytes;
       const void* act = p.activation(0, c.row);
       for (int u = lane; u < nb * K::U; u += 32) {
         const int blk = u / K::U;  // compile-time divisor
         const float v = K::template dot<GlobalAct>(chunk + blk * K::BB, u - blk * K::U, act, c.b0 + blk, t);
         acc += v;
       }
-      const int row = c.row;
+      const int64_t row = c.row;
       w.advance(c);
       if (emit && c.row != row) {
         acc = warp_sum(acc);
@@ -800,10 +804,10 @@ __global__ void __launch_bounds__(kThreads) bulk_product_kernel(Plan p, Epi epi,
   const int warp = threadIdx.x >> 5;
   const int64_t gw = int64_t(blockIdx.x) * kWarps + warp;
   RowPart rp{gw, 0, p.nblk};
-  WarpPieces pieces{int(gw), int(gridDim.x) * kWarps, int(nrows), 0, int(p.nblk), cfg.chunk_blocks};
+  WarpPieces pieces{gw, int64_t(gridDim.x) * kWarps, nrows, 0, p.nblk, cfg.chunk_blocks};
   if (split > 1) {
     rp = row_part(gw, split, p.nblk, K::G);
-    pieces = WarpPieces{int(rp.r), 1, int(min(rp.r + 1, nrows)), int(rp.bb), int(rp.be), cfg.chunk_blocks};
+    pieces = WarpPieces{rp.r, 1, min(rp.r + 1, nrows), rp.bb, rp.be, cfg.chunk_blocks};
   }
   BulkStream<K, Plan> s(p, pieces, ring + size_t(warp) * cfg.stages * cfg.chunk_blocks * K::BB, bars[warp],
                         cfg.stages);
@@ -925,8 +929,7 @@ template <class K, class Plan, class Epi, bool kSeparate = false>
 void launch_rows(const Plan& p, const Epi& epi, int64_t nrows, bool vec, void* stream) {
   const int split = choose_split(nrows, p.nblk / (vec ? K::G : 1));
   if constexpr (kOneRowPlan<Plan> && !kSeparate) {
-    const bool fits_int = nrows * split < (int64_t(1) << 31) && p.nblk < (int64_t(1) << 31);
-    if (vec && fits_int && bulk_copy_enabled()) return launch_bulk<K>(p, epi, nrows, split, stream);
+    if (vec && bulk_copy_enabled()) return launch_bulk<K>(p, epi, nrows, split, stream);
   }
   static const int per_sm = resident_blocks(product_kernel<K, Plan, Epi, kSeparate>);
   DS4_CUDA_CHECK(launch_pdl(product_kernel<K, Plan, Epi, kSeparate>, grid_for(per_sm, nrows, split, vec), kThreads,
