@@ -98,10 +98,14 @@ void matvec(GgmlType type, const void* d_w, int64_t nrows, int64_t ncols, const 
   matvec_q(type, d_w, nrows, ncols, d_scratch, d_y, stream);
 }
 
+namespace {
+// The routed hidden state h (n_used x n_ff f32) as a 256-aligned workspace region.
+size_t routed_h_bytes(const MoeShape& s) { return align256(size_t(s.n_used) * size_t(s.n_ff) * sizeof(float)); }
+}  // namespace
+
 // Workspace layout: [quantized x][h: n_used x n_ff f32][quantized h], each 256-aligned.
 size_t moe_workspace_bytes(const MoeShape& s) {
-  return align256(activation_bytes(s.gate_up_type, s.n_embd)) +
-         align256(size_t(s.n_used) * size_t(s.n_ff) * sizeof(float)) +
+  return align256(activation_bytes(s.gate_up_type, s.n_embd)) + routed_h_bytes(s) +
          align256(activation_bytes(s.down_type, int64_t(s.n_used) * s.n_ff));
 }
 
@@ -122,7 +126,7 @@ void moe_experts(const MoeShape& s, const void* d_gate, const void* d_up, const 
   uint8_t* ws = static_cast<uint8_t*>(d_workspace);
   void* act_x = ws;
   float* h = const_cast<float*>(moe_hidden(s, d_workspace));
-  void* act_h = reinterpret_cast<uint8_t*>(h) + align256(size_t(s.n_used) * size_t(s.n_ff) * sizeof(float));
+  void* act_h = reinterpret_cast<uint8_t*>(h) + routed_h_bytes(s);
   quantize_activation(s.gate_up_type, d_x, act_x, s.n_embd, stream);
   detail::launch_moe_gate_up(s.gate_up_type, d_gate, d_up, s.n_embd, s.n_ff, d_ids, d_route_w, s.n_used,
                              s.limit, act_x, h, stream);
@@ -152,15 +156,13 @@ size_t fused_parts_bytes(const SharedExpert* shared) {
 }  // namespace
 
 size_t moe_fused_workspace_bytes(const MoeShape& s, const SharedExpert* shared) {
-  const int64_t h_values = int64_t(s.n_used) * s.n_ff;
-  return align256(size_t(h_values) * sizeof(float)) + fused_parts_bytes(shared) +
-         align256(activation_bytes(s.down_type, h_values)) +
+  return routed_h_bytes(s) + fused_parts_bytes(shared) +
+         align256(activation_bytes(s.down_type, int64_t(s.n_used) * s.n_ff)) +
          (shared != nullptr ? align256(activation_bytes(shared->type, shared->n_ff)) : 0);
 }
 
 const void* moe_fused_quantized_hidden(const MoeShape& s, const SharedExpert* shared, const void* d_workspace) {
-  return static_cast<const uint8_t*>(d_workspace) + align256(size_t(s.n_used) * size_t(s.n_ff) * sizeof(float)) +
-         fused_parts_bytes(shared);
+  return static_cast<const uint8_t*>(d_workspace) + routed_h_bytes(s) + fused_parts_bytes(shared);
 }
 
 void moe_fused(const MoeShape& s, const void* d_gate, const void* d_up, const void* d_down, const int32_t* d_ids,
@@ -186,7 +188,7 @@ void moe_fused(const MoeShape& s, const void* d_gate, const void* d_up, const vo
   m.y = d_y;
   uint8_t* ws = static_cast<uint8_t*>(d_workspace);
   m.h = reinterpret_cast<float*>(ws);
-  m.parts = reinterpret_cast<float*>(ws + align256(size_t(s.n_used) * size_t(s.n_ff) * sizeof(float)));
+  m.parts = reinterpret_cast<float*>(ws + routed_h_bytes(s));
   m.act_pre = static_cast<uint8_t*>(const_cast<void*>(moe_fused_quantized_hidden(s, shared, d_workspace)));
   detail::launch_moe_fused(m, stream);
 }

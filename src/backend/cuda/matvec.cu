@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <mutex>
+#include <numeric>
 #include <type_traits>
 
 #include "backend/cuda/bulk_copy.cuh"
@@ -688,13 +689,7 @@ struct BulkConfig {
 // Blocks per chunk must be a multiple of G (16-byte sizes) and of 32 / U (whole lane rounds).
 template <class K>
 constexpr int bulk_block_quantum() {
-  int a = K::G, b = 32 / K::U;
-  while (b != 0) {
-    const int t = a % b;
-    a = b;
-    b = t;
-  }
-  return K::G / a * (32 / K::U);
+  return std::lcm(K::G, 32 / K::U);
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -857,6 +852,12 @@ bool bulk_copy_enabled() {
   return device_attribute(cudaDevAttrComputeCapabilityMajor) == 9 && std::getenv("DS4_CUDA_NO_BULK_COPY") == nullptr;
 }
 
+// An integer tuning variable from the environment, clamped to [lo, hi]; fallback when unset.
+int env_int(const char* name, int fallback, int lo, int hi) {
+  const char* e = std::getenv(name);
+  return e == nullptr ? fallback : std::clamp(std::atoi(e), lo, hi);
+}
+
 // The bulk path's shape, from the environment once per process (for measurements):
 // DS4_CUDA_BULK_STAGES buffers per warp, DS4_CUDA_BULK_STAGE_BYTES about this many bytes per
 // buffer (default: the register pipeline's chunk, ~2 KiB), DS4_CUDA_NO_EARLY_WEIGHTS=1 waits
@@ -869,8 +870,8 @@ struct BulkTuning {
 const BulkTuning& bulk_tuning() {
   static const BulkTuning t = [] {
     BulkTuning b;
-    if (const char* s = std::getenv("DS4_CUDA_BULK_STAGES")) b.stages = std::clamp(std::atoi(s), 1, kMaxBulkStages);
-    if (const char* s = std::getenv("DS4_CUDA_BULK_STAGE_BYTES")) b.stage_bytes = std::clamp(std::atoi(s), 0, 8192);
+    b.stages = env_int("DS4_CUDA_BULK_STAGES", b.stages, 1, kMaxBulkStages);
+    b.stage_bytes = env_int("DS4_CUDA_BULK_STAGE_BYTES", b.stage_bytes, 0, 8192);
     b.early = std::getenv("DS4_CUDA_NO_EARLY_WEIGHTS") == nullptr;
     return b;
   }();
@@ -1569,10 +1570,6 @@ struct V2Tuning {
   int stages = 2;
   bool down_preq = false;  // the down inputs quantized once per layer (moe_down_quantize_kernel)
 };
-int env_int(const char* name, int fallback, int lo, int hi) {
-  const char* e = std::getenv(name);
-  return e == nullptr ? fallback : std::clamp(std::atoi(e), lo, hi);
-}
 V2Tuning v2_tuning() {
   V2Tuning v;
   v.on = std::getenv("DS4_CUDA_NO_MOE_V2") == nullptr;
