@@ -56,9 +56,6 @@ model::HParams preset_hparams(const convert::ModelConfig& cfg, const std::string
   return hp;
 }
 
-// Prefill chunk of the benchmark's sessions: a 2K prompt is one batched chunk.
-constexpr int64_t kPrefillChunk = 2048;
-
 // Bytes of weights one decode step reads: everything but the embedding table (one row) and
 // the experts not selected (n_used of n_expert).
 double decode_bytes(const cuda::GpuModel& g) {
@@ -104,6 +101,7 @@ int run_sweep(const cuda::GpuModel& g, const CudaBenchArgs& a, const std::string
 }  // namespace
 
 int run_cuda_bench(const CudaBenchArgs& a) {
+  if (a.batch < 2) throw Error(fmt::format("ds4-bench cuda: --batch must be at least 2, got {}", a.batch));
   std::unique_ptr<model::Model> host;
   std::unique_ptr<cuda::GpuModel> g;
   std::string name;
@@ -132,7 +130,7 @@ int run_cuda_bench(const CudaBenchArgs& a) {
   for (auto& t : prompt) t = tok(rng);
   for (auto& t : gen) t = tok(rng);
   const model::SessionOptions so{.max_ctx = a.prompt + a.gen + 8, .numerics = model::numerics_from_name(a.numerics),
-                                 .retain = a.gen + 8, .max_batch = kPrefillChunk};
+                                 .retain = a.gen + 8, .max_batch = a.batch};
   std::vector<double> prefill, decode_sync, decode_piped;
   size_t state = 0;
   for (int r = 0; r < a.reps; ++r) {
@@ -159,7 +157,7 @@ int run_cuda_bench(const CudaBenchArgs& a) {
   fmt::print("median: prefill {:.1f} tok/s ({} tokens, batched chunks of <= {}), decode {:.1f} tok/s synchronized, "
              "{:.1f} tok/s back to back = {:.3f} ms/step, {:.1f} GB/s of weights ({:.2f} GB/token); session state "
              "{:.1f} MiB; graph {}\n",
-             median(prefill), a.prompt, kPrefillChunk, median(decode_sync), median(decode_piped), 1e3 / median(decode_piped),
+             median(prefill), a.prompt, a.batch, median(decode_sync), median(decode_piped), 1e3 / median(decode_piped),
              bytes * median(decode_piped) / 1e9, bytes / 1e9, static_cast<double>(state) / 1048576.0,
              a.graph ? "on" : "off");
 
@@ -205,11 +203,11 @@ int run_cuda_bench(const CudaBenchArgs& a) {
     fmt::print("  {:<22} {:8.3f} ms {:5.1f}% {:8.1f} GB/s\n", p.name, p.ms, 100.0 * p.ms / total,
                p.bytes > 0 ? p.bytes / 1e6 / p.ms : 0.0);
 
-  // One batched prefill chunk timed phase by phase (the first min(prompt, kPrefillChunk)
+  // One batched prefill chunk timed phase by phase (the first min(prompt, batch)
   // prompt tokens into a fresh session).
   if (a.prompt > 1) {
     cuda::GpuSession ps(*g, so, {.use_graph = false});
-    const auto chunk = std::span(prompt).first(static_cast<size_t>(std::min<int64_t>(a.prompt, kPrefillChunk)));
+    const auto chunk = std::span(prompt).first(static_cast<size_t>(std::min(a.prompt, a.batch)));
     ps.eval_device(chunk.first(2));  // allocates the batch arrays outside the timing
     ps.truncate(0);
     const auto pphases = ps.profile_prefill(chunk);

@@ -503,8 +503,8 @@ TEST(CudaMoe, TwoLaunchMoeMatchesSeparateLaunchesAndCpu) {
 // to 24 warps (fewer buffers fit), and for 16 experts per token, where 16 warps' down rings
 // (16 x 672 + 2176 bytes a row) do not fit and v2's gate/up runs before the old down kernel
 // (with 4 down warps they fit). Each v2 shape runs with the down inputs quantized once per
-// layer (moe_down_quantize_kernel, DS4_CUDA_MOE_DOWN_PREQ=1) and by every down block (the
-// default); the workspace is filled with 0xFF, so bytes the quantize
+// layer (moe_down_quantize_kernel, the default) and by every down block
+// (DS4_CUDA_NO_MOE_DOWN_PREQ=1); the workspace is filled with 0xFF, so bytes the quantize
 // launch leaves unwritten show.
 TEST(CudaMoe, V2KernelsMatchPreviousKernelsBitForBit) {
   DS4_REQUIRE_GPU();
@@ -555,9 +555,9 @@ TEST(CudaMoe, V2KernelsMatchPreviousKernelsBitForBit) {
       for (const Shape& shape : shapes) {
         const ScopedEnv w("DS4_CUDA_MOE_WARPS", shape.warps), dw_env("DS4_CUDA_MOE_DOWN_WARPS", shape.down_warps),
             st("DS4_CUDA_MOE_STAGES", shape.stages);
-        // The down inputs quantized once per layer (opt-in) and by every down block (default).
+        // The down inputs quantized once per layer (default) and by every down block (switch).
         for (const bool preq : {true, false}) {
-          const ScopedEnv preq_env("DS4_CUDA_MOE_DOWN_PREQ", preq ? "1" : "");
+          const ScopedEnv preq_env("DS4_CUDA_NO_MOE_DOWN_PREQ", preq ? "" : "1");
           const std::string where = what + ", warps " + shape.warps + ", down warps " + shape.down_warps +
                                     ", stages " + shape.stages +
                                     (preq ? ", down inputs quantized once" : ", down inputs quantized per block");

@@ -87,8 +87,8 @@ const float* moe_hidden(const MoeShape& s, const void* d_workspace);
 // with the routed h_k as in moe_experts. Launch 1 quantizes x in each block and streams the
 // routed gate/up rows and the shared expert's gate/up rows (each cut in two halves); launch 2
 // quantizes h_k and h_s in each block and streams every output row's routed down product, then
-// adds its shared down product. (With the v2 kernels and DS4_CUDA_MOE_DOWN_PREQ=1 a small launch
-// between the two quantizes h_k and h_s once for the layer instead.) The float summation
+// adds its shared down product. (With the v2 kernels a small launch between the two quantizes
+// h_k and h_s once for the layer instead, unless DS4_CUDA_NO_MOE_DOWN_PREQ=1.) The float summation
 // order is fixed (no atomics): y[r] is the
 // routed sum exactly as moe_experts computes it plus the shared row exactly as moe_experts
 // with n_used = 1 computes it where that splits the gate/up rows in two (GPUs of 86-170 SMs,
@@ -110,8 +110,8 @@ void moe_fused(const MoeShape& s, const void* d_gate, const void* d_up, const vo
                void* stream = nullptr);
 // For tests: where the last moe_fused call on this workspace left the routed h quantized in
 // down_type's partner format (activation_bytes(down_type, n_used * n_ff) bytes), when its
-// down inputs were quantized once for the layer (the v2 down kernel with
-// DS4_CUDA_MOE_DOWN_PREQ=1). The f32 h it was made from is the workspace's start.
+// down inputs were quantized once for the layer (the v2 down kernel without
+// DS4_CUDA_NO_MOE_DOWN_PREQ=1). The f32 h it was made from is the workspace's start.
 const void* moe_fused_quantized_hidden(const MoeShape& s, const SharedExpert* shared, const void* d_workspace);
 
 // Fills nrows x ncols of `type` at d_w with valid pseudo-random blocks (finite, non-zero
