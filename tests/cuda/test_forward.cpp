@@ -757,6 +757,8 @@ TEST(ForwardKernels, PrintsDecodeLaunchTimes) {
 TEST(ForwardKernels, RoutingMatchesCpu) {
   REQUIRE_GPU();
   ds4::model::HParams hp;
+  kf.n_nope = D - 64;
+  kf.sim = fwd::Sim::Fp8Nope;  // official numerics, as the benchmarks run
   hp.n_expert = 256;
   hp.n_expert_used = 6;
   hp.n_hash_layers = 1;

@@ -120,23 +120,36 @@ __device__ float e2m1_round(float v) {
   }
   return copysignf(vals[best], v);
 }
-// One thread rounds one block of x (numerics_sim.cpp fp8_roundtrip / fp4_roundtrip).
-__device__ void fp8_block(float* x, int64_t n) {
-  float amax = 0.0f;
-  for (int64_t i = 0; i < n; ++i) amax = fmaxf(amax, fabsf(x[i]));
-  amax = fmaxf(amax, 1e-4f);
-  const float s = pow2_ceil(__fdiv_rn(amax, 448.0f));
-  for (int64_t i = 0; i < n; ++i)
-    x[i] = __fmul_rn(s, e4m3_round(fminf(fmaxf(__fdiv_rn(x[i], s), -448.0f), 448.0f)));
+// The simulated low-precision round trip of x[0..n) in blocks of bs <= 64 elements
+// (numerics_sim.cpp fp8_roundtrip / fp4_roundtrip, bit for bit), a warp per block: lane l holds
+// elements l and l + 32. The block's amax is a shuffle max (a max is exact in any order; the
+// CPU's starts from 0, as the absent lanes' zeros do) and each element is rounded on its own,
+// so the values are the CPU's. (One thread per block walked its 64 elements serially before:
+// ~13 us of a ~16 us launch at Flash's KV row, on the decode step's critical path.)
+// qmax: 448 (FP8 e4m3) or 6 (FP4 e2m1); floor_amax keeps the scale finite for an all-zero block.
+template <class Round>
+__device__ void round_trip_blocks(float* x, int64_t n, int bs, float qmax, float floor_amax, Round round) {
+  const int lane = threadIdx.x & 31;
+  const int64_t nb = (n + bs - 1) / bs;
+  for (int64_t b = threadIdx.x >> 5; b < nb; b += blockDim.x >> 5) {
+    float* blk = x + b * bs;
+    const int64_t len = n - b * bs < bs ? n - b * bs : bs;
+    const bool has0 = lane < len, has1 = lane + 32 < len;
+    const float v0 = has0 ? blk[lane] : 0.0f, v1 = has1 ? blk[lane + 32] : 0.0f;
+    float amax = fmaxf(fabsf(v0), fabsf(v1));
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(kFull, amax, o));
+    amax = fmaxf(amax, floor_amax);
+    const float s = pow2_ceil(__fdiv_rn(amax, qmax));
+    auto trip = [&](float v) { return __fmul_rn(s, round(fminf(fmaxf(__fdiv_rn(v, s), -qmax), qmax))); };
+    if (has0) blk[lane] = trip(v0);
+    if (has1) blk[lane + 32] = trip(v1);
+  }
 }
-__device__ void fp4_block(float* x, int64_t n) {
-  const float floor_amax = 6.0f * ldexpf(1.0f, -126);
-  float amax = 0.0f;
-  for (int64_t i = 0; i < n; ++i) amax = fmaxf(amax, fabsf(x[i]));
-  amax = fmaxf(amax, floor_amax);
-  const float s = pow2_ceil(__fdiv_rn(amax, 6.0f));
-  for (int64_t i = 0; i < n; ++i)
-    x[i] = __fmul_rn(s, e2m1_round(fminf(fmaxf(__fdiv_rn(x[i], s), -6.0f), 6.0f)));
+__device__ void fp8_blocks(float* x, int64_t n) {
+  round_trip_blocks(x, n, 64, 448.0f, 1e-4f, [](float v) { return e4m3_round(v); });
+}
+__device__ void fp4_blocks(float* x, int64_t n) {
+  round_trip_blocks(x, n, 32, 6.0f, 6.0f * ldexpf(1.0f, -126), [](float v) { return e2m1_round(v); });
 }
 
 // RoPE of the last n_rope dims of r[0..d) at position pos (rope.cpp rotate).
@@ -178,10 +191,7 @@ __device__ void finish_row(const RowFinish& f, const float* omega, float* r, int
   }
   if (f.n_rope > 0) rope_row(r, d, f.n_rope, omega, pos, false);
   if (f.sim == Sim::Fp8Nope) {
-    for (int64_t b = threadIdx.x; b * 64 < f.n_nope; b += blockDim.x) {
-      const int64_t b0 = b * 64, n = f.n_nope - b0 < 64 ? f.n_nope - b0 : 64;
-      fp8_block(r + b0, n);
-    }
+    fp8_blocks(r, f.n_nope);
     __syncthreads();
   } else if (f.sim == Sim::HadamardFp4) {
     // Natural-order fast Walsh-Hadamard transform, stage by stage as numerics_sim.cpp.
@@ -197,7 +207,7 @@ __device__ void finish_row(const RowFinish& f, const float* omega, float* r, int
     const float scale = 1.0f / sqrtf(static_cast<float>(d));
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) r[i] = __fmul_rn(r[i], scale);
     __syncthreads();
-    for (int64_t b = threadIdx.x; b * 32 < d; b += blockDim.x) fp4_block(r + b * 32, 32);
+    fp4_blocks(r, d);
     __syncthreads();
   }
 }
