@@ -36,7 +36,7 @@ struct Options {
   std::string dump_logits;
   std::string numerics = "official";
   std::string backend = "cpu";
-  int64_t batch = 512;
+  int64_t batch = 0;  // 0: the backend's prefill chunk
   int threads = 0;
 };
 
@@ -75,21 +75,22 @@ std::vector<int32_t> parse_tokens(const std::string& spec) {
 
 int run_dump_logits(const Options& o) {
   const std::vector<int32_t> tokens = parse_tokens(o.tokens);
-  if (o.batch <= 0) ds4::fail("--batch must be positive, got {}", o.batch);
+  if (o.batch < 0) ds4::fail("--batch must not be negative, got {}", o.batch);
   const auto backend = ds4::runtime::parse_backend(o.backend);
   const auto model = ds4::model::Model::load(o.model_path, {.threads = o.threads});
   const int64_t V = model.hparams().n_vocab;
   const auto engine = ds4::runtime::open_engine(model, backend);
+  const int64_t batch = o.batch > 0 ? o.batch : engine->prefill_chunk();
   const auto session_ptr = engine->new_session({.max_ctx = static_cast<int64_t>(tokens.size()),
                                                 .numerics = ds4::model::numerics_from_name(o.numerics),
                                                 .retain = 0,
-                                                .max_batch = o.batch});
+                                                .max_batch = batch});
   ds4::model::EvalSession& session = *session_ptr;
   std::FILE* f = std::fopen(o.dump_logits.c_str(), "wb");
   if (!f) ds4::fail("cannot create {}: {}", o.dump_logits, std::strerror(errno));
   std::vector<float> logits;
-  for (size_t i = 0; i < tokens.size(); i += static_cast<size_t>(o.batch)) {
-    const size_t n = std::min(tokens.size() - i, static_cast<size_t>(o.batch));
+  for (size_t i = 0; i < tokens.size(); i += static_cast<size_t>(batch)) {
+    const size_t n = std::min(tokens.size() - i, static_cast<size_t>(batch));
     logits.resize(n * static_cast<size_t>(V));
     try {
       session.eval(std::span(tokens).subspan(i, n), ds4::model::LogitsMode::All, logits.data());
@@ -118,7 +119,7 @@ int main(int argc, char** argv) {
   ds4::cli::add_flags(app, co);
   app.add_option("--tokens", o.tokens, "token ids: 5,17,9 or @FILE");
   app.add_option("--dump-logits", o.dump_logits, "write float32 logits [n_tokens, vocab] here");
-  app.add_option("--batch", o.batch, "prefill chunk size (1 = token-by-token decode)");
+  app.add_option("--batch", o.batch, "prefill chunk size (1 = token-by-token decode; default: the backend's, cpu 512, cuda 2048)");
   try {
     ds4::cli::parse(app, argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -146,7 +146,8 @@ void ChatSession::set_thinking(chat::Thinking t) { thinking_ = effective_thinkin
 void ChatSession::set_ctx(int64_t ctx) {
   check_context(m_->model, ctx);
   ctx_ = ctx;
-  const model::SessionOptions so{.max_ctx = ctx, .numerics = model::numerics_from_name(o_->numerics)};
+  model::SessionOptions so{.max_ctx = ctx, .numerics = model::numerics_from_name(o_->numerics)};
+  if (m_->engine) so.max_batch = m_->engine->prefill_chunk();
   gen_ = m_->engine ? std::make_unique<gen::Generator>(m_->model, m_->tokenizer, m_->engine->new_session(so))
                     : std::make_unique<gen::Generator>(m_->model, m_->tokenizer, so);
   thinking_ = effective_thinking(thinking_, ctx_);

@@ -130,7 +130,8 @@ int64_t Generator::prefill(std::span<const TokenId> prompt, const GenerateOption
     fail("the prompt has {} tokens and does not fit the context of {} tokens (it needs room for "
          "at least one generated token); use a larger --ctx",
          n, ctx);
-  if (opts.prefill_chunk <= 0) fail("prefill_chunk must be positive, got {}", opts.prefill_chunk);
+  if (opts.prefill_chunk < 0) fail("prefill_chunk must not be negative, got {}", opts.prefill_chunk);
+  const int64_t chunk = opts.prefill_chunk > 0 ? opts.prefill_chunk : session_->options().max_batch;
   logits_.clear();
   const int64_t reused = reuse_prefix(prompt);
   const auto V = static_cast<size_t>(model_->hparams().n_vocab);
@@ -138,7 +139,7 @@ int64_t Generator::prefill(std::span<const TokenId> prompt, const GenerateOption
   int64_t pos = reused;
   while (pos < n) {
     if (cancelled(opts)) return -1;
-    const int64_t len = std::min(opts.prefill_chunk, n - pos);
+    const int64_t len = std::min(chunk, n - pos);
     const bool last = pos + len == n;
     if (last) logits_.resize(V);
     session_->eval(prompt.subspan(static_cast<size_t>(pos), static_cast<size_t>(len)),

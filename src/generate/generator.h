@@ -71,7 +71,8 @@ struct GenerateOptions {
   SamplingParams sampling;  // also holds max_tokens, stop tokens and stop strings
   int logprobs_top_k = -1;  // < 0: no logprobs; else per step the chosen token and the top k
   // Prompt tokens per prefill call: the granularity of progress reports and cancellation.
-  int64_t prefill_chunk = 256;
+  // 0: the session's max_batch (one batched layer pass per call).
+  int64_t prefill_chunk = 0;
   // Keep a snapshot of the state at the prompt's end for the next call's prefix reuse. Costs one
   // copy of the state per call.
   bool keep_prompt_snapshot = true;

@@ -37,6 +37,7 @@ class CpuEngine final : public Engine {
   }
   BackendKind kind() const override { return BackendKind::Cpu; }
   std::string describe() const override { return "cpu"; }
+  int64_t prefill_chunk() const override { return 512; }
 };
 
 #ifdef DS4_HAVE_CUDA
@@ -51,6 +52,7 @@ class CudaEngine final : public Engine {
     return fmt::format("cuda: {}, {:.2f} GiB of weights", gpu_->device().name,
                        static_cast<double>(gpu_->weight_bytes()) / (1024.0 * 1024.0 * 1024.0));
   }
+  int64_t prefill_chunk() const override { return 2048; }
 
  private:
   std::unique_ptr<cuda::GpuModel> gpu_;

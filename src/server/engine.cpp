@@ -59,6 +59,8 @@ Engine::Engine(const ServerOptions& opt, Metrics& metrics, Trace& trace)
          model_.hparams().n_vocab);
   if (const auto* v = model_.file().find(synth::kSyntheticKey)) synthetic_note_ = v->as_string();
   backend_ = runtime::open_engine(model_, runtime::parse_backend(opt_.backend == "auto" ? "cpu" : opt_.backend));
+  if (opt_.prefill_chunk < 0) fail("prefill_chunk must not be negative, got {}", opt_.prefill_chunk);
+  if (opt_.prefill_chunk == 0) opt_.prefill_chunk = backend_->prefill_chunk();
   if (!opt_.kv_disk_dir.empty()) {
     disk_ = std::make_unique<KvDiskCache>(opt_.kv_disk_dir, static_cast<uint64_t>(opt_.kv_disk_space_mb) << 20,
                                           gen::model_identity(model_), opt_.ctx,

@@ -25,7 +25,9 @@ struct ServerOptions {
   int64_t kv_disk_min_tokens = 512;             // shorter prompts are not worth a file
   std::string trace_path;
   int64_t default_max_tokens = 4096;            // when the client sends no limit
-  int64_t prefill_chunk = 256;                  // tokens per eval call: cancellation granularity
+  int64_t prefill_chunk = 0;                    // tokens per eval call and batched layer pass (the
+                                                // cancellation granularity); 0: the backend's
+                                                // (runtime::Engine::prefill_chunk)
   int64_t session_retain = 512;                 // tokens a session can rewind in place
   int max_sessions = 4;                         // resident sessions (LRU)
   int64_t session_memory_mb = 8192;             // budget for resident sessions

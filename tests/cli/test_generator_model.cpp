@@ -243,3 +243,26 @@ TEST(Generator, PrefillReportsProgress) {
 }
 
 }  // namespace
+
+namespace {
+
+// prefill_chunk 0 (the default): one prefill call per batched layer pass of the session
+// (its max_batch, 16 here), so a backend's preferred chunk reaches the session whole.
+TEST(Generator, DefaultPrefillChunkIsTheSessionsBatch) {
+  const auto& m = clitest::tiny();
+  Generator g(m.model, m.tok, sopts());
+  std::vector<int32_t> prompt = prompt_of("a prompt long enough to need three batched chunks of sixteen");
+  ASSERT_GT(prompt.size(), 32u);
+  std::vector<int64_t> done;
+  GenerateOptions o;
+  o.sampling.temperature = 0;
+  o.sampling.max_tokens = 1;
+  ASSERT_EQ(o.prefill_chunk, 0);
+  o.on_prefill = [&](const ds4::gen::PrefillProgress& p) { done.push_back(p.done); };
+  g.generate(prompt, o);
+  EXPECT_EQ(done.size(), (prompt.size() + 15) / 16);
+  o.prefill_chunk = -1;
+  EXPECT_THROW(g.generate(prompt, o), ds4::Error);
+}
+
+}  // namespace
