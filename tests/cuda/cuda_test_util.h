@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -106,6 +107,26 @@ inline void expect_close(const std::vector<float>& got, const std::vector<float>
   EXPECT_GT(e.max_ref, 0.0) << what << ": reference is all zero";
   EXPECT_LE(e.max_abs, max_rel * e.max_ref) << what << " max_abs " << e.max_abs << " max_ref " << e.max_ref;
   EXPECT_LE(e.rel_l2, l2) << what << " rel_l2 " << e.rel_l2;
+}
+
+// Microseconds per call of `call` in a CUDA graph of `calls` back-to-back calls (as in the decode
+// step: PDL edges, no host launch gaps), median of 9 graph launches. The first call runs
+// outside the capture (first-use setup such as a shared-memory opt-in).
+inline float graph_us_per_call(void* stream, const std::function<void(void*)>& call, int calls = 32) {
+  call(stream);
+  Graph g(stream, [&](void* s) {
+    for (int i = 0; i < calls; ++i) call(s);
+  });
+  std::vector<float> t;
+  for (int r = 0; r < 9; ++r) {
+    EventTimer ev;
+    ev.start(stream);
+    g.launch(stream);
+    ev.stop(stream);
+    t.push_back(ev.elapsed_ms() * 1000.0f / static_cast<float>(calls));
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
 }
 
 }  // namespace ds4::cuda::test_util
