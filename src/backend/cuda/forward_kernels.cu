@@ -728,6 +728,7 @@ __global__ void idx_scores_kernel(const float* q, const float* wts, float wscale
 __global__ void __launch_bounds__(topk_detail::kTopkThreads)
     idx_topk_kernel(const float* scores, int64_t scores_stride, int64_t ratio, int64_t K, int32_t* sel,
                     int32_t* n_sel, const StepCtl* ctl) {
+  pdl_enter();
   __shared__ topk_detail::TopkShared sh;
   scores += blockIdx.y * scores_stride;  // token blockIdx.y of a batch
   sel += blockIdx.y * K;
@@ -1261,9 +1262,8 @@ void idx_select(const float* q, const float* wts, float wscale, int64_t NI, int6
 void idx_topk(const float* scores, int64_t scores_stride, int64_t ratio, int64_t K, int32_t* sel, int32_t* n_sel,
               const StepCtl* ctl, void* stream, int64_t tokens) {
   DS4_FWD_REQUIRE(K <= topk_detail::kTopkMaxK);
-  idx_topk_kernel<<<token_grid(1, tokens), topk_detail::kTopkThreads, 0, st(stream)>>>(scores, scores_stride, ratio, K,
-                                                                                        sel, n_sel, ctl);
-  DS4_CUDA_CHECK(cudaGetLastError());
+  launch(idx_topk_kernel, token_grid(1, tokens), topk_detail::kTopkThreads, 0, stream, scores, scores_stride, ratio, K,
+         sel, n_sel, ctl);
 }
 
 size_t attention_scratch_floats(const AttnShape& s) {
