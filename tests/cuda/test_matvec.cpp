@@ -505,7 +505,9 @@ TEST(CudaMoe, TwoLaunchMoeMatchesSeparateLaunchesAndCpu) {
 // (with 4 down warps they fit). Each v2 shape runs with the down inputs quantized once per
 // layer (moe_down_quantize_kernel, the default) and by every down block
 // (DS4_CUDA_NO_MOE_DOWN_PREQ=1); the workspace is filled with 0xFF, so bytes the quantize
-// launch leaves unwritten show.
+// launch leaves unwritten show. Each of those runs once with MoE v3's down decoder (the
+// default: Q2_K units with word loads in a bank-conflict-free sub-block order, the integer
+// sums in another order, the same floats) and once with v2's (DS4_CUDA_NO_MOE_V3=1).
 TEST(CudaMoe, V2KernelsMatchPreviousKernelsBitForBit) {
   DS4_REQUIRE_GPU();
   const Experts sh = make_experts(GgmlType::Q8_0, GgmlType::Q8_0, 4096, 2048, 1, 41);
@@ -555,21 +557,27 @@ TEST(CudaMoe, V2KernelsMatchPreviousKernelsBitForBit) {
       for (const Shape& shape : shapes) {
         const ScopedEnv w("DS4_CUDA_MOE_WARPS", shape.warps), dw_env("DS4_CUDA_MOE_DOWN_WARPS", shape.down_warps),
             st("DS4_CUDA_MOE_STAGES", shape.stages);
-        // The down inputs quantized once per layer (default) and by every down block (switch).
+        // The down inputs quantized once per layer (default) and by every down block (switch),
+        // each with v3's decoders (default) and v2's (switch).
         for (const bool preq : {true, false}) {
-          const ScopedEnv preq_env("DS4_CUDA_NO_MOE_DOWN_PREQ", preq ? "" : "1");
-          const std::string where = what + ", warps " + shape.warps + ", down warps " + shape.down_warps +
-                                    ", stages " + shape.stages +
-                                    (preq ? ", down inputs quantized once" : ", down inputs quantized per block");
-          // Where v2's down runs, the once-per-layer path must have run and left the quantized
-          // h in the workspace.
-          size_t hidden_diff = 0;
-          const bool check_hidden = preq && (c.n_used == 6 ? shape.v2_down_6 : shape.v2_down_16);
-          EXPECT_EQ(count_bit_differences(run_moe_fused(s, e, dids, dw, sp, dx, check_hidden ? &hidden_diff : nullptr),
-                                          before),
-                    0u)
-              << where;
-          EXPECT_EQ(hidden_diff, 0u) << where << ": quantized h in the workspace";
+          for (const bool v3 : {true, false}) {
+            const ScopedEnv preq_env("DS4_CUDA_NO_MOE_DOWN_PREQ", preq ? "" : "1"),
+                v3_env("DS4_CUDA_NO_MOE_V3", v3 ? "" : "1");
+            const std::string where = what + ", warps " + shape.warps + ", down warps " + shape.down_warps +
+                                      ", stages " + shape.stages +
+                                      (preq ? ", down inputs quantized once" : ", down inputs quantized per block") +
+                                      (v3 ? ", v3 decoders" : ", v2 decoders");
+            // Where v2's down runs, the once-per-layer path must have run and left the quantized
+            // h in the workspace.
+            size_t hidden_diff = 0;
+            const bool check_hidden = preq && (c.n_used == 6 ? shape.v2_down_6 : shape.v2_down_16);
+            EXPECT_EQ(
+                count_bit_differences(run_moe_fused(s, e, dids, dw, sp, dx, check_hidden ? &hidden_diff : nullptr),
+                                      before),
+                0u)
+                << where;
+            EXPECT_EQ(hidden_diff, 0u) << where << ": quantized h in the workspace";
+          }
         }
       }
     }

@@ -145,6 +145,42 @@ struct KQ2_K {  // unit = 64 elements: half h = u/2, sub-blocks 4*(u&1) .. +3 of
     const float dx = A::ld(&a->d);
     return dx * f16(w + 80) * float(isum) - dx * f16(w + 82) * float(msum);
   }
+  // dot<SharedAct> with fewer shared-memory loads and no bank conflicts (MoE v3 down): the
+  // unit's two 16-byte weight runs, its 4 scales and its 4 activation sums are read once as
+  // words (dot reloads the runs and reads bytes), and the unit's sub-blocks are visited in the
+  // order i ^ 2h: lanes u and u + 2 of a block (activations 128 bytes apart, the same banks)
+  // then read different banks, and 32 lanes on 8 blocks hit 32 banks. isum and msum are sums
+  // of the same integer products in another order, so the result has dot's bits.
+  __device__ static float dot_shared_lean(const uint8_t* w, int u, const void* act, int64_t b) {
+    const BlockQ8_K* a = static_cast<const BlockQ8_K*>(act) + b;
+    const int h = u >> 1;
+    const int first = 8 * h + 4 * (u & 1);  // the unit's first sub-block
+    int q[2][4];
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) q[r][j] = ld4(w + 16 + 32 * h + 16 * r + 4 * j);
+    const uint32_t scales = uint32_t(ld4(w + first));  // 84-byte blocks in 16-byte aligned rows
+    const uint8_t* bsums = reinterpret_cast<const uint8_t*>(a->bsums + first);  // 292-byte blocks: 4-aligned
+    const int bsums01 = ld4(bsums), bsums23 = ld4(bsums + 4);
+    int isum = 0, msum = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int t = i ^ (2 * h);  // the sub-block of the unit; t & 1 == i & 1
+      const int shift = 4 * (u & 1) + 2 * (t >> 1);  // 2 * (sp >> 1) of dot, sp = 4 (u & 1) + t
+      const uint8_t* x = reinterpret_cast<const uint8_t*>(a->qs) + 16 * (first + t);
+      int sub = 0;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) sub = __dp4a((q[i & 1][j] >> shift) & 0x03030303, ld4(x + 4 * j), sub);
+      const int sc = int(scales >> (8 * t)) & 0xFF;
+      const int word = (t >> 1) ? bsums23 : bsums01;
+      const int bsum = (i & 1) ? (word >> 16) : int(int16_t(word));
+      isum += (sc & 0xF) * sub;
+      msum += (sc >> 4) * bsum;
+    }
+    const float dx = a->d;
+    return dx * f16(w + 80) * float(isum) - dx * f16(w + 82) * float(msum);
+  }
 };
 
 __device__ __forceinline__ void q4k_scale_min(int j, const uint8_t* s, int& sc, int& m) {
@@ -1284,9 +1320,12 @@ __device__ Tables stage_tables_replicated(uint64_t* tables) {
   return Tables{tables, tables};
 }
 
-template <class K, class A, int kRep>
+// kLean: MoE v3's decoders where a type has one (Q2_K from shared memory).
+template <class K, class A, int kRep, bool kLean = false>
 __device__ __forceinline__ float unit_dot(const uint8_t* w, int u, const void* act, int64_t b, const Tables& t) {
-  if constexpr (K::kTables)
+  if constexpr (kLean && std::is_same_v<K, KQ2_K> && std::is_same_v<A, SharedAct>)
+    return KQ2_K::dot_shared_lean(w, u, act, b);
+  else if constexpr (K::kTables)
     return K::template dot<A, kRep>(w, u, act, b, t);
   else
     return K::template dot<A>(w, u, act, b, t);
@@ -1295,13 +1334,13 @@ __device__ __forceinline__ float unit_dot(const uint8_t* w, int u, const void* a
 // Lane partial of one row segment in shared memory: units lane, lane + 32, ... of its nblk
 // blocks, summed in that order into acc (the order of stream_rows for segments whose unit
 // count is a multiple of 32, every DS4 shape).
-template <class K, int kRep>
+template <class K, int kRep, bool kLean = false>
 __device__ __forceinline__ void segment_dot(const uint8_t* w, int64_t nblk, const void* act, const Tables& t,
                                             float& acc) {
   const int units = int(nblk) * K::U;
   for (int u = threadIdx.x & 31; u < units; u += 32) {
     const int blk = u / K::U;  // compile-time divisor
-    acc += unit_dot<K, SharedAct, kRep>(w + blk * K::BB, u - blk * K::U, act, blk, t);
+    acc += unit_dot<K, SharedAct, kRep, kLean>(w + blk * K::BB, u - blk * K::U, act, blk, t);
   }
 }
 
@@ -1471,7 +1510,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 1) moe_gate_up_v2_kernel(Fused
   });
 }
 
-template <class KR, class KS>
+// kV3: the routed Q2_K rows decoded by KQ2_K::dot_shared_lean (MoE v3; same bits).
+template <class KR, class KS, bool kV3 = false>
 __global__ void __launch_bounds__(kV2MaxWarps * 32, 1) moe_down_v2_kernel(FusedDown a, V2Layout l) {
   constexpr bool kTab = KR::kTables || KS::kTables;
   constexpr int kRep = kTab ? kTableRep : 1;
@@ -1508,7 +1548,8 @@ __global__ void __launch_bounds__(kV2MaxWarps * 32, 1) moe_down_v2_kernel(FusedD
   __syncthreads();
   ring.run(issue, [&](int64_t row, const uint8_t* buf) {
     float acc = 0.0f;  // the n_used experts in k order, as one accumulator (stream_rows' packed chunks)
-    for (int k = 0; k < r.n_used; ++k) segment_dot<KR, kRep>(buf + k * r.rb, r.nblk, act_r + k * r.act_rb, t, acc);
+    for (int k = 0; k < r.n_used; ++k)
+      segment_dot<KR, kRep, kV3>(buf + k * r.rb, r.nblk, act_r + k * r.act_rb, t, acc);
     float y = warp_sum(acc);
     if (has_shared) {
       float s = 0.0f;
@@ -1564,8 +1605,12 @@ int smem_optin() { return device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOpt
 // the shared hidden state itself (the earlier path). Same bytes either way (tested). Full Flash
 // q2 on an H200: routed + shared experts 2.099 ms per step once per layer vs 2.244 ms per
 // block, decode 112.8 vs 110.8 tok/s.
+// MoE v3 (DS4_CUDA_NO_MOE_V3=1: v2's decoders): the Q2_K down rows by KQ2_K::dot_shared_lean;
+// ncu on an H200 (flash-mini decode step): down 14.1 / 14.0 us vs 15.8 / 16.1 (v2), shared-memory
+// load wavefronts 1.19M vs 1.90M. Same bits (tested).
 struct V2Tuning {
   bool on = true;
+  bool v3 = true;  // MoE v3: the down kernel's Q2_K rows by KQ2_K::dot_shared_lean
   int warps = 16;
   int down_warps = 16;
   int stages = 2;
@@ -1574,6 +1619,7 @@ struct V2Tuning {
 V2Tuning v2_tuning() {
   V2Tuning v;
   v.on = std::getenv("DS4_CUDA_NO_MOE_V2") == nullptr;
+  v.v3 = std::getenv("DS4_CUDA_NO_MOE_V3") == nullptr;
   v.down_preq = std::getenv("DS4_CUDA_NO_MOE_DOWN_PREQ") == nullptr;
   v.warps = env_int("DS4_CUDA_MOE_WARPS", v.warps, 4, kV2MaxWarps);
   v.down_warps = env_int("DS4_CUDA_MOE_DOWN_WARPS", v.down_warps, 4, kV2MaxWarps);
@@ -1685,7 +1731,9 @@ void moe_fused_t(const FusedMoe& m, void* stream) {
     d.act_pre = act_r;
     d.act_pre_vec = int((act_s - act_r + align16(size_t(d.shared_spans) * span_bytes<KQ8_0>())) / 16);
   }
-  if (dl.stages > 0)
+  if (dl.stages > 0 && tune.v3 && std::is_same_v<KD, KQ2_K>)
+    launch_v2(moe_down_v2_kernel<KD, KQ8_0, true>, tune.down_warps, dl.total, stream, d, dl);
+  else if (dl.stages > 0)
     launch_v2(moe_down_v2_kernel<KD, KQ8_0>, tune.down_warps, dl.total, stream, d, dl);
   else
     launch_fused(moe_down_fused_kernel<KD, KQ8_0>, fused_down_smem<KD>(m), d, stream);
