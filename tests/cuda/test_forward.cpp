@@ -175,7 +175,9 @@ ds4::model::Tensor f32_tensor(const std::vector<float>& data, int64_t cols, int6
 // Hyper-connection shapes: 4 streams at the Flash width (every DS4 model has 4 streams; the
 // fused launches then take one output block and 64 column blocks) and 6 streams at an odd
 // width, whose 36-element Sinkhorn matrix takes two values per lane of the warp with rows
-// straddling the two, and whose last column block and output float4s are partial.
+// straddling the two, and whose last column block and output float4s are partial; 3 streams
+// at width 1004, whose F16 fn rows (6024 bytes) are not 16-byte aligned (the one-launch path's
+// element-wise fn loads).
 struct HcCase {
   int64_t nc, E;
 };
@@ -289,6 +291,8 @@ TEST_P(HyperConnections, MatchCpu) {
       if (rep == 0) first = gx;
       else EXPECT_TRUE(identical_bits(first, gx)) << ds4::type_name(t);
     }
+    // The one-launch path's arrival counter (the scratch's first word) is back at zero.
+    EXPECT_EQ(down<uint32_t>(scr, 1)[0], 0u) << ds4::type_name(t);
   }
 
   // Output head collapse.
@@ -325,6 +329,7 @@ TEST_P(HyperConnections, PostFusedIntoNextPreAndHead) {
   for (float& v : nw) v += 1.0f;
   auto dH = up(H), dF = up(F), dnw = up(nw);
   DeviceBuffer scr(fwd::hc_fused_scratch_bytes(s)), Hsep(nc * E * 4), Hfused(nc * E * 4);
+  scr.fill_bytes(0);  // as the session's arena (the one-launch path's arrival counter)
 
   // The next HC pre, F32 and F16 fn weights (F16: Flash's hc_*_fn).
   auto fn = randv(nc * E * n_mix, 45, 0.02f);
@@ -397,7 +402,8 @@ TEST_P(HyperConnections, PostFusedIntoNextPreAndHead) {
   EXPECT_TRUE(identical_bits(down<float>(dx, E), x_alone));
   EXPECT_TRUE(identical_bits(down<float>(Hfused, nc * E), down<float>(Hsep, nc * E)));
 }
-INSTANTIATE_TEST_SUITE_P(ForwardKernels, HyperConnections, ::testing::Values(HcCase{4, 4096}, HcCase{6, 1000}),
+INSTANTIATE_TEST_SUITE_P(ForwardKernels, HyperConnections,
+                         ::testing::Values(HcCase{4, 4096}, HcCase{6, 1000}, HcCase{3, 1004}),
                          [](const ::testing::TestParamInfo<HcCase>& i) {
                            return std::to_string(i.param.nc) + "x" + std::to_string(i.param.E);
                          });
@@ -689,6 +695,7 @@ TEST(ForwardKernels, PrintsDecodeLaunchTimes) {
   auto dscale = up(std::vector<float>{0.7f, 1.3f, 0.9f}), dnorm = up(randv(E, 74)), df = up(randv(E, 75));
   DeviceBuffer da(E * 4), dx(E * 4), dpost(nc * 4), dcomb(nc * nc * 4), dHout(nc * E * 4);
   DeviceBuffer hscr(fwd::hc_fused_scratch_bytes(hs));
+  hscr.fill_bytes(0);
   auto pre = [&](void* s) {
     fwd::hc_pre_fused(hs, ds4::GgmlType::F16, dfn.as<uint8_t>(), dH.as<float>(), dbase.as<float>(), dscale.as<float>(),
                       dnorm.as<float>(), da.as<float>(), dx.as<float>(), dpost.as<float>(), dcomb.as<float>(),
@@ -732,6 +739,8 @@ TEST(ForwardKernels, PrintsDecodeLaunchTimes) {
   fwd::RowFinish kf;
   kf.d = D;
   kf.n_rope = 64;
+  kf.n_nope = D - 64;
+  kf.sim = fwd::Sim::Fp8Nope;  // official numerics, as the benchmarks run
   const fwd::RowsJob jobs[] = {{qf, dqa.as<float>(), dqr.as<float>(), 1, 1024, 0, nullptr},
                                {kf, dkv.as<float>(), dring2.as<float>(), 1, D, cap, nullptr}};
   const float rows_us = per_call_us([&](void* s) { fwd::rows_finish_jobs(jobs, 2, dom.as<float>(), ctl(c), s); });
@@ -750,15 +759,13 @@ TEST(ForwardKernels, PrintsDecodeLaunchTimes) {
 
   std::printf(
       "[decode launches, us per call in a graph] hc_pre_fused %.2f, hc_post_pre_fused %.2f, hc_post alone %.2f; "
-      "attention (640 rows, 64 heads) %.2f; rows_finish_jobs (q_a norm + kv) %.2f; idx_select (2048 rows) %.2f\n",
+      "attention (640 rows, 64 heads) %.2f; rows_finish_jobs (q_a norm + kv, FP8) %.2f; idx_select (2048 rows) %.2f\n",
       pre_us, post_pre_us, post_us, attn_us, rows_us, idx_us);
 }
 
 TEST(ForwardKernels, RoutingMatchesCpu) {
   REQUIRE_GPU();
   ds4::model::HParams hp;
-  kf.n_nope = D - 64;
-  kf.sim = fwd::Sim::Fp8Nope;  // official numerics, as the benchmarks run
   hp.n_expert = 256;
   hp.n_expert_used = 6;
   hp.n_hash_layers = 1;

@@ -281,7 +281,12 @@ constexpr int kMaxHc = 8;
 // sequential order, so each value is what the CPU computes up to expf's rounding; the
 // divisions of a pass run on all elements at once instead of one lane per row walking
 // shared memory (the previous version: ~7 us of the ~40 us of an HC pre call).
-__device__ void sinkhorn_warp(float (&c)[2], int nc, int iters, float eps) {
+// kNc > 0: nc is known at compile time (nc_rt ignored), so the gathers and sums unroll and a
+// lane's row and column are shifts: the same operations in the same order, a shorter chain of
+// dependent instructions in the 20 serial iterations. kNc == 0: nc = nc_rt.
+template <int kNc>
+__device__ void sinkhorn_warp(float (&c)[2], int nc_rt, int iters, float eps) {
+  const int nc = kNc > 0 ? kNc : nc_rt;
   const int lane = threadIdx.x & 31, n = nc * nc;
   const int slots = n > 32 ? 2 : 1;  // warp-uniform: nc <= 5 needs one value per lane
   auto elem = [&](int idx) {  // element idx of the matrix, from whichever lane holds it
@@ -327,7 +332,8 @@ __device__ void sinkhorn_warp(float (&c)[2], int nc, int iters, float eps) {
 
 
 // post and comb (Sinkhorn-normalized) of hyper_connection.cpp hc_pre from the raw mix
-// values and the RMS factor r, by one whole warp.
+// values and the RMS factor r, by one whole warp (kNc: as in sinkhorn_warp).
+template <int kNc>
 __device__ void hc_post_comb_warp(const HcShape& s, const float* mix, float r, const float* base,
                                   const float* scale, float* post, float* comb) {
   const int nc = s.nc, lane = threadIdx.x & 31;
@@ -337,7 +343,7 @@ __device__ void hc_post_comb_warp(const HcShape& s, const float* mix, float r, c
     const int e = lane + 32 * t;
     c[t] = e < nc * nc ? scale[2] * (mix[2 * nc + e] * r) + base[2 * nc + e] : 0.0f;
   }
-  sinkhorn_warp(c, nc, s.iters, s.hc_eps);
+  sinkhorn_warp<kNc>(c, nc, s.iters, s.hc_eps);
   for (int t = 0; t < 2; ++t)
     if (lane + 32 * t < nc * nc) comb[lane + 32 * t] = c[t];
 }
@@ -357,7 +363,7 @@ __global__ void hc_pre_kernel(HcShape s, const float* mix_raw, const float* H, c
   const float r = hc_inv_rms(H, nc * s.E, s.rms_eps);
   const int t = threadIdx.x;
   if (t < nc) pre[t] = sigmoidf_(scale[0] * (mix_raw[t] * r) + base[t]) + s.hc_eps;
-  if (threadIdx.x < 32) hc_post_comb_warp(s, mix_raw, r, base, scale, post, comb);
+  if (threadIdx.x < 32) hc_post_comb_warp<0>(s, mix_raw, r, base, scale, post, comb);
   __syncthreads();
   for (int64_t d = threadIdx.x; d < s.E; d += blockDim.x) {
     float acc = 0.0f;
@@ -372,16 +378,18 @@ constexpr int kHcApplyThreads = 1024;            // block size of the second lau
 constexpr int64_t kHcOut = 4 * kHcApplyThreads;  // outputs per block of the second launch (a float4 per thread)
 static_assert(kHcCols == kThreads, "hc_mix_kernel: one column per thread");
 
-// Byte layout of the fused scratch (host and device agree on it): the first launch's
-// per-block sums of squares (double) and partial fn products (n_mix per block).
+// Byte layout of the fused scratch (host and device agree on it): the one-launch kernel's
+// arrival counter (first, so that it is at the same place for every n_mix; zero between
+// calls), then the per-block sums of squares (double) and partial fn products (n_mix per block).
 struct HcLayout {
   int64_t nb = 0, nb2 = 0, n_mix = 0;
-  size_t ss_a = 0, part = 0, total = 0;
+  size_t arrivals = 0, ss_a = 0, part = 0, total = 0;
   __host__ __device__ HcLayout(const HcShape& s, int64_t mix_rows) {
     n_mix = mix_rows;
     nb = (s.nc * s.E + kHcCols - 1) / kHcCols;
     nb2 = (s.E + kHcOut - 1) / kHcOut;
-    ss_a = 0;
+    arrivals = 0;
+    ss_a = 16;
     part = ss_a + static_cast<size_t>(nb) * 8;
     total = part + static_cast<size_t>(nb * n_mix) * 4;
   }
@@ -398,6 +406,16 @@ __device__ __forceinline__ float hc_post_elem(const HcShape& s, const HcPostIn& 
   float o = p.post[k] * p.f[d];
   for (int j = 0; j < nc; ++j) o += p.comb[j * nc + k] * p.H_in[j * s.E + d];
   return o;
+}
+
+// A 16-bit float fn weight (wtype 1: F16, 2: BF16) from its bits.
+__device__ __forceinline__ float fn_weight_16(uint32_t bits, int wtype) {
+  return wtype == 1 ? __half2float(__ushort_as_half(static_cast<unsigned short>(bits))) : __uint_as_float(bits << 16);
+}
+// Weight i of a float fn row (wtype 0: F32, 1: F16, 2: BF16).
+__device__ __forceinline__ float fn_weight(const uint8_t* row, int wtype, int64_t i) {
+  return wtype == 0 ? reinterpret_cast<const float*>(row)[i]
+                    : fn_weight_16(reinterpret_cast<const uint16_t*>(row)[i], wtype);
 }
 
 // Launch 1: block b takes columns [b * kHcCols, ...) of the nc*E: its sum of squares of H
@@ -436,14 +454,46 @@ __global__ void __launch_bounds__(kHcCols) hc_mix_kernel(HcShape s, int64_t n_mi
     const uint8_t* row = fn + static_cast<size_t>(m) * static_cast<size_t>(ncols) * es;
     float acc = 0.0f;
     for (int64_t cc = c0 + lane; cc < c1; cc += 32) {
-      const float w = wtype == 0 ? reinterpret_cast<const float*>(row)[cc]
-                      : wtype == 1 ? __half2float(reinterpret_cast<const __half*>(row)[cc])
-                                   : __uint_as_float(static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(row)[cc]) << 16);
-      acc += w * h[cc - c0];
+      acc += fn_weight(row, wtype, cc) * h[cc - c0];
     }
     acc = warp_sum_f(acc);
     if (lane == 0) part[blockIdx.x * n_mix + m] = acc;
   }
+}
+
+// The pre weight of stream k from the reduced mix value and the RMS factor r: the HC pre's
+// sigmoid(scale * (mix * r) + base) + eps, or the head's sigmoid(scale * r * mix + base) + eps
+// (each in its CPU reference's operation order).
+template <bool kHead>
+__device__ __forceinline__ float hc_pre_weight(const HcShape& s, const float* mix, float r, const float* base,
+                                               const float* scale, int k) {
+  return kHead ? sigmoidf_(scale[0] * r * mix[k] + base[k]) + s.hc_eps
+               : sigmoidf_(scale[0] * (mix[k] * r) + base[k]) + s.hc_eps;
+}
+// x = RMSNorm(a) * norm for a float4 of outputs (rn: the inverse RMS; nw: their norm weights,
+// unused without has_norm).
+__device__ __forceinline__ float4 hc_normed4(float4 v, float rn, bool has_norm, float4 nw) {
+  auto one = [&](float e, float n) { return has_norm ? __fmul_rn(__fmul_rn(e, rn), n) : __fmul_rn(e, rn); };
+  return make_float4(one(v.x, nw.x), one(v.y, nw.y), one(v.z, nw.z), one(v.w, nw.w));
+}
+// a = sum_k pre_k H_k for a float4 of outputs (streams in order from 0, as the CPU adds them),
+// with its squares added to ss (x, y, z, w).
+template <int kS>
+__device__ __forceinline__ float4 hc_collapse4(const float (&pre)[kS], const float4 (&h)[kS], int nc, double& ss) {
+  float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+  for (int k = 0; k < kS; ++k) {
+    if (k >= nc) break;
+    acc.x += pre[k] * h[k].x;
+    acc.y += pre[k] * h[k].y;
+    acc.z += pre[k] * h[k].z;
+    acc.w += pre[k] * h[k].w;
+  }
+  ss += static_cast<double>(acc.x) * acc.x;
+  ss += static_cast<double>(acc.y) * acc.y;
+  ss += static_cast<double>(acc.z) * acc.z;
+  ss += static_cast<double>(acc.w) * acc.w;
+  return acc;
 }
 
 // Launch 2 of an HC pre (kHead false: nb2 blocks of kHcOut outputs plus one block for post
@@ -496,44 +546,252 @@ __global__ void __launch_bounds__(kHcApplyThreads) hc_apply_kernel(HcShape s, in
   __syncthreads();
   const float r = r_sh;
   if (comb_block) {
-    if (warp == 0) hc_post_comb_warp(s, mix, r, base, scale, post, comb);
+    if (warp == 0) hc_post_comb_warp<0>(s, mix, r, base, scale, post, comb);
     return;
   }
   // Loops over the streams run to kMaxHc, unrolled, so that pre and h stay in registers.
   float pre[kMaxHc];
 #pragma unroll
   for (int k = 0; k < kMaxHc; ++k)
-    if (k < nc)
-      pre[k] = kHead ? sigmoidf_(scale[0] * r * mix[k] + base[k]) + s.hc_eps
-                     : sigmoidf_(scale[0] * (mix[k] * r) + base[k]) + s.hc_eps;
+    if (k < nc) pre[k] = hc_pre_weight<kHead>(s, mix, r, base, scale, k);
   const int64_t mine = static_cast<int64_t>(blockIdx.x) * kHcApplyThreads + threadIdx.x;  // float4 index
   float4 a_mine = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   double ss = 0.0;
   for (int64_t d4 = threadIdx.x; d4 < E4; d4 += blockDim.x) {
     if (d4 != threadIdx.x) load_h(d4);
-    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-    for (int k = 0; k < kMaxHc; ++k) {
-      if (k >= nc) break;
-      acc.x += pre[k] * h[k].x;
-      acc.y += pre[k] * h[k].y;
-      acc.z += pre[k] * h[k].z;
-      acc.w += pre[k] * h[k].w;
-    }
-    ss += static_cast<double>(acc.x) * acc.x;
-    ss += static_cast<double>(acc.y) * acc.y;
-    ss += static_cast<double>(acc.z) * acc.z;
-    ss += static_cast<double>(acc.w) * acc.w;
+    const float4 acc = hc_collapse4(pre, h, nc, ss);
     if (d4 == mine) a_mine = acc;
   }
   ss = block_sum_d(ss);
   if (mine >= E4) return;
   const float rn = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(s.E) + s.rms_eps));
-  auto normed = [&](float v, int64_t d) { return norm ? __fmul_rn(__fmul_rn(v, rn), norm[d]) : __fmul_rn(v, rn); };
-  const int64_t d = 4 * mine;
   if (a) reinterpret_cast<float4*>(a)[mine] = a_mine;
-  reinterpret_cast<float4*>(x)[mine] =
-      make_float4(normed(a_mine.x, d), normed(a_mine.y, d + 1), normed(a_mine.z, d + 2), normed(a_mine.w, d + 3));
+  const int64_t d = 4 * mine;
+  const float4 norm4 =
+      norm ? make_float4(norm[d], norm[d + 1], norm[d + 2], norm[d + 3]) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  reinterpret_cast<float4*>(x)[mine] = hc_normed4(a_mine, rn, norm != nullptr, norm4);
+}
+
+// ---- The HC pre in one launch (hc_pre_fused, hc_post_pre_fused, hc_head_fused; DS4_CUDA_NO_HC_V3=1:
+// the two launches above) ----
+// The two launches cost 14.4 us per call in a CUDA graph at Flash's 4 x 4096 (H200; ncu alone:
+// 6.5 us + 14.7 us): a launch boundary, the first launch's fn rows loaded after pdl_enter in
+// 2-byte steps, and the second launch's serial chain (partials from L2, Sinkhorn with nc at run
+// time). This one launch: 7.8 us per call in a graph (ncu alone 12.0 us). Here block b does
+// hc_mix_kernel's work for its kHcCols columns, with its fn weights (kHcLaneCols consecutive
+// columns per lane: one 16-byte load per F16 row) requested before pdl_enter: weights are never
+// written by a kernel, so their DRAM latency overlaps the predecessor's tail. The last block to
+// arrive (a counter in the scratch, set back to zero by that block) then does hc_apply_kernel's
+// work: its column warps reduce the partials, collapse the streams and normalize (a float4 per
+// stream and slot), while one more warp (the comb warp) runs post and Sinkhorn beside them.
+constexpr int kHcColWarps = kHcCols / 32;
+constexpr int kHcOneThreads = kHcCols + 32;        // the column warps and the comb warp
+constexpr int kHcLaneCols = kHcCols / 32;          // consecutive fn columns per lane (8)
+constexpr int kHcEarlyRows = 3;                    // fn rows per column warp loaded before pdl_enter (n_mix 24 at nc 4)
+constexpr int kHcSlots = 4;                        // float4 outputs per column thread in the last block
+constexpr int64_t kHcOneMaxE = 4 * kHcSlots * kHcCols;  // largest E of the one-launch path (4096)
+
+// The kHcLaneCols weights of fn row m at columns [cb, cb + cnt) as floats, zero past cnt: one
+// (16-bit types) or two (F32) 16-byte loads when vec (a whole chunk, 16-byte aligned rows).
+__device__ __forceinline__ void fn_lane_chunk(const uint8_t* fn, int wtype, int64_t ncols, int64_t m, int64_t cb,
+                                              int cnt, bool vec, float (&w)[kHcLaneCols]) {
+  static_assert(kHcLaneCols == 8, "one uint4 of 16-bit weights per lane");
+  const size_t es = wtype == 0 ? 4 : 2;
+  const uint8_t* row = fn + static_cast<size_t>(m) * static_cast<size_t>(ncols) * es;
+  if (vec) {
+    const uint4* p = reinterpret_cast<const uint4*>(row + static_cast<size_t>(cb) * es);
+    if (wtype == 0) {
+      const uint4 u0 = p[0], u1 = p[1];
+      const uint32_t b[8] = {u0.x, u0.y, u0.z, u0.w, u1.x, u1.y, u1.z, u1.w};
+#pragma unroll
+      for (int j = 0; j < 8; ++j) w[j] = __uint_as_float(b[j]);
+    } else {
+      const uint4 u = p[0];
+      const uint32_t b[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        w[2 * j] = fn_weight_16(b[j] & 0xffffu, wtype);
+        w[2 * j + 1] = fn_weight_16(b[j] >> 16, wtype);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < kHcLaneCols; ++j) w[j] = j < cnt ? fn_weight(row, wtype, cb + j) : 0.0f;
+  }
+}
+
+// Barrier of the column warps only (named barrier 1; __syncthreads is barrier 0), so the comb
+// warp's Sinkhorn does not hold up the normalization.
+__device__ __forceinline__ void column_warps_sync() {
+  asm volatile("bar.sync 1, %0;" ::"r"(kHcCols) : "memory");
+}
+
+// kPost: hc_post(p) -> H_post first (as hc_mix_kernel<true>); kHead: the head's collapse (n_mix =
+// nc, no post / comb / a); kNc: nc at compile time (4) or from s (0). E / 4 <= kHcSlots * kHcCols.
+// The values: the same hc_post, sums of squares and sigmoids as the two launches; the fn
+// partials in another fixed order (a lane adds its 8 consecutive columns), so mix and what
+// follows from it may differ from the two-launch path in the last bits.
+template <bool kPost, bool kHead, int kNc>
+__global__ void __launch_bounds__(kHcOneThreads)
+    hc_pre_one_launch_kernel(HcShape s, int64_t n_mix, int wtype, const uint8_t* fn, const float* H, HcPostIn p,
+                             float* H_post, const float* base, const float* scale, const float* norm, float* a,
+                             float* x, float* post, float* comb, uint8_t* scr) {
+  constexpr int kS = kNc > 0 ? kNc : kMaxHc;  // streams the unrolled loops cover
+  const int nc = kNc > 0 ? kNc : s.nc;
+  const HcLayout L(s, n_mix);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const bool comb_warp = warp == kHcColWarps;
+  const int64_t ncols = nc * s.E, E4 = s.E / 4;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.x) * kHcCols;
+  const int64_t c1 = c0 + kHcCols < ncols ? c0 + kHcCols : ncols;
+  const int64_t cb = c0 + kHcLaneCols * lane;  // the lane's first fn column
+  const int cnt = c1 - cb <= 0 ? 0 : c1 - cb < kHcLaneCols ? static_cast<int>(c1 - cb) : kHcLaneCols;
+  const size_t es = wtype == 0 ? 4 : 2;
+  const bool vec = cnt == kHcLaneCols && (static_cast<size_t>(ncols) * es) % 16 == 0 &&
+                   (reinterpret_cast<uintptr_t>(fn) & 15) == 0;
+  // Before pdl_enter, weights only (no kernel writes them): the column warps' first fn rows,
+  // the comb warp's base and scale into shared memory (the last block's sigmoids and Sinkhorn
+  // read them there).
+  __shared__ float base_sh[(2 + kMaxHc) * kMaxHc], scale_sh[3];
+  float w[kHcEarlyRows][kHcLaneCols];
+  if (!comb_warp) {
+#pragma unroll
+    for (int i = 0; i < kHcEarlyRows; ++i) {
+      const int64_t m = warp + i * kHcColWarps;
+      if (m < n_mix) fn_lane_chunk(fn, wtype, ncols, m, cb, cnt, vec, w[i]);
+    }
+  } else {
+    for (int64_t m = lane; m < n_mix; m += 32) base_sh[m] = base[m];
+    if (lane < (kHead ? 1 : 3)) scale_sh[lane] = scale[lane];
+  }
+  pdl_enter();
+  auto* arrivals = reinterpret_cast<unsigned*>(scr + L.arrivals);
+  auto* ss_a = reinterpret_cast<double*>(scr + L.ss_a);
+  auto* part = reinterpret_cast<float*>(scr + L.part);
+  __shared__ __align__(16) float h[kHcCols];  // the block's columns of the state (zero past the end)
+  double ss = 0.0;
+  if (!comb_warp) {
+    const int64_t c = c0 + threadIdx.x;
+    float v = 0.0f;
+    if (c < c1) {
+      if constexpr (kPost) {
+        v = hc_post_elem(s, p, c);
+        H_post[c] = v;
+      } else {
+        v = H[c];
+      }
+      ss = static_cast<double>(v) * v;
+    }
+    h[threadIdx.x] = v;
+  }
+  ss = block_sum_d(ss);  // its barriers also publish h, base_sh and scale_sh
+  if (threadIdx.x == 0) ss_a[blockIdx.x] = ss;
+  if (!comb_warp) {
+    const float4 h0 = reinterpret_cast<const float4*>(h + kHcLaneCols * lane)[0];
+    const float4 h1 = reinterpret_cast<const float4*>(h + kHcLaneCols * lane)[1];
+    const float hv[kHcLaneCols] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
+    auto row_partial = [&](int64_t m, const float(&wr)[kHcLaneCols]) {
+      float acc = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kHcLaneCols; ++j) acc += wr[j] * hv[j];
+      acc = warp_sum_f(acc);
+      if (lane == 0) part[blockIdx.x * n_mix + m] = acc;
+    };
+#pragma unroll
+    for (int i = 0; i < kHcEarlyRows; ++i)
+      if (warp + i * kHcColWarps < n_mix) row_partial(warp + i * kHcColWarps, w[i]);
+    for (int64_t m = warp + kHcEarlyRows * kHcColWarps; m < n_mix; m += kHcColWarps) {
+      float wr[kHcLaneCols];
+      fn_lane_chunk(fn, wtype, ncols, m, cb, cnt, vec, wr);
+      row_partial(m, wr);
+    }
+  }
+  // Arrival: every thread's writes are visible device-wide before its block counts itself.
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(arrivals, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  // The last block: every other block has written its partials and its columns of H_post, and
+  // has read p.post / p.comb (which may be the post / comb written below). L2 loads (__ldcg)
+  // for what other blocks wrote during this launch. All warps reduce the partials together
+  // (kHcMixRows rows per warp and round, every load of a round in flight at once; the comb
+  // warp also the sums of squares), then the comb warp runs post and Sinkhorn while the column
+  // warps (whose H loads are already in flight) collapse and normalize.
+  __threadfence();
+  if (threadIdx.x == 0) *arrivals = 0;  // for the next call, which starts after this launch
+  __shared__ float mix[(2 + kMaxHc) * kMaxHc];
+  __shared__ float r_sh;
+  constexpr int kWarps = kHcOneThreads / 32, kHcMixRows = 3, kPerLane = 2;  // blocks past 64: one more load each
+  for (int64_t m0 = warp; m0 < n_mix; m0 += kWarps * kHcMixRows) {
+    float v[kHcMixRows][kPerLane];
+#pragma unroll
+    for (int i = 0; i < kHcMixRows; ++i)
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) {
+        const int64_t m = m0 + i * kWarps, b = lane + 32 * j;
+        v[i][j] = m < n_mix && b < L.nb ? __ldcg(part + b * n_mix + m) : 0.0f;
+      }
+#pragma unroll
+    for (int i = 0; i < kHcMixRows; ++i) {
+      const int64_t m = m0 + i * kWarps;
+      float t = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) t += v[i][j];
+      for (int64_t b = lane + 32 * kPerLane; m < n_mix && b < L.nb; b += 32) t += __ldcg(part + b * n_mix + m);
+      t = warp_sum_f(t);
+      if (lane == 0 && m < n_mix) mix[m] = t;
+    }
+  }
+  if (comb_warp) {
+    double t = 0.0;
+    for (int64_t b = lane; b < L.nb; b += 32) t += __ldcg(ss_a + b);
+    t = warp_sum_d(t);
+    if (lane == 0) r_sh = static_cast<float>(1.0 / sqrt(t / static_cast<double>(ncols) + s.rms_eps));
+  }
+  const float4* H4 = reinterpret_cast<const float4*>(kPost ? H_post : H);
+  float4 hs[kHcSlots][kS], nv[kHcSlots] = {};
+  if (!comb_warp) {
+#pragma unroll
+    for (int i = 0; i < kHcSlots; ++i) {
+      const int64_t d4 = threadIdx.x + i * kHcCols;
+      if (d4 >= E4) continue;
+#pragma unroll
+      for (int k = 0; k < kS; ++k)
+        if (k < nc) hs[i][k] = __ldcg(H4 + k * E4 + d4);
+      if (norm) nv[i] = reinterpret_cast<const float4*>(norm)[d4];
+    }
+  }
+  __syncthreads();
+  if (comb_warp) {
+    if constexpr (!kHead) hc_post_comb_warp<kNc>(s, mix, r_sh, base_sh, scale_sh, post, comb);
+    return;
+  }
+  const float r = r_sh;
+  float pre[kS];
+#pragma unroll
+  for (int k = 0; k < kS; ++k)
+    if (k < nc) pre[k] = hc_pre_weight<kHead>(s, mix, r, base_sh, scale_sh, k);
+  float4 acc[kHcSlots];
+  double ssa = 0.0;
+#pragma unroll
+  for (int i = 0; i < kHcSlots; ++i)
+    if (threadIdx.x + i * kHcCols < E4) acc[i] = hc_collapse4(pre, hs[i], nc, ssa);
+  __shared__ double warp_ss[kHcColWarps];
+  ssa = warp_sum_d(ssa);
+  if (lane == 0) warp_ss[warp] = ssa;
+  column_warps_sync();
+  double tot = 0.0;
+  for (int i = 0; i < kHcColWarps; ++i) tot += warp_ss[i];  // every thread, in one order
+  const float rn = static_cast<float>(1.0 / sqrt(tot / static_cast<double>(s.E) + s.rms_eps));
+#pragma unroll
+  for (int i = 0; i < kHcSlots; ++i) {
+    const int64_t d4 = threadIdx.x + i * kHcCols;
+    if (d4 >= E4) continue;
+    if (a) reinterpret_cast<float4*>(a)[d4] = acc[i];
+    reinterpret_cast<float4*>(x)[d4] = hc_normed4(acc[i], rn, norm != nullptr, nv[i]);
+  }
 }
 
 __global__ void hc_post_kernel(HcShape s, HcPostIn p, float* H_out) {
@@ -1140,6 +1398,24 @@ void hc_pre(const HcShape& s, const float* mix_raw, const float* H, const float*
 size_t hc_fused_scratch_bytes(const HcShape& s) { return HcLayout(s, hc_pre_mix_rows(s)).total; }
 
 namespace {
+// DS4_CUDA_NO_HC_V3 set in the environment runs the fused HC pre in its two launches
+// (hc_mix_kernel + hc_apply_kernel) instead of hc_pre_one_launch_kernel: an A/B switch.
+bool hc_one_launch_enabled() {
+  static const bool on = std::getenv("DS4_CUDA_NO_HC_V3") == nullptr;
+  return on;
+}
+template <bool kHead, int kNc>
+void launch_hc_one(const HcShape& s, int64_t n_mix, const HcPostIn* p, int code, const uint8_t* w, const float* H,
+                   float* H_post, const float* base, const float* scale, const float* norm, float* a, float* x,
+                   float* post, float* comb, uint8_t* scr, void* stream) {
+  const auto nb = static_cast<unsigned>(HcLayout(s, n_mix).nb);
+  if (p)
+    launch(hc_pre_one_launch_kernel<true, kHead, kNc>, nb, kHcOneThreads, 0, stream, s, n_mix, code, w, H, *p, H_post,
+           base, scale, norm, a, x, post, comb, scr);
+  else
+    launch(hc_pre_one_launch_kernel<false, kHead, kNc>, nb, kHcOneThreads, 0, stream, s, n_mix, code, w, H,
+           HcPostIn{}, H_post, base, scale, norm, a, x, post, comb, scr);
+}
 // The two launches of hc_pre_fused, hc_post_pre_fused and hc_head_fused: the fn partials
 // (after hc_post p when given, which writes the state to H), then the reduction and the
 // normalized collapse (kHead: the head's, of n_mix = nc fn rows).
@@ -1153,6 +1429,11 @@ void hc_fused_launches(const HcShape& s, int64_t n_mix, const HcPostIn* p, const
   auto* scr = static_cast<uint8_t*>(scratch);
   const auto* w = static_cast<const uint8_t*>(fn);
   const int code = float_type_code(fn_type);
+  if (hc_one_launch_enabled() && s.E <= kHcOneMaxE && (reinterpret_cast<uintptr_t>(norm) & 15) == 0) {
+    auto one = s.nc == 4 ? launch_hc_one<kHead, 4> : launch_hc_one<kHead, 0>;
+    one(s, n_mix, p, code, w, H, H_post, base, scale, norm, a, x, post, comb, scr, stream);
+    return;
+  }
   const auto nb = static_cast<unsigned>(L.nb);
   if (p) launch(hc_mix_kernel<true>, nb, kHcCols, 0, stream, s, n_mix, code, w, H, *p, H_post, scr);
   else launch(hc_mix_kernel<false>, nb, kHcCols, 0, stream, s, n_mix, code, w, H, HcPostIn{}, H_post, scr);

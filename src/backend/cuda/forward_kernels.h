@@ -61,8 +61,10 @@ void hc_pre(const HcShape& s, const float* mix_raw, const float* H, const float*
 // sums of squares); in the second every block reduces those partials in one fixed order
 // (identical results in every block, independent of timing), one block runs post and
 // Sinkhorn (a warp, the matrix in registers, the CPU's sequential sums) and the others
-// normalize their slice of x. E % 4 == 0. scratch: hc_fused_scratch_bytes(s), no
-// initialization needed.
+// normalize their slice of x. E % 4 == 0. By default (E <= 4096, DS4_CUDA_NO_HC_V3 unset) the
+// two launches are one: its last block to finish (an arrival counter) does the second
+// launch's work. scratch: hc_fused_scratch_bytes(s), zero-filled before its first use (the
+// counter; each call leaves it at zero again), one call at a time.
 size_t hc_fused_scratch_bytes(const HcShape& s);
 void hc_pre_fused(const HcShape& s, GgmlType fn_type, const void* fn, const float* H,
                   const float* base, const float* scale, const float* norm, float* a, float* x,
