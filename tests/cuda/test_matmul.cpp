@@ -240,17 +240,20 @@ std::vector<float> run_matmul_q(const Case& c, int64_t T, const DeviceBuffer& dw
 }
 
 // Calls compare(c, T, weights, activations, default_result) on random data for the quantized
-// GEMM cases (Flash shapes up to 8192 x 2048, the odd ones) at T = 1, 37, 130, 2048, where
-// default_result is the default path's output; compare runs a variant and checks it.
+// GEMM cases (Flash shapes up to 8192 x 2048, the odd ones, then `extra`) at the token counts
+// Ts (default T = 1, 37, 130, 2048), where default_result is the default path's output;
+// compare runs a variant and checks it.
 template <class F>
-void for_each_gemm_variant_case(uint64_t seed, F&& compare) {
-  std::vector<Case> cases;
+void for_each_gemm_variant_case(uint64_t seed, F&& compare,
+                                std::initializer_list<int64_t> Ts = {1, 37, 130, 2048},
+                                std::vector<Case> extra = {}) {
+  std::vector<Case> cases = std::move(extra);
   for (const Case& c : flash_cases())
     if (activation_bytes(c.type, c.ncols) > 0 && c.nrows * c.ncols <= 8192 * 4096 / 2) cases.push_back(c);
   for (const Case& c : odd_cases())
     if (activation_bytes(c.type, c.ncols) > 0) cases.push_back(c);
   for (const Case& c : cases) {
-    for (int64_t T : {int64_t(1), int64_t(37), int64_t(130), int64_t(2048)}) {
+    for (int64_t T : Ts) {
       const size_t wbytes = row_bytes(c.type, c.ncols) * size_t(c.nrows);
       DeviceBuffer dw(wbytes);
       fill_random_weights(c.type, dw.data(), c.nrows, c.ncols, seed++);
@@ -290,6 +293,25 @@ TEST(CudaMatmul, IntTidBuildBitIdentical) {
     EXPECT_TRUE(same_bits(base, run_matmul_q(c, T, dw, act)))
         << type_name(c.type) << " " << c.nrows << "x" << c.ncols << " T=" << T;
   });
+}
+
+// Plain Q8_0 / MXFP4 products of >= 512 tokens with enough tiles run in a 128 x 128 CTA tile:
+// the same operations per output as the 128 x 64 tile (DS4_CUDA_NO_WIDE_GEMM), so the same
+// bits. T = 777 leaves a partial 128-token tile and the odd shapes partial row tiles; the
+// products with few tiles, the other types and T < 512 take the 128 x 64 tile either way
+// (they compare trivially).
+TEST(CudaMatmul, WideTileBitIdentical) {
+  DS4_REQUIRE_GPU();
+  for_each_gemm_variant_case(
+      9800,
+      [](const Case& c, int64_t T, const DeviceBuffer& dw, const DeviceBuffer& act, const std::vector<float>& base) {
+        test_util::ScopedSwitchOff narrow("DS4_CUDA_NO_WIDE_GEMM");
+        EXPECT_TRUE(same_bits(base, run_matmul_q(c, T, dw, act)))
+            << type_name(c.type) << " " << c.nrows << "x" << c.ncols << " T=" << T << " (128 x 64)";
+      },
+      {512, 777, 2048},
+      // Enough 128 x 128 tiles for the wide path with a partial row tile and a partial K stage.
+      {{GgmlType::Q8_0, 1900, 800}, {GgmlType::MXFP4, 1900, 288}});
 }
 
 TEST(CudaMatmul, RejectsBadArguments) {

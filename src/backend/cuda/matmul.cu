@@ -39,10 +39,35 @@
 namespace ds4::cuda::detail {
 namespace {
 
-constexpr int BM = kMmRows, BN = kMmTokens, BK = 256, kThreads = 256;
+constexpr int BM = kMmRows, BN = kMmTokens, BK = 256;
 // int8 tile rows are BK = 256 bytes, unpadded; the 16-byte unit u of row r is stored at unit
 // u ^ (r & 7), so the 8 rows of one ldmatrix 8x8 matrix land in 8 distinct bank groups.
 __device__ __forceinline__ int swz(int r, int unit) { return r * BK + ((unit ^ (r & 7)) << 4); }
+// CTA tile shapes of mm_kernel: kRows weight rows x kTokens tokens, computed by warps of 32 x 32
+// (kWarpRows of them along the rows, a power of two), kMinBlocks CTAs per SM. Every output is
+// the same chain of operations in any shape (a warp's tile only decides which outputs it
+// holds), so all shapes give the same bits.
+template <int kR, int kT, int kMin>
+struct TileShape {
+  static constexpr int kRows = kR, kTokens = kT, kMinBlocks = kMin;
+  static constexpr int kWarpRows = kR / 32, kThreads = 32 * kWarpRows * (kT / 32);
+  static constexpr int kWarpRowsLog2 = kWarpRows == 4 ? 2 : kWarpRows == 2 ? 1 : 0;
+  static_assert(kR % 32 == 0 && kT % 32 == 0 && (1 << kWarpRowsLog2) == kWarpRows, "32 x 32 warp tiles");
+};
+// 128 x 64, 8 warps, two CTAs per SM: every plan (the grouped MoE tiles hold at most kMmTokens).
+using TileStd = TileShape<BM, BN, 2>;
+// Plain Q8_0 / MXFP4 products of many tokens (launch_wide_plain): 128 x 128, 16 warps, one CTA
+// per SM (Q8_0 ~147 KB of shared memory). The same 16 warps per SM as two TileStd CTAs, but
+// each weight stage is copied and decoded once for 128 tokens and each activation stage
+// copied once for 128 rows: half the copy + decode work per MMA. Measured on an H200
+// (ds4-bench-cuda --prefill): q_b / o_a / o_b / shared expert at T = 2048 8-11% faster;
+// slower where its tiles leave SMs idle (64 tiles: +33%), hence kWideMinTileShare.
+// (64 x 128 with 8 warps and two CTAs per SM, halving only the decode, was as fast as TileStd.)
+using TileWide = TileShape<128, 128, 1>;
+constexpr int64_t kWideMinTokens = 512;
+// TileWide only when its tiles cover at least 3/4 of the SMs (one CTA each).
+constexpr int kWideMinTileShareNum = 3, kWideMinTileShareDen = 4;
+
 constexpr int SS = 9;        // stride of the per-chunk scale arrays (conflict-free)
 constexpr int MS = 24;       // halves per row of the min / bsum tiles (conflict-free f16 fragments)
 
@@ -226,7 +251,8 @@ struct Tile {
   int64_t e;    // expert
 };
 
-struct PlainPlan {
+template <class S = TileStd>
+struct PlainPlanT {
   const uint8_t* w;
   size_t rb;
   int64_t nrows;
@@ -236,9 +262,9 @@ struct PlainPlan {
   float* y;
   static constexpr bool kGateUp = false;
   __device__ bool tile(Tile& t, unsigned bx, unsigned by) const {
-    t.n0 = int64_t(bx) * BN;
-    t.m0 = int64_t(by) * BM;
-    t.nn = int(std::min<int64_t>(BN, T - t.n0));
+    t.n0 = int64_t(bx) * S::kTokens;
+    t.m0 = int64_t(by) * S::kRows;
+    t.nn = int(std::min<int64_t>(S::kTokens, T - t.n0));
     t.e = 0;
     return true;
   }
@@ -366,8 +392,9 @@ struct StageTiles {
 // (qs, scales, bsums) is double-buffered: stage s+1's copy is issued together with the
 // weights, before stage s's MMAs, so its L2 latency is hidden too. Arrays a type does not use
 // take no room (Q8_0 must stay under ~113 KB for two CTAs per SM).
-template <class K>
+template <class K, class S = TileStd>
 struct Smem {
+  static constexpr int BM = S::kRows, BN = S::kTokens;
   static constexpr bool kKq = K::BE == 256;
   static constexpr int SB = (BK / K::BE) * K::BB;      // raw bytes of one full stage of a row
   static constexpr int RS = (SB + 16 + 15) / 16 * 16;   // raw row stride (room for a start offset)
@@ -419,10 +446,11 @@ __device__ __forceinline__ void cp_async_wait_one() { asm volatile("cp.async.wai
 // [start, start + bytes) from the aligned word below start (any block alignment works; the
 // covering words never leave an aligned word holding a valid byte, so they stay inside the
 // allocation). delta[a] records where the stage begins. Tid: see mm_kernel.
-template <class K, int NT, class Tid>
+template <class K, int NT, class Tid, class S = TileStd>
 __device__ __forceinline__ void issue_raw(const uint8_t* const* rows, int s, int bytes, int vw, uint8_t* raw,
                                           int* delta, Tid tid) {
-  using L = Smem<K>;
+  using L = Smem<K, S>;
+  constexpr int BM = S::kRows;
   const int warp = tid >> 5, lane = tid & 31;
   for (int a = warp; a < BM; a += NT / 32) {
     const uint8_t* src = rows[a];
@@ -446,10 +474,11 @@ __device__ __forceinline__ void issue_raw(const uint8_t* const* rows, int s, int
 // Fast path of issue_raw when every row start is aligned to K::VW (all DS4 shapes): the
 // stage's start offset within an aligned word is the same for every row, and each thread
 // takes fixed (row, word) slots, so a stage costs a few instructions per thread.
-template <class K, int NT, class Tid>
+template <class K, int NT, class Tid, class S = TileStd>
 __device__ __forceinline__ void issue_raw_aligned(const uint8_t* const* rows, int s, int bytes, int d, uint8_t* raw,
                                                   Tid tid) {
-  using L = Smem<K>;
+  using L = Smem<K, S>;
+  constexpr int BM = S::kRows;
   constexpr int VW = K::VW;
   constexpr int NWM = L::SB % VW == 0 ? L::SB / VW : L::SB / VW + 2;  // words per row, at most
   const int nw = (d + bytes + VW - 1) / VW;
@@ -470,8 +499,9 @@ __device__ __forceinline__ void issue_raw_aligned(const uint8_t* const* rows, in
 
 // Issues the copies of stage s of the activation tile (qs, scales, bsums) into st.b, st.xsc,
 // st.bs; rows past the tile's tokens and chunks past the matrix are zeroed instead.
-template <class K, int NT, class P, class Tid>
+template <class K, int NT, class P, class Tid, class S = TileStd>
 __device__ __forceinline__ void issue_act(const P& p, const Tile& t, int s, int nch, const StageTiles& st, Tid tid) {
+  constexpr int BN = S::kTokens;
   float* xsc = st.xsc;
   uint8_t* bt = st.b;
 #pragma unroll
@@ -554,10 +584,11 @@ __device__ __forceinline__ Tabs load_tables(uint8_t* grid, uint8_t* sign, int ti
 // Decodes the stage's raw bytes (raw: rows RS bytes apart; the stage of row a starts at d, the
 // same for every row on the aligned path (vw == 0), else at delta[a]) into st's weight tile
 // and scales; NT threads with index tid, unit (row a, chunk j) each.
-template <class K, int NT>
+template <class K, int NT, class S = TileStd>
 __device__ __forceinline__ void decode_stage(const uint8_t* const* rows, const uint8_t* raw, const int* delta, int vw,
                                              int d, int nch, const Tabs& tabs, const StageTiles& st, int tid) {
-  using L = Smem<K>;
+  using L = Smem<K, S>;
+  constexpr int BM = S::kRows;
 #pragma unroll
   for (int i = 0; i < (BM * 8) / NT; ++i) {
     const int u = tid + NT * i, a = u >> 3, j = u & 7;
@@ -612,13 +643,14 @@ struct WarpAcc {
   }
 };
 
-// The MMAs of one stage for MMA warp `warp` (0..7: rows 32 (warp & 3), tokens 32 (warp >> 2)).
+// The MMAs of one stage for MMA warp `warp` (TileStd: 0..7, rows 32 (warp & 3), tokens 32 (warp >> 2);
+// in general rows 32 (warp mod kWarpRows), tokens 32 (warp / kWarpRows)).
 // kSkip: n-tiles (8 tokens) at or past `live` hold no token of the tile and are skipped (their
 // outputs are never stored); without it every n-tile is multiplied.
-template <class K, bool kSkip>
+template <class K, bool kSkip, class S = TileStd>
 __device__ __forceinline__ void mma_stage(const StageTiles& st, int nch, int live, int warp, WarpAcc& wa) {
   const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-  const int wm = warp & 3, wn = warp >> 2;
+  const int wm = warp & (S::kWarpRows - 1), wn = warp >> S::kWarpRowsLog2;
   auto& acc = wa.acc;
   auto& bi = wa.bi;
   const uint8_t* As = st.a;
@@ -756,10 +788,10 @@ __device__ __forceinline__ int live_ntiles(const Tile& t, int warp) {
 }
 
 // Writes MMA warp `warp`'s outputs through the plan.
-template <class P>
+template <class P, class S = TileStd>
 __device__ __forceinline__ void store_tile(const P& p, const Tile& t, int warp, const WarpAcc& wa) {
   const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-  const int wm = warp & 3, wn = warp >> 2;
+  const int wm = warp & (S::kWarpRows - 1), wn = warp >> S::kWarpRowsLog2;
 #pragma unroll
   for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
@@ -783,10 +815,12 @@ __device__ __forceinline__ void store_tile(const P& p, const Tile& t, int warp, 
 // (2-chunk body: 265 instructions, 438 stall cycles by the control bits, no spill; with int
 // 269, 458 and an 8-byte spill, the build that read 2-4% slower). int: everything else, and
 // all with DS4_CUDA_NO_GEMM_UNSIGNED_TID=1.
-template <class K, class P, class Tid>
-__global__ void __launch_bounds__(kThreads, 2) mm_kernel(P p, int64_t ncols, int vw) {
+// S: the CTA tile shape (TileStd, or a wide one for plain products of many tokens: launch_mm).
+template <class K, class P, class Tid, class S>
+__global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) mm_kernel(P p, int64_t ncols, int vw) {
   extern __shared__ __align__(16) uint8_t sm[];
-  using L = Smem<K>;
+  using L = Smem<K, S>;
+  constexpr int BM = S::kRows, kThreads = S::kThreads;
   Tile t;
   if (!p.tile(t, blockIdx.x, blockIdx.y)) return;
   const int tid = threadIdx.x;
@@ -803,12 +837,12 @@ __global__ void __launch_bounds__(kThreads, 2) mm_kernel(P p, int64_t ncols, int
   const int nstages = int((ncols + BK - 1) / BK);
   auto raw_copy = [&](int s) {
     const int bytes = (stage_elems(ncols, s) / K::BE) * K::BB;
-    if (vw == 0) issue_raw_aligned<K, kThreads>(rows, s, bytes, stage_start<K>(s), sm + L::RAW, copy_tid);
-    else issue_raw<K, kThreads>(rows, s, bytes, vw, sm + L::RAW, delta, copy_tid);
+    if (vw == 0) issue_raw_aligned<K, kThreads, Tid, S>(rows, s, bytes, stage_start<K>(s), sm + L::RAW, copy_tid);
+    else issue_raw<K, kThreads, Tid, S>(rows, s, bytes, vw, sm + L::RAW, delta, copy_tid);
   };
   __syncthreads();  // rows[]
   raw_copy(0);
-  issue_act<K, kThreads>(p, t, 0, stage_elems(ncols, 0) / 32, L::tiles(sm, 0), copy_tid);
+  issue_act<K, kThreads, P, Tid, S>(p, t, 0, stage_elems(ncols, 0) / 32, L::tiles(sm, 0), copy_tid);
   cp_async_commit();
 
   for (int s = 0; s < nstages; ++s) {
@@ -817,16 +851,16 @@ __global__ void __launch_bounds__(kThreads, 2) mm_kernel(P p, int64_t ncols, int
     cp_async_wait_all();
     __syncthreads();  // stage s landed for every thread; the previous MMAs are done with A and
                       // with activation buffer (s + 1) & 1
-    decode_stage<K, kThreads>(rows, sm + L::RAW, delta, vw, stage_start<K>(s), nch, tabs, L::tiles(sm, buf), tid);
+    decode_stage<K, kThreads, S>(rows, sm + L::RAW, delta, vw, stage_start<K>(s), nch, tabs, L::tiles(sm, buf), tid);
     __syncthreads();  // A and its scales are ready; the raw buffer is free
     if (s + 1 < nstages) {
       raw_copy(s + 1);
-      issue_act<K, kThreads>(p, t, s + 1, stage_elems(ncols, s + 1) / 32, L::tiles(sm, buf ^ 1), copy_tid);
+      issue_act<K, kThreads, P, Tid, S>(p, t, s + 1, stage_elems(ncols, s + 1) / 32, L::tiles(sm, buf ^ 1), copy_tid);
       cp_async_commit();
     }
-    mma_stage<K, false>(L::tiles(sm, buf), nch, 4, tid >> 5, wa);
+    mma_stage<K, false, S>(L::tiles(sm, buf), nch, 4, tid >> 5, wa);
   }
-  store_tile(p, t, tid >> 5, wa);
+  store_tile<P, S>(p, t, tid >> 5, wa);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -841,7 +875,7 @@ __global__ void __launch_bounds__(kThreads, 2) mm_kernel(P p, int64_t ncols, int
 // and empty[slot] (MMA warps arrive once done with it, producers wait before refilling it).
 // One CTA per SM (~203 KB for Q8_0). MMA warps skip 8-token n-tiles past the tile's tokens.
 // ---------------------------------------------------------------------------------------
-constexpr int kMmaThreads = kThreads;
+constexpr int kMmaThreads = TileStd::kThreads;
 // As many producer threads as MMA threads (with 4 producer warps the kernel was slower still).
 constexpr int kProducerThreads = 256;
 constexpr int kWsThreads = kMmaThreads + kProducerThreads;
@@ -1214,19 +1248,22 @@ bool gemm_persistent_enabled() { return std::getenv("DS4_CUDA_NO_GEMM_PERSISTENT
 // mm_kernel's copy helpers index threads as unsigned for the float-chunk types' plain and down
 // plans unless DS4_CUDA_NO_GEMM_UNSIGNED_TID is set (see mm_kernel, launch_mm; read on every call).
 bool gemm_unsigned_tid_enabled() { return std::getenv("DS4_CUDA_NO_GEMM_UNSIGNED_TID") == nullptr; }
+// Plain Q8_0 / MXFP4 products with enough tokens and tiles take TileWide unless
+// DS4_CUDA_NO_WIDE_GEMM is set (then TileStd, as before; read on every call).
+bool wide_gemm_enabled() { return std::getenv("DS4_CUDA_NO_WIDE_GEMM") == nullptr; }
 
-// Launches mm_kernel<K, P, Tid> (two CTAs per SM).
-template <class K, class P, class Tid>
+// Launches mm_kernel<K, P, Tid, S> (S::kMinBlocks CTAs per SM).
+template <class K, class P, class Tid, class S = TileStd>
 void launch_mm_default(const P& p, dim3 grid, int64_t ncols, int vw, void* stream) {
   static const bool once = [] {
-    DS4_CUDA_CHECK(
-        cudaFuncSetAttribute(mm_kernel<K, P, Tid>, cudaFuncAttributeMaxDynamicSharedMemorySize, Smem<K>::BYTES));
+    DS4_CUDA_CHECK(cudaFuncSetAttribute(mm_kernel<K, P, Tid, S>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        Smem<K, S>::BYTES));
     // Two CTAs per SM need (nearly) all of the unified L1/shared memory as shared memory.
-    DS4_CUDA_CHECK(cudaFuncSetAttribute(mm_kernel<K, P, Tid>, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+    DS4_CUDA_CHECK(cudaFuncSetAttribute(mm_kernel<K, P, Tid, S>, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
     return true;
   }();
   (void)once;
-  mm_kernel<K, P, Tid><<<grid, kThreads, Smem<K>::BYTES, static_cast<cudaStream_t>(stream)>>>(p, ncols, vw);
+  mm_kernel<K, P, Tid, S><<<grid, S::kThreads, Smem<K, S>::BYTES, static_cast<cudaStream_t>(stream)>>>(p, ncols, vw);
   DS4_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -1260,13 +1297,36 @@ void launch_mm(const P& p, dim3 grid, int64_t ncols, int vw, void* stream) {
   launch_mm_default<K, P, int>(p, grid, ncols, vw, stream);
 }
 
+// The tile grid of a plain product in shape S: token tiles x row tiles.
+template <class S>
+dim3 plain_grid(int64_t nrows, int64_t T) {
+  return dim3(unsigned((T + S::kTokens - 1) / S::kTokens), unsigned((nrows + S::kRows - 1) / S::kRows));
+}
+
+// Whether a plain product of nrows x T takes TileWide (see its comment).
+bool wide_tile_serves(int64_t nrows, int64_t T) {
+  if (T < kWideMinTokens || !wide_gemm_enabled() || gemm_ws_enabled()) return false;
+  const dim3 g = plain_grid<TileWide>(nrows, T);
+  const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount);
+  return int64_t(g.x) * g.y * kWideMinTileShareDen >= sms * kWideMinTileShareNum;
+}
+
 template <class K>
 void matmul_t(const void* w, int64_t nrows, int64_t ncols, const void* act, int64_t T, float* y, void* stream) {
   const size_t rb = size_t(ncols / K::BE) * K::BB;
   const size_t arb = K::BE == 32 ? size_t(ncols / 32) * sizeof(BlockQ8_0Act) : size_t(ncols / QK_K) * sizeof(BlockQ8_K);
-  PlainPlan p{static_cast<const uint8_t*>(w), rb, nrows, static_cast<const uint8_t*>(act), arb, T, y};
-  const dim3 grid(unsigned((T + BN - 1) / BN), unsigned((nrows + BM - 1) / BM));
-  launch_mm<K>(p, grid, ncols, copy_width<K>({reinterpret_cast<uintptr_t>(w), rb}, ncols), stream);
+  const int vw = copy_width<K>({reinterpret_cast<uintptr_t>(w), rb}, ncols);
+  auto plan = [&](auto shape) {
+    return PlainPlanT<decltype(shape)>{static_cast<const uint8_t*>(w), rb, nrows, static_cast<const uint8_t*>(act),
+                                       arb, T, y};
+  };
+  // Float-chunk types only, with the unsigned copy index (the build launch_mm picks for them).
+  if constexpr (K::kKind == kFloatChunk) {
+    if (wide_tile_serves(nrows, T))
+      return launch_mm_default<K, PlainPlanT<TileWide>, unsigned, TileWide>(
+          plan(TileWide{}), plain_grid<TileWide>(nrows, T), ncols, vw, stream);
+  }
+  launch_mm<K>(plan(TileStd{}), plain_grid<TileStd>(nrows, T), ncols, vw, stream);
 }
 
 template <int kType>
