@@ -56,12 +56,12 @@ struct TileShape {
 };
 // 128 x 64, 8 warps, two CTAs per SM: every plan (the grouped MoE tiles hold at most kMmTokens).
 using TileStd = TileShape<BM, BN, 2>;
-// Plain Q8_0 / MXFP4 products of many tokens (launch_wide_plain): 128 x 128, 16 warps, one CTA
-// per SM (Q8_0 ~147 KB of shared memory). The same 16 warps per SM as two TileStd CTAs, but
+// Plain Q8_0 / MXFP4 products of many tokens (wide_tile_serves): 128 x 128, 16 warps, one CTA
+// per SM (Q8_0 ~146 KiB of shared memory). The same 16 warps per SM as two TileStd CTAs, but
 // each weight stage is copied and decoded once for 128 tokens and each activation stage
 // copied once for 128 rows: half the copy + decode work per MMA. Measured on an H200
 // (ds4-bench-cuda --prefill): q_b / o_a / o_b / shared expert at T = 2048 8-11% faster;
-// slower where its tiles leave SMs idle (64 tiles: +33%), hence kWideMinTileShare.
+// slower where its tiles leave SMs idle (64 tiles: +33%), hence kWideMinTileShareNum/Den.
 // (64 x 128 with 8 warps and two CTAs per SM, halving only the decode, was as fast as TileStd.)
 using TileWide = TileShape<128, 128, 1>;
 constexpr int64_t kWideMinTokens = 512;
