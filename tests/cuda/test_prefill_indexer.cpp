@@ -62,10 +62,36 @@ struct IdxShape {
   int64_t NI, DI, K, ratio;
 };
 
-// idx_scores_tiled + idx_topk for the chunk of queries at `pos` vs idx_select per query (the
-// decode path's launch): scores of every query that sees more than K rows, and every
-// query's selection and count. Returns how many queries scored (saw more than K rows).
-int64_t check_tiled_indexer(const IdxShape& s, const std::vector<int64_t>& pos, uint32_t seed) {
+// Which chunk kernel is checked, and the compressed rows it gets.
+enum class Scores { Tiled, TensorCore };
+enum class Keys {
+  Gaussian,  // raw floats: off the FP4 grid, every row inexact for the tensor-core path
+  Fp4,       // through the Hadamard + FP4 simulation, as comp_emit writes them in official numerics
+  Fp4Mixed,  // Fp4, then some rows and query heads scaled by powers of two: units 2^20 apart
+             // inside a row (inexact) and whole rows 2^3 or 2^-5 off the others (still exact)
+};
+
+// Scales dims [i0, i1) of `rows` rows of DI (every `every`-th row from `first`) by 2^e.
+void scale_rows(std::vector<float>& v, int64_t DI, int64_t first, int64_t every, int64_t i0, int64_t i1, int e) {
+  for (int64_t r = first; r * DI < static_cast<int64_t>(v.size()); r += every)
+    for (int64_t i = i0; i < i1; ++i) v[static_cast<size_t>(r * DI + i)] = std::ldexp(v[static_cast<size_t>(r * DI + i)], e);
+}
+
+// How many rows of x [rows][DI] pre::idx_codes marks inexact.
+int64_t count_inexact(const DeviceBuffer& x, int64_t rows, int64_t DI) {
+  DeviceBuffer mem(static_cast<size_t>(pre::idx_codes_bytes(rows, DI)));
+  const pre::IdxCodes c = pre::idx_codes_view(mem.as<uint8_t>(), rows, DI);
+  pre::idx_codes(x.as<float>(), rows, c, nullptr);
+  const auto flags = download<uint8_t>(mem, static_cast<size_t>(rows), static_cast<size_t>(c.inexact - mem.as<uint8_t>()));
+  return std::count(flags.begin(), flags.end(), uint8_t{1});
+}
+
+// A chunk kernel (idx_scores_tiled or idx_scores_tc) + idx_topk for the queries at `pos` vs
+// idx_select per query (the decode path's launch): scores of every query that sees more than
+// K rows, and every query's selection and count. Returns how many queries scored (saw more
+// than K rows).
+int64_t check_chunk_indexer(const IdxShape& s, const std::vector<int64_t>& pos, uint32_t seed,
+                            Scores kernel = Scores::Tiled, Keys keys = Keys::Gaussian) {
   const int64_t T = static_cast<int64_t>(pos.size()), NI = s.NI, DI = s.DI, K = s.K;
   int64_t n_rows = 0;
   for (int64_t p : pos) n_rows = std::max(n_rows, (p + 1) / s.ratio);
@@ -79,6 +105,19 @@ int64_t check_tiled_indexer(const IdxShape& s, const std::vector<int64_t>& pos, 
   fwd::idx_prep_q(q.as<float>(), NI, DI, DI / 2, om.as<float>(), true, c0, nullptr, T);
   auto wts = upload(gaussian(T * NI, 1.0f, seed + 1));
   auto icomp = upload(gaussian(n_rows * DI, 1.0f, seed + 2));
+  if (keys != Keys::Gaussian)  // the rows as n_rows heads of one query (RoPE, Hadamard, FP4)
+    fwd::idx_prep_q(icomp.as<float>(), n_rows, DI, DI / 2, om.as<float>(), true, c0, nullptr, 1);
+  if (keys == Keys::Fp4Mixed) {
+    auto kv = download<float>(icomp, n_rows * DI);
+    scale_rows(kv, DI, 0, 7, 0, 32, 20);   // inexact: units 2^20 apart inside the row
+    scale_rows(kv, DI, 3, 11, 0, DI, 3);   // exact: a whole row 2^3 off
+    scale_rows(kv, DI, 5, 13, 0, DI, -5);  // exact: 2^-5 off
+    icomp = upload(kv);
+    auto qv = download<float>(q, T * NI * DI);
+    scale_rows(qv, DI, 2, 5, DI - 32, DI, -12);  // inexact query heads
+    scale_rows(qv, DI, 4, 9, 0, DI, 7);          // exact
+    q = upload(qv);
+  }
   const float wscale = 1.0f / std::sqrt(static_cast<float>(DI * NI));
 
   const std::vector<float> nan_scores(static_cast<size_t>(T * stride), std::nanf(""));
@@ -89,8 +128,19 @@ int64_t check_tiled_indexer(const IdxShape& s, const std::vector<int64_t>& pos, 
     fwd::idx_select(q.as<float>() + t * NI * DI, wts.as<float>() + t * NI, wscale, NI, DI, icomp.as<float>(), s.ratio,
                     K, sc_ref.as<float>() + t * stride, sel_ref.as<int32_t>() + t * K, n_ref.as<int32_t>() + t, c0 + t,
                     nullptr);
-  pre::idx_scores_tiled(q.as<float>(), wts.as<float>(), wscale, NI, DI, icomp.as<float>(), s.ratio, K, n_rows,
-                        sc_new.as<float>(), stride, c0, T, nullptr);
+  if (kernel == Scores::Tiled) {
+    pre::idx_scores_tiled(q.as<float>(), wts.as<float>(), wscale, NI, DI, icomp.as<float>(), s.ratio, K, n_rows,
+                          sc_new.as<float>(), stride, c0, T, nullptr);
+  } else {
+    DeviceBuffer qmem(static_cast<size_t>(pre::idx_codes_bytes(T * NI, DI)));
+    DeviceBuffer kmem(static_cast<size_t>(pre::idx_codes_bytes(n_rows, DI)));
+    const pre::IdxCodes qc = pre::idx_codes_view(qmem.as<uint8_t>(), T * NI, DI);
+    const pre::IdxCodes kc = pre::idx_codes_view(kmem.as<uint8_t>(), n_rows, DI);
+    pre::idx_codes(q.as<float>(), T * NI, qc, nullptr);
+    pre::idx_codes(icomp.as<float>(), n_rows, kc, nullptr);
+    pre::idx_scores_tc(qc, q.as<float>(), wts.as<float>(), wscale, NI, kc, icomp.as<float>(), s.ratio, K, n_rows,
+                       sc_new.as<float>(), stride, c0, T, nullptr);
+  }
   fwd::idx_topk(sc_new.as<float>(), stride, s.ratio, K, sel_new.as<int32_t>(), n_new.as<int32_t>(), c0, nullptr, T);
 
   const auto scr = download<float>(sc_ref, T * stride), scn = download<float>(sc_new, T * stride);
@@ -115,26 +165,71 @@ int64_t check_tiled_indexer(const IdxShape& s, const std::vector<int64_t>& pos, 
   return scored;
 }
 
-TEST(PrefillIndexer, TiledScoresEqualPerQueryIdxSelect) {
-  REQUIRE_GPU();
-  // Flash: 64 heads x 128, top-512 at ratio 4. A run of consecutive queries crossing from
-  // fewer visible rows than k to more (n_vis 510 .. 520), then queries far apart: one row
-  // tile past k, exactly 16 row tiles (1024 rows), ragged tiles; 25 queries, not a multiple of
-  // the 2 queries of a block.
+// Flash-shape queries: a run of consecutive ones crossing from fewer visible rows than k
+// to more (n_vis 510 .. 520), then ones far apart: one row tile past k, exactly 16 row tiles
+// (1024 rows), ragged tiles; 25 queries, not a multiple of the 2 queries of a block.
+std::vector<int64_t> flash_queries() {
   std::vector<int64_t> pos;
   for (int64_t p = 2040; p < 2083; p += 3) pos.push_back(p);
   for (int64_t p : {2300, 2600, 3001, 4095, 4098, 4600, 5000, 6003, 7777, 8191}) pos.push_back(p);
-  EXPECT_EQ(check_tiled_indexer({64, 128, 512, 4}, pos, 11), 21);
-  // The tiny fixtures' indexer (16 heads x 32, top-4): 8 queries a block; a prefill chunk
-  // from position 0 (no rows, then fewer than k, then more), 41 queries.
-  pos.clear();
+  return pos;
+}
+// For the tiny fixtures' indexer (16 heads x 32, top-4: 8 queries a block): a prefill chunk
+// from position 0 (no rows, then fewer than k, then more), 41 queries.
+std::vector<int64_t> fixture_queries() {
+  std::vector<int64_t> pos;
   for (int64_t p = 0; p <= 40; ++p) pos.push_back(p);
-  EXPECT_EQ(check_tiled_indexer({16, 32, 4, 4}, pos, 21), 41 - 19);
-  // The demo model's shape (8 heads x 64, top-64): 16 queries a block, a partial last one.
-  pos.clear();
+  return pos;
+}
+// For the demo model's shape (8 heads x 64, top-64: 16 queries a block): a partial last block.
+std::vector<int64_t> demo_queries() {
+  std::vector<int64_t> pos;
   for (int64_t p = 250; p < 270; ++p) pos.push_back(p);
   pos.push_back(1000);
-  EXPECT_EQ(check_tiled_indexer({8, 64, 64, 4}, pos, 31), 21 - 9);
+  return pos;
+}
+
+TEST(PrefillIndexer, TiledScoresEqualPerQueryIdxSelect) {
+  REQUIRE_GPU();
+  EXPECT_EQ(check_chunk_indexer({64, 128, 512, 4}, flash_queries(), 11), 21);  // Flash: 64 x 128, top-512
+  EXPECT_EQ(check_chunk_indexer({16, 32, 4, 4}, fixture_queries(), 21), 41 - 19);
+  EXPECT_EQ(check_chunk_indexer({8, 64, 64, 4}, demo_queries(), 31), 21 - 9);
+}
+
+TEST(PrefillIndexer, TensorCoreScoresEqualPerQueryIdxSelect) {
+  REQUIRE_GPU();
+  // The official-numerics inputs (FP4 q and keys): exact int8 products, no fallback.
+  const auto pos = flash_queries();
+  EXPECT_EQ(check_chunk_indexer({64, 128, 512, 4}, pos, 12, Scores::TensorCore, Keys::Fp4), 21);
+  // Keys off the FP4 grid: every dot product through the fallback FMA chain.
+  EXPECT_EQ(check_chunk_indexer({64, 128, 512, 4}, pos, 13, Scores::TensorCore, Keys::Gaussian), 21);
+  // Mixed: exact rows at different units beside inexact rows and query heads.
+  EXPECT_EQ(check_chunk_indexer({64, 128, 512, 4}, pos, 14, Scores::TensorCore, Keys::Fp4Mixed), 21);
+  // The fixtures' and the demo's shapes (DI 32 and 64: one and two unit blocks).
+  EXPECT_EQ(check_chunk_indexer({16, 32, 4, 4}, fixture_queries(), 22, Scores::TensorCore, Keys::Fp4Mixed), 41 - 19);
+  EXPECT_EQ(check_chunk_indexer({8, 64, 64, 4}, demo_queries(), 32, Scores::TensorCore, Keys::Fp4), 21 - 9);
+}
+
+TEST(PrefillIndexer, IntegerFormMarksWhatItCannotCarry) {
+  REQUIRE_GPU();
+  // FP4-simulated rows are exact; raw floats are not; a row whose blocks' units are 2^20
+  // apart is not; a row scaled as a whole is. So the Fp4Mixed cases above exercise both paths.
+  const int64_t rows = 700, DI = 128;
+  auto om = upload(rope_omega(DI / 2));
+  auto ctl = ctls_at({1000});
+  auto x = upload(gaussian(rows * DI, 1.0f, 77));
+  EXPECT_EQ(count_inexact(x, rows, DI), rows);
+  fwd::idx_prep_q(x.as<float>(), rows, DI, DI / 2, om.as<float>(), true, ctl.as<fwd::StepCtl>(), nullptr, 1);
+  EXPECT_EQ(count_inexact(x, rows, DI), 0);
+  auto v = download<float>(x, rows * DI);
+  scale_rows(v, DI, 3, 11, 0, DI, 3);
+  EXPECT_EQ(count_inexact(upload(v), rows, DI), 0);
+  scale_rows(v, DI, 0, 7, 0, 32, 20);
+  EXPECT_EQ(count_inexact(upload(v), rows, DI), (rows + 6) / 7);
+  v[5 * DI + 40] = std::nanf("");
+  EXPECT_EQ(count_inexact(upload(v), rows, DI), (rows + 6) / 7 + 1);
+  std::vector<float> zeros(static_cast<size_t>(DI), 0.0f);
+  EXPECT_EQ(count_inexact(upload(zeros), 1, DI), 0);  // all-zero blocks: unit 0, exact
 }
 
 TEST(PrefillIndexer, TiledShapesAreChecked) {
@@ -143,6 +238,10 @@ TEST(PrefillIndexer, TiledShapesAreChecked) {
   EXPECT_FALSE(pre::idx_scores_tiled_supported(48, 128));  // a block would hold part of a query
   EXPECT_FALSE(pre::idx_scores_tiled_supported(256, 128));
   EXPECT_FALSE(pre::idx_scores_tiled_supported(64, 100));  // DI not a multiple of the slice
+  EXPECT_TRUE(pre::idx_scores_tc_supported(64, 128));
+  EXPECT_TRUE(pre::idx_scores_tc_supported(16, 32));
+  EXPECT_FALSE(pre::idx_scores_tc_supported(64, 256));  // more dims than a staged code row
+  EXPECT_FALSE(pre::idx_scores_tc_supported(48, 128));
 }
 
 // ------------------------------------------------------------------ compressor pooling

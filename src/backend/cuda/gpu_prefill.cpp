@@ -74,6 +74,9 @@ struct GpuSession::Batch {
   float *ckv = nullptr, *csc = nullptr;              // [T][compressor width]
   float *iq = nullptr, *iw = nullptr;                // [T][NI * DI], [T][NI]
   int32_t *sel = nullptr, *n_sel = nullptr;          // [T][idx_topk], [T]
+  // The integer forms of the indexer's queries ([T][NI] rows) and compressed rows (max_ctx /
+  // ratio), for its scores on the tensor cores (empty on the other paths).
+  pre::IdxCodes iq_codes, icomp_codes;
   float* rlog = nullptr;                             // [T][n_expert]
   int32_t* ids = nullptr;                            // [T][K]
   float* rw = nullptr;                               // [T][K]
@@ -177,6 +180,15 @@ bool tensor_core_attention(const fwd::AttnShape& as) {
   static const bool on = std::getenv("DS4_CUDA_NO_TC_ATTENTION") == nullptr;
   return on && fwd::prefill_attention_supported(as);
 }
+
+// The indexer's scores on the tensor cores (prefill_indexer.h: exact int8 products of the
+// FP4-simulated q and keys, so official numerics only); DS4_CUDA_NO_TC_INDEXER set in the
+// environment keeps the CUDA-core tiles (A/B switch).
+bool tensor_core_indexer(const HParams& hp, Numerics numerics) {
+  static const bool on = std::getenv("DS4_CUDA_NO_TC_INDEXER") == nullptr;
+  return on && numerics == Numerics::Official && hp.idx_head > 0 &&
+         pre::idx_scores_tc_supported(hp.idx_head, hp.idx_dim);
+}
 }  // namespace
 
 void GpuSession::prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int64_t p0, void* s) {
@@ -208,19 +220,35 @@ void GpuSession::prefill_attention(const DLayer& L, LayerBufs& S, int64_t T, int
       // Queries and head weights only matter to tokens that see more than k rows
       // (indexer.cpp): those at positions >= (K + 1) * ratio - 1, the tokens from t0 on.
       const int64_t t0 = std::max<int64_t>(0, (K + 1) * L.ratio - 1 - p0);
+      const bool tc = b.iq_codes.code != nullptr;  // tensor_core_indexer
       if (t0 < T) {
-        gemm(L.idx_q_b, b.qr, T, b.iq, s);
-        gemm(L.idx_proj, b.x, T, b.iw, s);
+        // Only those tokens' products (every token's row is its own: the same bits either way).
+        gemm(L.idx_q_b, b.qr + t0 * hp.q_lora, T - t0, b.iq + t0 * NI * DI, s);
+        gemm(L.idx_proj, b.x + t0 * hp.n_embd, T - t0, b.iw + t0 * NI, s);
         fwd::idx_prep_q(b.iq + t0 * NI * DI, NI, DI, hp.n_rope, L.omega, official, b.ctls + t0, s, T - t0);
+        if (tc) {
+          pre::idx_codes(b.iq + t0 * NI * DI, (T - t0) * NI, b.iq_codes.from_row(t0 * NI), s);
+          pre::idx_codes(S.icomp, (p0 + T) / L.ratio, b.icomp_codes, s);  // every row the chunk sees
+        }
       }
-      if (split_phases()) mark("indexer: q_b + proj products, query prep", 0, s);
+      if (split_phases()) mark(tc ? "indexer: q_b + proj products, query prep, integer forms"
+                                  : "indexer: q_b + proj products, query prep",
+                               0, s);
       const float wscale = 1.0f / std::sqrt(static_cast<float>(DI * NI));
       const bool tiled = pre::idx_scores_tiled_supported(NI, DI);
       for (int64_t g0 = 0; g0 < T; g0 += b.group) {
         const int64_t n = std::min(b.group, T - g0);
         const float* q = b.iq + g0 * NI * DI;
         const float* w = b.iw + g0 * NI;
-        if (tiled) {
+        if (tc) {
+          // The same scores from exact int8 tensor-core products (prefill_indexer.h).
+          const int64_t max_rows = (p0 + g0 + n) / L.ratio;
+          pre::idx_scores_tc(b.iq_codes.from_row(g0 * NI), q, w, wscale, NI, b.icomp_codes, S.icomp, L.ratio, K,
+                             max_rows, b.scores, b.scores_stride, b.ctls + g0, n, s);
+          if (split_phases()) mark("indexer: scores (tensor cores)", 0, s);
+          fwd::idx_topk(b.scores, b.scores_stride, L.ratio, K, b.sel + g0 * K, b.n_sel + g0, b.ctls + g0, s, n);
+          if (split_phases()) mark("indexer: top-k", 0, s);
+        } else if (tiled) {
           // The group's queries against their visible rows as tiles (prefill_indexer.h: the
           // scores of idx_select, bit for bit), then the top-k of each query.
           const int64_t max_rows = (p0 + g0 + n) / L.ratio;  // n_vis of the group's last token
@@ -388,6 +416,15 @@ void GpuSession::prefill_chunk(std::span<const int32_t> tokens, LogitsMode mode,
     b.iw = A.get<float>(std::max<int64_t>(1, Tm * hp.idx_head));
     b.sel = A.get<int32_t>(std::max<int64_t>(1, Tm * hp.idx_topk));
     b.n_sel = A.get<int32_t>(Tm);
+    if (tensor_core_indexer(hp, opts_.numerics)) {
+      const int64_t q_rows = Tm * hp.idx_head;
+      int64_t k_rows = 1;  // the most compressed rows of an indexer layer
+      for (const DLayer& L : model_->layers())
+        if (L.has_indexer) k_rows = std::max<int64_t>(k_rows, opts_.max_ctx / L.ratio + 1);
+      b.iq_codes = pre::idx_codes_view(A.get<uint8_t>(pre::idx_codes_bytes(q_rows, hp.idx_dim)), q_rows, hp.idx_dim);
+      b.icomp_codes =
+          pre::idx_codes_view(A.get<uint8_t>(pre::idx_codes_bytes(k_rows, hp.idx_dim)), k_rows, hp.idx_dim);
+    }
     b.rlog = A.get<float>(Tm * hp.n_expert);
     b.ids = A.get<int32_t>(Tm * K);
     b.rw = A.get<float>(Tm * K);

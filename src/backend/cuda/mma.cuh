@@ -44,4 +44,16 @@ __device__ __forceinline__ void mma_f16(float (&d)[4], const uint32_t (&a)[4], c
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// d = a b, int8 inputs, s32 accumulators, m16n8k32 (exact integer products and sums). The
+// same fragment layouts with 4 int8 per register: A a0 = (row g, k 4t .. 4t+3), a1 = (row
+// g+8, the same k), a2 / a3 = the same rows at k + 16; B b0 = (k 4t .. 4t+3; col g), b1 =
+// the same at k + 16; D as above.
+__device__ __forceinline__ void mma_s8(int32_t (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%10,%10,%10,%10};\n"
+      : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(0));
+}
+
 }  // namespace ds4::cuda

@@ -32,4 +32,45 @@ void idx_scores_tiled(const float* q, const float* wts, float wscale, int64_t NI
                       const float* icomp, int64_t ratio, int64_t K, int64_t max_rows, float* scores,
                       int64_t scores_stride, const fwd::StepCtl* ctl, int64_t tokens, void* stream);
 
+// ---- The same scores on the tensor cores (official numerics: FP4-simulated q and keys)
+//
+// In official numerics both the queries (idx_prep_q) and the indexer's compressed rows
+// (Hadamard + FP4 in comp_emit) hold, per block of 32 dims, e2m1 values times a power of two.
+// Each block is then an integer code vector (|code| < 16) times a power-of-two unit u, and a
+// dot product is sum over blocks b of u_q[b] * u_k[b] * I_b with I_b an exact int8 product
+// (mma m16n8k32 s8, s32 sums). When a row's nonzero blocks span at most 2^4 in unit (both
+// sides), every partial sum of the dot, in any order, has fewer than 24 significant bits, so
+// idx_select's float FMA chain is exact and the tensor-core form gives the same float bits.
+// A row for which that is not shown (values off the FP4 grid, a wider span, units outside
+// 2^-60 .. 2^60) is marked inexact, and the scoring kernel recomputes its dot products with
+// idx_select's FMA chain. The weighted head sum is idx_select's code. So every score is
+// bit-identical to idx_select's, whatever the inputs (inexact rows only cost time).
+
+// The integer form of `rows` rows of DI dims (DI a multiple of 32).
+struct IdxCodes {
+  int8_t* code = nullptr;     // [rows][DI]
+  float* unit = nullptr;      // [rows][DI / 32]: the block's power of two (0: an all-zero block)
+  uint8_t* inexact = nullptr; // [rows]: 1 = take the float FMA chain
+  int64_t DI = 0;
+  IdxCodes from_row(int64_t r) const { return {code + r * DI, unit + r * (DI / 32), inexact + r, DI}; }
+};
+
+// Device bytes of the integer form of `rows` rows, and the view of such a buffer.
+int64_t idx_codes_bytes(int64_t rows, int64_t DI);
+IdxCodes idx_codes_view(void* mem, int64_t rows, int64_t DI);
+
+// Whether idx_scores_tc takes these shapes: idx_scores_tiled's, and DI <= 128.
+bool idx_scores_tc_supported(int64_t NI, int64_t DI);
+
+// The integer form of x [rows][DI] into out (rows out.from_row(0) .. rows - 1).
+void idx_codes(const float* x, int64_t rows, IdxCodes out, void* stream);
+
+// idx_scores_tiled's contract (the same scores, bit for bit) from the integer forms of the
+// queries (qc: rows t * NI + h of the `tokens` queries) and of the compressed rows (kc: rows
+// 0 .. max_rows - 1); q and icomp are their float values, read for inexact rows.
+void idx_scores_tc(const IdxCodes& qc, const float* q, const float* wts, float wscale, int64_t NI,
+                   const IdxCodes& kc, const float* icomp, int64_t ratio, int64_t K, int64_t max_rows,
+                   float* scores, int64_t scores_stride, const fwd::StepCtl* ctl, int64_t tokens,
+                   void* stream);
+
 }  // namespace ds4::cuda::pre
