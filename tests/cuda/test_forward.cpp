@@ -25,6 +25,7 @@
 #include "backend/cuda/matvec.h"
 #include "core/fp16.h"
 #include "cuda/pinned_divergence.h"
+#include "cuda_test_util.h"
 #include "e2e/e2e_util.h"
 #include "model/attention.h"
 #include "model/compressor.h"
@@ -660,27 +661,32 @@ TEST(ForwardKernels, IndexerSelectionMatchesCpu) {
 // edges, no host launch gaps), microseconds per call, median of 9 graph launches. Printed for
 // the notes (docs/cuda.md); the A/B switches (DS4_CUDA_NO_BATCHED_LOADS, DS4_CUDA_NO_PDL) time
 // the other paths in the same binary. Asserts that every output is finite.
+// Microseconds per call of `call` in a CUDA graph of 32 calls on stream st (median of 9
+// replays): decode launches as the session's graph runs them. The first call runs outside
+// the capture (first-use setup such as a shared-memory opt-in).
+float graph_us_per_call(void* st, const std::function<void(void*)>& call) {
+  constexpr int kCalls = 32;
+  call(st);
+  ds4::cuda::Graph g(st, [&](void* s) {
+    for (int i = 0; i < kCalls; ++i) call(s);
+  });
+  std::vector<float> t;
+  for (int r = 0; r < 9; ++r) {
+    ds4::cuda::EventTimer ev;
+    ev.start(st);
+    g.launch(st);
+    ev.stop(st);
+    t.push_back(ev.elapsed_ms() * 1000.0f / kCalls);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
 TEST(ForwardKernels, PrintsDecodeLaunchTimes) {
   REQUIRE_GPU();
   ds4::cuda::Stream stream;
   void* st = stream.handle();
-  constexpr int kCalls = 32;
-  auto per_call_us = [&](const std::function<void(void*)>& call) {
-    call(st);  // outside the capture: first-use setup (opt-in shared memory)
-    ds4::cuda::Graph g(st, [&](void* s) {
-      for (int i = 0; i < kCalls; ++i) call(s);
-    });
-    std::vector<float> t;
-    for (int r = 0; r < 9; ++r) {
-      ds4::cuda::EventTimer ev;
-      ev.start(st);
-      g.launch(st);
-      ev.stop(st);
-      t.push_back(ev.elapsed_ms() * 1000.0f / kCalls);
-    }
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
-  };
+  auto per_call_us = [&](const std::function<void(void*)>& call) { return graph_us_per_call(st, call); };
   auto all_finite = [](const std::vector<float>& v) {
     return std::all_of(v.begin(), v.end(), [](float x) { return std::isfinite(x); });
   };
@@ -810,6 +816,84 @@ TEST(ForwardKernels, RoutingMatchesCpu) {
              w.as<float>(), nullptr);
   EXPECT_EQ(down<int32_t>(ids, 6), rids);
   EXPECT_LT(max_rel(down<float>(w, 6), rw), 1e-6);
+}
+
+// The fused router (product + routing in one launch, the last block routing) against the
+// product launch + route launch it replaces: the same logits, ids and weights bit for bit, for
+// F16 and BF16 weights, 256 experts (split rows) and 16, biased top-k and hash routing, twice
+// on the same counter (the last block sets it back to 0).
+TEST(ForwardKernels, FusedRouterEqualsProductAndRoute) {
+  REQUIRE_GPU();
+  const int64_t ncols = 4096, K = 6, vocab = 10;
+  const int32_t token = 7;
+  for (const auto type : {ds4::GgmlType::F16, ds4::GgmlType::BF16}) {
+    for (const int64_t NE : {256, 16}) {
+      auto wf = randv(static_cast<size_t>(NE * ncols), 90, 0.05f);
+      const auto x = randv(static_cast<size_t>(ncols), 91);
+      auto bias = randv(static_cast<size_t>(NE), 92, 0.1f);
+      // An exact tie among the chosen: rows 3 and NE - 4 equal, aligned with x (the largest
+      // logits), the same bias: the lower index comes first.
+      for (const int64_t r : {int64_t{3}, NE - 4})
+        for (int64_t i = 0; i < ncols; ++i) wf[static_cast<size_t>(r * ncols + i)] = x[static_cast<size_t>(i)] >= 0 ? 0.05f : -0.05f;
+      bias[static_cast<size_t>(NE - 4)] = bias[3];
+      std::vector<uint16_t> wh(wf.size());
+      for (size_t i = 0; i < wf.size(); ++i)
+        wh[i] = type == ds4::GgmlType::F16 ? ds4::f32_to_fp16(wf[i]) : ds4::f32_to_bf16(wf[i]);
+      std::vector<int32_t> table(static_cast<size_t>(vocab * K));
+      for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>((i * 37) % NE);
+      auto dw = up(wh), dx = up(x), dbias = up(bias);
+      auto dt = up(table);
+      auto c = ctl_at(5, token);
+      ASSERT_TRUE(fwd::fused_router_fits(type, dw.data(), NE, ncols, K));
+      DeviceBuffer logits0(NE * 4), ids0(K * 4), w0(K * 4), logits1(NE * 4), ids1(K * 4), w1(K * 4), counter(4);
+      counter.fill_bytes(0);
+      for (const bool hash : {false, true}) {
+        fwd::RouteArgs a;
+        a.NE = NE;
+        a.K = K;
+        a.bias = hash ? nullptr : dbias.as<float>();
+        a.tid2eid = hash ? dt.as<int32_t>() : nullptr;
+        a.norm = true;
+        a.scale = 1.5f;
+        ds4::cuda::matvec(type, dw.data(), NE, ncols, dx.as<float>(), logits0.as<float>(), nullptr);
+        fwd::route(logits0.as<float>(), NE, K, a.bias, a.tid2eid, a.norm, a.scale, ctl(c), ids0.as<int32_t>(),
+                   w0.as<float>(), nullptr);
+        for (int launch = 0; launch < 2; ++launch) {
+          logits1.fill_bytes(0xFF);
+          ids1.fill_bytes(0xFF);
+          w1.fill_bytes(0xFF);
+          a.ids = ids1.as<int32_t>();
+          a.weights = w1.as<float>();
+          fwd::fused_router(type, dw.data(), ncols, dx.as<float>(), logits1.as<float>(), counter.as<uint32_t>(), a,
+                            ctl(c), nullptr);
+          const std::string what = std::string(ds4::type_name(type)) + " NE " + std::to_string(NE) +
+                                   (hash ? " hash" : " biased") + " launch " + std::to_string(launch);
+          EXPECT_TRUE(identical_bits(down<float>(logits1, NE), down<float>(logits0, NE))) << what;
+          EXPECT_EQ(down<int32_t>(ids1, K), down<int32_t>(ids0, K)) << what;
+          EXPECT_TRUE(identical_bits(down<float>(w1, K), down<float>(w0, K))) << what;
+          if (!hash) {
+            EXPECT_EQ(down<int32_t>(ids1, 2), (std::vector<int32_t>{3, static_cast<int32_t>(NE - 4)})) << what;
+          }
+          EXPECT_EQ(down<uint32_t>(counter, 1).at(0), 0u) << what;
+        }
+        if (type == ds4::GgmlType::F16 && NE == 256 && !hash) {  // Flash's router (q2 recipe)
+          ds4::cuda::Stream stream;
+          const float separate_us = graph_us_per_call(stream.handle(), [&](void* s) {
+            ds4::cuda::matvec(type, dw.data(), NE, ncols, dx.as<float>(), logits0.as<float>(), nullptr, s);
+            fwd::route(logits0.as<float>(), NE, K, a.bias, a.tid2eid, a.norm, a.scale, ctl(c), ids0.as<int32_t>(),
+                       w0.as<float>(), s);
+          });
+          const float fused_us = graph_us_per_call(stream.handle(), [&](void* s) {
+            fwd::fused_router(type, dw.data(), ncols, dx.as<float>(), logits1.as<float>(), counter.as<uint32_t>(), a,
+                              ctl(c), s);
+          });
+          std::printf("[router 256 x 4096 F16, us per call in a graph] product + route %.2f, fused %.2f\n", separate_us,
+                      fused_us);
+          EXPECT_EQ(down<uint32_t>(counter, 1).at(0), 0u);
+        }
+      }
+    }
+  }
 }
 
 // The token dimension of the batched prefill (forward_kernels.h `tokens`): one launch over T
@@ -1298,6 +1382,25 @@ TEST(CudaSession, GraphEqualsPlainLaunches) {
   const auto a = gpu_run(gm, tokens, Numerics::Official, 3, {}, true);
   const auto b = gpu_run(gm, tokens, Numerics::Official, 3, {}, false);
   EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0);
+}
+
+// The fused router (opt-in, DS4_CUDA_FUSED_ROUTER=1; the tiny model's router is BF16, so the
+// fused path runs) against the product launch + route launch it replaces (the default): the
+// same logits bit for bit over several decode steps, through a graph and with plain launches.
+TEST(CudaSession, FusedRouterEqualsSeparateLaunches) {
+  REQUIRE_GPU();
+  const auto& gm = gpu_model("dsv4-tiny-a-bf16", "bf16");
+  const auto tokens = e2e::load_cases("dsv4-tiny-a-bf16").at(0).tokens;
+  for (bool graph : {true, false}) {
+    const auto separate = gpu_run(gm, tokens, Numerics::Official, 1, {}, graph);  // a decode step per token
+    std::vector<float> fused;
+    {
+      const ds4::cuda::test_util::ScopedEnv on("DS4_CUDA_FUSED_ROUTER", "1");
+      fused = gpu_run(gm, tokens, Numerics::Official, 1, {}, graph);
+    }
+    ASSERT_EQ(fused.size(), separate.size());
+    EXPECT_EQ(std::memcmp(fused.data(), separate.data(), fused.size() * 4), 0) << (graph ? "graph" : "plain launches");
+  }
 }
 
 std::vector<int32_t> random_tokens(size_t n, int64_t vocab, uint32_t seed) {

@@ -14,7 +14,9 @@
 #include "backend/cuda/check.h"
 #include "backend/cuda/device_attribute.h"
 #include "backend/cuda/forward_kernels.h"
+#include "backend/cuda/matvec_launch.h"
 #include "backend/cuda/pdl.h"
+#include "backend/cuda/product_math.cuh"
 #include "backend/cuda/quantize_act.cuh"
 #include "backend/cuda/topk_block.h"
 #include "quant/blocks.h"
@@ -1219,21 +1221,66 @@ __global__ void __launch_bounds__(kMergeThreads) attention_merge_kernel(AttnShap
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) o[h * D + d] = out_row[d];
 }
 
+// A value written by another block of the same launch (the fused router's logits) is read
+// through L2 (__ldcg: no stale L1 line); kL2 false reads plainly.
+template <bool kL2>
+__device__ __forceinline__ float load_part(const float* p) {
+  if constexpr (kL2) return __ldcg(p);
+  else return *p;
+}
+
+// The block's arrival in a kernel whose last block to finish does a tail job (the fused
+// router's routing): every thread's global stores are fenced device-wide, then the block
+// counts itself in *counter. Returns, in every thread, whether it was the n-th (last) to
+// arrive; that block sets the counter back to 0 (the next launch is ordered after it by the
+// kernel boundary: graph replays and PDL included, as a dependent's griddepcontrol.wait waits
+// for the whole grid) and then sees every other block's stores when it reads them through L2
+// (load_part<true>).
+__device__ bool last_block_to_arrive(uint32_t* counter, uint32_t n) {
+  __shared__ bool last;
+  __threadfence();  // this thread's stores visible device-wide before the block counts itself
+  __syncthreads();  // every thread's stores done (and the block's shared memory no longer read)
+  if (threadIdx.x == 0) {
+    last = atomicAdd(counter, 1u) == n - 1;
+    if (last) *counter = 0;
+  }
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
+}
+
 __device__ double softplus_d(double t) { return t > 20.0 ? t : log1p(exp(t)); }
 
-__global__ void route_kernel(const float* logits, int64_t NE, int64_t K, const float* bias,
-                             const int32_t* tid2eid, bool norm, float scale, const StepCtl* ctl,
-                             int32_t* ids, float* weights) {
-  pdl_enter();
-  extern __shared__ float sh[];
-  ctl += blockIdx.y;  // token blockIdx.y of a batch
-  logits += blockIdx.y * NE;
-  ids += blockIdx.y * K;
-  weights += blockIdx.y * K;
+// One step of the routing argmax by (biased desc, index asc), the CPU's order: (v, i) replaces
+// the best (bv, bi) if it comes first. A NaN never does.
+__device__ __forceinline__ void route_argmax_step(float& bv, int32_t& bi, float v, int32_t i) {
+  if (v > bv || (v == bv && i < bi)) {
+    bv = v;
+    bi = i;
+  }
+}
+
+// The expert a round chooses: the argmax i, or when only NaNs were left (i is still
+// 0x7fffffff) the first untaken expert, as the CPU loop does; its biased score is then -inf.
+__device__ int32_t route_choose(int32_t i, float* biased, int64_t NE) {
+  if (i == 0x7fffffff)
+    for (int64_t e = 0; e < NE; ++e)
+      if (biased[e] != -INFINITY) { i = static_cast<int32_t>(e); break; }
+  if (i == 0x7fffffff) i = 0;
+  biased[i] = -INFINITY;
+  return i;
+}
+
+// Routing of one token by one block (sh: 2 * NE floats of shared memory). kFused (the fused
+// router): the logits were written by other blocks of the same launch and are read through
+// L2, and the biased top-k runs in one warp.
+template <bool kFused>
+__device__ void route_block(const float* logits, int64_t NE, int64_t K, const float* bias, const int32_t* tid2eid,
+                            bool norm, float scale, const StepCtl* ctl, int32_t* ids, float* weights, float* sh) {
   float* score = sh;
   float* biased = sh + NE;
   for (int64_t e = threadIdx.x; e < NE; e += blockDim.x) {
-    score[e] = static_cast<float>(sqrt(softplus_d(static_cast<double>(logits[e]))));
+    score[e] = static_cast<float>(sqrt(softplus_d(static_cast<double>(load_part<kFused>(logits + e)))));
     biased[e] = score[e] + (bias ? bias[e] : 0.0f);
   }
   __shared__ int32_t chosen[64];
@@ -1243,6 +1290,24 @@ __global__ void route_kernel(const float* logits, int64_t NE, int64_t K, const f
   if (tid2eid) {
     if (threadIdx.x == 0)
       for (int64_t k = 0; k < K; ++k) chosen[k] = tid2eid[static_cast<int64_t>(ctl->token) * K + k];
+  } else if (kFused) {
+    // The same K rounds as below by warp 0 alone, each expert e in lane e % 32: no block
+    // barrier per round (the rounds below take two). The argmax by (biased desc, index asc)
+    // is a maximum in a total order (NaN never wins, (-inf, 0x7fffffff) is the least), so any
+    // reduction order picks the same expert: the same choices in the same order.
+    if (threadIdx.x < 32) {
+      const int lane = threadIdx.x;
+      for (int64_t k = 0; k < K; ++k) {
+        float bv = -INFINITY;
+        int32_t bi = 0x7fffffff;
+        for (int64_t e = lane; e < NE; e += 32) route_argmax_step(bv, bi, biased[e], static_cast<int32_t>(e));
+        for (int o = 16; o > 0; o >>= 1)
+          route_argmax_step(bv, bi, __shfl_xor_sync(kFull, bv, o), __shfl_xor_sync(kFull, bi, o));
+        if (lane == 0) chosen[k] = route_choose(bi, biased, NE);
+        __syncwarp();
+      }
+    }
+    __syncthreads();
   } else {
     // K rounds of a block-wide argmax by (biased desc, index asc), the CPU's order (ties keep
     // the lower index); a chosen expert's biased score is set to -inf. One thread scanning
@@ -1251,28 +1316,17 @@ __global__ void route_kernel(const float* logits, int64_t NE, int64_t K, const f
     for (int64_t k = 0; k < K; ++k) {
       float bv = -INFINITY;
       int32_t bi = 0x7fffffff;
-      for (int64_t e = threadIdx.x; e < NE; e += blockDim.x) {
-        const float v = biased[e];
-        if (v > bv || (v == bv && e < bi)) { bv = v; bi = static_cast<int32_t>(e); }
-      }
-      for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_down_sync(kFull, bv, o);
-        const int32_t oi = __shfl_down_sync(kFull, bi, o);
-        if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
-      }
+      for (int64_t e = threadIdx.x; e < NE; e += blockDim.x)
+        route_argmax_step(bv, bi, biased[e], static_cast<int32_t>(e));
+      for (int o = 16; o > 0; o >>= 1)
+        route_argmax_step(bv, bi, __shfl_down_sync(kFull, bv, o), __shfl_down_sync(kFull, bi, o));
       if (lane == 0) { wbest[warp] = bv; wbest_i[warp] = bi; }
       __syncthreads();
       if (threadIdx.x == 0) {
         float v = wbest[0];
         int32_t i = wbest_i[0];
-        for (int w = 1; w < nw; ++w)
-          if (wbest[w] > v || (wbest[w] == v && wbest_i[w] < i)) { v = wbest[w]; i = wbest_i[w]; }
-        if (i == 0x7fffffff)  // only NaNs left: the CPU loop keeps the first untaken expert
-          for (int64_t e = 0; e < NE; ++e)
-            if (biased[e] != -INFINITY) { i = static_cast<int32_t>(e); break; }
-        if (i == 0x7fffffff) i = 0;
-        chosen[k] = i;
-        biased[i] = -INFINITY;
+        for (int w = 1; w < nw; ++w) route_argmax_step(v, i, wbest[w], wbest_i[w]);
+        chosen[k] = route_choose(i, biased, NE);
       }
       __syncthreads();
     }
@@ -1286,6 +1340,68 @@ __global__ void route_kernel(const float* logits, int64_t NE, int64_t K, const f
     ids[k] = chosen[k];
     weights[k] = static_cast<float>(w * scale);
   }
+}
+
+__global__ void route_kernel(const float* logits, int64_t NE, int64_t K, const float* bias,
+                             const int32_t* tid2eid, bool norm, float scale, const StepCtl* ctl,
+                             int32_t* ids, float* weights) {
+  pdl_enter();
+  extern __shared__ float sh[];
+  const int64_t t = blockIdx.y;  // token blockIdx.y of a batch
+  route_block<false>(logits + t * NE, NE, K, bias, tid2eid, norm, scale, ctl + t, ids + t * K, weights + t * K, sh);
+}
+
+// The router's product and its routing in one launch (decode, one token). Warp gw computes
+// part gw % split of logit row gw / split exactly as the decode product does (matvec.cu, with
+// split = product_row_split): lane l sums the part's 16-byte groups l, l + 32, ... in order
+// (half8_dot), the lanes are summed by warp_sum, and the split parts of a row in order from 0
+// (split 1: the warp's sum as it is), so the logits have the product's bits. The first
+// kRouterEarly groups of each lane are requested before pdl_enter (weights never depend on
+// the predecessor). The last block to finish then routes on all the logits (route_block,
+// the same code as route_kernel).
+constexpr int kRouterEarly = 4;
+template <bool kBf16>
+__global__ void __launch_bounds__(kThreads) fused_router_kernel(const uint4* w, int64_t ngroups, const float* x,
+                                                                int split, float* logits, uint32_t* arrivals,
+                                                                RouteArgs a, const StepCtl* ctl) {
+  constexpr int kWarpsPerBlock = kThreads / 32;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t gw = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp, r = gw / split;
+  const int64_t part = gw % split, bb = part * ngroups / split, be = (part + 1) * ngroups / split;
+  const uint4* row = w + r * ngroups;
+  const bool has_row = r < a.NE;
+  uint4 early[kRouterEarly];
+#pragma unroll
+  for (int j = 0; j < kRouterEarly; ++j) {
+    const int64_t g = bb + lane + 32 * j;
+    if (has_row && g < be) early[j] = __ldcs(row + g);
+  }
+  pdl_enter();
+  const float4* x4 = reinterpret_cast<const float4*>(x);
+  float acc = 0.0f;
+  if (has_row) {
+#pragma unroll
+    for (int j = 0; j < kRouterEarly; ++j) {
+      const int64_t g = bb + lane + 32 * j;
+      if (g < be) acc += half8_dot<kBf16>(early[j], __ldg(x4 + 2 * g), __ldg(x4 + 2 * g + 1));
+    }
+    for (int64_t g = bb + lane + 32 * kRouterEarly; g < be; g += 32)
+      acc += half8_dot<kBf16>(__ldcs(row + g), __ldg(x4 + 2 * g), __ldg(x4 + 2 * g + 1));
+  }
+  acc = warp_sum(acc);
+  __shared__ float parts[kWarpsPerBlock];
+  if (lane == 0) parts[warp] = acc;
+  __syncthreads();
+  const int rows_here = kWarpsPerBlock / split;
+  const int64_t out = static_cast<int64_t>(blockIdx.x) * rows_here + threadIdx.x;
+  if (static_cast<int>(threadIdx.x) < rows_here && out < a.NE) {
+    float sum = 0.0f;
+    for (int i = 0; i < split; ++i) sum += parts[threadIdx.x * split + i];
+    logits[out] = split == 1 ? parts[threadIdx.x] : sum;
+  }
+  if (!last_block_to_arrive(arrivals, gridDim.x)) return;
+  extern __shared__ float sh[];
+  route_block<true>(logits, a.NE, a.K, a.bias, a.tid2eid, a.norm, a.scale, ctl, a.ids, a.weights, sh);
 }
 
 __device__ float wload(int type, const void* base, int64_t i) {
@@ -1596,6 +1712,22 @@ void route(const float* logits, int64_t NE, int64_t K, const float* bias, const 
            float scale, const StepCtl* ctl, int32_t* ids, float* weights, void* stream, int64_t tokens) {
   launch(route_kernel, token_grid(1, tokens), kThreads, 2 * NE * sizeof(float), stream, logits, NE, K, bias, tid2eid, norm, scale, ctl,
          ids, weights);
+}
+
+bool fused_router_fits(GgmlType type, const void* w, int64_t NE, int64_t ncols, int64_t K) {
+  constexpr int64_t kMaxRouted = 64, kMaxExperts = 4096;  // route_block's chosen[64]; 2 * NE floats of shared memory
+  return (type == GgmlType::F16 || type == GgmlType::BF16) && reinterpret_cast<uintptr_t>(w) % 16 == 0 &&
+         ncols % 8 == 0 && NE >= 1 && NE <= kMaxExperts && K >= 1 && K <= std::min(kMaxRouted, NE);
+}
+
+void fused_router(GgmlType type, const void* w, int64_t ncols, const float* x, float* logits, uint32_t* arrivals,
+                  const RouteArgs& a, const StepCtl* ctl, void* stream) {
+  DS4_FWD_REQUIRE(fused_router_fits(type, w, a.NE, ncols, a.K));
+  const int64_t ngroups = ncols / 8;  // 16-byte groups of 8 weights per row
+  const int split = detail::product_row_split(a.NE, ngroups);
+  const auto kernel = type == GgmlType::BF16 ? fused_router_kernel<true> : fused_router_kernel<false>;
+  launch(kernel, static_cast<unsigned>((a.NE * split + kThreads / 32 - 1) / (kThreads / 32)), kThreads,
+         2 * a.NE * sizeof(float), stream, static_cast<const uint4*>(w), ngroups, x, split, logits, arrivals, a, ctl);
 }
 
 void moe_float(GgmlType type, const void* gate, const void* up, const void* down, int64_t E, int64_t F,

@@ -218,6 +218,24 @@ void route(const float* logits, int64_t NE, int64_t K, const float* bias,
            const int32_t* tid2eid, bool norm, float scale, const StepCtl* ctl, int32_t* ids,
            float* weights, void* stream, int64_t tokens = 1);
 
+// The decode router in one launch: logits [NE] = the router's weights w [NE][ncols] (F16 or
+// BF16) times x [ncols], with the bits of matvec, then route's ids and weights, computed by
+// the product's last block to finish. arrivals: one counter, zero before the first call
+// (each call leaves it zero). fused_router_fits says whether the type and shape allow it
+// (otherwise: matvec, then route).
+struct RouteArgs {
+  int64_t NE = 0, K = 0;
+  const float* bias = nullptr;      // biased top-k, or
+  const int32_t* tid2eid = nullptr;  // hash routing by ctl->token
+  bool norm = false;
+  float scale = 1.0f;
+  int32_t* ids = nullptr;
+  float* weights = nullptr;
+};
+bool fused_router_fits(GgmlType type, const void* w, int64_t NE, int64_t ncols, int64_t K);
+void fused_router(GgmlType type, const void* w, int64_t ncols, const float* x, float* logits, uint32_t* arrivals,
+                  const RouteArgs& a, const StepCtl* ctl, void* stream);
+
 // Experts of float type (F32, F16, BF16), which moe_experts does not take: the same
 // computation with plain dot products. gate/up [n_expert][F][E], down [n_expert][E][F].
 // h: K * F floats of workspace.

@@ -29,6 +29,7 @@
 #include "backend/cuda/matvec.h"
 #include "backend/cuda/matvec_launch.h"
 #include "backend/cuda/pdl.h"
+#include "backend/cuda/product_math.cuh"
 #include "backend/cuda/quantize_act.cuh"
 #include "quant/block_codecs.h"
 #include "quant/blocks.h"
@@ -312,27 +313,8 @@ struct KHalf {
   static constexpr bool kTables = false;
   template <class A = GlobalAct>
   __device__ static float dot(const uint8_t* w, int, const void* act, int64_t b, const Tables&) {
-    const uint4 v = *reinterpret_cast<const uint4*>(w);
-    const float4 x0 = A::ld(static_cast<const float4*>(act) + 2 * b);
-    const float4 x1 = A::ld(static_cast<const float4*>(act) + 2 * b + 1);
-    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
-    const float xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      float lo, hi;
-      if constexpr (kBf16) {
-        lo = __uint_as_float(words[i] << 16);
-        hi = __uint_as_float(words[i] & 0xFFFF0000u);
-      } else {
-        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&words[i]));
-        lo = f.x;
-        hi = f.y;
-      }
-      s = fmaf(lo, xs[2 * i], s);
-      s = fmaf(hi, xs[2 * i + 1], s);
-    }
-    return s;
+    return half8_dot<kBf16>(*reinterpret_cast<const uint4*>(w), A::ld(static_cast<const float4*>(act) + 2 * b),
+                            A::ld(static_cast<const float4*>(act) + 2 * b + 1));
   }
 };
 
@@ -440,12 +422,6 @@ struct HalfRowsPlan {
   }
   __device__ const void* activation(int, int64_t j) const { return act + (j & 1) * act_half_bytes; }
 };
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // Epilogues: what one finished row writes.
 struct StoreY {
@@ -1852,6 +1828,8 @@ void with_kernel(GgmlType type, F&& f) {
 }
 
 }  // namespace
+
+int product_row_split(int64_t nrows, int64_t ngroups) { return choose_split(nrows, ngroups); }
 
 void launch_quantize_q8_0_act(const float* x, void* act, int64_t nblocks, void* stream) {
   if (nblocks == 0) return;

@@ -11,6 +11,10 @@
 
 namespace ds4::cuda::detail {
 
+// Warps per row of a decode product of nrows rows of ngroups aligned 16-byte groups (every
+// path: register pipeline and bulk copies): the fused router (forward_kernels.cu) splits its
+// rows the same way, so its logits have the product's bits.
+int product_row_split(int64_t nrows, int64_t ngroups);
 void launch_quantize_q8_0_act(const float* x, void* act, int64_t nblocks, void* stream);
 void launch_quantize_q8_k(const float* x, void* act, int64_t nblocks, void* stream);
 void launch_matvec(GgmlType type, const void* w, int64_t nrows, int64_t ncols, const void* act,

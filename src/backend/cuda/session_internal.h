@@ -107,6 +107,7 @@ struct GpuSession::Scratch {
   void* act_o = nullptr;             // quantized attention output, all o_a groups at once
   void* hc_scr = nullptr;            // hc_pre_fused partials and counters
   float* attn_f = nullptr;           // attention chunk partials
+  uint32_t* router_arrivals = nullptr;  // the fused router's counter
   float* logits = nullptr;
   int64_t max_rows = 0;
 };
