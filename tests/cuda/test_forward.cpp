@@ -1384,19 +1384,19 @@ TEST(CudaSession, GraphEqualsPlainLaunches) {
   EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0);
 }
 
-// The fused router (opt-in, DS4_CUDA_FUSED_ROUTER=1; the tiny model's router is BF16, so the
-// fused path runs) against the product launch + route launch it replaces (the default): the
+// The fused router (the default; the tiny model's router is BF16, so the fused path runs)
+// against the product launch + route launch it replaces (DS4_CUDA_NO_FUSED_ROUTER=1): the
 // same logits bit for bit over several decode steps, through a graph and with plain launches.
 TEST(CudaSession, FusedRouterEqualsSeparateLaunches) {
   REQUIRE_GPU();
   const auto& gm = gpu_model("dsv4-tiny-a-bf16", "bf16");
   const auto tokens = e2e::load_cases("dsv4-tiny-a-bf16").at(0).tokens;
   for (bool graph : {true, false}) {
-    const auto separate = gpu_run(gm, tokens, Numerics::Official, 1, {}, graph);  // a decode step per token
-    std::vector<float> fused;
+    const auto fused = gpu_run(gm, tokens, Numerics::Official, 1, {}, graph);  // a decode step per token
+    std::vector<float> separate;
     {
-      const ds4::cuda::test_util::ScopedEnv on("DS4_CUDA_FUSED_ROUTER", "1");
-      fused = gpu_run(gm, tokens, Numerics::Official, 1, {}, graph);
+      const ds4::cuda::test_util::ScopedSwitchOff off("DS4_CUDA_NO_FUSED_ROUTER");
+      separate = gpu_run(gm, tokens, Numerics::Official, 1, {}, graph);
     }
     ASSERT_EQ(fused.size(), separate.size());
     EXPECT_EQ(std::memcmp(fused.data(), separate.data(), fused.size() * 4), 0) << (graph ? "graph" : "plain launches");
