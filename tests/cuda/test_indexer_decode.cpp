@@ -7,6 +7,9 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/cuda/buffer.h"
@@ -43,6 +46,44 @@ TEST(IndexerDecode, PrintsSelectTimesByContext) {
     line += buf;
   }
   std::printf("%s\n", line.c_str());
+}
+
+// The long-context scores (idx_scores_v2_kernel) against the previous kernel
+// (DS4_CUDA_NO_IDX_SCORES_V2=1): the same scores and the same selection in the same order, bit
+// for bit, at contexts whose row counts are not multiples of the grid, with Gaussian keys, with
+// keys that make many scores equal (ties across the cut), and with all-zero keys (every score
+// 0: one tie of n_vis keys).
+TEST(IndexerDecode, LongContextPathsSelectTheSameRows) {
+  DS4_CUDA_REQUIRE_GPU();
+  const int64_t NI = 64, DI = 128, ratio = 4, K = 512, max_rows = 40000;
+  auto dq = tu::upload(tu::gaussian(NI * DI, 1.0f, 11)), dw = tu::upload(tu::gaussian(NI, 1.0f, 12));
+  std::vector<float> gauss = tu::gaussian(max_rows * DI, 1.0f, 13), ties(gauss.size()), zeros(gauss.size(), 0.0f);
+  for (size_t i = 0; i < ties.size(); ++i) ties[i] = static_cast<float>((i / DI) % 7) * 0.25f;  // 7 distinct rows
+  for (const auto* keys : {&gauss, &ties, &zeros}) {
+    auto dk = tu::upload(*keys);
+    for (const int64_t ctx : {int64_t{8192}, int64_t{65536} + 12, int64_t{4 * max_rows} - 3}) {
+      fwd::StepCtl c;
+      c.pos = ctx - 1;
+      DeviceBuffer ctl(sizeof(c));
+      ctl.upload(&c, sizeof(c));
+      const int64_t n_vis = ctx / ratio;
+      auto run = [&](const char* off) {
+        const tu::ScopedEnv env(off ? off : "DS4_CUDA_UNUSED_SWITCH", off ? "1" : "");
+        DeviceBuffer scores(max_rows * 4), sel(K * 4), n_sel(4);
+        fwd::idx_select(dq.as<float>(), dw.as<float>(), 0.01f, NI, DI, dk.as<float>(), ratio, K, scores.as<float>(),
+                        sel.as<int32_t>(), n_sel.as<int32_t>(), ctl.as<fwd::StepCtl>(), nullptr);
+        auto s = tu::download<float>(scores, static_cast<size_t>(n_vis));
+        auto ids = tu::download<int32_t>(sel, K);
+        EXPECT_EQ(tu::download<int32_t>(n_sel, 1)[0], K);
+        return std::make_pair(s, ids);
+      };
+      const auto now = run(nullptr), old_scores = run("DS4_CUDA_NO_IDX_SCORES_V2");
+      const std::string what = "context " + std::to_string(ctx) +
+                               (keys == &gauss ? ", Gaussian keys" : keys == &ties ? ", tied keys" : ", zero keys");
+      EXPECT_EQ(std::memcmp(now.first.data(), old_scores.first.data(), now.first.size() * 4), 0) << what;
+      EXPECT_EQ(now.second, old_scores.second) << what;
+    }
+  }
 }
 
 }  // namespace

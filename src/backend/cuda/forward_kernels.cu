@@ -983,6 +983,69 @@ __global__ void idx_scores_kernel(const float* q, const float* wts, float wscale
   }
 }
 
+// idx_scores_kernel with the same float operations in the same order (so the same scores),
+// arranged for long contexts, where each warp scores n_vis / (warps of the grid) rows in turn
+// (~8 at 64K): the next key row is loaded into registers while the current one is scored (the
+// old loop waited a memory round trip per row), and a lane's kHeads heads run as independent
+// FMA chains side by side instead of one after another. Needs NI = 32 * kHeads and
+// DI % 32 == 0, DI <= kIdxMaxDi.
+constexpr int kIdxMaxDi = 256;
+template <int kHeads>
+__global__ void idx_scores_v2_kernel(const float* q, const float* wts, float wscale, int64_t NI, int64_t DI,
+                                     const float* icomp, int64_t ratio, int64_t K, float* scores,
+                                     int64_t scores_stride, const StepCtl* ctl) {
+  q += blockIdx.y * NI * DI;
+  wts += blockIdx.y * NI;
+  scores += blockIdx.y * scores_stride;
+  ctl += blockIdx.y;
+  extern __shared__ float idx_smem[];
+  float* qs = idx_smem;                                       // [DI][NI]
+  float* ks = idx_smem + NI * DI + (threadIdx.x >> 5) * DI;   // this warp's key row
+  pdl_enter();
+  const int64_t n_vis = (ctl->pos + 1) / ratio;
+  if (n_vis <= K) return;
+  const int64_t warps_per_block = blockDim.x >> 5;
+  if (static_cast<int64_t>(blockIdx.x) * warps_per_block >= n_vis) return;
+  for (int64_t j = threadIdx.x; j < NI * DI; j += blockDim.x) qs[(j % DI) * NI + j / DI] = q[j];
+  const int lane = threadIdx.x & 31;
+  const int64_t warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int64_t n_warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
+  const int per_lane = static_cast<int>(DI / 32);
+  float wh[kHeads];
+#pragma unroll
+  for (int c = 0; c < kHeads; ++c) wh[c] = wts[lane + 32 * c] * wscale;
+  float next[kIdxMaxDi / 32];
+  auto load_row = [&](int64_t w) {
+#pragma unroll
+    for (int j = 0; j < kIdxMaxDi / 32; ++j)
+      if (j < per_lane && w < n_vis) next[j] = icomp[w * DI + lane + 32 * j];
+  };
+  load_row(warp);
+  __syncthreads();  // qs
+  for (int64_t w = warp; w < n_vis; w += n_warps) {
+#pragma unroll
+    for (int j = 0; j < kIdxMaxDi / 32; ++j)
+      if (j < per_lane) ks[lane + 32 * j] = next[j];
+    __syncwarp();
+    load_row(w + n_warps);  // in flight while this row is scored
+    float d[kHeads];
+#pragma unroll
+    for (int c = 0; c < kHeads; ++c) d[c] = 0.0f;
+    for (int64_t i = 0; i < DI; ++i) {
+      const float k = ks[i];
+#pragma unroll
+      for (int c = 0; c < kHeads; ++c) d[c] += qs[i * NI + lane + 32 * c] * k;
+    }
+    double s = 0.0;
+#pragma unroll
+    for (int c = 0; c < kHeads; ++c)
+      if (d[c] > 0.0f) s += static_cast<double>(wh[c]) * d[c];
+    s = warp_sum_d(s);
+    if (lane == 0) scores[w] = static_cast<float>(s);
+    __syncwarp();  // ks is rewritten by the next row
+  }
+}
+
 // Selection in the order of topk_lower_index (score desc, index asc) by the radix select of
 // topk_block.h: one block, O(n_vis) per pass (rank counting was O(n_vis^2 / threads)).
 __global__ void __launch_bounds__(topk_detail::kTopkThreads)
@@ -1475,6 +1538,12 @@ int float_type_code(GgmlType t) {
 // DS4_CUDA_NO_BATCHED_LOADS set in the environment runs the kernels that stage rows with their
 // serial copy loops (one global round trip per element a thread copies; copy_batched above)
 // and the attention merge with its one-thread chunk loop: the same bits, an A/B switch.
+// The decode indexer's scores for long contexts (the same scores): DS4_CUDA_NO_IDX_SCORES_V2=1
+// scores with idx_scores_kernel (a memory round trip per key row, heads one after another).
+// H200, IndexerDecode.PrintsSelectTimesByContext (scores + top 512, us per call in a graph):
+// 64K context 74.2 vs 88.9, 128K 121.3 vs 149.8. Read per call (a graph keeps its path).
+bool idx_scores_v2() { return std::getenv("DS4_CUDA_NO_IDX_SCORES_V2") == nullptr; }
+
 bool batched_loads() {
   static const bool on = std::getenv("DS4_CUDA_NO_BATCHED_LOADS") == nullptr;
   return on;
@@ -1651,8 +1720,12 @@ void idx_select(const float* q, const float* wts, float wscale, int64_t NI, int6
   const size_t smem = static_cast<size_t>(NI * DI + (kThreads / 32) * DI) * sizeof(float);
   DS4_FWD_REQUIRE(smem <= 48 * 1024);  // q staged in shared memory (Flash: 64 x 128 floats, 36 KB in all)
   DS4_FWD_REQUIRE(tokens == 1 || scores_stride > 0);
-  launch(idx_scores_kernel, token_grid(264, tokens), kThreads, smem, stream, q, wts, wscale, NI, DI, icomp, ratio, K,
-         scores, scores_stride, ctl);
+  if (idx_scores_v2() && NI == 64 && DI % 32 == 0 && DI <= kIdxMaxDi)
+    launch(idx_scores_v2_kernel<2>, token_grid(264, tokens), kThreads, smem, stream, q, wts, wscale, NI, DI, icomp,
+           ratio, K, scores, scores_stride, ctl);
+  else
+    launch(idx_scores_kernel, token_grid(264, tokens), kThreads, smem, stream, q, wts, wscale, NI, DI, icomp, ratio,
+           K, scores, scores_stride, ctl);
   idx_topk(scores, scores_stride, ratio, K, sel, n_sel, ctl, stream, tokens);
 }
 
