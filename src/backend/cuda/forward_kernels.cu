@@ -942,27 +942,37 @@ __global__ void comp_store_emit_kernel(CompJobs jobs, const float* omega, int64_
   emit_window(j.f, omega, j.ring_kv, j.ring_sc, cap, ratio, j.c, j.rows, pos, row);
 }
 
-__global__ void idx_scores_kernel(const float* q, const float* wts, float wscale, int64_t NI,
-                                  int64_t DI, const float* icomp, int64_t ratio, int64_t K,
-                                  float* scores, int64_t scores_stride, const StepCtl* ctl) {
-  // Token blockIdx.y of a batch: its q, head weights, scores and StepCtl.
+// The start shared by the decode indexer's score kernels. Token blockIdx.y of a batch: its
+// head weights, scores and StepCtl. q is staged once per block, transposed ([DI][NI] at smem:
+// the lanes' heads are consecutive, so the loads are conflict-free; reading q from global
+// memory per lane, rows 512 bytes apart, made the first kernel ~90 us at 2K rows); the caller
+// synchronizes the block before reading it. Returns the visible rows, or 0 when this block
+// has nothing to score (n_vis <= K: no selection; or no row for its warps).
+__device__ int64_t idx_scores_begin(const float* q, const float*& wts, float*& scores, int64_t scores_stride,
+                                    const StepCtl* ctl, int64_t NI, int64_t DI, int64_t ratio, int64_t K,
+                                    float* qs) {
   q += blockIdx.y * NI * DI;
   wts += blockIdx.y * NI;
   scores += blockIdx.y * scores_stride;
   ctl += blockIdx.y;
-  // q is staged once per block, transposed ([DI][NI]: the lanes' heads are consecutive, so
-  // the loads are conflict-free), and each warp stages its key row; every lane then runs the
-  // same sequential dot over i as before (same float order, same results). Reading q from
-  // global memory per lane (rows 512 bytes apart) made this kernel ~90 us at 2K rows.
-  extern __shared__ float idx_smem[];
-  float* qs = idx_smem;                                  // [DI][NI]
-  float* ks = idx_smem + NI * DI + (threadIdx.x >> 5) * DI;  // this warp's key row
   pdl_enter();
   const int64_t n_vis = (ctl->pos + 1) / ratio;
-  if (n_vis <= K) return;
+  if (n_vis <= K) return 0;
   const int64_t warps_per_block = blockDim.x >> 5;
-  if (static_cast<int64_t>(blockIdx.x) * warps_per_block >= n_vis) return;  // no row for this block
+  if (static_cast<int64_t>(blockIdx.x) * warps_per_block >= n_vis) return 0;  // no row for this block
   for (int64_t j = threadIdx.x; j < NI * DI; j += blockDim.x) qs[(j % DI) * NI + j / DI] = q[j];
+  return n_vis;
+}
+
+// Each warp stages its key row; every lane then runs the sequential dot over i of its heads.
+__global__ void idx_scores_kernel(const float* q, const float* wts, float wscale, int64_t NI,
+                                  int64_t DI, const float* icomp, int64_t ratio, int64_t K,
+                                  float* scores, int64_t scores_stride, const StepCtl* ctl) {
+  extern __shared__ float idx_smem[];
+  float* qs = idx_smem;                                      // [DI][NI]
+  float* ks = idx_smem + NI * DI + (threadIdx.x >> 5) * DI;  // this warp's key row
+  const int64_t n_vis = idx_scores_begin(q, wts, scores, scores_stride, ctl, NI, DI, ratio, K, qs);
+  if (n_vis == 0) return;
   __syncthreads();
   const int lane = threadIdx.x & 31;
   const int64_t warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
@@ -994,19 +1004,11 @@ template <int kHeads>
 __global__ void idx_scores_v2_kernel(const float* q, const float* wts, float wscale, int64_t NI, int64_t DI,
                                      const float* icomp, int64_t ratio, int64_t K, float* scores,
                                      int64_t scores_stride, const StepCtl* ctl) {
-  q += blockIdx.y * NI * DI;
-  wts += blockIdx.y * NI;
-  scores += blockIdx.y * scores_stride;
-  ctl += blockIdx.y;
   extern __shared__ float idx_smem[];
-  float* qs = idx_smem;                                       // [DI][NI]
-  float* ks = idx_smem + NI * DI + (threadIdx.x >> 5) * DI;   // this warp's key row
-  pdl_enter();
-  const int64_t n_vis = (ctl->pos + 1) / ratio;
-  if (n_vis <= K) return;
-  const int64_t warps_per_block = blockDim.x >> 5;
-  if (static_cast<int64_t>(blockIdx.x) * warps_per_block >= n_vis) return;
-  for (int64_t j = threadIdx.x; j < NI * DI; j += blockDim.x) qs[(j % DI) * NI + j / DI] = q[j];
+  float* qs = idx_smem;                                      // [DI][NI]
+  float* ks = idx_smem + NI * DI + (threadIdx.x >> 5) * DI;  // this warp's key row
+  const int64_t n_vis = idx_scores_begin(q, wts, scores, scores_stride, ctl, NI, DI, ratio, K, qs);
+  if (n_vis == 0) return;
   const int lane = threadIdx.x & 31;
   const int64_t warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int64_t n_warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
