@@ -4,6 +4,7 @@
 //   ds4-quality compare  -m MODEL --ref REF.bin [--json] [--csv F] [--svg F] [--md F]
 //   ds4-quality tensors  -m QUANTIZED --orig CHECKPOINT_DIR [--json] [--csv F]
 //   ds4-quality official -m MODEL --vectors DIR [--json] [--tsv F]
+// ppl, dump, compare and official evaluate on --backend cpu (default) or cuda.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
@@ -23,6 +24,7 @@
 #include "quality/tensor_error.h"
 #include "quality/token_input.h"
 #include "quality/windows.h"
+#include "runtime/backend.h"
 #include "tokenizer/gguf_vocab.h"
 
 namespace q = ds4::quality;
@@ -61,6 +63,7 @@ int main(int argc, char** argv) {
   std::string model_path;
   int threads = 0;
   bool exact = false, json = false;
+  std::string backend = "cpu";
   q::WindowOptions win;
   Input in;
 
@@ -70,6 +73,7 @@ int main(int argc, char** argv) {
   };
   auto eval_opts = [&](CLI::App* c) {
     c->add_flag("--exact", exact, "exact numerics (default: the official FP8 KV / activation simulation)");
+    c->add_option("--backend", backend, "cpu or cuda")->capture_default_str();
   };
 
   auto* ppl = app.add_subcommand("ppl", "perplexity of a text in sliding windows");
@@ -129,11 +133,27 @@ int main(int argc, char** argv) {
       write_file(csv_path, q::to_csv(rep));
       return 0;
     }
+    const auto backend_kind = ds4::runtime::parse_backend(backend);
     const auto model = ds4::model::Model::load(model_path, {.threads = threads});
     const auto& file = model.file();
+    // The evaluating session of ppl / dump / compare / official: a CPU Session, or a session of
+    // the GPU engine (opened once: its weights are uploaded once and outlive every source).
+    std::unique_ptr<ds4::runtime::Engine> engine;
+    auto logits_source = [&](int64_t max_ctx) {
+      if (backend_kind == ds4::runtime::BackendKind::Cpu) return q::model_logits(model, max_ctx, exact);
+      if (!engine) {
+        engine = ds4::runtime::open_engine(model, backend_kind);
+        fmt::print(stderr, "ds4-quality: {} backend: {}\n", backend, engine->describe());
+      }
+      ds4::model::SessionOptions so;
+      so.max_ctx = max_ctx;
+      so.numerics = exact ? ds4::model::Numerics::Exact : ds4::model::Numerics::Official;
+      so.max_batch = engine->prefill_chunk();
+      return q::session_logits(engine->new_session(so));
+    };
     if (ppl->parsed()) {
       const auto tokens = in.load(file);
-      auto src = q::model_logits(model, win.ctx, exact);
+      auto src = logits_source(win.ctx);
       const q::Perplexity p = q::perplexity(*src, tokens, win);
       if (json) {
         const nlohmann::json j = {{"ppl", p.ppl()},           {"mean_nll", p.mean_nll()},
@@ -149,7 +169,7 @@ int main(int argc, char** argv) {
     }
     if (dump->parsed()) {
       const auto tokens = in.load(file);
-      auto src = q::model_logits(model, win.ctx, exact);
+      auto src = logits_source(win.ctx);
       const auto ref = q::make_reference(*src, tokens, win, full ? 0 : top_k, q::model_digest(file),
                                          q::tokenizer_digest(file));
       q::save_reference(ref, out_path);
@@ -166,7 +186,7 @@ int main(int argc, char** argv) {
         t.tokens = &tokens;
       }
       q::check_compatible(ref, t, model.hparams().n_vocab);
-      auto src = q::model_logits(model, ref.windows.ctx, exact);
+      auto src = logits_source(ref.windows.ctx);
       const auto r = q::compare(*src, ref);
       const std::string name = std::filesystem::path(model_path).filename().string();
       fmt::print("{}\n", json ? q::to_json(r, ref, t) : q::to_text(r));
@@ -183,7 +203,7 @@ int main(int argc, char** argv) {
       int64_t max_ctx = 0;
       for (const auto& c : cases)
         max_ctx = std::max<int64_t>(max_ctx, static_cast<int64_t>(c.prompt.size() + c.steps.size()) + 64);
-      auto src = q::model_logits(model, max_ctx, exact);
+      auto src = logits_source(max_ctx);
       std::vector<q::CaseScore> scores;
       for (const auto& c : cases) scores.push_back(q::score_case(*src, tok, c));
       if (json) {

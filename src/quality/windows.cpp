@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "core/error.h"
 #include "model/model.h"
@@ -31,27 +32,31 @@ double Perplexity::ppl() const { return std::exp(mean_nll()); }
 
 namespace {
 
-class ModelLogits final : public LogitsSource {
+class SessionLogits final : public LogitsSource {
  public:
-  ModelLogits(const model::Model& m, int64_t max_ctx, bool exact)
-      : m_(m),
-        s_(m, {.max_ctx = max_ctx,
-               .numerics = exact ? model::Numerics::Exact : model::Numerics::Official}) {}
-  int64_t n_vocab() const override { return m_.hparams().n_vocab; }
-  void reset() override { s_.reset(); }
+  explicit SessionLogits(std::unique_ptr<model::EvalSession> s) : s_(std::move(s)) {
+    if (!s_) fail("session_logits: no session");
+  }
+  int64_t n_vocab() const override { return s_->hparams().n_vocab; }
+  void reset() override { s_->reset(); }
   void eval(std::span<const int32_t> tokens, float* out) override {
-    s_.eval(tokens, out ? model::LogitsMode::All : model::LogitsMode::None, out);
+    s_->eval(tokens, out ? model::LogitsMode::All : model::LogitsMode::None, out);
   }
 
  private:
-  const model::Model& m_;
-  model::Session s_;
+  std::unique_ptr<model::EvalSession> s_;
 };
 
 }  // namespace
 
 std::unique_ptr<LogitsSource> model_logits(const model::Model& m, int64_t max_ctx, bool exact) {
-  return std::make_unique<ModelLogits>(m, max_ctx, exact);
+  return session_logits(std::make_unique<model::Session>(
+      m, model::SessionOptions{.max_ctx = max_ctx,
+                               .numerics = exact ? model::Numerics::Exact : model::Numerics::Official}));
+}
+
+std::unique_ptr<LogitsSource> session_logits(std::unique_ptr<model::EvalSession> session) {
+  return std::make_unique<SessionLogits>(std::move(session));
 }
 
 void score_windows(LogitsSource& src, std::span<const int32_t> tokens, const WindowOptions& opt,

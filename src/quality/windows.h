@@ -14,6 +14,7 @@
 
 namespace ds4::model {
 class Model;
+class EvalSession;
 }
 
 namespace ds4::quality {
@@ -44,8 +45,13 @@ class LogitsSource {
   virtual void eval(std::span<const int32_t> tokens, float* out) = 0;
 };
 
-// A Session of `model` (exact or official numerics) as a LogitsSource.
+// A CPU Session of `model` (exact or official numerics) as a LogitsSource.
 std::unique_ptr<LogitsSource> model_logits(const model::Model& m, int64_t max_ctx, bool exact);
+
+// Any backend's session (runtime::Engine::new_session: cpu or cuda) as a LogitsSource; the
+// session's max_ctx bounds the windows and pieces it can take. The engine that made the session
+// must outlive the source.
+std::unique_ptr<LogitsSource> session_logits(std::unique_ptr<model::EvalSession> session);
 
 // Called once per scored target, in increasing order: `target` is the position of the token
 // being predicted and `logits` the source's row for position target - 1.

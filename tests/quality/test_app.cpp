@@ -12,7 +12,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "core/error.h"
 #include "quality/windows.h"
+#include "runtime/backend.h"
 #include "quality_util.h"
 
 namespace fs = std::filesystem;
@@ -90,6 +92,54 @@ TEST(QualityApp, PplDumpCompare) {
   EXPECT_EQ(bad.rc, 1);
   EXPECT_THAT(bad.out, HasSubstr("another text"));
   for (const auto& f : {tf, tf2, ref, csv, svg, md}) fs::remove(f);
+}
+
+// A session made by a runtime engine is the same logits source as model_logits: the CPU
+// engine's session gives the same perplexity to the last bit.
+TEST(QualityWindows, EngineSessionIsTheSameSourceAsModelLogits) {
+  const auto& m = qt::model("dsv4-tiny-k-bf16", "bf16");
+  const auto tokens = qt::token_stream(40, 512, 9);
+  auto eng = ds4::runtime::open_engine(m, ds4::runtime::BackendKind::Cpu);
+  ds4::model::SessionOptions so;
+  so.max_ctx = 32;
+  so.numerics = ds4::model::Numerics::Exact;
+  auto via_engine = ds4::quality::session_logits(eng->new_session(so));
+  auto direct = ds4::quality::model_logits(m, 32, true);
+  const ds4::quality::WindowOptions w{.ctx = 32, .stride = 16};
+  EXPECT_EQ(ds4::quality::perplexity(*via_engine, tokens, w).nll_sum,
+            ds4::quality::perplexity(*direct, tokens, w).nll_sum);
+  EXPECT_THROW(ds4::quality::session_logits(nullptr), ds4::Error);
+}
+
+// --backend cuda: where a GPU answers, the perplexity of the CPU (exact numerics on the bf16
+// file: the two backends' logits agree to ~1e-6, docs/cuda.md); without one (or in a CPU-only
+// build) the program refuses in one sentence. An unknown backend is refused too.
+TEST(QualityApp, BackendCudaMatchesCpuOrRefuses) {
+  if (!have_program()) GTEST_SKIP() << "ds4-quality not built";
+  const std::string bf16 = qt::converted("dsv4-tiny-k-bf16", "bf16");
+  const auto tokens = qt::token_stream(40, 512, 9);
+  const std::string tf = write_tokens("cuda.txt", tokens);
+  const std::string args = "ppl -m " + bf16 + " --tokens @" + tf + " --ctx 32 --stride 16 --json --exact --threads 2";
+  const Proc cpu = run(args);
+  ASSERT_EQ(cpu.rc, 0) << cpu.out;
+  const double want = nlohmann::json::parse(cpu.out)["ppl"].get<double>();
+  const Proc gpu = run(args + " --backend cuda");
+  if (gpu.rc == 0) {
+    EXPECT_THAT(gpu.out, HasSubstr("cuda backend:"));
+    const auto j = nlohmann::json::parse(gpu.out.substr(gpu.out.find('{')));
+    EXPECT_EQ(j["n_scored"], 39);
+    EXPECT_NEAR(j["ppl"].get<double>(), want, 1e-5 * want);
+  } else {
+    EXPECT_EQ(gpu.rc, 1) << gpu.out;
+    EXPECT_TRUE(gpu.out.find("no CUDA GPU") != std::string::npos ||
+                gpu.out.find("this build has no CUDA backend") != std::string::npos)
+        << gpu.out;
+    GTEST_LOG_(INFO) << "no usable GPU: checked the refusal only (" << gpu.out << ")";
+  }
+  const Proc bad = run(args + " --backend tpu");
+  EXPECT_EQ(bad.rc, 1);
+  EXPECT_THAT(bad.out, HasSubstr("expected cpu or cuda"));
+  fs::remove(tf);
 }
 
 }  // namespace
