@@ -35,12 +35,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <set>
 #include <vector>
 
 #include "backend/cuda/check.h"
 #include "backend/cuda/forward_kernels.h"
 #include "backend/cuda/gpu_session.h"
 #include "backend/cuda/matmul.h"
+#include "backend/cuda/matmul_cublas.h"
 #include "backend/cuda/matmul_f16.h"
 #include "backend/cuda/matvec.h"
 #include "backend/cuda/prefill_attention.h"
@@ -84,12 +86,27 @@ struct GpuSession::Batch {
   float* ones = nullptr;                             // [T]: its route weight
   void* act = nullptr;                               // quantized activations of one GEMM
   void* moe_ws = nullptr;
+  // The Q8_0 products through cuBLAS f16 GEMMs (matmul_cublas.h): their scratch (empty when
+  // DS4_CUDA_NO_CUBLAS_GEMM was set as the batch was allocated) and the Q8_0 tensors whose
+  // scales fit f16 (by data pointer; checked once, as the batch is allocated).
+  F16GemmScratch f16;
+  std::set<const void*> f16_fits;
 };
 
 void GpuSession::BatchFree::operator()(Batch* b) const { delete b; }
 
+namespace {
+// Whether the Q8_0 product of W runs as an f16 cuBLAS GEMM (matmul_cublas.h) rather than the
+// int8 kernels: switched on (DS4_CUDA_NO_CUBLAS_GEMM unset), scratch allocated, and W's scales
+// within f16's range. Independent of T: a token's row is the same whatever the chunking.
+bool f16_gemm_serves(const DTensor& W, const F16GemmScratch& scratch, const std::set<const void*>& fits) {
+  return scratch.w16 != nullptr && cublas_gemm_enabled(W.type) && fits.count(W.d) != 0;
+}
+}  // namespace
+
 void GpuSession::gemm(const DTensor& W, const float* x, int64_t T, float* y, void* s, int64_t row0, int64_t nrows) {
   if (nrows < 0) nrows = W.rows - row0;
+  if (f16_gemm_serves(W, batch_->f16, batch_->f16_fits)) return cublas_q8_0_gemm(W.row(row0), nrows, W.cols, x, T, y, batch_->f16, s);
   matmul(W.type, W.row(row0), nrows, W.cols, x, T, y, batch_->act, s);
 }
 
@@ -330,8 +347,14 @@ void GpuSession::prefill_moe(const DLayer& L, int64_t T, void* s) {
   mark("routed experts",
        static_cast<double>(L.gate_exps.bytes() + L.up_exps.bytes() + L.down_exps.bytes()), s);
   if (hp.n_expert_shared > 0) {
-    experts(L.gate_shexp, L.up_shexp, L.down_shexp, 1, b.zeros, b.ones, 1, L.gate_shexp.rows,
-            hp.swiglu_limit_shared[static_cast<size_t>(L.il)], b.y2);
+    const float limit = hp.swiglu_limit_shared[static_cast<size_t>(L.il)];
+    if (f16_gemm_serves(L.gate_shexp, b.f16, b.f16_fits) && f16_gemm_serves(L.up_shexp, b.f16, b.f16_fits) &&
+        f16_gemm_serves(L.down_shexp, b.f16, b.f16_fits))
+      // Gate / up as one f16 GEMM, the SwiGLU kernel, the down GEMM (matmul_cublas.h).
+      cublas_q8_0_shared_expert(L.gate_shexp.d, L.up_shexp.d, L.down_shexp.d, E, L.gate_shexp.rows, limit, b.x, T,
+                                b.y2, b.f16, s);
+    else
+      experts(L.gate_shexp, L.up_shexp, L.down_shexp, 1, b.zeros, b.ones, 1, L.gate_shexp.rows, limit, b.y2);
     fwd::add(b.y, b.y2, b.y, T * E, s);
     mark("shared expert", static_cast<double>(L.gate_shexp.bytes() + L.up_shexp.bytes() + L.down_shexp.bytes()), s);
   }
@@ -374,6 +397,49 @@ size_t max_act_bytes(const GpuModel& m) {
     need(L.out_a, hp.n_head * hp.head_dim / hp.o_groups);
   }
   return act;
+}
+
+// The scratch of the f16 cuBLAS GEMMs for every Q8_0 product of the prefill (the largest
+// weight, the widest activation rows of Tm tokens, the shared expert's gate | up products),
+// and which Q8_0 tensors fit f16 (one synchronization for all). Nothing when no Q8_0 tensor.
+void allocate_f16_gemm(const GpuModel& m, int64_t Tm, Arena& A, F16GemmScratch& f16, std::set<const void*>& f16_fits,
+                       void* s) {
+  std::vector<const DTensor*> q8;
+  int64_t w_elems = 0, cols = 0, f32_elems = 0;
+  for (const DLayer& L : m.layers()) {
+    for (const DTensor* t : {&L.q_a, &L.q_b, &L.kv, &L.out_a, &L.out_b, &L.comp.kv, &L.comp.gate, &L.idx_comp.kv,
+                             &L.idx_comp.gate, &L.idx_q_b, &L.idx_proj, &L.router, &L.gate_shexp, &L.up_shexp,
+                             &L.down_shexp}) {
+      if (!t->present() || t->type != GgmlType::Q8_0) continue;
+      q8.push_back(t);
+      w_elems = std::max(w_elems, t->rows * t->cols);
+      cols = std::max(cols, t->cols);
+    }
+    if (L.gate_shexp.present() && L.gate_shexp.type == GgmlType::Q8_0) {
+      w_elems = std::max(w_elems, 2 * L.gate_shexp.rows * L.gate_shexp.cols);
+      f32_elems = std::max(f32_elems, Tm * 2 * L.gate_shexp.rows);
+    }
+  }
+  if (q8.empty()) return;
+  std::vector<const void*> ptrs;
+  std::vector<int64_t> rows, ncols;
+  for (const DTensor* t : q8) {
+    ptrs.push_back(t->d);
+    rows.push_back(t->rows);
+    ncols.push_back(t->cols);
+  }
+  std::unique_ptr<bool[]> fits(new bool[q8.size()]);
+  q8_0_weights_fit_f16_many(ptrs.data(), rows.data(), ncols.data(), static_cast<int>(q8.size()), fits.get(), s);
+  for (size_t i = 0; i < q8.size(); ++i)
+    if (fits[i]) f16_fits.insert(ptrs[i]);
+  f16.w16_bytes = static_cast<size_t>(w_elems) * 2;
+  f16.w16 = A.get<uint8_t>(w_elems * 2);
+  f16.x16_bytes = static_cast<size_t>(Tm * cols) * 2;
+  f16.x16 = A.get<uint8_t>(Tm * cols * 2);
+  f16.exps_rows = Tm;
+  f16.exps = A.get<int32_t>(Tm);
+  f16.f32_bytes = static_cast<size_t>(f32_elems) * sizeof(float);
+  f16.f32 = A.get<float>(f32_elems);
 }
 
 }  // namespace
@@ -444,6 +510,7 @@ void GpuSession::prefill_chunk(std::span<const int32_t> tokens, LogitsMode mode,
                               {L.gate_shexp.type, L.down_shexp.type, E, L.gate_shexp.rows, 1, 1, 1.0f}, Tm));
     }
     b.moe_ws = A.get<uint8_t>(static_cast<int64_t>(ws));
+    if (cublas_gemm_enabled(GgmlType::Q8_0)) allocate_f16_gemm(*model_, Tm, A, b.f16, b.f16_fits, s);
     // A token's indexer scores: its visible compressed rows, at most max_ctx / ratio.
     for (const DLayer& L : model_->layers())
       if (L.has_indexer) b.scores_stride = std::max<int64_t>(b.scores_stride, opts_.max_ctx / L.ratio + 1);
