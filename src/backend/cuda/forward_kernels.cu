@@ -333,21 +333,45 @@ __device__ void sinkhorn_warp(float (&c)[2], int nc_rt, int iters, float eps) {
 }
 
 
+// post of hyper_connection.cpp hc_pre and the Sinkhorn's input c (lane e: elements e and
+// e + 32, zero past nc * nc) from the raw mix values and the RMS factor r, by one whole warp.
+__device__ void hc_post_comb_input_warp(const HcShape& s, const float* mix, float r, const float* base,
+                                        const float* scale, float* post, float (&c)[2]) {
+  const int nc = s.nc, lane = threadIdx.x & 31;
+  if (lane < nc) post[lane] = 2.0f * sigmoidf_(scale[1] * (mix[nc + lane] * r) + base[nc + lane]);
+  for (int t = 0; t < 2; ++t) {
+    const int e = lane + 32 * t;
+    c[t] = e < nc * nc ? scale[2] * (mix[2 * nc + e] * r) + base[2 * nc + e] : 0.0f;
+  }
+}
+__device__ __forceinline__ void store_comb_warp(int nc, const float (&c)[2], float* comb) {
+  const int lane = threadIdx.x & 31;
+  for (int t = 0; t < 2; ++t)
+    if (lane + 32 * t < nc * nc) comb[lane + 32 * t] = c[t];
+}
+
 // post and comb (Sinkhorn-normalized) of hyper_connection.cpp hc_pre from the raw mix
 // values and the RMS factor r, by one whole warp (kNc: as in sinkhorn_warp).
 template <int kNc>
 __device__ void hc_post_comb_warp(const HcShape& s, const float* mix, float r, const float* base,
                                   const float* scale, float* post, float* comb) {
-  const int nc = s.nc, lane = threadIdx.x & 31;
-  if (lane < nc) post[lane] = 2.0f * sigmoidf_(scale[1] * (mix[nc + lane] * r) + base[nc + lane]);
   float c[2];
-  for (int t = 0; t < 2; ++t) {
-    const int e = lane + 32 * t;
-    c[t] = e < nc * nc ? scale[2] * (mix[2 * nc + e] * r) + base[2 * nc + e] : 0.0f;
-  }
-  sinkhorn_warp<kNc>(c, nc, s.iters, s.hc_eps);
-  for (int t = 0; t < 2; ++t)
-    if (lane + 32 * t < nc * nc) comb[lane + 32 * t] = c[t];
+  hc_post_comb_input_warp(s, mix, r, base, scale, post, c);
+  sinkhorn_warp<kNc>(c, s.nc, s.iters, s.hc_eps);
+  store_comb_warp(s.nc, c, comb);
+}
+
+// The Sinkhorn of a comb that the HC pre left as its input (HcPreExtras::defer_sinkhorn), in
+// place, by one warp: hc_post_comb_warp's second half (the input went through memory as a
+// float, unchanged), so the same bits as an HC pre that ran it itself.
+template <int kNc>
+__global__ void hc_comb_sinkhorn_kernel(HcShape s, float* comb) {
+  pdl_enter();
+  const int n = s.nc * s.nc, lane = threadIdx.x & 31;
+  float c[2];
+  for (int t = 0; t < 2; ++t) c[t] = lane + 32 * t < n ? comb[lane + 32 * t] : 0.0f;
+  sinkhorn_warp<kNc>(c, s.nc, s.iters, s.hc_eps);
+  store_comb_warp(s.nc, c, comb);
 }
 
 
@@ -630,6 +654,8 @@ __device__ __forceinline__ void column_warps_sync() {
 
 // kPost: hc_post(p) -> H_post first (as hc_mix_kernel<true>); kHead: the head's collapse (n_mix =
 // nc, no post / comb / a); kNc: nc at compile time (4) or from s (0). E / 4 <= kHcSlots * kHcCols.
+// xq (E % 128 == 0): x also as Q8_0 activation blocks; defer: comb left as the Sinkhorn's input
+// (HcPreExtras).
 // The values: the same hc_post, sums of squares and sigmoids as the two launches; the fn
 // partials in another fixed order (a lane adds its 8 consecutive columns), so mix and what
 // follows from it may differ from the two-launch path in the last bits.
@@ -637,7 +663,7 @@ template <bool kPost, bool kHead, int kNc>
 __global__ void __launch_bounds__(kHcOneThreads)
     hc_pre_one_launch_kernel(HcShape s, int64_t n_mix, int wtype, const uint8_t* fn, const float* H, HcPostIn p,
                              float* H_post, const float* base, const float* scale, const float* norm, float* a,
-                             float* x, float* post, float* comb, uint8_t* scr) {
+                             float* x, float* post, float* comb, uint8_t* scr, BlockQ8_0Act* xq, bool defer) {
   constexpr int kS = kNc > 0 ? kNc : kMaxHc;  // streams the unrolled loops cover
   const int nc = kNc > 0 ? kNc : s.nc;
   const HcLayout L(s, n_mix);
@@ -767,7 +793,15 @@ __global__ void __launch_bounds__(kHcOneThreads)
   }
   __syncthreads();
   if (comb_warp) {
-    if constexpr (!kHead) hc_post_comb_warp<kNc>(s, mix, r_sh, base_sh, scale_sh, post, comb);
+    if constexpr (!kHead) {
+      if (defer) {  // hc_comb_sinkhorn finishes comb later, off this launch's critical path
+        float c[2];
+        hc_post_comb_input_warp(s, mix, r_sh, base_sh, scale_sh, post, c);
+        store_comb_warp(nc, c, comb);
+      } else {
+        hc_post_comb_warp<kNc>(s, mix, r_sh, base_sh, scale_sh, post, comb);
+      }
+    }
     return;
   }
   const float r = r_sh;
@@ -792,7 +826,12 @@ __global__ void __launch_bounds__(kHcOneThreads)
     const int64_t d4 = threadIdx.x + i * kHcCols;
     if (d4 >= E4) continue;
     if (a) reinterpret_cast<float4*>(a)[d4] = acc[i];
-    reinterpret_cast<float4*>(x)[d4] = hc_normed4(acc[i], rn, norm != nullptr, nv[i]);
+    const float4 xv = hc_normed4(acc[i], rn, norm != nullptr, nv[i]);
+    reinterpret_cast<float4*>(x)[d4] = xv;
+    if (xq) {  // a warp's 32 float4 are 4 whole blocks (d4 >= E4 is warp-uniform: E4 % 32 == 0)
+      const float v[4] = {xv.x, xv.y, xv.z, xv.w};
+      quantize_q8_0_act_warp<4>(v, xq + (d4 - lane) / 8);
+    }
   }
 }
 
@@ -1199,12 +1238,15 @@ __global__ void __launch_bounds__(kThreads) attention_part_kernel(AttnShape s, f
 // chunk order, on lane 0, from shared memory) and the output loop has kMergeBatch chunk loads
 // in flight before its in-order double sums (kMergeThreads: one output per thread at D = 512,
 // so one L2 round trip up to 32 chunks, i.e. 1024 rows): the same bits as the serial loops (one
-// thread walking the chunks: two dependent L2 round trips per chunk).
+// thread walking the chunks: two dependent L2 round trips per chunk). oq (D % 32 == 0): o also
+// as Q8_0 activation blocks (a head's D values are whole blocks), for wo_a without a quantize
+// launch.
 constexpr int kMergeBatch = 32, kMergeThreads = 512;
 template <bool kBatched>
 __global__ void __launch_bounds__(kMergeThreads) attention_merge_kernel(AttnShape s, const int32_t* sel, const int32_t* n_sel,
                                        int64_t sel_stride, const float* sinks, const float* omega,
-                                       const float* part, int nchunks, float* o, const StepCtl* ctl) {
+                                       const float* part, int nchunks, float* o, BlockQ8_0Act* oq,
+                                       const StepCtl* ctl) {
   pdl_enter();
   // Token blockIdx.y of a batch (the strides of attention_part_kernel).
   const int64_t t = blockIdx.y;
@@ -1284,6 +1326,7 @@ __global__ void __launch_bounds__(kMergeThreads) attention_merge_kernel(AttnShap
   // 3.4.9: V carries rotated tail dims; de-rotate at the query position.
   rope_row(out_row, D, s.n_rope, omega, pos, true);
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) o[h * D + d] = out_row[d];
+  if (oq) quantize_q8_0_span(out_row, D, oq + (t * s.NH + h) * (D / QK8_0));
 }
 
 // A value written by another block of the same launch (the fused router's logits) is read
@@ -1594,22 +1637,25 @@ bool hc_one_launch_enabled() {
 template <bool kHead, int kNc>
 void launch_hc_one(const HcShape& s, int64_t n_mix, const HcPostIn* p, int code, const uint8_t* w, const float* H,
                    float* H_post, const float* base, const float* scale, const float* norm, float* a, float* x,
-                   float* post, float* comb, uint8_t* scr, void* stream) {
+                   float* post, float* comb, uint8_t* scr, const HcPreExtras& ex, void* stream) {
   const auto nb = static_cast<unsigned>(HcLayout(s, n_mix).nb);
+  auto* xq = static_cast<BlockQ8_0Act*>(ex.x_q8);
   if (p)
     launch(hc_pre_one_launch_kernel<true, kHead, kNc>, nb, kHcOneThreads, 0, stream, s, n_mix, code, w, H, *p, H_post,
-           base, scale, norm, a, x, post, comb, scr);
+           base, scale, norm, a, x, post, comb, scr, xq, ex.defer_sinkhorn);
   else
     launch(hc_pre_one_launch_kernel<false, kHead, kNc>, nb, kHcOneThreads, 0, stream, s, n_mix, code, w, H,
-           HcPostIn{}, H_post, base, scale, norm, a, x, post, comb, scr);
+           HcPostIn{}, H_post, base, scale, norm, a, x, post, comb, scr, xq, ex.defer_sinkhorn);
 }
 // The two launches of hc_pre_fused, hc_post_pre_fused and hc_head_fused: the fn partials
 // (after hc_post p when given, which writes the state to H), then the reduction and the
 // normalized collapse (kHead: the head's, of n_mix = nc fn rows).
+// Returns whether the one-launch kernel ran (and so carried out ex).
 template <bool kHead>
-void hc_fused_launches(const HcShape& s, int64_t n_mix, const HcPostIn* p, const float* H, float* H_post,
+bool hc_fused_launches(const HcShape& s, int64_t n_mix, const HcPostIn* p, const float* H, float* H_post,
                        GgmlType fn_type, const void* fn, const float* base, const float* scale, const float* norm,
-                       float* a, float* x, float* post, float* comb, void* scratch, void* stream) {
+                       float* a, float* x, float* post, float* comb, void* scratch, void* stream,
+                       const HcPreExtras& ex = {}) {
   DS4_FWD_REQUIRE(s.nc <= kMaxHc && s.E % 4 == 0);
   DS4_FWD_REQUIRE(fn_type == GgmlType::F32 || fn_type == GgmlType::F16 || fn_type == GgmlType::BF16);
   const HcLayout L(s, n_mix);
@@ -1617,29 +1663,35 @@ void hc_fused_launches(const HcShape& s, int64_t n_mix, const HcPostIn* p, const
   const auto* w = static_cast<const uint8_t*>(fn);
   const int code = float_type_code(fn_type);
   if (hc_one_launch_enabled() && s.E <= kHcOneMaxE && (reinterpret_cast<uintptr_t>(norm) & 15) == 0) {
+    DS4_FWD_REQUIRE(!ex.x_q8 || s.E % 128 == 0);
     auto one = s.nc == 4 ? launch_hc_one<kHead, 4> : launch_hc_one<kHead, 0>;
-    one(s, n_mix, p, code, w, H, H_post, base, scale, norm, a, x, post, comb, scr, stream);
-    return;
+    one(s, n_mix, p, code, w, H, H_post, base, scale, norm, a, x, post, comb, scr, ex, stream);
+    return true;
   }
   const auto nb = static_cast<unsigned>(L.nb);
   if (p) launch(hc_mix_kernel<true>, nb, kHcCols, 0, stream, s, n_mix, code, w, H, *p, H_post, scr);
   else launch(hc_mix_kernel<false>, nb, kHcCols, 0, stream, s, n_mix, code, w, H, HcPostIn{}, H_post, scr);
   launch(hc_apply_kernel<kHead>, static_cast<unsigned>(L.nb2 + (kHead ? 0 : 1)), kHcApplyThreads, 0, stream, s,
          n_mix, H, base, scale, norm, a, x, post, comb, static_cast<const uint8_t*>(scr));
+  return false;
 }
 }  // namespace
 
-void hc_pre_fused(const HcShape& s, GgmlType fn_type, const void* fn, const float* H, const float* base,
+bool hc_pre_fused(const HcShape& s, GgmlType fn_type, const void* fn, const float* H, const float* base,
                   const float* scale, const float* norm, float* a, float* x, float* post, float* comb,
-                  void* scratch, void* stream) {
-  hc_fused_launches<false>(s, hc_pre_mix_rows(s), nullptr, H, nullptr, fn_type, fn, base, scale, norm, a, x, post,
-                           comb, scratch, stream);
+                  void* scratch, void* stream, const HcPreExtras& ex) {
+  return hc_fused_launches<false>(s, hc_pre_mix_rows(s), nullptr, H, nullptr, fn_type, fn, base, scale, norm, a, x,
+                                  post, comb, scratch, stream, ex);
 }
-void hc_post_pre_fused(const HcShape& s, const HcPostIn& p, float* H, GgmlType fn_type, const void* fn,
+bool hc_post_pre_fused(const HcShape& s, const HcPostIn& p, float* H, GgmlType fn_type, const void* fn,
                        const float* base, const float* scale, const float* norm, float* a, float* x, float* post,
-                       float* comb, void* scratch, void* stream) {
-  hc_fused_launches<false>(s, hc_pre_mix_rows(s), &p, H, H, fn_type, fn, base, scale, norm, a, x, post, comb,
-                           scratch, stream);
+                       float* comb, void* scratch, void* stream, const HcPreExtras& ex) {
+  return hc_fused_launches<false>(s, hc_pre_mix_rows(s), &p, H, H, fn_type, fn, base, scale, norm, a, x, post, comb,
+                                  scratch, stream, ex);
+}
+void hc_comb_sinkhorn(const HcShape& s, float* comb, void* stream) {
+  DS4_FWD_REQUIRE(s.nc <= kMaxHc);
+  launch(s.nc == 4 ? hc_comb_sinkhorn_kernel<4> : hc_comb_sinkhorn_kernel<0>, 1, 32, 0, stream, s, comb);
 }
 void hc_head_fused(const HcShape& s, const HcPostIn* p, float* H, GgmlType fn_type, const void* fn,
                    const float* base, const float* scale, const float* norm, float* x, void* scratch,
@@ -1747,7 +1799,7 @@ namespace {
 template <bool kBatched>
 void attention_launches(const AttnShape& s, const float* q, const float* ring, const float* comp, const int32_t* sel,
                         const int32_t* n_sel, const float* sinks, const float* omega, float* scratch, float* o,
-                        const StepCtl* ctl, void* stream, int64_t tokens, int64_t sel_stride) {
+                        const StepCtl* ctl, void* stream, int64_t tokens, int64_t sel_stride, void* o_q8) {
   const float scale = 1.0f / sqrtf(static_cast<float>(s.D));
   const int64_t nchunks = (std::max<int64_t>(s.max_rows, 1) + kAttnChunk - 1) / kAttnChunk;
   const size_t smem = attn_part_smem(s.D);
@@ -1767,20 +1819,23 @@ void attention_launches(const AttnShape& s, const float* q, const float* ring, c
   const size_t msmem = static_cast<size_t>(nchunks) * (sizeof(double) + sizeof(float)) +
                        static_cast<size_t>(s.D) * sizeof(float);
   launch(attention_merge_kernel<kBatched>, token_grid(s.NH, tokens), kBatched ? kMergeThreads : kThreads, msmem,
-         stream, s, sel, n_sel, sel_stride, sinks, omega, scratch, static_cast<int>(nchunks), o, ctl);
+         stream, s, sel, n_sel, sel_stride, sinks, omega, scratch, static_cast<int>(nchunks), o,
+         static_cast<BlockQ8_0Act*>(o_q8), ctl);
 }
 }  // namespace
 
 void attention(const AttnShape& s, const float* q, const float* ring, const float* comp, const int32_t* sel,
                const int32_t* n_sel, const float* sinks, const float* omega, float* scratch, float* o,
-               const StepCtl* ctl, void* stream, int64_t tokens, int64_t sel_stride) {
+               const StepCtl* ctl, void* stream, int64_t tokens, int64_t sel_stride, void* o_q8) {
   DS4_FWD_REQUIRE(tokens >= 1 && tokens <= 65535);
   DS4_FWD_REQUIRE(s.D % 4 == 0);
+  DS4_FWD_REQUIRE(!o_q8 || s.D % QK8_0 == 0);
   if (batched_loads())
-    attention_launches<true>(s, q, ring, comp, sel, n_sel, sinks, omega, scratch, o, ctl, stream, tokens, sel_stride);
+    attention_launches<true>(s, q, ring, comp, sel, n_sel, sinks, omega, scratch, o, ctl, stream, tokens, sel_stride,
+                             o_q8);
   else
     attention_launches<false>(s, q, ring, comp, sel, n_sel, sinks, omega, scratch, o, ctl, stream, tokens,
-                              sel_stride);
+                              sel_stride, o_q8);
 }
 
 void route(const float* logits, int64_t NE, int64_t K, const float* bias, const int32_t* tid2eid, bool norm,

@@ -66,9 +66,24 @@ void hc_pre(const HcShape& s, const float* mix_raw, const float* H, const float*
 // launch's work. scratch: hc_fused_scratch_bytes(s), zero-filled before its first use (the
 // counter; each call leaves it at zero again), one call at a time.
 size_t hc_fused_scratch_bytes(const HcShape& s);
-void hc_pre_fused(const HcShape& s, GgmlType fn_type, const void* fn, const float* H,
+// Decode options of hc_pre_fused / hc_post_pre_fused that only the one-launch kernel carries
+// out (they return whether it ran; the two launches ignore these and finish comb themselves):
+struct HcPreExtras {
+  // Also write x as E / 32 Q8_0 activation blocks (BlockQ8_0Act: what quantize_activation
+  // makes of x for a Q8_0 or MXFP4 product, bit for bit), so the products of x need no
+  // quantize launch. E % 128 == 0.
+  void* x_q8 = nullptr;
+  // Leave comb as the Sinkhorn's input (scale[2] * (mix * r) + base); hc_comb_sinkhorn then
+  // finishes it in place, e.g. on another stream: only the next hc_post reads comb, so the
+  // one-warp Sinkhorn (~3.5 us) need not delay the sublayer that reads x.
+  bool defer_sinkhorn = false;
+};
+bool hc_pre_fused(const HcShape& s, GgmlType fn_type, const void* fn, const float* H,
                   const float* base, const float* scale, const float* norm, float* a, float* x,
-                  float* post, float* comb, void* scratch, void* stream);
+                  float* post, float* comb, void* scratch, void* stream, const HcPreExtras& ex = {});
+// The Sinkhorn of a deferred comb (HcPreExtras::defer_sinkhorn), in place, one warp: the same
+// operations as the HC pre's own, so the same bits.
+void hc_comb_sinkhorn(const HcShape& s, float* comb, void* stream);
 // The inputs of an hc_post (3.3) whose output the next HC pre or the head reads:
 // H = post[k] * f + sum_j comb[j][k] * H_in[j].
 struct HcPostIn {
@@ -83,9 +98,10 @@ struct HcPostIn {
 // Bit-identical to hc_post + hc_pre_fused (the same device code). p.post / p.comb may be the
 // post / comb outputs (the first launch reads them, the second writes them); H must not alias
 // p.H_in.
-void hc_post_pre_fused(const HcShape& s, const HcPostIn& p, float* H, GgmlType fn_type,
+bool hc_post_pre_fused(const HcShape& s, const HcPostIn& p, float* H, GgmlType fn_type,
                        const void* fn, const float* base, const float* scale, const float* norm,
-                       float* a, float* x, float* post, float* comb, void* scratch, void* stream);
+                       float* a, float* x, float* post, float* comb, void* scratch, void* stream,
+                       const HcPreExtras& ex = {});
 // H_out[k] = post[k] * f + sum_j comb[j][k] * H_in[j].
 void hc_post(const HcShape& s, const float* f, const float* H_in, const float* post,
              const float* comb, float* H_out, void* stream, int64_t tokens = 1);
@@ -197,7 +213,9 @@ void idx_topk(const float* scores, int64_t scores_stride, int64_t ratio, int64_t
 // merges the chunks of a head in chunk order (in double, with the sink), so the result is
 // deterministic. D must be a multiple of 4. scratch: attention_scratch_floats(s).
 // A batch of `tokens`: q and o [tokens][NH][D], sel [tokens][sel_stride], n_sel [tokens],
-// scratch tokens * attention_scratch_floats(s) (each token its own partials).
+// scratch tokens * attention_scratch_floats(s) (each token its own partials). o_q8 (D % 32 ==
+// 0): o also as Q8_0 activation blocks [tokens][NH * D / 32] (BlockQ8_0Act, what
+// quantize_activation makes of o for a Q8_0 / MXFP4 wo_a, bit for bit).
 struct AttnShape {
   int64_t NH = 0, D = 0, n_rope = 0, window = 0;
   int64_t ring_cap = 0;
@@ -210,7 +228,7 @@ size_t attention_scratch_floats(const AttnShape& s);
 void attention(const AttnShape& s, const float* q, const float* ring, const float* comp,
                const int32_t* sel, const int32_t* n_sel, const float* sinks,
                const float* omega, float* scratch, float* o, const StepCtl* ctl, void* stream,
-               int64_t tokens = 1, int64_t sel_stride = 0);
+               int64_t tokens = 1, int64_t sel_stride = 0, void* o_q8 = nullptr);
 
 // Routing (moe.cpp route): logits [NE] -> ids [K], weights [K]. Hash layers pass tid2eid
 // (int32 [n_vocab][K]) and use row ctl->token; others pick the top K of score + bias.

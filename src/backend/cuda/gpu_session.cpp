@@ -33,7 +33,9 @@ struct ProductOfX {
   const DTensor& w;
   float* y;
 };
-void products_of_x(std::span<const ProductOfX> ps, const float* x, void* act_scratch, void* s) {
+// act_ready: x already quantized for w0's type (the HC pre's Q8_0 blocks), used when one launch serves.
+void products_of_x(std::span<const ProductOfX> ps, const float* x, void* act_scratch, void* s,
+                   const void* act_ready = nullptr) {
   const DTensor& w0 = ps.front().w;
   MatvecPart parts[kMaxMatvecParts];
   int n = 0;
@@ -47,14 +49,17 @@ void products_of_x(std::span<const ProductOfX> ps, const float* x, void* act_scr
     return;
   }
   const void* act = x;
-  if (activation_bytes(w0.type, w0.cols) > 0) {
+  if (act_ready) {
+    act = act_ready;
+  } else if (activation_bytes(w0.type, w0.cols) > 0) {
     quantize_activation(w0.type, x, act_scratch, w0.cols, s);
     act = act_scratch;
   }
   matvec_parts_q(w0.type, w0.cols, parts, n, act, s);
 }
-void products_of_x(std::initializer_list<ProductOfX> ps, const float* x, void* act_scratch, void* s) {
-  products_of_x(std::span(ps.begin(), ps.size()), x, act_scratch, s);
+void products_of_x(std::initializer_list<ProductOfX> ps, const float* x, void* act_scratch, void* s,
+                   const void* act_ready = nullptr) {
+  products_of_x(std::span(ps.begin(), ps.size()), x, act_scratch, s, act_ready);
 }
 
 }  // namespace
@@ -325,9 +330,34 @@ bool hc_post_fusion() {
 // 7.28 vs 7.85 us per layer in a graph. Read per call, so that one process can compare both (a
 // captured graph keeps the path of its capture).
 bool fused_router() { return std::getenv("DS4_CUDA_NO_FUSED_ROUTER") == nullptr; }
+// Only the next hc_post reads comb, so an HC pre may leave comb's Sinkhorn (one warp, ~3 us of
+// serial shuffles and divisions at the end of the launch) to a one-warp launch beside the
+// sublayer that reads x (same bits). Opt-in, DS4_CUDA_COMB_BRANCH_MODE (default 0: every HC pre
+// runs its Sinkhorn itself):
+//   1: after every HC pre, on a third stream, joined before the next reader of comb;
+//   2: after the attention HC pre of the layers with a compressor branch, on a third stream,
+//      joined before attention (which already waits for the branch);
+//   3: 2, plus the FFN HC pre as in 1;
+//   4: as 2, but at the end of the compressor branch (no new graph edges).
+// Not the default: no mode was faster in the step. H200, full Flash q2 2K, one call, ms/step
+// back to back: mode 0 7.732 / 7.709, mode 2 7.812 / 7.777, mode 4 7.758 / 7.743, mode 1 7.831,
+// mode 3 7.677 (one run), although the HC pre launch itself is ~1 us shorter without it.
+int comb_mode() {
+  const char* m = std::getenv("DS4_CUDA_COMB_BRANCH_MODE");
+  const int v = m ? std::atoi(m) : 0;
+  return v >= 0 && v <= 4 ? v : 0;
+}
+// The attention's HC pre also writes x as the Q8_0 activation of wq_a / wkv (instead of a
+// quantize launch on the critical path). DS4_CUDA_NO_HC_X_Q8=1: the quantize launch. Same bits.
+// With the next one, H200 full Flash q2 2K: 7.721 vs 8.128 ms/step (medians of 2, one call).
+bool hc_x_q8() { return std::getenv("DS4_CUDA_NO_HC_X_Q8") == nullptr; }
+// The attention merge also writes o as the Q8_0 activation of wo_a (instead of a quantize
+// launch between attention and wo_a). DS4_CUDA_NO_ATTN_O_Q8=1: the quantize launch. Same bits.
+bool attn_o_q8() { return std::getenv("DS4_CUDA_NO_ATTN_O_Q8") == nullptr; }
 }  // namespace
 
 void GpuSession::hc_post_now(const float* H_in, float* H_out, void* s) {
+  join_comb(s);
   fwd::hc_post(hc_shape(model_->hparams()), sc_->y, H_in, sc_->post, sc_->comb, H_out, s);
   mark("hc post", 0, s);
 }
@@ -336,10 +366,30 @@ bool GpuSession::hc_fusable(const DHc& hc) const {
   return is_float_type(hc.fn.type) && model_->hparams().n_embd % 4 == 0;  // every DS4 recipe and model
 }
 
-void GpuSession::hc_pre_norm(const DHc& hc, const float* post_from, float* H, const float* norm, void* s) {
+void GpuSession::join_comb(void* s) {
+  if (!comb_pending_) return;
+  comb_done_.record(comb_stream_.handle());
+  comb_done_.wait_in(s);
+  comb_pending_ = false;
+}
+
+void GpuSession::fork_comb(void* s) {
+  comb_fork_.record(s);
+  comb_fork_.wait_in(comb_stream_.handle());
+  fwd::hc_comb_sinkhorn(hc_shape(model_->hparams()), sc_->comb, comb_stream_.handle());
+  comb_pending_ = true;
+}
+
+GpuSession::HcPreDone GpuSession::hc_pre_norm(const DHc& hc, const float* post_from, float* H, const float* norm,
+                                              void* s, void* x_q8, bool defer_sinkhorn) {
   const HParams& hp = model_->hparams();
   const fwd::HcShape sh = hc_shape(hp);
   const bool fused = hc_fusable(hc);
+  join_comb(s);  // the hc_post below reads comb
+  fwd::HcPreExtras ex;
+  ex.x_q8 = x_q8;
+  ex.defer_sinkhorn = defer_sinkhorn;
+  bool one_launch = false;
   if (post_from && !(fused && hc_post_fusion())) {  // the pending hc_post as its own launch
     hc_post_now(post_from, H, s);
     post_from = nullptr;
@@ -347,27 +397,43 @@ void GpuSession::hc_pre_norm(const DHc& hc, const float* post_from, float* H, co
   if (fused) {  // the fn product fused, two wide launches; a pending hc_post inside the first
     // The hc_post (3.3) of the previous sublayer: its output y, the post / comb of its HC pre.
     if (post_from)
-      fwd::hc_post_pre_fused(sh, {sc_->y, post_from, sc_->post, sc_->comb}, H, hc.fn.type, hc.fn.d, hc.base,
-                             hc.scale, norm, sc_->a, sc_->x, sc_->post, sc_->comb, sc_->hc_scr, s);
+      one_launch = fwd::hc_post_pre_fused(sh, {sc_->y, post_from, sc_->post, sc_->comb}, H, hc.fn.type, hc.fn.d,
+                                          hc.base, hc.scale, norm, sc_->a, sc_->x, sc_->post, sc_->comb, sc_->hc_scr,
+                                          s, ex);
     else
-      fwd::hc_pre_fused(sh, hc.fn.type, hc.fn.d, H, hc.base, hc.scale, norm, sc_->a, sc_->x, sc_->post, sc_->comb,
-                        sc_->hc_scr, s);
+      one_launch = fwd::hc_pre_fused(sh, hc.fn.type, hc.fn.d, H, hc.base, hc.scale, norm, sc_->a, sc_->x, sc_->post,
+                                     sc_->comb, sc_->hc_scr, s, ex);
   } else {
     mv(hc.fn, H, sc_->mix, s);
     fwd::hc_pre(sh, sc_->mix, H, hc.base, hc.scale, sc_->a, sc_->post, sc_->comb, s);
     fwd::rmsnorm(sc_->a, norm, sc_->x, hp.n_embd, 1, hp.rms_eps, s);
   }
   mark("hc pre + norm", static_cast<double>(hc.fn.bytes()), s);
+  return {one_launch && x_q8 != nullptr, one_launch && defer_sinkhorn};
 }
 
 void GpuSession::layer(const DLayer& L, LayerBufs& S, bool post_pending, void* s) {
   Scratch& b = *sc_;
   // Attention half: collapse the streams, normalize, attend (3.2-3.4). When the previous
   // layer's FFN hc_post (H2 -> H) is pending, this HC pre runs it first.
-  hc_pre_norm(L.hc_attn, post_pending ? b.H2 : nullptr, b.H, L.attn_norm, s);
-  attention_sublayer(L, S, s);
+  // wq_a and wkv (one launch on one quantization of x) may take x's Q8_0 blocks from the HC pre.
+  const HParams& hp = model_->hparams();
+  const bool q8_from_hc = hc_x_q8() && takes_q8_0_act(L.q_a.type) && L.kv.type == L.q_a.type &&
+                          L.q_a.cols == hp.n_embd && L.kv.cols == hp.n_embd && hp.n_embd % 128 == 0;
+  // comb's Sinkhorn beside the sublayer (comb_mode); never on one stream (nothing to gain).
+  const int mode = comb_stream(s) != s ? comb_mode() : 0;
+  const bool branch_layer = L.ratio > 0 && branch_stream(s) != s;
+  const bool defer_attn = mode == 1 || (mode >= 2 && branch_layer), defer_ffn = mode == 1 || mode == 3;
+  const HcPreDone attn = hc_pre_norm(L.hc_attn, post_pending ? b.H2 : nullptr, b.H, L.attn_norm, s,
+                                     q8_from_hc ? static_cast<void*>(b.act) : nullptr, defer_attn);
+  comb_at_ = CombAt::None;
+  if (attn.deferred) {
+    if (mode == 1) fork_comb(s);
+    else comb_at_ = mode == 4 ? CombAt::BranchEnd : CombAt::Attention;
+  }
+  attention_sublayer(L, S, attn.x_act, s);
   // FFN half (3.5), after the attention hc_post (H -> H2), which its HC pre runs.
-  hc_pre_norm(L.hc_ffn, b.H, b.H2, L.ffn_norm, s);
+  if (hc_pre_norm(L.hc_ffn, b.H, b.H2, L.ffn_norm, s, nullptr, defer_ffn).deferred) fork_comb(s);
   moe(L, s);
   // The FFN hc_post (H2 -> H) is left pending: the next layer's HC pre or the head runs it.
 }
@@ -383,6 +449,10 @@ bool branch_on_own_stream() {
 
 void* GpuSession::branch_stream(void* s) const {
   return prof_ || !branch_on_own_stream() ? s : branch_stream_.handle();
+}
+
+void* GpuSession::comb_stream(void* s) const {
+  return prof_ || !branch_on_own_stream() ? s : comb_stream_.handle();
 }
 
 const int32_t* GpuSession::compressor_branch(const DLayer& L, LayerBufs& S, void* s, void* br) {
@@ -417,7 +487,14 @@ const int32_t* GpuSession::compressor_branch(const DLayer& L, LayerBufs& S, void
       job(L.idx_comp, official ? fwd::Sim::HadamardFp4 : fwd::Sim::None, 0, b.ickv, b.icsc, S.idx_kv, S.idx_sc,
           S.icomp)};
   fwd::comp_store_emit(jobs, indexer ? 2 : 1, L.omega, cap_, L.ratio, b.ctl, br);
-  if (!indexer) return nullptr;
+  // comb's Sinkhorn last on the branch (CombAt::BranchEnd): the branch's join covers it.
+  auto comb_last = [&] {
+    if (comb_at_ == CombAt::BranchEnd) fwd::hc_comb_sinkhorn(hc_shape(hp), b.comb, br);
+  };
+  if (!indexer) {
+    comb_last();
+    return nullptr;
+  }
 
   // 3.4.7 Lightning indexer: its query is a product of qr, which the main stream makes.
   if (br != s) qr_ready_.wait_in(br);
@@ -428,10 +505,11 @@ const int32_t* GpuSession::compressor_branch(const DLayer& L, LayerBufs& S, void
                   b.n_sel, b.ctl, br);
   log_choices(b.sel, hp.idx_topk, L.il, hp.n_expert_used, br);
   log_choices(b.n_sel, 1, L.il, hp.n_expert_used + hp.idx_topk, br);
+  comb_last();
   return b.sel;
 }
 
-void GpuSession::attention_sublayer(const DLayer& L, LayerBufs& S, void* s) {
+void GpuSession::attention_sublayer(const DLayer& L, LayerBufs& S, bool x_act, void* s) {
   const HParams& hp = model_->hparams();
   Scratch& b = *sc_;
   const int64_t D = hp.head_dim, NH = hp.n_head;
@@ -445,12 +523,13 @@ void GpuSession::attention_sublayer(const DLayer& L, LayerBufs& S, void* s) {
     x_ready_.record(s);
     x_ready_.wait_in(br);
   }
+  if (comb_at_ == CombAt::Attention) fork_comb(s);  // joined with the branch, before attention
 
   // 3.4.1 Query: qr = RMSNorm(wq_a x), q = wq_b qr, per-head unweighted RMSNorm and RoPE.
   // 3.4.2 KV: one shared K = V row, normed, rotated, FP8 round trip (official) -> raw ring.
   // wq_a x and wkv x read the same x: one launch; the norm of qr (with its Q8_0 activation
   // for wq_b when that is wq_b's input format) and the KV row's finish: one launch.
-  products_of_x({{L.q_a, b.qa}, {L.kv, b.kv}}, b.x, b.act, s);
+  products_of_x({{L.q_a, b.qa}, {L.kv, b.kv}}, b.x, b.act, s, x_act ? b.act : nullptr);
   const bool qr_q8 = takes_q8_0_act(L.q_b.type);
   const fwd::RowsJob qr_kv[] = {{q_a_norm_finish(hp, L), b.qa, b.qr, 1, hp.q_lora, 0, qr_q8 ? b.act : nullptr},
                                 {kv_finish(hp, L, official), b.kv, S.raw, 1, D, cap_, nullptr}};
@@ -469,6 +548,7 @@ void GpuSession::attention_sublayer(const DLayer& L, LayerBufs& S, void* s) {
     branch_done_.record(br);
     branch_done_.wait_in(s);
   }
+  if (comb_at_ == CombAt::Attention) join_comb(s);
   mark("compressor + indexer",
        static_cast<double>(L.comp.kv.bytes() + L.comp.gate.bytes() + L.idx_comp.kv.bytes() + L.idx_comp.gate.bytes() +
                            L.idx_q_b.bytes() + L.idx_proj.bytes()),
@@ -476,7 +556,9 @@ void GpuSession::attention_sublayer(const DLayer& L, LayerBufs& S, void* s) {
 
   // 3.4.8 Attention with sinks over the raw window and the compressed rows, de-rotated.
   fwd::AttnShape as{NH, D, hp.n_rope, hp.window, cap_, L.ratio, b.max_rows};
-  fwd::attention(as, b.q, S.raw, S.comp, sel, b.n_sel, L.sinks, L.omega, b.attn_f, b.o, b.ctl, s);
+  const bool o_q8 = attn_o_q8() && takes_q8_0_act(L.out_a.type) && D % 32 == 0;
+  fwd::attention(as, b.q, S.raw, S.comp, sel, b.n_sel, L.sinks, L.omega, b.attn_f, b.o, b.ctl, s, 1, 0,
+                 o_q8 ? b.act_o : nullptr);
   mark("attention core", 0, s);
 
   // 3.4.9 Grouped output projection: group g uses rows g*R.. of wo_a on its heads. All groups
@@ -485,7 +567,7 @@ void GpuSession::attention_sublayer(const DLayer& L, LayerBufs& S, void* s) {
   const int64_t G = hp.o_groups, R = hp.o_lora;
   const void* act_o = b.o;
   if (!is_float_type(L.out_a.type)) {
-    quantize_activation(L.out_a.type, b.o, b.act_o, NH * D, s);
+    if (!o_q8) quantize_activation(L.out_a.type, b.o, b.act_o, NH * D, s);
     act_o = b.act_o;
   }
   matvec_grouped_q(L.out_a.type, L.out_a.d, G * R, L.out_a.cols, G, act_o, b.low, s);
@@ -570,6 +652,7 @@ void GpuSession::head(void* s, bool post_pending) {
   Scratch& b = *sc_;
   const DHc& hc = model_->hc_head();
   const bool fused = hc_fusable(hc);
+  join_comb(s);  // the pending hc_post reads comb
   if (post_pending && !(fused && hc_post_fusion())) {  // the pending hc_post as its own launch
     hc_post_now(b.H2, b.H, s);
     post_pending = false;
@@ -612,6 +695,7 @@ void GpuSession::record_step(void* s, bool with_head) {
   // Without the head the last post is dead work: only the head reads the final state (the
   // next step starts from a fresh embedding; prefill's head copies its own state into H).
   if (with_head) head(s, post_pending);
+  join_comb(s);  // a Sinkhorn nobody read (no head): the capture must end joined
   fwd::step_end(b.ctl, s);
 }
 

@@ -123,7 +123,8 @@ class GpuSession : public model::EvalSession {
   // (H2 -> H) has not run yet (this layer's first HC pre runs it); the layer leaves its own
   // FFN hc_post pending in turn (record_step).
   void layer(const DLayer& L, LayerBufs& S, bool post_pending, void* s);
-  void attention_sublayer(const DLayer& L, LayerBufs& S, void* s);
+  // x_act: the HC pre already wrote x's Q8_0 activation (scratch act) for wq_a and wkv.
+  void attention_sublayer(const DLayer& L, LayerBufs& S, bool x_act, void* s);
   // The compressors and the lightning indexer of a compressed layer (3.4.5-3.4.7) on stream
   // `br` beside the query/KV path on `s`; returns the indexer's selection (null without one).
   const int32_t* compressor_branch(const DLayer& L, LayerBufs& S, void* s, void* br);
@@ -133,8 +134,23 @@ class GpuSession : public model::EvalSession {
   void moe(const DLayer& L, void* s);
   // hc_pre followed by RMSNorm(a) * norm into the scratch x (3.2), on state H; with post_from,
   // H is first the hc_post (3.3) of the scratch y, post and comb from post_from, fused into the
-  // pre's first launch (float fn weights).
-  void hc_pre_norm(const DHc& hc, const float* post_from, float* H, const float* norm, void* s);
+  // pre's first launch (float fn weights). With x_q8 (and the one-launch HC kernel) x is also
+  // written there as Q8_0 activation blocks; returns whether it was. comb's Sinkhorn may run
+  // on comb_stream_ (join_comb before comb is read).
+  // With defer_sinkhorn (and that kernel) comb is left as the Sinkhorn's input: the caller
+  // launches hc_comb_sinkhorn before comb is read (fork_comb, or at the branch's end).
+  struct HcPreDone {
+    bool x_act = false;     // x's Q8_0 blocks written
+    bool deferred = false;  // comb awaits its Sinkhorn
+  };
+  HcPreDone hc_pre_norm(const DHc& hc, const float* post_from, float* H, const float* norm, void* s,
+                        void* x_q8 = nullptr, bool defer_sinkhorn = false);
+  // The stream of the deferred comb Sinkhorn: a third stream, or `s` while profiling or with
+  // DS4_CUDA_ONE_STREAM set.
+  void* comb_stream(void* s) const;
+  // comb's Sinkhorn on comb_stream_ after the work enqueued on `s` so far (join_comb joins it).
+  void fork_comb(void* s);
+  void join_comb(void* s);  // makes `s` wait for a Sinkhorn pending on comb_stream_
   void hc_post_now(const float* H_in, float* H_out, void* s);  // that hc_post as its own launch
   bool hc_fusable(const DHc& hc) const;                       // float fn weights, E % 4 == 0
   // The output head on state H (logits into the scratch); post_pending: the last layer's FFN
@@ -188,6 +204,14 @@ class GpuSession : public model::EvalSession {
   // (the indexer's query input), branch done (before attention).
   Stream branch_stream_;
   Event x_ready_, qr_ready_, branch_done_;
+  // The deferred Sinkhorn of comb (hc_pre_norm): forked after each HC pre, joined before the
+  // next reader of comb (the next hc_post).
+  Stream comb_stream_;
+  Event comb_fork_, comb_done_;
+  bool comb_pending_ = false;
+  // Where the current layer's attention HC pre left its comb Sinkhorn (comb_mode 2-4).
+  enum class CombAt { None, Attention, BranchEnd };
+  CombAt comb_at_ = CombAt::None;
   std::vector<std::unique_ptr<LayerBufs>> layers_;
   std::unique_ptr<Scratch> sc_;
   std::unique_ptr<Graph> graph_[2];  // without / with the output head
