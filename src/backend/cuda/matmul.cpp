@@ -11,6 +11,7 @@
 #include "backend/cuda/matmul_f16.h"
 #include "backend/cuda/matmul_launch.h"
 #include "backend/cuda/matvec.h"
+#include "backend/cuda/moe_f16.h"
 #include "core/error.h"
 #include "quant/blocks.h"
 
@@ -38,9 +39,10 @@ size_t act_row_bytes(GgmlType type, int64_t ncols) {
 }
 
 // Workspace layout of moe_experts_batch, each part 256-aligned:
-// [act_x][ctrl: 64 ints][tiles][slot_token][slot_w][slot_of][h][act_h][z]
+// [act_x][ctrl: 64 ints][tiles][slot_token][slot_w][slot_of][h][act_h][z][f16: the f16 path's
+// part (moe_f16.h), empty where it cannot serve]
 struct Layout {
-  size_t act_x, ctrl, tiles, slot_token, slot_w, slot_of, h, act_h, z, total;
+  size_t act_x, ctrl, tiles, slot_token, slot_w, slot_of, h, act_h, z, f16, total;
   int max_tiles;
 };
 
@@ -63,6 +65,7 @@ Layout layout(const MoeBatchShape& s, int64_t T) {
   l.h = take(nk * size_t(s.n_ff) * sizeof(float));
   l.act_h = take(nk * act_row_bytes(s.down_type, s.n_ff));
   l.z = take(nk * size_t(s.n_embd) * sizeof(float));
+  l.f16 = take(moe_f16_workspace_bytes(s, T));
   l.total = o;
   return l;
 }
@@ -155,11 +158,16 @@ void moe_experts_batch(const MoeBatchShape& s, const void* d_gate, const void* d
   const int64_t nk = T * s.n_used;
   quantize_activation(s.gate_up_type, d_x, ws.act_x, T * s.n_embd, stream);
   detail::launch_moe_route(d_ids, d_route_w, T, s.n_used, s.n_expert, ws, stream);
-  detail::launch_moe_gate_up_batch(s.gate_up_type, d_gate, d_up, s.n_embd, s.n_ff, s.limit, ws, stream);
-  // Every slot row of h is a whole number of blocks; rows past the valid slots (skipped ids)
-  // are quantized too but never read.
-  quantize_activation(s.down_type, ws.h, ws.act_h, nk * s.n_ff, stream);
-  detail::launch_moe_down_batch(s.down_type, d_down, s.n_embd, s.n_ff, ws, stream);
+  if (moe_f16_serves(s, T, stream)) {
+    // Many tokens: f16 tensor-core products through cuBLAS (moe_f16.h).
+    moe_f16_experts(s, d_gate, d_up, d_down, d_ids, T, ws, static_cast<uint8_t*>(d_workspace) + l.f16, stream);
+  } else {
+    detail::launch_moe_gate_up_batch(s.gate_up_type, d_gate, d_up, s.n_embd, s.n_ff, s.limit, ws, stream);
+    // Every slot row of h is a whole number of blocks; rows past the valid slots (skipped ids)
+    // are quantized too but never read.
+    quantize_activation(s.down_type, ws.h, ws.act_h, nk * s.n_ff, stream);
+    detail::launch_moe_down_batch(s.down_type, d_down, s.n_embd, s.n_ff, ws, stream);
+  }
   detail::launch_moe_combine(d_ids, T, s.n_used, s.n_embd, ws, d_y, stream);
 }
 

@@ -28,7 +28,10 @@
 // clamp and the route weight fused into the GEMM epilogue, then down, and sums each token's
 // expert outputs in ascending expert id (the order of model/moe.cpp's CPU loop), with no
 // float atomics: results are deterministic. The shared expert is the same call with
-// n_expert = 1, n_used = 1, ids all 0 and route weights 1.
+// n_expert = 1, n_used = 1, ids all 0 and route weights 1. For many tokens (T >= 4096 by
+// default) the gate/up and down products run instead on the f16 tensor cores through cuBLAS,
+// with the experts' weights expanded to f16 (moe_f16.h: its numerics, switches and the one host
+// sync it costs); the SwiGLU, clamp, route weight and ordered sum are the same.
 #pragma once
 
 #include <cstddef>
@@ -68,7 +71,8 @@ void matmul(GgmlType type, const void* d_w, int64_t nrows, int64_t ncols, const 
 // checked on the host without a sync: that entry is skipped (contributes nothing) and counted,
 // see moe_batch_invalid_ids. d_workspace holds moe_batch_workspace_bytes(s, T) bytes (about
 // T * n_used * (n_embd + n_ff) * 5 bytes: the per-(token, expert) outputs are kept so that
-// the final sum runs in a fixed order).
+// the final sum runs in a fixed order; plus the f16 path's part for T >= 128, see
+// moe_f16_workspace_bytes).
 struct MoeBatchShape {
   GgmlType gate_up_type = GgmlType::IQ2_XXS;
   GgmlType down_type = GgmlType::Q2_K;
@@ -90,7 +94,8 @@ int64_t moe_batch_invalid_ids(const MoeBatchShape& s, int64_t T, const void* d_w
                               void* stream = nullptr);
 
 // For tests: device pointers into the workspace of the last call. slot[t * n_used + k] is the
-// row of h (f32, n_ff wide) that entry (t, k) used (-1 if skipped).
+// row of h (f32, n_ff wide) that entry (t, k) used (-1 if skipped). After a call that took the
+// f16 path (moe_f16.h) h holds f16 rows instead and is not meaningful as f32.
 struct MoeBatchDebug {
   const int32_t* slot;
   const float* h;
