@@ -14,6 +14,11 @@
 // tests/cuda/test_prefill_attention.cpp). Inputs must stay inside fp16's range (|x| < 65504;
 // the queries are RMS-normed heads, the rows normed KV rows, the probabilities <= 1).
 //
+// Rows whose lo halves are all zero in a block of 64 dims of a tile (FP8-simulated rows:
+// E4M3 values times powers of two, exact in fp16) skip the hi.lo product there (v2, the
+// default; DS4_CUDA_NO_PREFILL_ATTN_V2=1 = the first kernel): it adds exact zeros, so the
+// bits are the same.
+//
 // A query's result depends only on its own inputs (one CTA per query and head group, a fixed
 // order of every sum), so it does not depend on which other queries share the launch.
 #pragma once
