@@ -876,18 +876,38 @@ int env_int(const char* name, int fallback, int lo, int hi) {
 // for the predecessor before requesting any weights.
 struct BulkTuning {
   int stages = 2;
+  bool stages_set = false;  // DS4_CUDA_BULK_STAGES given: every product takes that many (no deep ring)
   int stage_bytes = 0;
   bool early = true;
 };
 const BulkTuning& bulk_tuning() {
   static const BulkTuning t = [] {
     BulkTuning b;
+    b.stages_set = std::getenv("DS4_CUDA_BULK_STAGES") != nullptr;
     b.stages = env_int("DS4_CUDA_BULK_STAGES", b.stages, 1, kMaxBulkStages);
     b.stage_bytes = env_int("DS4_CUDA_BULK_STAGE_BYTES", b.stage_bytes, 0, 8192);
     b.early = std::getenv("DS4_CUDA_NO_EARLY_WEIGHTS") == nullptr;
     return b;
   }();
   return t;
+}
+
+// Buffers per warp for the longest products. Measured on an H200 (ds4-bench-cuda --iters 20,
+// graph of 16 calls, weights rotated out of L2; binaries of f57a846 with DS4_CUDA_BULK_STAGES
+// 2 / 3 / 4): the Q8_0 output head (129280 x 4096, 562.6 MB) 190.2 / 146.0 / 140.0 us (4018
+// GB/s at 4); Q8_0 32768 x 4096 (142.6 MB) 39.9 / 37.5 / 36.8 us; but 16384 x 4096 (71.3 MB)
+// 19.4 / 20.2 / 20.5 and the 35.7 MB q_b, o_a, o_b 11.5-12.1 / 12.1-13.0 / 12.6-13.4. A deeper
+// ring holds more bytes in flight per warp but costs resident blocks (shared memory) and a
+// longer ramp (least-squares fixed cost per launch 2.2 / 3.2 / 3.7 us), which only a long
+// stream pays back. So Q8_0 products of at least kDeepRingBytes (the head) take 4 buffers,
+// the others the tuning's 2. The float order does not depend on the buffer count, so the
+// results are the same bits. DS4_CUDA_NO_DEEP_RING=1 (read at every launch): 2 buffers for all.
+constexpr int kDeepRingStages = 4;
+constexpr size_t kDeepRingBytes = size_t(128) << 20;
+template <class K>
+bool deep_ring(size_t product_bytes, int split) {
+  return std::is_same_v<K, KQ8_0> && split == 1 && product_bytes >= kDeepRingBytes && !bulk_tuning().stages_set &&
+         std::getenv("DS4_CUDA_NO_DEEP_RING") == nullptr;
 }
 
 template <class K>
@@ -910,7 +930,9 @@ void launch_bulk(const Plan& p, const Epi& epi, int64_t nrows, int split, void* 
   const BulkTuning& tune = bulk_tuning();
   const int cb = bulk_chunk_blocks<K>();
   const size_t chunk_bytes = size_t(cb) * K::BB;
-  const int most = std::max(1, std::min(tune.stages, int(kMaxSmem / (kWarps * chunk_bytes))));
+  const int fit = int(kMaxSmem / (kWarps * chunk_bytes));
+  const bool deep = deep_ring<K>(size_t(nrows) * p.rb, split);
+  const int most = std::max(1, std::min(deep ? kDeepRingStages : tune.stages, fit));
   // A warp of a split row streams one part of it: no more buffers than the part has chunks.
   int stages = most;
   if (split > 1) {
@@ -918,12 +940,19 @@ void launch_bulk(const Plan& p, const Epi& epi, int64_t nrows, int split, void* 
     stages = int(std::min<int64_t>(stages, (part_blocks + cb - 1) / cb));
   }
   const size_t smem = size_t(kWarps) * size_t(stages) * chunk_bytes;
-  static const bool raised = [&] {
+  // The dynamic shared-memory limit: raised once to the tuning's ring, and once more the first
+  // time this kernel streams a deep ring (so kernels that never do keep the limit they had).
+  auto raise_to = [&](int n) {
     DS4_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        int(size_t(kWarps) * size_t(most) * chunk_bytes)));
+                                        int(size_t(kWarps) * size_t(n) * chunk_bytes)));
     return true;
-  }();
+  };
+  static const bool raised = raise_to(std::max(1, std::min(tune.stages, fit)));
   (void)raised;
+  if (deep) {
+    static const bool raised_deep = raise_to(most);
+    (void)raised_deep;
+  }
   static std::atomic<int> per_sm_of_stages[kMaxBulkStages + 1] = {};
   int per_sm = per_sm_of_stages[stages].load(std::memory_order_relaxed);
   if (per_sm == 0) {
