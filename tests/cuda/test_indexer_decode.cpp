@@ -31,25 +31,30 @@ TEST(IndexerDecode, PrintsSelectTimesByContext) {
   auto dq = tu::upload(tu::gaussian(NI * DI, 1.0f, 1)), dw = tu::upload(tu::gaussian(NI, 1.0f, 2));
   auto dk = tu::upload(tu::gaussian(max_rows * DI, 1.0f, 3));
   DeviceBuffer scores(max_rows * 4), sel(K * 4), n_sel(4), ctl(sizeof(fwd::StepCtl));
-  std::string line = "[indexer select, us per call in a graph, 64 x 128 query, top 512]";
-  for (const int64_t ctx : {2048, 8192, 32768, 65536, 131072}) {
-    fwd::StepCtl c;
-    c.pos = ctx - 1;
-    ctl.upload(&c, sizeof(c));
-    const float us = tu::graph_us_per_call(stream.handle(), [&](void* s) {
-      fwd::idx_select(dq.as<float>(), dw.as<float>(), 0.01f, NI, DI, dk.as<float>(), ratio, K, scores.as<float>(),
-                      sel.as<int32_t>(), n_sel.as<int32_t>(), ctl.as<fwd::StepCtl>(), s);
-    });
-    EXPECT_EQ(tu::download<int32_t>(n_sel, 1)[0], K) << "context " << ctx;
-    char buf[64];
-    std::snprintf(buf, sizeof buf, " %lldK %.2f", static_cast<long long>(ctx / 1024), us);
-    line += buf;
+  // The scores kernels by their switches: v3 (default), v2, v1; the same top-k after each.
+  for (const char* off : {static_cast<const char*>(nullptr), "DS4_CUDA_NO_IDX_SCORES_V3", "DS4_CUDA_NO_IDX_SCORES_V2"}) {
+    const tu::ScopedEnv env(off ? off : "DS4_CUDA_UNUSED_SWITCH", off ? "1" : "");
+    std::string line = std::string("[indexer select, us per call in a graph, 64 x 128 query, top 512, ") +
+                       (off ? off : "default") + "]";
+    for (const int64_t ctx : {2048, 8192, 32768, 65536, 131072}) {
+      fwd::StepCtl c;
+      c.pos = ctx - 1;
+      ctl.upload(&c, sizeof(c));
+      const float us = tu::graph_us_per_call(stream.handle(), [&](void* s) {
+        fwd::idx_select(dq.as<float>(), dw.as<float>(), 0.01f, NI, DI, dk.as<float>(), ratio, K, scores.as<float>(),
+                        sel.as<int32_t>(), n_sel.as<int32_t>(), ctl.as<fwd::StepCtl>(), s);
+      });
+      EXPECT_EQ(tu::download<int32_t>(n_sel, 1)[0], K) << "context " << ctx;
+      char buf[64];
+      std::snprintf(buf, sizeof buf, " %lldK %.2f", static_cast<long long>(ctx / 1024), us);
+      line += buf;
+    }
+    std::printf("%s\n", line.c_str());
   }
-  std::printf("%s\n", line.c_str());
 }
 
-// The long-context scores (idx_scores_v2_kernel) against the previous kernel
-// (DS4_CUDA_NO_IDX_SCORES_V2=1): the same scores and the same selection in the same order, bit
+// The long-context scores (idx_scores_v3_kernel, the default; idx_scores_v2_kernel with
+// DS4_CUDA_NO_IDX_SCORES_V3=1) against the first kernel (DS4_CUDA_NO_IDX_SCORES_V2=1): the same scores and the same selection in the same order, bit
 // for bit, at contexts whose row counts are not multiples of the grid, with Gaussian keys, with
 // keys that make many scores equal (ties across the cut), and with all-zero keys (every score
 // 0: one tie of n_vis keys).
@@ -78,10 +83,13 @@ TEST(IndexerDecode, LongContextPathsSelectTheSameRows) {
         return std::make_pair(s, ids);
       };
       const auto now = run(nullptr), old_scores = run("DS4_CUDA_NO_IDX_SCORES_V2");
+      const auto v2 = run("DS4_CUDA_NO_IDX_SCORES_V3");
       const std::string what = "context " + std::to_string(ctx) +
                                (keys == &gauss ? ", Gaussian keys" : keys == &ties ? ", tied keys" : ", zero keys");
       EXPECT_EQ(std::memcmp(now.first.data(), old_scores.first.data(), now.first.size() * 4), 0) << what;
       EXPECT_EQ(now.second, old_scores.second) << what;
+      EXPECT_EQ(std::memcmp(v2.first.data(), old_scores.first.data(), v2.first.size() * 4), 0) << what << " (v2)";
+      EXPECT_EQ(v2.second, old_scores.second) << what << " (v2)";
     }
   }
 }

@@ -1087,6 +1087,87 @@ __global__ void idx_scores_v2_kernel(const float* q, const float* wts, float wsc
   }
 }
 
+// idx_scores_v2_kernel scoring kRows of its rows at once: the rows a warp scores are the same
+// (warp, warp + n_warps, ...), each by the same FMA chain over i from 0 and the same head sum,
+// so the scores are the same bits. At long contexts the v2 loop is bound by shared-memory
+// loads (per i, a lane loads its kHeads query values and the row's key for kHeads FMAs); here
+// each query value loaded serves kRows rows: (kHeads + kRows) loads per kHeads * kRows FMAs.
+// Where a warp has fewer than kRows rows (n_vis < kRows * warps of the grid, e.g. 2048 rows at
+// 8K context for 2112 warps), a pass takes only as many rows as the warps need, so the rows are
+// spread over as many warps as in v2 (four rows per pass there cost 8K 31.7 vs 27.3 us).
+template <int kHeads, int kRows>
+__global__ void idx_scores_v3_kernel(const float* q, const float* wts, float wscale, int64_t NI, int64_t DI,
+                                     const float* icomp, int64_t ratio, int64_t K, float* scores,
+                                     int64_t scores_stride, const StepCtl* ctl) {
+  extern __shared__ float idx_smem[];
+  float* qs = idx_smem;                                              // [DI][NI]
+  float* ks = idx_smem + NI * DI + (threadIdx.x >> 5) * DI * kRows;  // this warp's kRows key rows
+  const int64_t n_vis = idx_scores_begin(q, wts, scores, scores_stride, ctl, NI, DI, ratio, K, qs);
+  if (n_vis == 0) return;
+  const int lane = threadIdx.x & 31;
+  const int64_t warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int64_t n_warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
+  const int per_lane = static_cast<int>(DI / 32);
+  float wh[kHeads];
+#pragma unroll
+  for (int c = 0; c < kHeads; ++c) wh[c] = wts[lane + 32 * c] * wscale;
+  float next[kRows][kIdxMaxDi / 32];
+  int R = kRows;  // rows per pass, set below
+  auto load_rows = [&](int64_t w0) {  // rows w0 + r * n_warps, r < R
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int64_t w = w0 + r * n_warps;
+#pragma unroll
+      for (int j = 0; j < kIdxMaxDi / 32; ++j)
+        if (r < R && j < per_lane && w < n_vis) next[r][j] = icomp[w * DI + lane + 32 * j];
+    }
+  };
+  // Rows per pass: kRows, or fewer when the warps have fewer rows each (same rows per warp).
+  const int64_t rows_per_warp = (n_vis + n_warps - 1) / n_warps;
+  R = static_cast<int>(rows_per_warp < kRows ? rows_per_warp : kRows);
+  load_rows(warp);
+  __syncthreads();  // qs
+  const int64_t step = n_warps * R;
+  for (int64_t w0 = warp; w0 < n_vis; w0 += step) {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+#pragma unroll
+      for (int j = 0; j < kIdxMaxDi / 32; ++j)
+        if (r < R && j < per_lane) ks[r * DI + lane + 32 * j] = next[r][j];
+    __syncwarp();
+    load_rows(w0 + step);  // in flight while these rows are scored
+    float d[kRows][kHeads];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+#pragma unroll
+      for (int c = 0; c < kHeads; ++c) d[r][c] = 0.0f;
+    for (int64_t i = 0; i < DI; ++i) {
+      float qv[kHeads];
+#pragma unroll
+      for (int c = 0; c < kHeads; ++c) qv[c] = qs[i * NI + lane + 32 * c];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        if (r >= R) break;
+        const float k = ks[r * DI + i];
+#pragma unroll
+        for (int c = 0; c < kHeads; ++c) d[r][c] += qv[c] * k;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      if (r >= R) break;  // R is the same in every lane: the shuffles below stay warp-wide
+      double s = 0.0;
+#pragma unroll
+      for (int c = 0; c < kHeads; ++c)
+        if (d[r][c] > 0.0f) s += static_cast<double>(wh[c]) * d[r][c];
+      s = warp_sum_d(s);  // every lane takes part; only rows below n_vis are written
+      const int64_t w = w0 + r * n_warps;
+      if (lane == 0 && w < n_vis) scores[w] = static_cast<float>(s);
+    }
+    __syncwarp();  // ks is rewritten by the next rows
+  }
+}
+
 // Selection in the order of topk_lower_index (score desc, index asc) by the radix select of
 // topk_block.h: one block, O(n_vis) per pass (rank counting was O(n_vis^2 / threads)).
 __global__ void __launch_bounds__(topk_detail::kTopkThreads)
@@ -1588,6 +1669,10 @@ int float_type_code(GgmlType t) {
 // H200, IndexerDecode.PrintsSelectTimesByContext (scores + top 512, us per call in a graph):
 // 64K context 74.2 vs 88.9, 128K 121.3 vs 149.8. Read per call (a graph keeps its path).
 bool idx_scores_v2() { return std::getenv("DS4_CUDA_NO_IDX_SCORES_V2") == nullptr; }
+// DS4_CUDA_NO_IDX_SCORES_V3 set: the v2 kernel (one row at a time) instead of v3 (four rows per
+// pass); read on every call, like the v2 switch. Both give the same scores.
+bool idx_scores_v3() { return std::getenv("DS4_CUDA_NO_IDX_SCORES_V3") == nullptr; }
+constexpr int kIdxV3Rows = 4;
 
 bool batched_loads() {
   static const bool on = std::getenv("DS4_CUDA_NO_BATCHED_LOADS") == nullptr;
@@ -1774,7 +1859,12 @@ void idx_select(const float* q, const float* wts, float wscale, int64_t NI, int6
   const size_t smem = static_cast<size_t>(NI * DI + (kThreads / 32) * DI) * sizeof(float);
   DS4_FWD_REQUIRE(smem <= 48 * 1024);  // q staged in shared memory (Flash: 64 x 128 floats, 36 KB in all)
   DS4_FWD_REQUIRE(tokens == 1 || scores_stride > 0);
-  if (idx_scores_v2() && NI == 64 && DI % 32 == 0 && DI <= kIdxMaxDi)
+  const bool v2_shape = NI == 64 && DI % 32 == 0 && DI <= kIdxMaxDi;
+  const size_t smem_v3 = static_cast<size_t>(NI * DI + (kThreads / 32) * DI * kIdxV3Rows) * sizeof(float);
+  if (idx_scores_v2() && idx_scores_v3() && v2_shape && smem_v3 <= 48 * 1024)  // Flash: exactly 48 KB
+    launch(idx_scores_v3_kernel<2, kIdxV3Rows>, token_grid(264, tokens), kThreads, smem_v3, stream, q, wts, wscale,
+           NI, DI, icomp, ratio, K, scores, scores_stride, ctl);
+  else if (idx_scores_v2() && v2_shape)
     launch(idx_scores_v2_kernel<2>, token_grid(264, tokens), kThreads, smem, stream, q, wts, wscale, NI, DI, icomp,
            ratio, K, scores, scores_stride, ctl);
   else
