@@ -25,8 +25,8 @@
 // share the call (the batched prefill's chunkings need this; tested bit for bit).
 //
 // Switches (read on every call of cublas_gemm_enabled): DS4_CUDA_NO_CUBLAS_GEMM set keeps the
-// int8 kernels; the path is off by default (kCublasGemmByDefault in matmul_cublas.cu) until
-// measured faster on a GPU, DS4_CUDA_CUBLAS_GEMM set turns it on.
+// int8 kernels; the path is on by default (kCublasGemmByDefault in matmul_cublas.cu, measured
+// faster on an H200); DS4_CUDA_CUBLAS_GEMM set turns it on where the default is off.
 #pragma once
 
 #include <cstddef>
