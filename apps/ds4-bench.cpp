@@ -233,7 +233,7 @@ int main(int argc, char** argv) {
   g->add_option("--prompt", cu.prompt, "prompt tokens (prefill)");
   g->add_option("--gen", cu.gen, "decoded tokens");
   g->add_option("--reps", cu.reps, "repetitions (the median is reported)");
-  g->add_option("--batch", cu.batch, "prefill chunk size (tokens per batched layer pass)")->capture_default_str();
+  g->add_option("--batch", cu.batch, "prefill chunk size (tokens per batched layer pass; 0 = the CUDA engine's choice by free GPU memory, 2048-8192)")->capture_default_str();
   g->add_option("--numerics", cu.numerics, "exact or official");
   g->add_flag("!--no-graph", cu.graph, "plain launches instead of a CUDA graph per step");
   g->add_option("--sweep", cu.sweep, "frontier sweep instead (e.g. 2K,8K,32K,64K,128K; see `sweep`)");

@@ -119,7 +119,7 @@ int main(int argc, char** argv) {
   ds4::cli::add_flags(app, co);
   app.add_option("--tokens", o.tokens, "token ids: 5,17,9 or @FILE");
   app.add_option("--dump-logits", o.dump_logits, "write float32 logits [n_tokens, vocab] here");
-  app.add_option("--batch", o.batch, "prefill chunk size (1 = token-by-token decode; default: the backend's, cpu 512, cuda 2048)");
+  app.add_option("--batch", o.batch, "prefill chunk size (1 = token-by-token decode; default: the backend's, cpu 512, cuda 2048-8192 by the GPU memory left after the weights)");
   try {
     ds4::cli::parse(app, argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -5,6 +5,7 @@
 #include "core/error.h"
 
 #ifdef DS4_HAVE_CUDA
+#include "backend/cuda/device.h"
 #include "backend/cuda/gpu_model.h"
 #include "backend/cuda/gpu_session.h"
 #endif
@@ -27,6 +28,13 @@ bool has_cuda_backend() {
 #endif
 }
 
+int64_t cuda_prefill_chunk(size_t free_bytes) {
+  constexpr size_t GiB = size_t{1} << 30;
+  if (free_bytes >= 32 * GiB) return 8192;
+  if (free_bytes >= 12 * GiB) return 4096;
+  return 2048;
+}
+
 namespace {
 
 class CpuEngine final : public Engine {
@@ -43,7 +51,13 @@ class CpuEngine final : public Engine {
 #ifdef DS4_HAVE_CUDA
 class CudaEngine final : public Engine {
  public:
-  explicit CudaEngine(const model::Model& m) : Engine(m), gpu_(cuda::GpuModel::upload(m)) {}
+  explicit CudaEngine(const model::Model& m) : Engine(m), gpu_(cuda::GpuModel::upload(m)) {
+    // The memory left once the weights are resident decides the prefill chunk.
+    size_t free_bytes = 0;
+    for (const auto& d : cuda::list_devices())
+      if (d.index == gpu_->device().index) free_bytes = d.free_bytes;
+    prefill_chunk_ = cuda_prefill_chunk(free_bytes);
+  }
   std::unique_ptr<model::EvalSession> new_session(const model::SessionOptions& o) const override {
     return std::make_unique<cuda::GpuSession>(*gpu_, o);
   }
@@ -52,10 +66,11 @@ class CudaEngine final : public Engine {
     return fmt::format("cuda: {}, {:.2f} GiB of weights", gpu_->device().name,
                        static_cast<double>(gpu_->weight_bytes()) / (1024.0 * 1024.0 * 1024.0));
   }
-  int64_t prefill_chunk() const override { return 2048; }
+  int64_t prefill_chunk() const override { return prefill_chunk_; }
 
  private:
   std::unique_ptr<cuda::GpuModel> gpu_;
+  int64_t prefill_chunk_ = 2048;
 };
 #endif
 

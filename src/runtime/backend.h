@@ -29,9 +29,9 @@ class Engine {
   // One line about the device (e.g. "NVIDIA H100 80GB HBM3, 8.1 GiB of weights").
   virtual std::string describe() const = 0;
   // Tokens per batched layer pass (SessionOptions::max_batch) that this backend prefills at
-  // its best speed: the CPU's chunk is bounded by cache reuse, the GPU's by its working arrays
-  // (a 2048-token chunk of the full q2 Flash runs ~2.4x faster per token on an H200 than the
-  // 512-token chunks the CPU default would give it; docs/cuda.md).
+  // its best speed: the CPU's chunk is bounded by cache reuse (512), the GPU's by the memory
+  // its working arrays may take (cuda_prefill_chunk: an 8K prompt of the full q2 Flash on an
+  // H200 prefills at 5,143 tok/s in one 8192-token chunk, 3,808 in 2048-token chunks).
   virtual int64_t prefill_chunk() const = 0;
   const model::Model& model() const { return *model_; }
 
@@ -39,6 +39,14 @@ class Engine {
   explicit Engine(const model::Model& m) : model_(&m) {}
   const model::Model* model_;
 };
+
+// The CUDA engine's prefill chunk for a GPU with `free_bytes` of memory left once the weights
+// are resident: 8192 tokens with >= 32 GiB free, 4096 with >= 12 GiB, else 2048. Larger chunks
+// let the prefill's tensor-core GEMMs (cuBLAS f16 for the Q8_0 products, the f16 routed
+// experts from 4096 tokens on) run at their best, but the chunk's working arrays grow with it
+// (~11.4 GiB of session memory at 8192 tokens against ~3.7 GiB at 2048 on the full Flash q2;
+// docs/cuda.md), and the session's own state grows with its context on top.
+int64_t cuda_prefill_chunk(size_t free_bytes);
 
 // Memory held by a session's state (host for cpu, GPU for cuda), for memory budgets.
 size_t session_bytes(const model::EvalSession& s);

@@ -13,6 +13,7 @@
 
 #ifdef DS4_HAVE_CUDA
 #include "backend/cuda/device.h"
+#include "runtime/backend.h"
 #include "backend/cuda/gpu_model.h"
 #include "backend/cuda/gpu_session.h"
 #include "bench/frontier.h"
@@ -101,7 +102,8 @@ int run_sweep(const cuda::GpuModel& g, const CudaBenchArgs& a, const std::string
 }  // namespace
 
 int run_cuda_bench(const CudaBenchArgs& a) {
-  if (a.batch < 2) throw Error(fmt::format("ds4-bench cuda: --batch must be at least 2, got {}", a.batch));
+  if (a.batch != 0 && a.batch < 2)
+    throw Error(fmt::format("ds4-bench cuda: --batch must be 0 (the engine's choice) or at least 2, got {}", a.batch));
   std::unique_ptr<model::Model> host;
   std::unique_ptr<cuda::GpuModel> g;
   std::string name;
@@ -124,13 +126,20 @@ int run_cuda_bench(const CudaBenchArgs& a) {
 
   if (!a.sweep.empty()) return run_sweep(*g, a, name);
 
+  int64_t batch = a.batch;
+  if (batch == 0) {
+    size_t free_bytes = 0;
+    for (const auto& d : cuda::list_devices())
+      if (d.index == g->device().index) free_bytes = d.free_bytes;
+    batch = cuda_prefill_chunk(free_bytes);
+  }
   std::mt19937 rng(1);
   std::uniform_int_distribution<int32_t> tok(2, static_cast<int32_t>(hp.n_vocab - 1));
   std::vector<int32_t> prompt(static_cast<size_t>(a.prompt)), gen(static_cast<size_t>(a.gen));
   for (auto& t : prompt) t = tok(rng);
   for (auto& t : gen) t = tok(rng);
   const model::SessionOptions so{.max_ctx = a.prompt + a.gen + 8, .numerics = model::numerics_from_name(a.numerics),
-                                 .retain = a.gen + 8, .max_batch = a.batch};
+                                 .retain = a.gen + 8, .max_batch = batch};
   std::vector<double> prefill, decode_sync, decode_piped;
   size_t state = 0;
   for (int r = 0; r < a.reps; ++r) {
@@ -157,7 +166,7 @@ int run_cuda_bench(const CudaBenchArgs& a) {
   fmt::print("median: prefill {:.1f} tok/s ({} tokens, batched chunks of <= {}), decode {:.1f} tok/s synchronized, "
              "{:.1f} tok/s back to back = {:.3f} ms/step, {:.1f} GB/s of weights ({:.2f} GB/token); session state "
              "{:.1f} MiB; graph {}\n",
-             median(prefill), a.prompt, a.batch, median(decode_sync), median(decode_piped), 1e3 / median(decode_piped),
+             median(prefill), a.prompt, batch, median(decode_sync), median(decode_piped), 1e3 / median(decode_piped),
              bytes * median(decode_piped) / 1e9, bytes / 1e9, static_cast<double>(state) / 1048576.0,
              a.graph ? "on" : "off");
 
@@ -207,7 +216,7 @@ int run_cuda_bench(const CudaBenchArgs& a) {
   // prompt tokens into a fresh session).
   if (a.prompt > 1) {
     cuda::GpuSession ps(*g, so, {.use_graph = false});
-    const auto chunk = std::span(prompt).first(static_cast<size_t>(std::min(a.prompt, a.batch)));
+    const auto chunk = std::span(prompt).first(static_cast<size_t>(std::min<int64_t>(a.prompt, batch)));
     ps.eval_device(chunk.first(2));  // allocates the batch arrays outside the timing
     ps.truncate(0);
     const auto pphases = ps.profile_prefill(chunk);

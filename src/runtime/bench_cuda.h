@@ -17,9 +17,10 @@ struct CudaBenchArgs {
   int reps = 3;
   std::string numerics = "official";
   bool graph = true;
-  // Tokens per batched prefill chunk (the session's max_batch) of the prefill/decode runs; a
-  // 2K prompt is one chunk at the default. The sweep keeps 512-token chunks.
-  int batch = 2048;
+  // Tokens per batched prefill chunk (the session's max_batch) of the prefill/decode runs;
+  // 0 = the CUDA engine's choice for the memory left after the weights (cuda_prefill_chunk).
+  // The sweep keeps 512-token chunks.
+  int batch = 0;
   // Frontier sweep (bench/frontier.h) on this model instead of the prefill/decode runs:
   // frontiers ("2K,8K,32K"), timed decode steps per frontier, optional CSV and SVG files.
   std::string sweep;

@@ -50,6 +50,18 @@ TEST(Runtime, CpuEngineSessionsMatchSession) {
   EXPECT_EQ(other.n_past(), static_cast<int64_t>(tokens.size()));
 }
 
+// The CUDA engine's prefill chunk follows the GPU memory left after the weights: one
+// 8192-token chunk only where its ~11.4 GiB of working arrays fit with room to spare.
+TEST(Runtime, CudaPrefillChunkFollowsFreeMemory) {
+  constexpr size_t GiB = size_t{1} << 30;
+  EXPECT_EQ(ds4::runtime::cuda_prefill_chunk(0), 2048);
+  EXPECT_EQ(ds4::runtime::cuda_prefill_chunk(12 * GiB - 1), 2048);
+  EXPECT_EQ(ds4::runtime::cuda_prefill_chunk(12 * GiB), 4096);
+  EXPECT_EQ(ds4::runtime::cuda_prefill_chunk(32 * GiB - 1), 4096);
+  EXPECT_EQ(ds4::runtime::cuda_prefill_chunk(32 * GiB), 8192);
+  EXPECT_EQ(ds4::runtime::cuda_prefill_chunk(58 * GiB), 8192);  // an H200 holding the q2 Flash
+}
+
 // --backend cuda: a clear sentence in a CPU-only build and on a machine without a GPU; a
 // working session where there is one.
 TEST(Runtime, CudaBackendAnswersInEveryBuild) {
