@@ -1092,9 +1092,11 @@ __global__ void idx_scores_v2_kernel(const float* q, const float* wts, float wsc
 // so the scores are the same bits. At long contexts the v2 loop is bound by shared-memory
 // loads (per i, a lane loads its kHeads query values and the row's key for kHeads FMAs); here
 // each query value loaded serves kRows rows: (kHeads + kRows) loads per kHeads * kRows FMAs.
-// Where a warp has fewer than kRows rows (n_vis < kRows * warps of the grid, e.g. 2048 rows at
-// 8K context for 2112 warps), a pass takes only as many rows as the warps need, so the rows are
-// spread over as many warps as in v2 (four rows per pass there cost 8K 31.7 vs 27.3 us).
+// Measured (H200, IndexerDecode.PrintsSelectTimesByContext): 32K / 64K / 128K 34.2 / 45.3 /
+// 66.8 us per select vs v2 49.7 / 74.1 / 121.9, but 8K 31.7 vs 27.3: with fewer rows than
+// kRows per warp, passes of kRows leave warps idle. Taking only the rows the warps need per
+// pass (a runtime row count) was slower everywhere (64K 57.1, 8K 31.9 us): the loops then no
+// longer unroll into registers. A v2 loop for short contexts inside this kernel is the next step.
 template <int kHeads, int kRows>
 __global__ void idx_scores_v3_kernel(const float* q, const float* wts, float wscale, int64_t NI, int64_t DI,
                                      const float* icomp, int64_t ratio, int64_t K, float* scores,
@@ -1112,28 +1114,24 @@ __global__ void idx_scores_v3_kernel(const float* q, const float* wts, float wsc
 #pragma unroll
   for (int c = 0; c < kHeads; ++c) wh[c] = wts[lane + 32 * c] * wscale;
   float next[kRows][kIdxMaxDi / 32];
-  int R = kRows;  // rows per pass, set below
-  auto load_rows = [&](int64_t w0) {  // rows w0 + r * n_warps, r < R
+  auto load_rows = [&](int64_t w0) {  // rows w0 + r * n_warps
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       const int64_t w = w0 + r * n_warps;
 #pragma unroll
       for (int j = 0; j < kIdxMaxDi / 32; ++j)
-        if (r < R && j < per_lane && w < n_vis) next[r][j] = icomp[w * DI + lane + 32 * j];
+        if (j < per_lane && w < n_vis) next[r][j] = icomp[w * DI + lane + 32 * j];
     }
   };
-  // Rows per pass: kRows, or fewer when the warps have fewer rows each (same rows per warp).
-  const int64_t rows_per_warp = (n_vis + n_warps - 1) / n_warps;
-  R = static_cast<int>(rows_per_warp < kRows ? rows_per_warp : kRows);
   load_rows(warp);
   __syncthreads();  // qs
-  const int64_t step = n_warps * R;
+  const int64_t step = n_warps * kRows;
   for (int64_t w0 = warp; w0 < n_vis; w0 += step) {
 #pragma unroll
     for (int r = 0; r < kRows; ++r)
 #pragma unroll
       for (int j = 0; j < kIdxMaxDi / 32; ++j)
-        if (r < R && j < per_lane) ks[r * DI + lane + 32 * j] = next[r][j];
+        if (j < per_lane) ks[r * DI + lane + 32 * j] = next[r][j];
     __syncwarp();
     load_rows(w0 + step);  // in flight while these rows are scored
     float d[kRows][kHeads];
@@ -1147,7 +1145,6 @@ __global__ void idx_scores_v3_kernel(const float* q, const float* wts, float wsc
       for (int c = 0; c < kHeads; ++c) qv[c] = qs[i * NI + lane + 32 * c];
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
-        if (r >= R) break;
         const float k = ks[r * DI + i];
 #pragma unroll
         for (int c = 0; c < kHeads; ++c) d[r][c] += qv[c] * k;
@@ -1155,7 +1152,6 @@ __global__ void idx_scores_v3_kernel(const float* q, const float* wts, float wsc
     }
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-      if (r >= R) break;  // R is the same in every lane: the shuffles below stay warp-wide
       double s = 0.0;
 #pragma unroll
       for (int c = 0; c < kHeads; ++c)
