@@ -27,6 +27,7 @@
 #include <cstdlib>
 #include <mutex>
 
+#include "backend/cuda/block_scales.cuh"
 #include "backend/cuda/check.h"
 #include "backend/cuda/device_attribute.h"
 #include "backend/cuda/kernel_tables.h"
@@ -100,10 +101,6 @@ __device__ __forceinline__ uint32_t ld1x4(const uint8_t* p) {
   return uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24);
 }
 
-// 2^(e-128) with the f32 denormals for e = 0, 1 (formats.md 2.8), as cpu::detail::mxfp4_scale.
-__device__ __forceinline__ float mxfp4_scale(uint32_t e) {
-  return __uint_as_float(e < 2 ? (0x00200000u << e) : (e - 1u) << 23);
-}
 
 // 8 nibbles of q looked up in the 16-entry int8 table t (low nibbles -> .x, high -> .y).
 __device__ __forceinline__ uint2 lookup16(uint32_t q, const uint32_t t[4]) {
@@ -119,15 +116,6 @@ __device__ __forceinline__ uint2 lookup16(uint32_t q, const uint32_t t[4]) {
   return make_uint2(__byte_perm(tmp[0], tmp[1], 0x6420), __byte_perm(tmp[0], tmp[1], 0x7531));
 }
 
-__device__ __forceinline__ void q4k_scale_min(int j, const uint8_t* s, int& sc, int& m) {
-  if (j < 4) {
-    sc = s[j] & 63;
-    m = s[j + 4] & 63;
-  } else {
-    sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
-    m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-  }
-}
 
 // ---------------------------------------------------------------------------------------
 // Weight decoders. decode(raw, j, w, fsc, isc): chunk j (32 elements) of the stage's raw

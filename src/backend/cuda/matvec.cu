@@ -22,6 +22,7 @@
 #include <numeric>
 #include <type_traits>
 
+#include "backend/cuda/block_scales.cuh"
 #include "backend/cuda/bulk_copy.cuh"
 #include "backend/cuda/check.h"
 #include "backend/cuda/device_attribute.h"
@@ -184,15 +185,6 @@ struct KQ2_K {  // unit = 64 elements: half h = u/2, sub-blocks 4*(u&1) .. +3 of
   }
 };
 
-__device__ __forceinline__ void q4k_scale_min(int j, const uint8_t* s, int& sc, int& m) {
-  if (j < 4) {
-    sc = s[j] & 63;
-    m = s[j + 4] & 63;
-  } else {
-    sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
-    m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-  }
-}
 
 struct KQ4_K {  // unit = 64-element pair p: low nibbles sub-block 2p, high nibbles 2p+1
   static constexpr int BB = 144, BE = 256, G = 1, CHUNK = 16, U = 4;
@@ -255,10 +247,6 @@ struct KIQ2_XXS {  // unit = 32-element group g with its own 4-bit scale
   }
 };
 
-// 2^(e-128) with the f32 denormals for e = 0, 1 (formats.md 2.8), as cpu::detail::mxfp4_scale.
-__device__ __forceinline__ float mxfp4_scale(uint32_t e) {
-  return __uint_as_float(e < 2 ? (0x00200000u << e) : (e - 1u) << 23);
-}
 
 // Looks up 8 nibbles of q (low nibble of each byte -> .x, high -> .y) in the 16-entry int8
 // table held in 4 registers: two __byte_perm select within each half of the table, a third

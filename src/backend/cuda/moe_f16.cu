@@ -12,6 +12,7 @@
 #include <mutex>
 #include <vector>
 
+#include "backend/cuda/block_scales.cuh"
 #include "backend/cuda/check.h"
 #include "backend/cuda/cublas.h"
 #include "backend/cuda/device_attribute.h"
@@ -68,19 +69,6 @@ void init_tables() {
 
 __device__ __forceinline__ float half_at(const uint8_t* p) {
   return __half2float(__ushort_as_half(uint16_t(p[0] | (p[1] << 8))));
-}
-// 2^(e-128) with the f32 denormals for e = 0, 1 (formats.md 2.8), as matmul.cu.
-__device__ __forceinline__ float mxfp4_scale(uint32_t e) {
-  return __uint_as_float(e < 2 ? (0x00200000u << e) : (e - 1u) << 23);
-}
-__device__ __forceinline__ void q4k_scale_min(int j, const uint8_t* s, int& sc, int& m) {
-  if (j < 4) {
-    sc = s[j] & 63;
-    m = s[j + 4] & 63;
-  } else {
-    sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
-    m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-  }
 }
 
 // Values 8 lane .. 8 lane + 7 of the 256-value span at `sp`, in f32 as the CPU's dequantizers
