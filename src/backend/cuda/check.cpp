@@ -17,6 +17,8 @@ void throw_cuda_error(int code, const char* expr, const char* file, int line) {
        file, line);
 }
 
+void throw_error(const char* message) { fail("{}", message); }
+
 int device_attribute(cudaDeviceAttr attr) {
   static std::mutex mu;
   static std::map<std::pair<int, int>, int> cache;  // (device, attribute) -> value

@@ -4,6 +4,8 @@
 
 namespace ds4::cuda {
 [[noreturn]] void throw_cuda_error(int code, const char* expr, const char* file, int line);
+// Throws ds4::Error with `message` (for .cu files' argument checks, which cannot use fmt).
+[[noreturn]] void throw_error(const char* message);
 }
 
 #define DS4_CUDA_CHECK(expr)                                                   \

@@ -8,7 +8,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <map>
-#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -33,7 +32,7 @@ constexpr bool kCublasGemmByDefault = true;
 // The token count at which the algorithm of a shape is chosen (then used for every T).
 constexpr int64_t kPlanTokens = 4096;
 
-[[noreturn]] void fail_arg(const std::string& what) { throw std::invalid_argument("cuda f16 gemm: " + what); }
+[[noreturn]] void fail_arg(const std::string& what) { throw_error(("cuda f16 gemm: " + what).c_str()); }
 
 cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 
