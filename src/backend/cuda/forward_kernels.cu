@@ -1309,6 +1309,183 @@ __global__ void __launch_bounds__(kThreads) attention_part_kernel(AttnShape s, f
   }
 }
 
+// attention_part_kernel's work with register tiles (D <= 4 * 128, D % 4 == 0; the same grid,
+// shared rows and outputs). In the kernel above each lane reads a whole 2 KB row from shared
+// memory per head for its score, and each thread one row value per FMA chunk for p * V, so the
+// shared-memory pipe bounds it (~10k wavefronts per block at Flash's shape; 13 us per launch
+// measured on an H200, 2.4% of the SM's compute). Here warp w loads rows w, w + 8, w + 16,
+// w + 24 of the chunk from L2 straight into registers (lane l: float4 l, l + 32, ... of each;
+// the same values are stored to shared memory for p * V) and multiplies them with every head's
+// query from shared memory: 4 rows x 8 heads of partial dots per lane, then one butterfly
+// reduce-scatter leaves the (head l / 4, row w + 8 (l % 4)) score on lane l. p * V: a thread
+// keeps 4 heads x 4 dims (one float4 of V per row serves 16 FMAs). The score's float order
+// differs from the kernel above (lane partials over d = 4 l + 128 j.., then the tree), p * V's
+// is the same (rows in order per output).
+// One round of a warp's reduce-scatter of 2M values per lane (M = the lane-bit offset): the
+// lane keeps the half whose index bit matches its lane bit, summed with its partner's.
+template <int M>
+__device__ __forceinline__ void reduce_scatter_step(float (&v)[32], int lane) {
+  const bool upper = (lane & M) != 0;
+#pragma unroll
+  for (int e = 0; e < M; ++e) {
+    const float send = upper ? v[e] : v[e + M];
+    const float keep = upper ? v[e + M] : v[e];
+    v[e] = keep + __shfl_xor_sync(kFull, send, M);
+  }
+}
+constexpr int kPartRowsPerWarp = kAttnChunk / kAttnHeads;  // 4: rows w + 8 i
+constexpr int kPartMaxVecPerLane = 4;                       // D <= 512
+__host__ __device__ inline size_t attn_part_v2_smem(int64_t D) {
+  return static_cast<size_t>(kAttnChunk * (D / 4) + kAttnHeads * (D / 4)) * 16 +
+         static_cast<size_t>(kAttnHeads * kAttnChunk) * 2 * sizeof(float);
+}
+template <bool kBatched>
+__global__ void __launch_bounds__(kThreads) attention_part_v2_kernel(AttnShape s, float scale, const float* q,
+                                                                     const float* ring, const float* comp,
+                                                                     const int32_t* sel, const int32_t* n_sel,
+                                                                     int64_t sel_stride, float* part,
+                                                                     const StepCtl* ctl) {
+  static_assert(kPartRowsPerWarp * kAttnHeads == 32, "one score per lane after the reduce-scatter");
+  pdl_enter();
+  const int64_t t = blockIdx.z;
+  q += t * s.NH * s.D;
+  if (sel) sel += t * sel_stride;
+  n_sel += t;
+  ctl += t;
+  part += t * s.NH * static_cast<int64_t>(gridDim.x) * (s.D + 2);
+  extern __shared__ float4 sm4[];
+  const int D4 = static_cast<int>(s.D / 4);
+  float4* rows = sm4;                                          // [kAttnChunk][D4]
+  float4* qs = rows + kAttnChunk * D4;                         // [kAttnHeads][D4]
+  float* sc_sh = reinterpret_cast<float*>(qs + kAttnHeads * D4);  // [kAttnHeads][kAttnChunk]
+  float* p = sc_sh + kAttnHeads * kAttnChunk;                  // [kAttnChunk][kAttnHeads]
+  const int64_t c = blockIdx.x, h0 = static_cast<int64_t>(blockIdx.y) * kAttnHeads;
+  const int nh = s.NH - h0 < kAttnHeads ? static_cast<int>(s.NH - h0) : kAttnHeads;
+  int64_t n_raw = 0, start = 0;
+  const int64_t n = attn_rows(s, sel, n_sel, ctl->pos, &n_raw, &start);
+  const int64_t r0 = c * kAttnChunk;
+  if (r0 >= n) return;
+  const int nr = n - r0 < kAttnChunk ? static_cast<int>(n - r0) : kAttnChunk;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+
+  // The warp's rows from L2 into registers (all loads issued before any use).
+  float4 R[kPartRowsPerWarp][kPartMaxVecPerLane];
+#pragma unroll
+  for (int i = 0; i < kPartRowsPerWarp; ++i) {
+    const int r = warp + kAttnHeads * i;
+    const float4* src = nullptr;
+    if (r < nr) {
+      const int64_t rr = r0 + r;
+      src = reinterpret_cast<const float4*>(rr < n_raw ? ring + ((start + rr) % s.ring_cap) * s.D
+                                                       : comp + static_cast<int64_t>(sel ? sel[rr - n_raw] : rr - n_raw) * s.D);
+    }
+#pragma unroll
+    for (int j = 0; j < kPartMaxVecPerLane; ++j) {
+      const int k = lane + 32 * j;
+      R[i][j] = src && k < D4 ? src[k] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+  }
+  const float4* q4 = reinterpret_cast<const float4*>(q + h0 * s.D);
+  if constexpr (kBatched)
+    stage_batched(nh * D4, [&](int64_t i) { return q4[i]; }, [&](int64_t i, float4 v) { qs[i] = v; });
+  else
+    for (int64_t i = threadIdx.x; i < nh * D4; i += blockDim.x) qs[i] = q4[i];
+#pragma unroll
+  for (int i = 0; i < kPartRowsPerWarp; ++i) {
+    const int r = warp + kAttnHeads * i;
+#pragma unroll
+    for (int j = 0; j < kPartMaxVecPerLane; ++j) {
+      const int k = lane + 32 * j;
+      if (r < nr && k < D4) rows[r * D4 + k] = R[i][j];
+    }
+  }
+  __syncthreads();
+
+  // Partial dots: v[h * 4 + i] = q_h . row_i over this lane's dims.
+  float v[32];
+#pragma unroll
+  for (int e = 0; e < 32; ++e) v[e] = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kPartMaxVecPerLane; ++j) {
+    const int k = lane + 32 * j;
+    if (k < D4) {
+#pragma unroll
+      for (int h = 0; h < kAttnHeads; ++h) {
+        if (h < nh) {
+          const float4 a = qs[h * D4 + k];
+#pragma unroll
+          for (int i = 0; i < kPartRowsPerWarp; ++i) {
+            float& acc = v[h * kPartRowsPerWarp + i];
+            acc += a.x * R[i][j].x;
+            acc += a.y * R[i][j].y;
+            acc += a.z * R[i][j].z;
+            acc += a.w * R[i][j].w;
+          }
+        }
+      }
+    }
+  }
+  // Reduce-scatter over the warp: after the round of offset o, a lane keeps the half of its
+  // values whose index bit (log2 o) equals its lane bit, so v[0] ends as the sum of index lane.
+  reduce_scatter_step<16>(v, lane);
+  reduce_scatter_step<8>(v, lane);
+  reduce_scatter_step<4>(v, lane);
+  reduce_scatter_step<2>(v, lane);
+  reduce_scatter_step<1>(v, lane);
+  {
+    const int h = lane / kPartRowsPerWarp, r = warp + kAttnHeads * (lane % kPartRowsPerWarp);
+    sc_sh[h * kAttnChunk + r] = v[0] * scale;
+  }
+  __syncthreads();
+  if (warp < nh) {
+    const float sc = lane < nr ? sc_sh[warp * kAttnChunk + lane] : -INFINITY;
+    float mx = sc;
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, o));
+    const float pv = lane < nr ? expf(sc - mx) : 0.0f;
+    p[lane * kAttnHeads + warp] = pv;
+    const float l = warp_sum_f(pv);
+    float* out = part + ((h0 + warp) * gridDim.x + c) * (s.D + 2);
+    if (lane == 0) {
+      out[s.D] = mx;
+      out[s.D + 1] = l;
+    }
+  } else {
+    p[lane * kAttnHeads + warp] = 0.0f;
+  }
+  __syncthreads();
+  // p * V: item = (group of 4 heads, float4 k of the row), rows in order.
+  const int ng = (nh + 3) / 4;
+  for (int it = threadIdx.x; it < ng * D4; it += blockDim.x) {
+    const int g = it / D4, k = it - g * D4;
+    float4 acc[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[e] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int r = 0; r < nr; ++r) {
+      const float4 w = reinterpret_cast<const float4*>(p + r * kAttnHeads)[g];
+      const float4 x = rows[r * D4 + k];
+      const float ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        acc[e].x += ws[e] * x.x;
+        acc[e].y += ws[e] * x.y;
+        acc[e].z += ws[e] * x.z;
+        acc[e].w += ws[e] * x.w;
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int h = 4 * g + e;
+      if (h < nh) {
+        float* out = part + ((h0 + h) * gridDim.x + c) * (s.D + 2) + 4 * k;
+        out[0] = acc[e].x;
+        out[1] = acc[e].y;
+        out[2] = acc[e].z;
+        out[3] = acc[e].w;
+      }
+    }
+  }
+}
+
 // Merge of a head's chunks in chunk order with the sink (in double), then the de-rotation.
 // kBatched: the chunk maxima and sums are loaded by the lanes of warp 0 at once (the max is
 // exact in any order, the exponentials are independent; only the denominator's sum stays in
@@ -1882,6 +2059,11 @@ size_t attention_scratch_floats(const AttnShape& s) {
 }
 
 namespace {
+// The decode/batched attention's first launch with register tiles (attention_part_v2_kernel);
+// DS4_CUDA_NO_ATTN_PART_V2=1 runs attention_part_kernel (read per call: a captured graph keeps
+// the kernel of its capture).
+bool attention_part_v2() { return std::getenv("DS4_CUDA_NO_ATTN_PART_V2") == nullptr; }
+
 template <bool kBatched>
 void attention_launches(const AttnShape& s, const float* q, const float* ring, const float* comp, const int32_t* sel,
                         const int32_t* n_sel, const float* sinks, const float* omega, float* scratch, float* o,
@@ -1899,9 +2081,21 @@ void attention_launches(const AttnShape& s, const float* q, const float* ring, c
   }();
   DS4_FWD_REQUIRE(smem <= static_cast<size_t>(max_smem));
   const unsigned groups = static_cast<unsigned>((s.NH + kAttnHeads - 1) / kAttnHeads);
-  launch(attention_part_kernel<kBatched>,
-         dim3(static_cast<unsigned>(nchunks), groups, static_cast<unsigned>(tokens)), kThreads, smem, stream, s,
-         scale, q, ring, comp, sel, n_sel, sel_stride, scratch, ctl);
+  const dim3 grid(static_cast<unsigned>(nchunks), groups, static_cast<unsigned>(tokens));
+  if (attention_part_v2() && s.D <= 4 * 32 * kPartMaxVecPerLane) {
+    static const bool v2_optin = [] {
+      DS4_CUDA_CHECK(cudaFuncSetAttribute(attention_part_v2_kernel<kBatched>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin)));
+      return true;
+    }();
+    (void)v2_optin;
+    launch(attention_part_v2_kernel<kBatched>, grid, kThreads, attn_part_v2_smem(s.D), stream, s, scale, q, ring,
+           comp, sel, n_sel, sel_stride, scratch, ctl);
+  } else {
+    launch(attention_part_kernel<kBatched>, grid, kThreads, smem, stream, s, scale, q, ring, comp, sel, n_sel,
+           sel_stride, scratch, ctl);
+  }
   const size_t msmem = static_cast<size_t>(nchunks) * (sizeof(double) + sizeof(float)) +
                        static_cast<size_t>(s.D) * sizeof(float);
   launch(attention_merge_kernel<kBatched>, token_grid(s.NH, tokens), kBatched ? kMergeThreads : kThreads, msmem,
