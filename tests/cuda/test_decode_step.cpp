@@ -255,7 +255,8 @@ std::vector<float> decode_logits(const ds4::cuda::GpuModel& gm, const std::vecto
 // Decode steps through a graph and with plain launches, the compressor layers' windows
 // completing: x's Q8_0 blocks from the HC pre and o's from the attention merge (default), also
 // with the opt-in deferred comb Sinkhorn in each of its places (DS4_CUDA_COMB_BRANCH_MODE 1-4),
-// give the logits of DS4_CUDA_NO_HC_X_Q8=1 DS4_CUDA_NO_ATTN_O_Q8=1 bit for bit. q8 recipe: wq_a / wkv / wo_a are
+// give the logits of DS4_CUDA_NO_HC_X_Q8=1 DS4_CUDA_NO_ATTN_O_Q8=1 DS4_CUDA_NO_COMB_IN_LAUNCH=1
+// bit for bit. q8 recipe: wq_a / wkv / wo_a are
 // Q8_0, so the kernels write their activations; bf16: only the comb is deferred.
 TEST(CudaSession, DeferredCombAndHcActivationEqualOldPath) {
   DS4_CUDA_REQUIRE_GPU();
@@ -271,13 +272,15 @@ TEST(CudaSession, DeferredCombAndHcActivationEqualOldPath) {
     for (bool graph : {true, false}) {
       std::vector<float> old_path;
       {
-        const ds4::cuda::test_util::ScopedSwitchOff b("DS4_CUDA_NO_HC_X_Q8"), c("DS4_CUDA_NO_ATTN_O_Q8");
+        const ds4::cuda::test_util::ScopedSwitchOff b("DS4_CUDA_NO_HC_X_Q8"), c("DS4_CUDA_NO_ATTN_O_Q8"),
+            d("DS4_CUDA_NO_COMB_IN_LAUNCH");
         old_path = decode_logits(gm, tokens, 30, graph);
       }
       bool finite = true;
       for (float v : old_path) finite = finite && std::isfinite(v);
       EXPECT_TRUE(finite) << recipe;
-      // "" = the default (no deferred Sinkhorn); 1-4: where it runs (gpu_session.cpp comb_mode).
+      // "" = the default (the Sinkhorn as an extra block of the q/kv finish and of the fused
+      // router); 1-4: the opt-in places (gpu_session.cpp comb_mode).
       for (const char* mode : {"", "1", "2", "3", "4"}) {
         const ds4::cuda::test_util::ScopedEnv m("DS4_CUDA_COMB_BRANCH_MODE", mode);
         const auto fresh = decode_logits(gm, tokens, 30, graph);

@@ -365,13 +365,23 @@ __device__ void hc_post_comb_warp(const HcShape& s, const float* mix, float r, c
 // place, by one warp: hc_post_comb_warp's second half (the input went through memory as a
 // float, unchanged), so the same bits as an HC pre that ran it itself.
 template <int kNc>
-__global__ void hc_comb_sinkhorn_kernel(HcShape s, float* comb) {
-  pdl_enter();
+__device__ void comb_sinkhorn_warp(const HcShape& s, float* comb) {
   const int n = s.nc * s.nc, lane = threadIdx.x & 31;
   float c[2];
   for (int t = 0; t < 2; ++t) c[t] = lane + 32 * t < n ? comb[lane + 32 * t] : 0.0f;
   sinkhorn_warp<kNc>(c, s.nc, s.iters, s.hc_eps);
   store_comb_warp(s.nc, c, comb);
+}
+template <int kNc>
+__global__ void hc_comb_sinkhorn_kernel(HcShape s, float* comb) {
+  pdl_enter();
+  comb_sinkhorn_warp<kNc>(s, comb);
+}
+// A CombJob's Sinkhorn by warp 0 of the calling block (after its pdl_enter).
+__device__ void comb_job_warp(const CombJob& j) {
+  if (threadIdx.x >= 32) return;
+  if (j.s.nc == 4) comb_sinkhorn_warp<4>(j.s, j.comb);
+  else comb_sinkhorn_warp<0>(j.s, j.comb);
 }
 
 
@@ -866,8 +876,10 @@ __global__ void hc_head_kernel(HcShape s, const float* mix_raw, const float* H, 
 
 // Block x finishes row x of the concatenated jobs (job 0's rows first); a batch's token
 // blockIdx.y has each job's rows at (blockIdx.y * rows + r) * stride.
-__global__ void rows_finish_kernel(RowsJobs jobs, const float* omega, const StepCtl* ctl, bool batched) {
+__global__ void rows_finish_kernel(RowsJobs jobs, const float* omega, const StepCtl* ctl, bool batched,
+                                   CombJob comb) {
   pdl_enter();
+  if (comb.comb && blockIdx.x == gridDim.x - 1) return comb_job_warp(comb);  // the extra block
   extern __shared__ float row[];
   int64_t r = blockIdx.x;
   int i = 0;
@@ -1725,8 +1737,14 @@ constexpr int kRouterEarly = 4;
 template <bool kBf16>
 __global__ void __launch_bounds__(kThreads) fused_router_kernel(const uint4* w, int64_t ngroups, const float* x,
                                                                 int split, float* logits, uint32_t* arrivals,
-                                                                RouteArgs a, const StepCtl* ctl) {
+                                                                RouteArgs a, const StepCtl* ctl, CombJob comb) {
   constexpr int kWarpsPerBlock = kThreads / 32;
+  // With a CombJob the last block only runs its Sinkhorn (the others do not count it).
+  const unsigned product_blocks = gridDim.x - (comb.comb ? 1u : 0u);
+  if (comb.comb && blockIdx.x == product_blocks) {
+    pdl_enter();
+    return comb_job_warp(comb);
+  }
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t gw = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp, r = gw / split;
   const int64_t part = gw % split, bb = part * ngroups / split, be = (part + 1) * ngroups / split;
@@ -1761,7 +1779,7 @@ __global__ void __launch_bounds__(kThreads) fused_router_kernel(const uint4* w, 
     for (int i = 0; i < split; ++i) sum += parts[threadIdx.x * split + i];
     logits[out] = split == 1 ? parts[threadIdx.x] : sum;
   }
-  if (!last_block_to_arrive(arrivals, gridDim.x)) return;
+  if (!last_block_to_arrive(arrivals, product_blocks)) return;
   extern __shared__ float sh[];
   route_block<true>(logits, a.NE, a.K, a.bias, a.tid2eid, a.norm, a.scale, ctl, a.ids, a.weights, sh);
 }
@@ -1969,8 +1987,9 @@ void hc_head(const HcShape& s, const float* mix_raw, const float* H, const float
 }
 
 void rows_finish_jobs(const RowsJob* jobs, int n_jobs, const float* omega, const StepCtl* ctl, void* stream,
-                      int64_t tokens) {
+                      int64_t tokens, const CombJob* comb) {
   DS4_FWD_REQUIRE(n_jobs >= 1 && n_jobs <= kMaxRowsJobs);
+  DS4_FWD_REQUIRE(!comb || (tokens == 1 && comb->s.nc <= kMaxHc));
   RowsJobs js;
   int64_t rows = 0, d = 0;
   for (int i = 0; i < n_jobs; ++i) {
@@ -1980,8 +1999,8 @@ void rows_finish_jobs(const RowsJob* jobs, int n_jobs, const float* omega, const
     rows += jobs[i].rows;
     d = std::max(d, jobs[i].f.d);
   }
-  launch(rows_finish_kernel, token_grid(rows, tokens), kThreads, static_cast<size_t>(d) * sizeof(float), stream, js,
-         omega, ctl, batched_loads());
+  launch(rows_finish_kernel, token_grid(rows + (comb ? 1 : 0), tokens), kThreads, static_cast<size_t>(d) * sizeof(float),
+         stream, js, omega, ctl, batched_loads(), comb ? *comb : CombJob{});
 }
 
 void rows_finish(const RowFinish& f, const float* omega, const float* in, float* out, int64_t rows,
@@ -2131,13 +2150,15 @@ bool fused_router_fits(GgmlType type, const void* w, int64_t NE, int64_t ncols, 
 }
 
 void fused_router(GgmlType type, const void* w, int64_t ncols, const float* x, float* logits, uint32_t* arrivals,
-                  const RouteArgs& a, const StepCtl* ctl, void* stream) {
+                  const RouteArgs& a, const StepCtl* ctl, void* stream, const CombJob* comb) {
   DS4_FWD_REQUIRE(fused_router_fits(type, w, a.NE, ncols, a.K));
+  DS4_FWD_REQUIRE(!comb || comb->s.nc <= kMaxHc);
   const int64_t ngroups = ncols / 8;  // 16-byte groups of 8 weights per row
   const int split = detail::product_row_split(a.NE, ngroups);
   const auto kernel = type == GgmlType::BF16 ? fused_router_kernel<true> : fused_router_kernel<false>;
-  launch(kernel, static_cast<unsigned>((a.NE * split + kThreads / 32 - 1) / (kThreads / 32)), kThreads,
-         2 * a.NE * sizeof(float), stream, static_cast<const uint4*>(w), ngroups, x, split, logits, arrivals, a, ctl);
+  const int64_t blocks = (a.NE * split + kThreads / 32 - 1) / (kThreads / 32) + (comb ? 1 : 0);
+  launch(kernel, static_cast<unsigned>(blocks), kThreads, 2 * a.NE * sizeof(float), stream,
+         static_cast<const uint4*>(w), ngroups, x, split, logits, arrivals, a, ctl, comb ? *comb : CombJob{});
 }
 
 void moe_float(GgmlType type, const void* gate, const void* up, const void* down, int64_t E, int64_t F,

@@ -84,6 +84,12 @@ bool hc_pre_fused(const HcShape& s, GgmlType fn_type, const void* fn, const floa
 // The Sinkhorn of a deferred comb (HcPreExtras::defer_sinkhorn), in place, one warp: the same
 // operations as the HC pre's own, so the same bits.
 void hc_comb_sinkhorn(const HcShape& s, float* comb, void* stream);
+// hc_comb_sinkhorn's work carried by another launch as one extra block (rows_finish_jobs,
+// fused_router): a deferred Sinkhorn without a launch or a graph edge of its own.
+struct CombJob {
+  HcShape s;
+  float* comb = nullptr;
+};
 // The inputs of an hc_post (3.3) whose output the next HC pre or the head reads:
 // H = post[k] * f + sum_j comb[j][k] * H_in[j].
 struct HcPostIn {
@@ -152,8 +158,9 @@ struct RowsJob {
   void* act = nullptr;
 };
 inline constexpr int kMaxRowsJobs = 2;
+// comb (one token only): that Sinkhorn as one more block of the launch.
 void rows_finish_jobs(const RowsJob* jobs, int n_jobs, const float* omega, const StepCtl* ctl,
-                      void* stream, int64_t tokens = 1);
+                      void* stream, int64_t tokens = 1, const CombJob* comb = nullptr);
 
 // Compressor state for the step's token: ring_kv[pos % cap] = kv, ring_sc[pos % cap] = sc +
 // ape[pos % ratio] (width floats each, compressor_project).
@@ -251,8 +258,9 @@ struct RouteArgs {
   float* weights = nullptr;
 };
 bool fused_router_fits(GgmlType type, const void* w, int64_t NE, int64_t ncols, int64_t K);
+// comb: that Sinkhorn as one more block of the launch (CombJob).
 void fused_router(GgmlType type, const void* w, int64_t ncols, const float* x, float* logits, uint32_t* arrivals,
-                  const RouteArgs& a, const StepCtl* ctl, void* stream);
+                  const RouteArgs& a, const StepCtl* ctl, void* stream, const CombJob* comb = nullptr);
 
 // Experts of float type (F32, F16, BF16), which moe_experts does not take: the same
 // computation with plain dot products. gate/up [n_expert][F][E], down [n_expert][E][F].

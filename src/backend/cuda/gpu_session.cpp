@@ -347,6 +347,13 @@ int comb_mode() {
   const int v = m ? std::atoi(m) : 0;
   return v >= 0 && v <= 4 ? v : 0;
 }
+// The comb Sinkhorn of every HC pre deferred into the next launch on the main stream that
+// can carry it as one extra block (fwd::CombJob): the attention's into the q/kv finish
+// (rows_finish_jobs), the FFN's into the fused router. It then neither holds up the HC pre's
+// end (its one-warp Sinkhorn was the launch's longest path) nor adds a launch or a graph edge,
+// which is what made the other placements (comb_mode 1-4) no faster. Same bits.
+// DS4_CUDA_NO_COMB_IN_LAUNCH=1: each HC pre runs its Sinkhorn itself (read per call).
+bool comb_in_launches() { return std::getenv("DS4_CUDA_NO_COMB_IN_LAUNCH") == nullptr; }
 // The attention's HC pre also writes x as the Q8_0 activation of wq_a / wkv (instead of a
 // quantize launch on the critical path). DS4_CUDA_NO_HC_X_Q8=1: the quantize launch. Same bits.
 // With the next one, H200 full Flash q2 2K: 7.721 vs 8.128 ms/step (medians of 2, one call).
@@ -423,18 +430,26 @@ void GpuSession::layer(const DLayer& L, LayerBufs& S, bool post_pending, void* s
   // comb's Sinkhorn beside the sublayer (comb_mode); never on one stream (nothing to gain).
   const int mode = comb_stream(s) != s ? comb_mode() : 0;
   const bool branch_layer = L.ratio > 0 && branch_stream(s) != s;
-  const bool defer_attn = mode == 1 || (mode >= 2 && branch_layer), defer_ffn = mode == 1 || mode == 3;
+  const bool in_launch = mode == 0 && comb_in_launches();
+  const bool defer_attn = mode == 1 || (mode >= 2 && branch_layer) || in_launch;
+  const bool defer_ffn = mode == 1 || mode == 3 || (in_launch && router_fused(L));
   const HcPreDone attn = hc_pre_norm(L.hc_attn, post_pending ? b.H2 : nullptr, b.H, L.attn_norm, s,
                                      q8_from_hc ? static_cast<void*>(b.act) : nullptr, defer_attn);
   comb_at_ = CombAt::None;
   if (attn.deferred) {
     if (mode == 1) fork_comb(s);
+    else if (in_launch) comb_at_ = CombAt::RowsFinish;
     else comb_at_ = mode == 4 ? CombAt::BranchEnd : CombAt::Attention;
   }
   attention_sublayer(L, S, attn.x_act, s);
   // FFN half (3.5), after the attention hc_post (H -> H2), which its HC pre runs.
-  if (hc_pre_norm(L.hc_ffn, b.H, b.H2, L.ffn_norm, s, nullptr, defer_ffn).deferred) fork_comb(s);
+  comb_at_ = CombAt::None;
+  if (hc_pre_norm(L.hc_ffn, b.H, b.H2, L.ffn_norm, s, nullptr, defer_ffn).deferred) {
+    if (in_launch) comb_at_ = CombAt::Router;
+    else fork_comb(s);
+  }
   moe(L, s);
+  comb_at_ = CombAt::None;
   // The FFN hc_post (H2 -> H) is left pending: the next layer's HC pre or the head runs it.
 }
 
@@ -533,7 +548,8 @@ void GpuSession::attention_sublayer(const DLayer& L, LayerBufs& S, bool x_act, v
   const bool qr_q8 = takes_q8_0_act(L.q_b.type);
   const fwd::RowsJob qr_kv[] = {{q_a_norm_finish(hp, L), b.qa, b.qr, 1, hp.q_lora, 0, qr_q8 ? b.act : nullptr},
                                 {kv_finish(hp, L, official), b.kv, S.raw, 1, D, cap_, nullptr}};
-  fwd::rows_finish_jobs(qr_kv, 2, L.omega, b.ctl, s);
+  const fwd::CombJob comb_job{hc_shape(hp), b.comb};
+  fwd::rows_finish_jobs(qr_kv, 2, L.omega, b.ctl, s, 1, comb_at_ == CombAt::RowsFinish ? &comb_job : nullptr);
   if (fork && L.has_indexer) qr_ready_.record(s);  // the indexer's query reads qr
   if (qr_q8)
     matvec_q(L.q_b.type, L.q_b.d, L.q_b.rows, L.q_b.cols, b.act, b.q, s);
@@ -575,6 +591,13 @@ void GpuSession::attention_sublayer(const DLayer& L, LayerBufs& S, bool x_act, v
   mark("attention output", static_cast<double>(L.out_a.bytes() + L.out_b.bytes()), s);
 }
 
+bool GpuSession::router_fused(const DLayer& L) const {
+  const HParams& hp = model_->hparams();
+  return fused_router() && L.router.rows == hp.n_expert &&
+         L.router.row_bytes == static_cast<size_t>(L.router.cols) * 2 &&
+         fwd::fused_router_fits(L.router.type, L.router.d, hp.n_expert, L.router.cols, hp.n_expert_used);
+}
+
 void GpuSession::moe(const DLayer& L, void* s) {
   const HParams& hp = model_->hparams();
   Scratch& b = *sc_;
@@ -590,9 +613,10 @@ void GpuSession::moe(const DLayer& L, void* s) {
   ra.scale = hp.expert_weights_scale;
   ra.ids = b.ids;
   ra.weights = b.rw;
-  if (fused_router() && L.router.rows == ra.NE && L.router.row_bytes == static_cast<size_t>(L.router.cols) * 2 &&
-      fwd::fused_router_fits(L.router.type, L.router.d, ra.NE, L.router.cols, K)) {
-    fwd::fused_router(L.router.type, L.router.d, L.router.cols, b.x, b.rlog, b.router_arrivals, ra, b.ctl, s);
+  if (router_fused(L)) {
+    const fwd::CombJob comb_job{hc_shape(hp), b.comb};
+    fwd::fused_router(L.router.type, L.router.d, L.router.cols, b.x, b.rlog, b.router_arrivals, ra, b.ctl, s,
+                      comb_at_ == CombAt::Router ? &comb_job : nullptr);
   } else {
     mv(L.router, b.x, b.rlog, s);
     fwd::route(b.rlog, ra.NE, K, ra.bias, ra.tid2eid, ra.norm, ra.scale, b.ctl, b.ids, b.rw, s);

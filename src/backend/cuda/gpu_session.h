@@ -143,6 +143,7 @@ class GpuSession : public model::EvalSession {
     bool x_act = false;     // x's Q8_0 blocks written
     bool deferred = false;  // comb awaits its Sinkhorn
   };
+  bool router_fused(const DLayer& L) const;  // moe() routes with fwd::fused_router
   HcPreDone hc_pre_norm(const DHc& hc, const float* post_from, float* H, const float* norm, void* s,
                         void* x_q8 = nullptr, bool defer_sinkhorn = false);
   // The stream of the deferred comb Sinkhorn: a third stream, or `s` while profiling or with
@@ -210,7 +211,10 @@ class GpuSession : public model::EvalSession {
   Event comb_fork_, comb_done_;
   bool comb_pending_ = false;
   // Where the current layer's attention HC pre left its comb Sinkhorn (comb_mode 2-4).
-  enum class CombAt { None, Attention, BranchEnd };
+  // Where a deferred comb Sinkhorn runs: Attention / BranchEnd (the opt-in modes 2-4 above);
+  // RowsFinish / Router: one extra block of the q/kv finish launch or of the fused router
+  // (the default, comb_in_launches in gpu_session.cpp).
+  enum class CombAt { None, Attention, BranchEnd, RowsFinish, Router };
   CombAt comb_at_ = CombAt::None;
   std::vector<std::unique_ptr<LayerBufs>> layers_;
   std::unique_ptr<Scratch> sc_;
