@@ -256,7 +256,7 @@ std::vector<float> decode_logits(const ds4::cuda::GpuModel& gm, const std::vecto
 // completing: x's Q8_0 blocks from the HC pre and o's from the attention merge (default), also
 // with the opt-in deferred comb Sinkhorn in each of its places (DS4_CUDA_COMB_BRANCH_MODE 1-4),
 // give the logits of DS4_CUDA_NO_HC_X_Q8=1 DS4_CUDA_NO_ATTN_O_Q8=1 DS4_CUDA_NO_COMB_IN_LAUNCH=1
-// bit for bit. q8 recipe: wq_a / wkv / wo_a are
+// DS4_CUDA_NO_ATTN_EARLY_ROWS=1 bit for bit. q8 recipe: wq_a / wkv / wo_a are
 // Q8_0, so the kernels write their activations; bf16: only the comb is deferred.
 TEST(CudaSession, DeferredCombAndHcActivationEqualOldPath) {
   DS4_CUDA_REQUIRE_GPU();
@@ -273,7 +273,7 @@ TEST(CudaSession, DeferredCombAndHcActivationEqualOldPath) {
       std::vector<float> old_path;
       {
         const ds4::cuda::test_util::ScopedSwitchOff b("DS4_CUDA_NO_HC_X_Q8"), c("DS4_CUDA_NO_ATTN_O_Q8"),
-            d("DS4_CUDA_NO_COMB_IN_LAUNCH");
+            d("DS4_CUDA_NO_COMB_IN_LAUNCH"), e("DS4_CUDA_NO_ATTN_EARLY_ROWS");
         old_path = decode_logits(gm, tokens, 30, graph);
       }
       bool finite = true;

@@ -983,7 +983,7 @@ struct CompJobs {
 
 __global__ void comp_store_emit_kernel(CompJobs jobs, const float* omega, int64_t cap, int64_t ratio,
                                        const StepCtl* ctl, bool batched) {
-  pdl_enter();
+  pdl_wait();  // the decode attention reads the emitted rows before its own wait
   extern __shared__ float row[];
   const CompJob& j = jobs.job[blockIdx.x];
   const int64_t pos = ctl->pos;
@@ -991,6 +991,7 @@ __global__ void comp_store_emit_kernel(CompJobs jobs, const float* omega, int64_
                     batched);
   __syncthreads();  // the pooling below reads the ring row this block just wrote
   emit_window(j.f, omega, j.ring_kv, j.ring_sc, cap, ratio, j.c, j.rows, pos, row);
+  pdl_trigger_after_writes();
 }
 
 // The start shared by the decode indexer's score kernels. Token blockIdx.y of a batch: its
@@ -1181,7 +1182,7 @@ __global__ void idx_scores_v3_kernel(const float* q, const float* wts, float wsc
 __global__ void __launch_bounds__(topk_detail::kTopkThreads)
     idx_topk_kernel(const float* scores, int64_t scores_stride, int64_t ratio, int64_t K, int32_t* sel,
                     int32_t* n_sel, const StepCtl* ctl) {
-  pdl_enter();
+  pdl_wait();  // the decode attention reads sel and n_sel before its own wait
   __shared__ topk_detail::TopkShared sh;
   scores += blockIdx.y * scores_stride;  // token blockIdx.y of a batch
   sel += blockIdx.y * K;
@@ -1191,9 +1192,10 @@ __global__ void __launch_bounds__(topk_detail::kTopkThreads)
   if (threadIdx.x == 0) *n_sel = static_cast<int32_t>(n_vis <= K ? n_vis : K);
   if (n_vis <= K) {
     for (int64_t w = threadIdx.x; w < n_vis; w += blockDim.x) sel[w] = static_cast<int32_t>(w);
-    return;
+  } else {
+    topk_detail::block_topk(topk_detail::ArrayLoad{scores}, n_vis, static_cast<int>(K), sel, sh);
   }
-  topk_detail::block_topk(topk_detail::ArrayLoad{scores}, n_vis, static_cast<int>(K), sel, sh);
+  pdl_trigger_after_writes();
 }
 
 // The step's attention rows: n_raw window rows from the ring (from position start), then the
@@ -1356,9 +1358,8 @@ __global__ void __launch_bounds__(kThreads) attention_part_v2_kernel(AttnShape s
                                                                      const float* ring, const float* comp,
                                                                      const int32_t* sel, const int32_t* n_sel,
                                                                      int64_t sel_stride, float* part,
-                                                                     const StepCtl* ctl) {
+                                                                     const StepCtl* ctl, bool early) {
   static_assert(kPartRowsPerWarp * kAttnHeads == 32, "one score per lane after the reduce-scatter");
-  pdl_enter();
   const int64_t t = blockIdx.z;
   q += t * s.NH * s.D;
   if (sel) sel += t * sel_stride;
@@ -1373,30 +1374,42 @@ __global__ void __launch_bounds__(kThreads) attention_part_v2_kernel(AttnShape s
   float* p = sc_sh + kAttnHeads * kAttnChunk;                  // [kAttnChunk][kAttnHeads]
   const int64_t c = blockIdx.x, h0 = static_cast<int64_t>(blockIdx.y) * kAttnHeads;
   const int nh = s.NH - h0 < kAttnHeads ? static_cast<int>(s.NH - h0) : kAttnHeads;
-  int64_t n_raw = 0, start = 0;
-  const int64_t n = attn_rows(s, sel, n_sel, ctl->pos, &n_raw, &start);
-  const int64_t r0 = c * kAttnChunk;
-  if (r0 >= n) return;
-  const int nr = n - r0 < kAttnChunk ? static_cast<int>(n - r0) : kAttnChunk;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-
+  const int64_t r0 = c * kAttnChunk;
+  int64_t n = 0;
+  int nr = 0;
   // The warp's rows from L2 into registers (all loads issued before any use).
   float4 R[kPartRowsPerWarp][kPartMaxVecPerLane];
+  auto load_rows = [&] {
+    int64_t n_raw = 0, start = 0;
+    n = attn_rows(s, sel, n_sel, ctl->pos, &n_raw, &start);
+    nr = n - r0 <= 0 ? 0 : n - r0 < kAttnChunk ? static_cast<int>(n - r0) : kAttnChunk;
 #pragma unroll
-  for (int i = 0; i < kPartRowsPerWarp; ++i) {
-    const int r = warp + kAttnHeads * i;
-    const float4* src = nullptr;
-    if (r < nr) {
-      const int64_t rr = r0 + r;
-      src = reinterpret_cast<const float4*>(rr < n_raw ? ring + ((start + rr) % s.ring_cap) * s.D
-                                                       : comp + static_cast<int64_t>(sel ? sel[rr - n_raw] : rr - n_raw) * s.D);
-    }
+    for (int i = 0; i < kPartRowsPerWarp; ++i) {
+      const int r = warp + kAttnHeads * i;
+      const float4* src = nullptr;
+      if (r < nr) {
+        const int64_t rr = r0 + r;
+        src = reinterpret_cast<const float4*>(
+            rr < n_raw ? ring + ((start + rr) % s.ring_cap) * s.D
+                       : comp + static_cast<int64_t>(sel ? sel[rr - n_raw] : rr - n_raw) * s.D);
+      }
 #pragma unroll
-    for (int j = 0; j < kPartMaxVecPerLane; ++j) {
-      const int k = lane + 32 * j;
-      R[i][j] = src && k < D4 ? src[k] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      for (int j = 0; j < kPartMaxVecPerLane; ++j) {
+        const int k = lane + 32 * j;
+        R[i][j] = src && k < D4 ? src[k] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
     }
-  }
+  };
+  // early: the rows, the selection and the position were written by kernels that had
+  // completed (the ring row, three launches back on this stream; StepCtl) or that signal
+  // their dependents only after their writes (idx_topk, comp_store_emit:
+  // pdl_trigger_after_writes), so they are loaded while the predecessor (the query finish)
+  // still runs; only q waits.
+  if (early) load_rows();
+  pdl_enter();
+  if (!early) load_rows();
+  if (r0 >= n) return;
   const float4* q4 = reinterpret_cast<const float4*>(q + h0 * s.D);
   if constexpr (kBatched)
     stage_batched(nh * D4, [&](int64_t i) { return q4[i]; }, [&](int64_t i, float4 v) { qs[i] = v; });
@@ -2086,7 +2099,8 @@ bool attention_part_v2() { return std::getenv("DS4_CUDA_NO_ATTN_PART_V2") == nul
 template <bool kBatched>
 void attention_launches(const AttnShape& s, const float* q, const float* ring, const float* comp, const int32_t* sel,
                         const int32_t* n_sel, const float* sinks, const float* omega, float* scratch, float* o,
-                        const StepCtl* ctl, void* stream, int64_t tokens, int64_t sel_stride, void* o_q8) {
+                        const StepCtl* ctl, void* stream, int64_t tokens, int64_t sel_stride, void* o_q8,
+                        bool early_rows) {
   const float scale = 1.0f / sqrtf(static_cast<float>(s.D));
   const int64_t nchunks = (std::max<int64_t>(s.max_rows, 1) + kAttnChunk - 1) / kAttnChunk;
   const size_t smem = attn_part_smem(s.D);
@@ -2110,7 +2124,7 @@ void attention_launches(const AttnShape& s, const float* q, const float* ring, c
     }();
     (void)v2_optin;
     launch(attention_part_v2_kernel<kBatched>, grid, kThreads, attn_part_v2_smem(s.D), stream, s, scale, q, ring,
-           comp, sel, n_sel, sel_stride, scratch, ctl);
+           comp, sel, n_sel, sel_stride, scratch, ctl, early_rows && tokens == 1);
   } else {
     launch(attention_part_kernel<kBatched>, grid, kThreads, smem, stream, s, scale, q, ring, comp, sel, n_sel,
            sel_stride, scratch, ctl);
@@ -2125,16 +2139,18 @@ void attention_launches(const AttnShape& s, const float* q, const float* ring, c
 
 void attention(const AttnShape& s, const float* q, const float* ring, const float* comp, const int32_t* sel,
                const int32_t* n_sel, const float* sinks, const float* omega, float* scratch, float* o,
-               const StepCtl* ctl, void* stream, int64_t tokens, int64_t sel_stride, void* o_q8) {
+               const StepCtl* ctl, void* stream, int64_t tokens, int64_t sel_stride, void* o_q8,
+               bool early_rows) {
   DS4_FWD_REQUIRE(tokens >= 1 && tokens <= 65535);
   DS4_FWD_REQUIRE(s.D % 4 == 0);
   DS4_FWD_REQUIRE(!o_q8 || s.D % QK8_0 == 0);
+  early_rows = early_rows && std::getenv("DS4_CUDA_NO_ATTN_EARLY_ROWS") == nullptr;
   if (batched_loads())
     attention_launches<true>(s, q, ring, comp, sel, n_sel, sinks, omega, scratch, o, ctl, stream, tokens, sel_stride,
-                             o_q8);
+                             o_q8, early_rows);
   else
     attention_launches<false>(s, q, ring, comp, sel, n_sel, sinks, omega, scratch, o, ctl, stream, tokens,
-                              sel_stride, o_q8);
+                              sel_stride, o_q8, early_rows);
 }
 
 void route(const float* logits, int64_t NE, int64_t K, const float* bias, const int32_t* tid2eid, bool norm,

@@ -235,7 +235,11 @@ size_t attention_scratch_floats(const AttnShape& s);
 void attention(const AttnShape& s, const float* q, const float* ring, const float* comp,
                const int32_t* sel, const int32_t* n_sel, const float* sinks,
                const float* omega, float* scratch, float* o, const StepCtl* ctl, void* stream,
-               int64_t tokens = 1, int64_t sel_stride = 0, void* o_q8 = nullptr);
+               int64_t tokens = 1, int64_t sel_stride = 0, void* o_q8 = nullptr, bool early_rows = false);
+// early_rows (decode, one token): the first launch loads its rows, the selection and the
+// position before it waits for its predecessor, which is sound only when every kernel that
+// wrote them has completed or is idx_topk / comp_store_emit (they signal their dependents
+// after their writes) -- the decode step's order. DS4_CUDA_NO_ATTN_EARLY_ROWS=1 turns it off.
 
 // Routing (moe.cpp route): logits [NE] -> ids [K], weights [K]. Hash layers pass tid2eid
 // (int32 [n_vocab][K]) and use row ctl->token; others pick the top K of score + bias.

@@ -574,7 +574,7 @@ void GpuSession::attention_sublayer(const DLayer& L, LayerBufs& S, bool x_act, v
   fwd::AttnShape as{NH, D, hp.n_rope, hp.window, cap_, L.ratio, b.max_rows};
   const bool o_q8 = attn_o_q8() && takes_q8_0_act(L.out_a.type) && D % 32 == 0;
   fwd::attention(as, b.q, S.raw, S.comp, sel, b.n_sel, L.sinks, L.omega, b.attn_f, b.o, b.ctl, s, 1, 0,
-                 o_q8 ? b.act_o : nullptr);
+                 o_q8 ? b.act_o : nullptr, /*early_rows=*/true);
   mark("attention core", 0, s);
 
   // 3.4.9 Grouped output projection: group g uses rows g*R.. of wo_a on its heads. All groups

@@ -34,6 +34,23 @@ __device__ __forceinline__ void pdl_enter() {
 #endif
 }
 
+// For a kernel whose dependents read its output before their own pdl_enter (the decode
+// attention reads the indexer's selection and the compressed rows early): pdl_wait at the
+// start, pdl_trigger_after_writes at the end in every thread (no thread may return before
+// it), so that the next kernel is scheduled only once this one's writes are visible.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger_after_writes() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  __threadfence();
+  __syncthreads();
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // DS4_CUDA_NO_PDL set in the environment launches the same kernels without the attribute
 // (plain stream order; pdl_enter is then a no-op): an A/B switch for measurements.
 inline bool pdl_enabled() {
