@@ -1211,6 +1211,19 @@ __device__ int64_t attn_rows(const AttnShape& s, const int32_t* sel, const int32
   return n_raw + n_comp;
 }
 
+// Token blockIdx.z of a batch in the attention's first launch: its query, selection, StepCtl
+// and partials (one token's attention_scratch_floats each: NH * gridDim.x chunks of D + 2).
+__device__ __forceinline__ void attn_part_token(const AttnShape& s, int64_t sel_stride, const float*& q,
+                                                const int32_t*& sel, const int32_t*& n_sel, const StepCtl*& ctl,
+                                                float*& part) {
+  const int64_t t = blockIdx.z;
+  q += t * s.NH * s.D;
+  if (sel) sel += t * sel_stride;
+  n_sel += t;
+  ctl += t;
+  part += t * s.NH * static_cast<int64_t>(gridDim.x) * (s.D + 2);
+}
+
 // Shared memory of attention_part_kernel: the chunk's rows (float4 stride padded to an odd
 // count, so that 32 lanes reading 32 different rows hit distinct banks), the block's heads'
 // queries, their probabilities, and the row pointers.
@@ -1233,14 +1246,7 @@ __global__ void __launch_bounds__(kThreads) attention_part_kernel(AttnShape s, f
                                                                   int64_t sel_stride, float* part,
                                                                   const StepCtl* ctl) {
   pdl_enter();
-  // Token blockIdx.z of a batch: its query, selection, StepCtl and partials (one token's
-  // attention_scratch_floats each: NH * gridDim.x chunks of D + 2).
-  const int64_t t = blockIdx.z;
-  q += t * s.NH * s.D;
-  if (sel) sel += t * sel_stride;
-  n_sel += t;
-  ctl += t;
-  part += t * s.NH * static_cast<int64_t>(gridDim.x) * (s.D + 2);
+  attn_part_token(s, sel_stride, q, sel, n_sel, ctl, part);
   extern __shared__ float4 sm4[];
   const int64_t D = s.D, D4 = D / 4, RS4 = attn_row_stride4(D);
   float4* rows = sm4;                                                // [kAttnChunk][RS4]
@@ -1360,12 +1366,7 @@ __global__ void __launch_bounds__(kThreads) attention_part_v2_kernel(AttnShape s
                                                                      int64_t sel_stride, float* part,
                                                                      const StepCtl* ctl, bool early) {
   static_assert(kPartRowsPerWarp * kAttnHeads == 32, "one score per lane after the reduce-scatter");
-  const int64_t t = blockIdx.z;
-  q += t * s.NH * s.D;
-  if (sel) sel += t * sel_stride;
-  n_sel += t;
-  ctl += t;
-  part += t * s.NH * static_cast<int64_t>(gridDim.x) * (s.D + 2);
+  attn_part_token(s, sel_stride, q, sel, n_sel, ctl, part);
   extern __shared__ float4 sm4[];
   const int D4 = static_cast<int>(s.D / 4);
   float4* rows = sm4;                                          // [kAttnChunk][D4]
