@@ -35,6 +35,15 @@ int64_t cuda_prefill_chunk(size_t free_bytes) {
   return 2048;
 }
 
+#ifdef DS4_HAVE_CUDA
+int64_t cuda_prefill_chunk(const cuda::GpuModel& g) {
+  size_t free_bytes = 0;
+  for (const auto& d : cuda::list_devices())
+    if (d.index == g.device().index) free_bytes = d.free_bytes;
+  return cuda_prefill_chunk(free_bytes);
+}
+#endif
+
 namespace {
 
 class CpuEngine final : public Engine {
@@ -53,10 +62,7 @@ class CudaEngine final : public Engine {
  public:
   explicit CudaEngine(const model::Model& m) : Engine(m), gpu_(cuda::GpuModel::upload(m)) {
     // The memory left once the weights are resident decides the prefill chunk.
-    size_t free_bytes = 0;
-    for (const auto& d : cuda::list_devices())
-      if (d.index == gpu_->device().index) free_bytes = d.free_bytes;
-    prefill_chunk_ = cuda_prefill_chunk(free_bytes);
+    prefill_chunk_ = cuda_prefill_chunk(*gpu_);
   }
   std::unique_ptr<model::EvalSession> new_session(const model::SessionOptions& o) const override {
     return std::make_unique<cuda::GpuSession>(*gpu_, o);

@@ -9,6 +9,10 @@
 
 #include "model/model.h"
 
+namespace ds4::cuda {
+class GpuModel;  // backend/cuda/gpu_model.h (CUDA builds)
+}
+
 namespace ds4::runtime {
 
 enum class BackendKind { Cpu, Cuda };
@@ -47,6 +51,8 @@ class Engine {
 // (~11.4 GiB of session memory at 8192 tokens against ~3.7 GiB at 2048 on the full Flash q2;
 // docs/cuda.md), and the session's own state grows with its context on top.
 int64_t cuda_prefill_chunk(size_t free_bytes);
+// cuda_prefill_chunk of the memory now free on the GPU that holds g (CUDA builds only).
+int64_t cuda_prefill_chunk(const cuda::GpuModel& g);
 
 // Memory held by a session's state (host for cpu, GPU for cuda), for memory budgets.
 size_t session_bytes(const model::EvalSession& s);

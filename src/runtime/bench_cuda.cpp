@@ -127,12 +127,7 @@ int run_cuda_bench(const CudaBenchArgs& a) {
   if (!a.sweep.empty()) return run_sweep(*g, a, name);
 
   int64_t batch = a.batch;
-  if (batch == 0) {
-    size_t free_bytes = 0;
-    for (const auto& d : cuda::list_devices())
-      if (d.index == g->device().index) free_bytes = d.free_bytes;
-    batch = cuda_prefill_chunk(free_bytes);
-  }
+  if (batch == 0) batch = cuda_prefill_chunk(*g);
   std::mt19937 rng(1);
   std::uniform_int_distribution<int32_t> tok(2, static_cast<int32_t>(hp.n_vocab - 1));
   std::vector<int32_t> prompt(static_cast<size_t>(a.prompt)), gen(static_cast<size_t>(a.gen));

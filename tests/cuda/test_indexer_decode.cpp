@@ -53,8 +53,8 @@ TEST(IndexerDecode, PrintsSelectTimesByContext) {
   }
 }
 
-// The long-context scores (idx_scores_v3_kernel, the default; idx_scores_v2_kernel with
-// DS4_CUDA_NO_IDX_SCORES_V3=1) against the first kernel (DS4_CUDA_NO_IDX_SCORES_V2=1): the same scores and the same selection in the same order, bit
+// The long-context scores (idx_scores_v3_kernel with four rows per pass, the default; one row
+// per pass with DS4_CUDA_NO_IDX_SCORES_V3=1) against the first kernel (DS4_CUDA_NO_IDX_SCORES_V2=1): the same scores and the same selection in the same order, bit
 // for bit, at contexts whose row counts are not multiples of the grid, with Gaussian keys, with
 // keys that make many scores equal (ties across the cut), and with all-zero keys (every score
 // 0: one tie of n_vis keys).

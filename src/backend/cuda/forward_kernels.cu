@@ -1047,69 +1047,23 @@ __global__ void idx_scores_kernel(const float* q, const float* wts, float wscale
 
 // idx_scores_kernel with the same float operations in the same order (so the same scores),
 // arranged for long contexts, where each warp scores n_vis / (warps of the grid) rows in turn
-// (~8 at 64K): the next key row is loaded into registers while the current one is scored (the
-// old loop waited a memory round trip per row), and a lane's kHeads heads run as independent
-// FMA chains side by side instead of one after another. Needs NI = 32 * kHeads and
+// (~8 at 64K): the next kRows key rows are loaded into registers while the current ones are
+// scored (the old loop waited a memory round trip per row), and a lane's kHeads heads run as
+// independent FMA chains side by side instead of one after another. Needs NI = 32 * kHeads and
 // DI % 32 == 0, DI <= kIdxMaxDi.
-constexpr int kIdxMaxDi = 256;
-template <int kHeads>
-__global__ void idx_scores_v2_kernel(const float* q, const float* wts, float wscale, int64_t NI, int64_t DI,
-                                     const float* icomp, int64_t ratio, int64_t K, float* scores,
-                                     int64_t scores_stride, const StepCtl* ctl) {
-  extern __shared__ float idx_smem[];
-  float* qs = idx_smem;                                      // [DI][NI]
-  float* ks = idx_smem + NI * DI + (threadIdx.x >> 5) * DI;  // this warp's key row
-  const int64_t n_vis = idx_scores_begin(q, wts, scores, scores_stride, ctl, NI, DI, ratio, K, qs);
-  if (n_vis == 0) return;
-  const int lane = threadIdx.x & 31;
-  const int64_t warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-  const int64_t n_warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
-  const int per_lane = static_cast<int>(DI / 32);
-  float wh[kHeads];
-#pragma unroll
-  for (int c = 0; c < kHeads; ++c) wh[c] = wts[lane + 32 * c] * wscale;
-  float next[kIdxMaxDi / 32];
-  auto load_row = [&](int64_t w) {
-#pragma unroll
-    for (int j = 0; j < kIdxMaxDi / 32; ++j)
-      if (j < per_lane && w < n_vis) next[j] = icomp[w * DI + lane + 32 * j];
-  };
-  load_row(warp);
-  __syncthreads();  // qs
-  for (int64_t w = warp; w < n_vis; w += n_warps) {
-#pragma unroll
-    for (int j = 0; j < kIdxMaxDi / 32; ++j)
-      if (j < per_lane) ks[lane + 32 * j] = next[j];
-    __syncwarp();
-    load_row(w + n_warps);  // in flight while this row is scored
-    float d[kHeads];
-#pragma unroll
-    for (int c = 0; c < kHeads; ++c) d[c] = 0.0f;
-    for (int64_t i = 0; i < DI; ++i) {
-      const float k = ks[i];
-#pragma unroll
-      for (int c = 0; c < kHeads; ++c) d[c] += qs[i * NI + lane + 32 * c] * k;
-    }
-    double s = 0.0;
-#pragma unroll
-    for (int c = 0; c < kHeads; ++c)
-      if (d[c] > 0.0f) s += static_cast<double>(wh[c]) * d[c];
-    s = warp_sum_d(s);
-    if (lane == 0) scores[w] = static_cast<float>(s);
-    __syncwarp();  // ks is rewritten by the next row
-  }
-}
-
-// idx_scores_v2_kernel scoring kRows of its rows at once: the rows a warp scores are the same
+// kRows = 1 is "v2" (one row per pass). kRows > 1 ("v3"): the rows a warp scores are the same
 // (warp, warp + n_warps, ...), each by the same FMA chain over i from 0 and the same head sum,
-// so the scores are the same bits. At long contexts the v2 loop is bound by shared-memory
-// loads (per i, a lane loads its kHeads query values and the row's key for kHeads FMAs); here
-// each query value loaded serves kRows rows: (kHeads + kRows) loads per kHeads * kRows FMAs.
-// Measured (H200, IndexerDecode.PrintsSelectTimesByContext): 32K / 64K / 128K 34.2 / 45.3 /
-// 66.8 us per select vs v2 49.7 / 74.1 / 121.9, but 8K 31.7 vs 27.3: with fewer rows than
-// kRows per warp, passes of kRows leave warps idle. Taking only the rows the warps need per
+// so the scores are the same bits. At long contexts one row per pass is bound by shared-memory
+// loads (per i, a lane loads its kHeads query values and the row's key for kHeads FMAs); with
+// kRows each query value loaded serves kRows rows: (kHeads + kRows) loads per kHeads * kRows FMAs.
+// Measured (H200, IndexerDecode.PrintsSelectTimesByContext, us per select at 8K / 32K / 64K /
+// 128K): kRows 4 32.3 / 34.6 / 45.5 / 66.9; kRows 1 (this kernel) 27.8 / 41.6 / 59.7 / 94.2; the
+// separate v2 kernel it replaced 27.3 / 49.7 / 74.1 / 121.9 (same bits). At 8K kRows 4 is
+// slower: with fewer rows than kRows per warp, passes of kRows leave warps idle. Taking only the rows the warps need per
 // pass (a runtime row count) was slower everywhere (64K 57.1, 8K 31.9 us): the loops then no
-// longer unroll into registers. A v2 loop for short contexts inside this kernel is the next step.
+// longer unroll into registers. A one-row loop for short contexts inside the kRows kernel is the
+// next step.
+constexpr int kIdxMaxDi = 256;
 template <int kHeads, int kRows>
 __global__ void idx_scores_v3_kernel(const float* q, const float* wts, float wscale, int64_t NI, int64_t DI,
                                      const float* icomp, int64_t ratio, int64_t K, float* scores,
@@ -1874,8 +1828,8 @@ int float_type_code(GgmlType t) {
 // H200, IndexerDecode.PrintsSelectTimesByContext (scores + top 512, us per call in a graph):
 // 64K context 74.2 vs 88.9, 128K 121.3 vs 149.8. Read per call (a graph keeps its path).
 bool idx_scores_v2() { return std::getenv("DS4_CUDA_NO_IDX_SCORES_V2") == nullptr; }
-// DS4_CUDA_NO_IDX_SCORES_V3 set: the v2 kernel (one row at a time) instead of v3 (four rows per
-// pass); read on every call, like the v2 switch. Both give the same scores.
+// DS4_CUDA_NO_IDX_SCORES_V3 set: one row per pass (v2) instead of four (v3); read on every
+// call, like the v2 switch. Both give the same scores.
 bool idx_scores_v3() { return std::getenv("DS4_CUDA_NO_IDX_SCORES_V3") == nullptr; }
 constexpr int kIdxV3Rows = 4;
 
@@ -2071,7 +2025,7 @@ void idx_select(const float* q, const float* wts, float wscale, int64_t NI, int6
     launch(idx_scores_v3_kernel<2, kIdxV3Rows>, token_grid(264, tokens), kThreads, smem_v3, stream, q, wts, wscale,
            NI, DI, icomp, ratio, K, scores, scores_stride, ctl);
   else if (idx_scores_v2() && v2_shape)
-    launch(idx_scores_v2_kernel<2>, token_grid(264, tokens), kThreads, smem, stream, q, wts, wscale, NI, DI, icomp,
+    launch(idx_scores_v3_kernel<2, 1>, token_grid(264, tokens), kThreads, smem, stream, q, wts, wscale, NI, DI, icomp,
            ratio, K, scores, scores_stride, ctl);
   else
     launch(idx_scores_kernel, token_grid(264, tokens), kThreads, smem, stream, q, wts, wscale, NI, DI, icomp, ratio,
