@@ -400,13 +400,13 @@ TEST(CudaMoe, FusedExpertsMatchCpuComposition) {
 // from quantize_activation of its f32 h (all of them still 0xFF if no launch wrote them).
 std::vector<float> run_moe_fused(const MoeShape& s, const Experts& e, const DeviceBuffer& ids, const DeviceBuffer& w,
                                  const SharedExpert* shared, const DeviceBuffer& x,
-                                 size_t* quantized_hidden_diff = nullptr) {
+                                 size_t* quantized_hidden_diff = nullptr, bool x_early = false) {
   DeviceBuffer ws(moe_fused_workspace_bytes(s, shared));
   ws.fill_bytes(0xFF);
   DeviceBuffer dy(size_t(s.n_embd) * sizeof(float));
   dy.fill_bytes(0xFF);
   moe_fused(s, e.gate.data(), e.up.data(), e.down.data(), ids.as<int32_t>(), w.as<float>(), shared, x.as<float>(),
-            dy.as<float>(), ws.data());
+            dy.as<float>(), ws.data(), nullptr, x_early);
   check_last_error("moe_fused");
   if (quantized_hidden_diff != nullptr) {
     const int64_t n = int64_t(s.n_used) * s.n_ff;
@@ -568,15 +568,23 @@ TEST(CudaMoe, V2KernelsMatchPreviousKernelsBitForBit) {
                                       (preq ? ", down inputs quantized once" : ", down inputs quantized per block") +
                                       (v3 ? ", v3 decoders" : ", v2 decoders");
             // Where v2's down runs, the once-per-layer path must have run and left the quantized
-            // h in the workspace.
-            size_t hidden_diff = 0;
+            // h in the workspace. Each with the early work before the PDL wait (default; x
+            // quantized early or not) and without it (DS4_CUDA_NO_MOE_EARLY=1: the task order
+            // before the shared rows were listed first).
             const bool check_hidden = preq && (c.n_used == 6 ? shape.v2_down_6 : shape.v2_down_16);
-            EXPECT_EQ(
-                count_bit_differences(run_moe_fused(s, e, dids, dw, sp, dx, check_hidden ? &hidden_diff : nullptr),
-                                      before),
-                0u)
-                << where;
-            EXPECT_EQ(hidden_diff, 0u) << where << ": quantized h in the workspace";
+            for (const int early : {0, 1, 2}) {
+              const ScopedEnv early_env("DS4_CUDA_NO_MOE_EARLY", early == 2 ? "1" : "");
+              const std::string at = where + (early == 0   ? ", early work with x"
+                                              : early == 1 ? ", early work without x"
+                                                           : ", no early work");
+              size_t hidden_diff = 0;
+              EXPECT_EQ(count_bit_differences(run_moe_fused(s, e, dids, dw, sp, dx,
+                                                            check_hidden ? &hidden_diff : nullptr, early == 0),
+                                              before),
+                        0u)
+                  << at;
+              EXPECT_EQ(hidden_diff, 0u) << at << ": quantized h in the workspace";
+            }
           }
         }
       }

@@ -635,8 +635,9 @@ void GpuSession::moe(const DLayer& L, void* s) {
                           hp.swiglu_limit_shared[static_cast<size_t>(L.il)]};
   const bool shared_one_type = !has_shared || (L.up_shexp.type == shared.type && L.down_shexp.type == shared.type);
   if (shared_one_type && moe_fused_supported(routed, has_shared ? &shared : nullptr)) {
+    // x_early: the router's launch(es) above sit between the FFN HC pre, which wrote b.x, and these.
     moe_fused(routed, L.gate_exps.d, L.up_exps.d, L.down_exps.d, b.ids, b.rw, has_shared ? &shared : nullptr, b.x,
-              b.y, b.moe_ws, s);
+              b.y, b.moe_ws, s, /*x_early=*/true);
     mark("routed + shared experts",
          static_cast<double>(L.gate_exps.bytes() + L.up_exps.bytes() + L.down_exps.bytes()) * static_cast<double>(K) /
                  static_cast<double>(hp.n_expert) +

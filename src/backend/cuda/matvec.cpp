@@ -167,7 +167,7 @@ const void* moe_fused_quantized_hidden(const MoeShape& s, const SharedExpert* sh
 
 void moe_fused(const MoeShape& s, const void* d_gate, const void* d_up, const void* d_down, const int32_t* d_ids,
                const float* d_route_w, const SharedExpert* shared, const float* d_x, float* d_y, void* d_workspace,
-               void* stream) {
+               void* stream, bool x_early) {
   if (!moe_fused_supported(s, shared))
     fail("cuda moe_fused: {}/{} experts x {} of {}x{} (shared expert: {}) are not supported; use moe_experts",
          type_name(s.gate_up_type), type_name(s.down_type), s.n_used, s.n_embd, s.n_ff,
@@ -185,6 +185,7 @@ void moe_fused(const MoeShape& s, const void* d_gate, const void* d_up, const vo
   m.has_shared = shared != nullptr;
   if (shared != nullptr) m.shared = *shared;
   m.x = d_x;
+  m.x_early = x_early;
   m.y = d_y;
   uint8_t* ws = static_cast<uint8_t*>(d_workspace);
   m.h = reinterpret_cast<float*>(ws);

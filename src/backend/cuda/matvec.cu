@@ -1126,6 +1126,19 @@ struct FusedGateUp {
                            // others shared half rows: both kinds spread over every SM
   const float* x;
   int64_t x_spans;         // n_embd / 256
+  // v2 only. The task list is [shared half rows 0, shared_head), the routed rows, then the
+  // other shared half rows, so that each warp's first ring buffers (shared_head = stages x all
+  // warps, as far as there are shared rows) hold shared rows, whose addresses depend on no
+  // earlier kernel: they are requested before pdl_enter. The cheap shared rows also end the list.
+  int64_t shared_head;
+  // x was written before the launch that precedes this one (the decode step's router sits
+  // between the FFN HC pre and the experts): every block quantizes it before pdl_enter.
+  bool x_early;
+  // Task i of the v2 list: routed row (*routed = true) or shared half row.
+  __device__ int64_t task_row(int64_t i, bool* routed) const {
+    *routed = i >= shared_head && i < shared_head + routed_rows;
+    return i < shared_head ? i : *routed ? i - shared_head : i - routed_rows;
+  }
 };
 
 template <class KR, class KS>
@@ -1185,6 +1198,10 @@ struct FusedDown {
   // vectors; nullptr: every block quantizes them itself (quantize_down_inputs).
   const uint8_t* act_pre;
   int act_pre_vec;
+  // v2: request the ring's first rows before pdl_enter. Their addresses need the router's ids,
+  // which are settled by then: the gate/up launch, which reads them after its own wait, sits
+  // between the router and this launch.
+  bool ring_early;
 };
 
 // The shared expert's hidden values 256 * span + 8 * lane + j: gate and up as the separate
@@ -1448,7 +1465,6 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 1) moe_gate_up_v2_kernel(Fused
   constexpr int kRep = kTab ? kTableRep : 1;
   extern __shared__ __align__(16) uint8_t smem[];
   const Tables t = stage_tables_replicated<kTab>(reinterpret_cast<uint64_t*>(smem + l.tables));
-  pdl_enter();  // ids, route weights and x come from earlier kernels
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
   uint8_t* act_r = smem + l.act_r;
   uint8_t* act_s = smem + l.act_s;
@@ -1456,24 +1472,40 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 1) moe_gate_up_v2_kernel(Fused
   const HalfRowsPlan& sh = a.shared;
   const int routed_vec = int(r.rb / 16), shared_vec = int(sh.half_bytes / 16);
   const uint64_t policy = l2_evict_first_policy();
-  // Tasks [0, routed_rows): routed gate/up row pairs; then the shared expert's half rows.
+  // Tasks: a.task_row's list of routed gate/up row pairs and the shared expert's half rows.
   auto issue = [&](int64_t task, uint8_t* buf) {
-    if (task < a.routed_rows) {
-      copy_async(buf, r.row(0, task), routed_vec, policy);
-      copy_async(buf + r.rb, r.row(1, task), routed_vec, policy);
+    bool routed;
+    const int64_t row = a.task_row(task, &routed);
+    if (routed) {
+      copy_async(buf, r.row(0, row), routed_vec, policy);
+      copy_async(buf + r.rb, r.row(1, row), routed_vec, policy);
     } else {
-      copy_async(buf, sh.row(0, task - a.routed_rows), shared_vec, policy);
+      copy_async(buf, sh.row(0, row), shared_vec, policy);
     }
   };
   const WarpRing ring{smem + size_t(warp) * l.stages * l.stage_bytes, l.stages, l.stage_bytes,
                       int64_t(blockIdx.x) * nwarps + warp, int64_t(gridDim.x) * nwarps,
                       a.routed_rows + a.shared_rows};
-  ring.start(issue);
-  // Tasks [0, x_spans): x for the routed experts; [x_spans, 2 x_spans): x for the shared one.
+  // The ring's first requests before the wait when they are all shared rows.
+  bool ring_early = true;
+  for (int s = 0; s < l.stages; ++s) {
+    const int64_t task = ring.first + int64_t(s) * ring.step;
+    bool routed;
+    a.task_row(task, &routed);
+    ring_early = ring_early && (task >= ring.end || !routed);
+  }
+  // Spans [0, x_spans): x for the routed experts; [x_spans, 2 x_spans): x for the shared one.
   const int64_t spans = a.x_spans * (a.shared_rows > 0 && act_s != act_r ? 2 : 1);
-  quantize_tasks<2, KR, KS>(
-      nwarps, spans, a.x_spans, act_r, act_s,
-      [&](int64_t task, float(&v)[8]) { load_256(a.x + 256 * (task % a.x_spans), v); }, [] {});
+  auto quantize_x = [&] {
+    quantize_tasks<2, KR, KS>(
+        nwarps, spans, a.x_spans, act_r, act_s,
+        [&](int64_t task, float(&v)[8]) { load_256(a.x + 256 * (task % a.x_spans), v); }, [] {});
+  };
+  if (ring_early) ring.start(issue);
+  if (a.x_early) quantize_x();
+  pdl_enter();  // ids and route weights (and x unless x_early) come from earlier kernels
+  if (!ring_early) ring.start(issue);
+  if (!a.x_early) quantize_x();
   __syncthreads();
   const SwiGlu epi{r.h, r.route_w, r.n_ff, r.limit};
   constexpr bool kRegs = std::is_same_v<KR, KIQ2_XXS> && kMaxWarps <= 16;
@@ -1481,7 +1513,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 1) moe_gate_up_v2_kernel(Fused
   const bool regs = kRegs && act_regs && r.nblk == 4 * kActBlocks;
   if (kRegs && regs) ra.load(act_r);
   ring.run(issue, [&](int64_t task, const uint8_t* buf) {
-    if (task < a.routed_rows) {
+    bool routed;
+    const int64_t row = a.task_row(task, &routed);
+    if (routed) {
       float g = 0.0f, u = 0.0f;
       if (kRegs && regs) {
         ra.row_dot<kRep>(buf, t, g);
@@ -1492,9 +1526,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32, 1) moe_gate_up_v2_kernel(Fused
       }
       g = warp_sum(g);
       u = warp_sum(u);
-      if (lane == 0) epi(task, g, u);
+      if (lane == 0) epi(row, g, u);
     } else {
-      const int64_t j = task - a.routed_rows;
+      const int64_t j = row;
       float s = 0.0f;
       segment_dot<KS, kRep>(buf, sh.nblk, act_s + (j & 1) * sh.act_half_bytes, t, s);
       s = warp_sum(s);
@@ -1510,7 +1544,6 @@ __global__ void __launch_bounds__(kV2MaxWarps * 32, 1) moe_down_v2_kernel(FusedD
   constexpr int kRep = kTab ? kTableRep : 1;
   extern __shared__ __align__(16) uint8_t smem[];
   const Tables t = stage_tables_replicated<kTab>(reinterpret_cast<uint64_t*>(smem + l.tables));
-  pdl_enter();  // h and the shared half-row sums come from the gate/up launch
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
   uint8_t* act_r = smem + l.act_r;
   uint8_t* act_s = smem + l.act_s;
@@ -1526,7 +1559,20 @@ __global__ void __launch_bounds__(kV2MaxWarps * 32, 1) moe_down_v2_kernel(FusedD
   };
   const WarpRing ring{smem + size_t(warp) * l.stages * l.stage_bytes, l.stages, l.stage_bytes,
                       int64_t(blockIdx.x) * nwarps + warp, int64_t(gridDim.x) * nwarps, a.n_embd};
-  if (a.act_pre != nullptr) {
+  if (a.ring_early) {
+    ring.start(issue);
+    pdl_enter();  // h, the shared half-row sums and their quantization come from the launches before
+    if (a.act_pre != nullptr) {
+      // The quantized inputs (~16 KB for Flash q2) by plain loads: a copy group committed
+      // after the ring's would make the first wait wait for the ring's rows too.
+      const uint4* src = reinterpret_cast<const uint4*>(a.act_pre);
+      uint4* dst = reinterpret_cast<uint4*>(act_r);
+      for (int v = threadIdx.x; v < a.act_pre_vec; v += blockDim.x) dst[v] = __ldcg(src + v);
+    } else {
+      quantize_down_inputs<KR, KS>(a, nwarps, act_r, act_s, [] {});
+    }
+  } else if (a.act_pre != nullptr) {
+    pdl_enter();
     // The quantized inputs (~16 KB for Flash q2) as one commit group ahead of the ring's: warp w
     // copies the w-th slice; at most `stages` groups pending = this one has landed.
     const int per = (a.act_pre_vec + nwarps - 1) / nwarps, lo = warp * per;
@@ -1535,6 +1581,7 @@ __global__ void __launch_bounds__(kV2MaxWarps * 32, 1) moe_down_v2_kernel(FusedD
     ring.start(issue);
     copy_async_wait(l.stages);
   } else {
+    pdl_enter();
     ring.start(issue);
     quantize_down_inputs<KR, KS>(a, nwarps, act_r, act_s, [] {});
   }
@@ -1608,12 +1655,14 @@ struct V2Tuning {
   int down_warps = 16;
   int stages = 2;
   bool down_preq = true;  // the down inputs quantized once per layer (moe_down_quantize_kernel)
+  bool early = true;      // work that needs no predecessor's output before pdl_enter (see FusedGateUp)
 };
 V2Tuning v2_tuning() {
   V2Tuning v;
   v.on = std::getenv("DS4_CUDA_NO_MOE_V2") == nullptr;
   v.v3 = std::getenv("DS4_CUDA_NO_MOE_V3") == nullptr;
   v.down_preq = std::getenv("DS4_CUDA_NO_MOE_DOWN_PREQ") == nullptr;
+  v.early = std::getenv("DS4_CUDA_NO_MOE_EARLY") == nullptr;
   v.warps = env_int("DS4_CUDA_MOE_WARPS", v.warps, 4, kV2MaxWarps);
   v.down_warps = env_int("DS4_CUDA_MOE_DOWN_WARPS", v.down_warps, 4, kV2MaxWarps);
   v.stages = env_int("DS4_CUDA_MOE_STAGES", v.stages, 1, kV2MaxStages);
@@ -1687,6 +1736,10 @@ void moe_fused_t(const FusedMoe& m, void* stream) {
                                 size_t(g.x_spans) * span_bytes<KG>(),
                                 two_acts ? size_t(g.x_spans) * span_bytes<KQ8_0>() : 0, KG::kTables);
   const bool act_regs = std::getenv("DS4_CUDA_MOE_IQ2_SMEM_ACT") == nullptr;
+  if (tune.early && gl.stages > 0) {
+    g.shared_head = std::min(g.shared_rows, int64_t(gl.stages) * sm_count() * tune.warps);
+    g.x_early = m.x_early;
+  }
   if (gl.stages > 0 && tune.warps <= 16)  // 128 registers: room for Iq2LaneAct
     launch_v2(moe_gate_up_v2_kernel<KG, KQ8_0, 16>, tune.warps, gl.total, stream, g, gl, act_regs);
   else if (gl.stages > 0)
@@ -1709,6 +1762,7 @@ void moe_fused_t(const FusedMoe& m, void* stream) {
   }
   d.y = m.y;
   d.n_embd = s.n_embd;
+  d.ring_early = tune.early;
   const V2Layout dl = v2_layout(tune, tune.down_warps, size_t(s.n_used) * dn_rb + sh_dn_rb,
                                 size_t(d.h_spans) * span_bytes<KD>(), size_t(d.shared_spans) * span_bytes<KQ8_0>(),
                                 KD::kTables);

@@ -105,9 +105,12 @@ struct SharedExpert {
 };
 bool moe_fused_supported(const MoeShape& s, const SharedExpert* shared);
 size_t moe_fused_workspace_bytes(const MoeShape& s, const SharedExpert* shared);
+// x_early: d_x was written before the launch that precedes this call in the stream (the
+// decode step's router sits between the FFN HC pre and the experts), so the gate/up blocks
+// may quantize it before they wait for their predecessor (pdl.h).
 void moe_fused(const MoeShape& s, const void* d_gate, const void* d_up, const void* d_down, const int32_t* d_ids,
                const float* d_route_w, const SharedExpert* shared, const float* d_x, float* d_y, void* d_workspace,
-               void* stream = nullptr);
+               void* stream = nullptr, bool x_early = false);
 // For tests: where the last moe_fused call on this workspace left the routed h quantized in
 // down_type's partner format (activation_bytes(down_type, n_used * n_ff) bytes), when its
 // down inputs were quantized once for the layer (the v2 down kernel without

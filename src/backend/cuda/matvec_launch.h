@@ -45,6 +45,7 @@ struct FusedMoe {
   float* h = nullptr;
   float* parts = nullptr;
   uint8_t* act_pre = nullptr;
+  bool x_early = false;  // moe_fused's x_early
 };
 // Whether the fused kernels take this shape (whole 256-value spans, aligned rows, shared
 // memory within the device's limit); the types must be quantized expert types.
