@@ -845,6 +845,245 @@ __global__ void __launch_bounds__(kHcOneThreads)
   }
 }
 
+// ---- The HC pre as one thread-block cluster (decode at nc 4 x E 4096, the HC pre and the
+// hc_post + HC pre of every layer; DS4_CUDA_NO_HC_CLUSTER=1: hc_pre_one_launch_kernel) ----
+// hc_pre_one_launch_kernel's 64 blocks hand their partials to the last block through global
+// memory (a fence, an atomic arrival, L2 loads), and that one block then collapses and
+// normalizes all E outputs alone. Here the grid is one cluster of kCs blocks (each SM of it
+// takes nc * E / kCs of the state columns) and the blocks exchange through distributed shared
+// memory: after a cluster barrier every block reduces the kCs blocks' partials (in rank
+// order: every block gets the same mix), collapses its own E / kCs outputs from the state
+// columns that the other blocks hold in their shared memory, and after a second barrier
+// (the RMSNorm's sum of squares) normalizes them. The fn weights (kHcClCpt consecutive
+// columns of all n_mix rows per thread) are loaded before pdl_enter.
+// Values: hc_post as hc_post_elem (the same bits); the fn partials and both sums of squares
+// in other fixed orders than the one-launch kernel (the last bits of mix and x may differ).
+constexpr int kHcClThreads = 512;
+constexpr int kHcClNc = 4, kHcClE = 4096, kHcClMix = (2 + kHcClNc) * kHcClNc;  // 24 fn rows
+template <int kCs>
+struct HcCl {
+  static constexpr int kCols = kHcClNc * kHcClE / kCs;  // state columns per block
+  static constexpr int kCpt = kCols / kHcClThreads;     // consecutive columns per thread
+  static constexpr int kOut4 = kHcClE / kCs / 4;        // float4 outputs per block (its collapse threads)
+  static_assert(kCpt == 2 || kCpt == 4, "8 or 16 blocks");
+  static_assert(kOut4 % 32 == 0, "whole warps collapse (the Q8_0 quantizer is warp-collective)");
+};
+
+// Cluster primitives (sm_90; the compute_80 PTX never launches the cluster kernel: the host
+// checks the device first, so there they are empty).
+__device__ __forceinline__ void cluster_arrive() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cluster_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ unsigned cluster_rank() {
+  unsigned r = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+#endif
+  return r;
+}
+// The address of the same shared variable in block `rank` of the cluster (generic address).
+template <class T>
+__device__ __forceinline__ const T* cluster_peer(const T* p, unsigned rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  uint64_t out;
+  asm volatile("mapa.u64 %0, %1, %2;" : "=l"(out) : "l"(reinterpret_cast<uint64_t>(p)), "r"(rank));
+  return reinterpret_cast<const T*>(out);
+#else
+  (void)rank;
+  return p;
+#endif
+}
+
+// One round of a warp's reduce-scatter of 2M values per lane (M = the lane-bit offset): the
+// lane keeps the half whose index bit matches its lane bit, summed with its partner's.
+template <int M>
+__device__ __forceinline__ void reduce_scatter_step(float (&v)[32], int lane) {
+  const bool upper = (lane & M) != 0;
+#pragma unroll
+  for (int e = 0; e < M; ++e) {
+    const float send = upper ? v[e] : v[e + M];
+    const float keep = upper ? v[e + M] : v[e];
+    v[e] = keep + __shfl_xor_sync(kFull, send, M);
+  }
+}
+
+template <bool kPost, int kCs>
+__global__ void __launch_bounds__(kHcClThreads, 1)
+    hc_pre_cluster_kernel(HcShape s, int wtype, const uint8_t* fn, const float* H, HcPostIn p, float* H_post,
+                          const float* base, const float* scale, const float* norm, float* a, float* x, float* post,
+                          float* comb, BlockQ8_0Act* xq, bool defer) {
+  using C = HcCl<kCs>;
+  constexpr int kN = kHcClNc * kHcClE;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const unsigned rank = cluster_rank();
+  const int64_t c0 = static_cast<int64_t>(rank) * C::kCols + C::kCpt * threadIdx.x;  // this thread's first column
+  // Before pdl_enter, weights only: the thread's columns of every fn row, base and scale.
+  __shared__ float base_sh[kHcClMix], scale_sh[3];
+  float w[kHcClMix][C::kCpt];
+#pragma unroll
+  for (int m = 0; m < kHcClMix; ++m) {
+    if (wtype == 0) {
+      const float* row = reinterpret_cast<const float*>(fn) + static_cast<int64_t>(m) * kN + c0;
+      if constexpr (C::kCpt == 4) {
+        const float4 v = *reinterpret_cast<const float4*>(row);
+        w[m][0] = v.x, w[m][1] = v.y, w[m][2] = v.z, w[m][3] = v.w;
+      } else {
+        const float2 v = *reinterpret_cast<const float2*>(row);
+        w[m][0] = v.x, w[m][1] = v.y;
+      }
+    } else {
+      const uint16_t* row = reinterpret_cast<const uint16_t*>(fn) + static_cast<int64_t>(m) * kN + c0;
+      if constexpr (C::kCpt == 4) {
+        const uint2 v = *reinterpret_cast<const uint2*>(row);
+        w[m][0] = fn_weight_16(v.x & 0xffffu, wtype), w[m][1] = fn_weight_16(v.x >> 16, wtype);
+        w[m][2] = fn_weight_16(v.y & 0xffffu, wtype), w[m][3] = fn_weight_16(v.y >> 16, wtype);
+      } else {
+        const uint32_t v = *reinterpret_cast<const uint32_t*>(row);
+        w[m][0] = fn_weight_16(v & 0xffffu, wtype), w[m][1] = fn_weight_16(v >> 16, wtype);
+      }
+    }
+  }
+  if (threadIdx.x < kHcClMix) base_sh[threadIdx.x] = base[threadIdx.x];
+  if (threadIdx.x < 3) scale_sh[threadIdx.x] = scale[threadIdx.x];
+  // The collapse threads' norm weights.
+  const bool collapser = threadIdx.x < C::kOut4;
+  const int64_t d4 = static_cast<int64_t>(rank) * C::kOut4 + threadIdx.x;  // float4 output of a collapser
+  float4 nv = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if (collapser && norm) nv = reinterpret_cast<const float4*>(norm)[d4];
+  pdl_enter();
+  // The block's state columns (kept in shared memory for the other blocks' collapse).
+  __shared__ __align__(16) float hs[C::kCols];
+  float hv[C::kCpt];
+  double ss = 0.0;
+#pragma unroll
+  for (int j = 0; j < C::kCpt; ++j) {
+    if constexpr (kPost) {
+      hv[j] = hc_post_elem(s, p, c0 + j);
+    } else {
+      hv[j] = H[c0 + j];
+    }
+    ss += static_cast<double>(hv[j]) * hv[j];
+  }
+  if constexpr (C::kCpt == 4) {
+    const float4 v = make_float4(hv[0], hv[1], hv[2], hv[3]);
+    reinterpret_cast<float4*>(hs)[threadIdx.x] = v;
+    if constexpr (kPost) reinterpret_cast<float4*>(H_post + c0)[0] = v;
+  } else {
+    const float2 v = make_float2(hv[0], hv[1]);
+    reinterpret_cast<float2*>(hs)[threadIdx.x] = v;
+    if constexpr (kPost) reinterpret_cast<float2*>(H_post + c0)[0] = v;
+  }
+  // fn partials: row m's sum over the thread's columns, then a reduce-scatter over the warp
+  // (rows padded to 32: lane l ends with row l's warp sum), then the warps in order.
+  float v[32];
+#pragma unroll
+  for (int m = 0; m < 32; ++m) {
+    float t = 0.0f;
+    if (m < kHcClMix) {
+#pragma unroll
+      for (int j = 0; j < C::kCpt; ++j) t += w[m][j] * hv[j];
+    }
+    v[m] = t;
+  }
+  reduce_scatter_step<16>(v, lane);
+  reduce_scatter_step<8>(v, lane);
+  reduce_scatter_step<4>(v, lane);
+  reduce_scatter_step<2>(v, lane);
+  reduce_scatter_step<1>(v, lane);
+  constexpr int kWarps = kHcClThreads / 32;
+  __shared__ float wpart[kWarps][32];
+  __shared__ double wss[kWarps];
+  __shared__ float bpart[kHcClMix];  // the block's partials (read by every block of the cluster)
+  __shared__ double bss;             // the block's sum of squares
+  wpart[warp][lane] = v[0];
+  ss = warp_sum_d(ss);
+  if (lane == 0) wss[warp] = ss;
+  __syncthreads();
+  if (threadIdx.x < kHcClMix) {
+    float t = 0.0f;
+    for (int i = 0; i < kWarps; ++i) t += wpart[i][threadIdx.x];
+    bpart[threadIdx.x] = t;
+  } else if (threadIdx.x == 32) {
+    double t = 0.0;
+    for (int i = 0; i < kWarps; ++i) t += wss[i];
+    bss = t;
+  }
+  cluster_arrive();  // barrier 1: every block's bpart, bss and hs are written (and p.post / p.comb read)
+  cluster_wait();
+  __shared__ float mix[kHcClMix];
+  __shared__ float r_sh;
+  if (threadIdx.x < kHcClMix) {
+    float t = 0.0f;
+    for (unsigned b = 0; b < kCs; ++b) t += *cluster_peer(bpart + threadIdx.x, b);
+    mix[threadIdx.x] = t;
+  } else if (threadIdx.x == 32) {
+    double t = 0.0;
+    for (unsigned b = 0; b < kCs; ++b) t += *cluster_peer(&bss, b);
+    r_sh = static_cast<float>(1.0 / sqrt(t / static_cast<double>(kN) + s.rms_eps));
+  }
+  __syncthreads();
+  const float r = r_sh;
+  // post and comb by the last warp of block 0 (every block has read p.post / p.comb before barrier 1).
+  __shared__ double css[C::kOut4 / 32];  // the collapse warps' sums of squares
+  __shared__ double bss2;
+  float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if (collapser) {
+    float pre[kHcClNc];
+    float4 h4[kHcClNc];
+#pragma unroll
+    for (int k = 0; k < kHcClNc; ++k) {
+      pre[k] = hc_pre_weight<false>(s, mix, r, base_sh, scale_sh, k);
+      const int64_t c = static_cast<int64_t>(k) * kHcClE + 4 * d4;  // state column of stream k
+      const float* src = cluster_peer(hs + c % C::kCols, static_cast<unsigned>(c / C::kCols));
+      h4[k] = *reinterpret_cast<const float4*>(src);
+    }
+    double ss2 = 0.0;
+    acc = hc_collapse4(pre, h4, kHcClNc, ss2);
+    ss2 = warp_sum_d(ss2);
+    if (lane == 0) css[warp] = ss2;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0.0;
+    for (int i = 0; i < C::kOut4 / 32; ++i) t += css[i];
+    bss2 = t;
+  }
+  cluster_arrive();  // barrier 2: every block's bss2 is written; the others are done with hs
+  // post and comb by the last warp of block 0 (every block read p.post / p.comb before barrier
+  // 1), between its arrival and its wait: the Sinkhorn holds up no other block.
+  if (rank == 0 && warp == kWarps - 1) {
+    if (defer) {
+      float c[2];
+      hc_post_comb_input_warp(s, mix, r, base_sh, scale_sh, post, c);
+      store_comb_warp(kHcClNc, c, comb);
+    } else {
+      hc_post_comb_warp<kHcClNc>(s, mix, r, base_sh, scale_sh, post, comb);
+    }
+  }
+  cluster_wait();
+  if (collapser) {
+    double tot = 0.0;
+    for (unsigned b = 0; b < kCs; ++b) tot += *cluster_peer(&bss2, b);
+    const float rn = static_cast<float>(1.0 / sqrt(tot / static_cast<double>(kHcClE) + s.rms_eps));
+    if (a) reinterpret_cast<float4*>(a)[d4] = acc;
+    const float4 xv = hc_normed4(acc, rn, norm != nullptr, nv);
+    reinterpret_cast<float4*>(x)[d4] = xv;
+    if (xq) {
+      const float q[4] = {xv.x, xv.y, xv.z, xv.w};
+      quantize_q8_0_act_warp<4>(q, xq + (d4 - lane) / 8);
+    }
+  }
+  cluster_arrive();  // barrier 3: no block leaves while another still reads its bss2
+  cluster_wait();
+}
+
 __global__ void hc_post_kernel(HcShape s, HcPostIn p, float* H_out) {
   pdl_enter();
   const int nc = s.nc;
@@ -1295,18 +1534,6 @@ __global__ void __launch_bounds__(kThreads) attention_part_kernel(AttnShape s, f
 // keeps 4 heads x 4 dims (one float4 of V per row serves 16 FMAs). The score's float order
 // differs from the kernel above (lane partials over d = 4 l + 128 j.., then the tree), p * V's
 // is the same (rows in order per output).
-// One round of a warp's reduce-scatter of 2M values per lane (M = the lane-bit offset): the
-// lane keeps the half whose index bit matches its lane bit, summed with its partner's.
-template <int M>
-__device__ __forceinline__ void reduce_scatter_step(float (&v)[32], int lane) {
-  const bool upper = (lane & M) != 0;
-#pragma unroll
-  for (int e = 0; e < M; ++e) {
-    const float send = upper ? v[e] : v[e + M];
-    const float keep = upper ? v[e + M] : v[e];
-    v[e] = keep + __shfl_xor_sync(kFull, send, M);
-  }
-}
 constexpr int kPartRowsPerWarp = kAttnChunk / kAttnHeads;  // 4: rows w + 8 i
 constexpr int kPartMaxVecPerLane = 4;                       // D <= 512
 __host__ __device__ inline size_t attn_part_v2_smem(int64_t D) {
@@ -1878,6 +2105,84 @@ bool hc_one_launch_enabled() {
   static const bool on = std::getenv("DS4_CUDA_NO_HC_V3") == nullptr;
   return on;
 }
+// DS4_CUDA_NO_HC_CLUSTER=1 runs hc_pre_one_launch_kernel where hc_pre_cluster_kernel would
+// (A/B switch); DS4_CUDA_HC_CLUSTER=8 makes the cluster 8 blocks instead of 16 (measurements;
+// 8 is also where a GPU cannot hold a cluster of 16). H200, Flash q2 at 2K, in a graph:
+// hc_post_pre_fused with its extras 5.34 us (16), 6.43 (8), 7.22 (one-launch kernel); decode
+// 150.6 / 151.4 tok/s (16), 146.8 / 146.5 (8), 147.4 / 147.8 (one-launch kernel). With 8
+// blocks each SM loads 96 KB of fn weights, with 16 48 KB.
+int hc_cluster_size() {
+  static const int cs = std::getenv("DS4_CUDA_NO_HC_CLUSTER") != nullptr ? 0
+                        : std::getenv("DS4_CUDA_HC_CLUSTER") != nullptr &&
+                                std::atoi(std::getenv("DS4_CUDA_HC_CLUSTER")) == 8
+                            ? 8
+                            : 16;
+  return cs;
+}
+// Whether one cluster of kernel's kCs blocks can be resident on this GPU (once per kernel).
+template <class Kernel>
+bool cluster_fits(Kernel kernel, int cs) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(cs));
+  cfg.blockDim = dim3(kHcClThreads);
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(cs);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  if (cs > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  int n = 0;
+  if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return n >= 1;
+}
+template <bool kPost, int kCs>
+bool launch_hc_cluster_t(const HcShape& s, const HcPostIn* p, int code, const uint8_t* w, const float* H,
+                         float* H_post, const float* base, const float* scale, const float* norm, float* a, float* x,
+                         float* post, float* comb, const HcPreExtras& ex, void* stream) {
+  const auto kernel = hc_pre_cluster_kernel<kPost, kCs>;
+  static const bool fits = device_attribute(cudaDevAttrComputeCapabilityMajor) >= 9 && cluster_fits(kernel, kCs);
+  if (!fits) return false;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(kCs);
+  cfg.blockDim = dim3(kHcClThreads);
+  cfg.stream = st(stream);
+  cudaLaunchAttribute attr[2];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = kCs;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 2 : 1;
+  DS4_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, s, code, w, H, p ? *p : HcPostIn{}, H_post, base, scale, norm, a, x,
+                                    post, comb, static_cast<BlockQ8_0Act*>(ex.x_q8), ex.defer_sinkhorn));
+  return true;
+}
+// The HC pre as one cluster where it applies (nc 4 x E 4096, 24 fn rows, aligned weights);
+// false: not launched.
+bool launch_hc_cluster(const HcShape& s, int64_t n_mix, const HcPostIn* p, int code, const uint8_t* w,
+                       const float* H, float* H_post, const float* base, const float* scale, const float* norm,
+                       float* a, float* x, float* post, float* comb, const HcPreExtras& ex, void* stream) {
+  const int cs = hc_cluster_size();
+  if (cs == 0 || s.nc != kHcClNc || s.E != kHcClE || n_mix != kHcClMix || (reinterpret_cast<uintptr_t>(w) & 15) != 0 ||
+      (reinterpret_cast<uintptr_t>(norm) & 15) != 0)
+    return false;
+  if (cs == 16 &&
+      (p ? launch_hc_cluster_t<true, 16>(s, p, code, w, H, H_post, base, scale, norm, a, x, post, comb, ex, stream)
+         : launch_hc_cluster_t<false, 16>(s, p, code, w, H, H_post, base, scale, norm, a, x, post, comb, ex, stream)))
+    return true;
+  return p ? launch_hc_cluster_t<true, 8>(s, p, code, w, H, H_post, base, scale, norm, a, x, post, comb, ex, stream)
+           : launch_hc_cluster_t<false, 8>(s, p, code, w, H, H_post, base, scale, norm, a, x, post, comb, ex, stream);
+}
 template <bool kHead, int kNc>
 void launch_hc_one(const HcShape& s, int64_t n_mix, const HcPostIn* p, int code, const uint8_t* w, const float* H,
                    float* H_post, const float* base, const float* scale, const float* norm, float* a, float* x,
@@ -1908,6 +2213,8 @@ bool hc_fused_launches(const HcShape& s, int64_t n_mix, const HcPostIn* p, const
   const int code = float_type_code(fn_type);
   if (hc_one_launch_enabled() && s.E <= kHcOneMaxE && (reinterpret_cast<uintptr_t>(norm) & 15) == 0) {
     DS4_FWD_REQUIRE(!ex.x_q8 || s.E % 128 == 0);
+    if (!kHead && launch_hc_cluster(s, n_mix, p, code, w, H, H_post, base, scale, norm, a, x, post, comb, ex, stream))
+      return true;
     auto one = s.nc == 4 ? launch_hc_one<kHead, 4> : launch_hc_one<kHead, 0>;
     one(s, n_mix, p, code, w, H, H_post, base, scale, norm, a, x, post, comb, scr, ex, stream);
     return true;
