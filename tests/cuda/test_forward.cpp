@@ -241,6 +241,16 @@ bool identical_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
+// The decode HC pre's variants at nc 4 x E 4096 (forward_kernels.cu hc_cluster_size): the
+// environment each sets (an empty value leaves the variable unset).
+struct HcVariant {
+  const char *name1, *value1, *name2, *value2;
+};
+constexpr HcVariant kHcVariants[] = {{"DS4_CUDA_HC_CLUSTER", "", "DS4_CUDA_NO_HC_CLUSTER", ""},
+                                     {"DS4_CUDA_HC_CLUSTER", "8", "DS4_CUDA_NO_HC_CLUSTER", ""},
+                                     {"DS4_CUDA_HC_CLUSTER", "", "DS4_CUDA_NO_HC_CLUSTER", "1"}};
+using ds4::cuda::test_util::ScopedEnv;
+
 TEST_P(HyperConnections, MatchCpu) {
   REQUIRE_GPU();
   const int64_t nc = hp.n_hc, E = hp.n_embd, n_mix = (2 + nc) * nc;
@@ -270,7 +280,13 @@ TEST_P(HyperConnections, MatchCpu) {
   // second launch reduces the partials itself, in one fixed order).
   std::vector<float> nw = randv(E, 34, 0.5f);
   for (float& v : nw) v += 1.0f;
+  // At nc 4 x E 4096 the HC pre runs as one cluster of 16 blocks (default), of 8
+  // (DS4_CUDA_HC_CLUSTER=8) or as the one-launch kernel (DS4_CUDA_NO_HC_CLUSTER=1): all three.
+  for (const HcVariant& variant : kHcVariants)
   for (ds4::GgmlType t : {ds4::GgmlType::F32, ds4::GgmlType::F16, ds4::GgmlType::BF16}) {
+    const ScopedEnv v1(variant.name1, variant.value1), v2(variant.name2, variant.value2);
+    SCOPED_TRACE(std::string("DS4_CUDA_HC_CLUSTER='") + variant.value1 + "' DS4_CUDA_NO_HC_CLUSTER='" + variant.value2 +
+                 "'");
     std::vector<float> fnq;
     auto dfnq = up(fn_bytes_as(t, fn, fnq)), dnw = up(nw);
     ds4::model::HcWeights wq = w;
@@ -338,7 +354,11 @@ TEST_P(HyperConnections, PostFusedIntoNextPreAndHead) {
   w.base = randv(n_mix, 46, 0.5f);
   w.scale = {0.6f, 1.1f, 1.2f};
   auto dbase = up(w.base), dscale = up(w.scale);
+  for (const HcVariant& variant : kHcVariants)
   for (ds4::GgmlType t : {ds4::GgmlType::F32, ds4::GgmlType::F16}) {
+    const ScopedEnv v1(variant.name1, variant.value1), v2(variant.name2, variant.value2);
+    SCOPED_TRACE(std::string("DS4_CUDA_HC_CLUSTER='") + variant.value1 + "' DS4_CUDA_NO_HC_CLUSTER='" + variant.value2 +
+                 "'");
     std::vector<float> fnq;
     auto dfn = up(fn_bytes_as(t, fn, fnq));
     w.fn = f32_tensor(fnq, nc * E, n_mix);

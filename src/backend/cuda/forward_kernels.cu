@@ -2110,14 +2110,12 @@ bool hc_one_launch_enabled() {
 // 8 is also where a GPU cannot hold a cluster of 16). H200, Flash q2 at 2K, in a graph:
 // hc_post_pre_fused with its extras 5.34 us (16), 6.43 (8), 7.22 (one-launch kernel); decode
 // 150.6 / 151.4 tok/s (16), 146.8 / 146.5 (8), 147.4 / 147.8 (one-launch kernel). With 8
-// blocks each SM loads 96 KB of fn weights, with 16 48 KB.
+// blocks each SM loads 96 KB of fn weights, with 16 48 KB. Read at every launch (a decode
+// step's launches are captured once into its graph), so that tests can run all three.
 int hc_cluster_size() {
-  static const int cs = std::getenv("DS4_CUDA_NO_HC_CLUSTER") != nullptr ? 0
-                        : std::getenv("DS4_CUDA_HC_CLUSTER") != nullptr &&
-                                std::atoi(std::getenv("DS4_CUDA_HC_CLUSTER")) == 8
-                            ? 8
-                            : 16;
-  return cs;
+  if (std::getenv("DS4_CUDA_NO_HC_CLUSTER") != nullptr) return 0;
+  const char* cs = std::getenv("DS4_CUDA_HC_CLUSTER");
+  return cs != nullptr && std::atoi(cs) == 8 ? 8 : 16;
 }
 // Whether one cluster of kernel's kCs blocks can be resident on this GPU (once per kernel).
 template <class Kernel>
