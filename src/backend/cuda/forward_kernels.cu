@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "backend/cuda/check.h"
+#include "backend/cuda/cluster.cuh"
 #include "backend/cuda/device_attribute.h"
 #include "backend/cuda/forward_kernels.h"
 #include "backend/cuda/matvec_launch.h"
@@ -868,38 +869,6 @@ struct HcCl {
   static_assert(kCpt == 2 || kCpt == 4, "8 or 16 blocks");
   static_assert(kOut4 % 32 == 0, "whole warps collapse (the Q8_0 quantizer is warp-collective)");
 };
-
-// Cluster primitives (sm_90; the compute_80 PTX never launches the cluster kernel: the host
-// checks the device first, so there they are empty).
-__device__ __forceinline__ void cluster_arrive() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void cluster_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ unsigned cluster_rank() {
-  unsigned r = 0;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-#endif
-  return r;
-}
-// The address of the same shared variable in block `rank` of the cluster (generic address).
-template <class T>
-__device__ __forceinline__ const T* cluster_peer(const T* p, unsigned rank) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  uint64_t out;
-  asm volatile("mapa.u64 %0, %1, %2;" : "=l"(out) : "l"(reinterpret_cast<uint64_t>(p)), "r"(rank));
-  return reinterpret_cast<const T*>(out);
-#else
-  (void)rank;
-  return p;
-#endif
-}
 
 // One round of a warp's reduce-scatter of 2M values per lane (M = the lane-bit offset): the
 // lane keeps the half whose index bit matches its lane bit, summed with its partner's.
