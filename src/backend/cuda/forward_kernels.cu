@@ -855,8 +855,9 @@ __global__ void __launch_bounds__(kHcOneThreads)
 // memory: after a cluster barrier every block reduces the kCs blocks' partials (in rank
 // order: every block gets the same mix), collapses its own E / kCs outputs from the state
 // columns that the other blocks hold in their shared memory, and after a second barrier
-// (the RMSNorm's sum of squares) normalizes them. The fn weights (kHcClCpt consecutive
-// columns of all n_mix rows per thread) are loaded before pdl_enter.
+// (the RMSNorm's sum of squares) normalizes them. The fn weights (HcCl::kCpt consecutive
+// columns of all n_mix rows per thread) are loaded before pdl_enter. With 16 blocks each SM
+// loads 48 KB of them; with 8, 96 KB, which made the decode step slower on an H200.
 // Values: hc_post as hc_post_elem (the same bits); the fn partials and both sums of squares
 // in other fixed orders than the one-launch kernel (the last bits of mix and x may differ).
 constexpr int kHcClThreads = 512;
