@@ -139,8 +139,6 @@ struct DQ8_0 {
 #pragma unroll
     for (int i = 0; i < 8; ++i) w[i] = ld2x2(b + 2 + 4 * i);
   }
-  __device__ static void meta(const uint8_t*, float&, float&) {}
-  __device__ static void mins(const uint8_t*, int, int&, int&) {}
 };
 
 struct DMXFP4 {
@@ -157,8 +155,6 @@ struct DMXFP4 {
       w[4 + i] = v.y;  // elements 16+4i.. (high nibbles)
     }
   }
-  __device__ static void meta(const uint8_t*, float&, float&) {}
-  __device__ static void mins(const uint8_t*, int, int&, int&) {}
 };
 
 struct DQ2_K {  // element e = 32 j + i: q = (qs[32 (j/4) + i] >> 2 (j%4)) & 3, sub-block 2j + i/16
@@ -226,7 +222,6 @@ struct DIQ2_XXS {  // chunk = group g: 4 grid bytes + u32 {4 x 7 sign bits, 4-bi
     d = f16(raw) * 0.125f;
     dmin = 0.0f;
   }
-  __device__ static void mins(const uint8_t*, int, int&, int&) {}
 };
 
 // ---------------------------------------------------------------------------------------
@@ -310,7 +305,6 @@ struct GateUpPlan {
     const int64_t slot = t.n0 + n;
     h[size_t(slot) * size_t(n_ff) + size_t(r)] = (silu * u) * __ldg(slot_w + slot);
   }
-  __device__ void store(const Tile&, int, int, float) const {}
 };
 
 struct DownPlan {
