@@ -242,14 +242,24 @@ bool identical_bits(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 // The decode HC pre's variants at nc 4 x E 4096 (forward_kernels.cu hc_cluster_size): the
-// environment each sets (an empty value leaves the variable unset).
+// values of DS4_CUDA_HC_CLUSTER and DS4_CUDA_NO_HC_CLUSTER (empty: unset). Each sets them for
+// its scope and names itself in failure messages.
 struct HcVariant {
-  const char *name1, *value1, *name2, *value2;
+  const char *cluster, *no_cluster;
 };
-constexpr HcVariant kHcVariants[] = {{"DS4_CUDA_HC_CLUSTER", "", "DS4_CUDA_NO_HC_CLUSTER", ""},
-                                     {"DS4_CUDA_HC_CLUSTER", "8", "DS4_CUDA_NO_HC_CLUSTER", ""},
-                                     {"DS4_CUDA_HC_CLUSTER", "", "DS4_CUDA_NO_HC_CLUSTER", "1"}};
-using ds4::cuda::test_util::ScopedEnv;
+constexpr HcVariant kHcVariants[] = {{"", ""}, {"8", ""}, {"", "1"}};
+class ScopedHcVariant {
+ public:
+  explicit ScopedHcVariant(const HcVariant& v)
+      : cluster_("DS4_CUDA_HC_CLUSTER", v.cluster),
+        no_cluster_("DS4_CUDA_NO_HC_CLUSTER", v.no_cluster),
+        trace_(__FILE__, __LINE__,
+               std::string("DS4_CUDA_HC_CLUSTER='") + v.cluster + "' DS4_CUDA_NO_HC_CLUSTER='" + v.no_cluster + "'") {}
+
+ private:
+  ds4::cuda::test_util::ScopedEnv cluster_, no_cluster_;
+  ::testing::ScopedTrace trace_;
+};
 
 TEST_P(HyperConnections, MatchCpu) {
   REQUIRE_GPU();
@@ -284,9 +294,7 @@ TEST_P(HyperConnections, MatchCpu) {
   // (DS4_CUDA_HC_CLUSTER=8) or as the one-launch kernel (DS4_CUDA_NO_HC_CLUSTER=1): all three.
   for (const HcVariant& variant : kHcVariants)
   for (ds4::GgmlType t : {ds4::GgmlType::F32, ds4::GgmlType::F16, ds4::GgmlType::BF16}) {
-    const ScopedEnv v1(variant.name1, variant.value1), v2(variant.name2, variant.value2);
-    SCOPED_TRACE(std::string("DS4_CUDA_HC_CLUSTER='") + variant.value1 + "' DS4_CUDA_NO_HC_CLUSTER='" + variant.value2 +
-                 "'");
+    const ScopedHcVariant scoped(variant);
     std::vector<float> fnq;
     auto dfnq = up(fn_bytes_as(t, fn, fnq)), dnw = up(nw);
     ds4::model::HcWeights wq = w;
@@ -356,9 +364,7 @@ TEST_P(HyperConnections, PostFusedIntoNextPreAndHead) {
   auto dbase = up(w.base), dscale = up(w.scale);
   for (const HcVariant& variant : kHcVariants)
   for (ds4::GgmlType t : {ds4::GgmlType::F32, ds4::GgmlType::F16}) {
-    const ScopedEnv v1(variant.name1, variant.value1), v2(variant.name2, variant.value2);
-    SCOPED_TRACE(std::string("DS4_CUDA_HC_CLUSTER='") + variant.value1 + "' DS4_CUDA_NO_HC_CLUSTER='" + variant.value2 +
-                 "'");
+    const ScopedHcVariant scoped(variant);
     std::vector<float> fnq;
     auto dfn = up(fn_bytes_as(t, fn, fnq));
     w.fn = f32_tensor(fnq, nc * E, n_mix);

@@ -45,4 +45,14 @@ __device__ __forceinline__ const T* cluster_peer(const T* p, unsigned rank) {
 #endif
 }
 
+// The launch attribute that makes a grid clusters of cs blocks along x.
+inline cudaLaunchAttribute cluster_attribute(unsigned cs) {
+  cudaLaunchAttribute a{};
+  a.id = cudaLaunchAttributeClusterDimension;
+  a.val.clusterDim.x = cs;
+  a.val.clusterDim.y = 1;
+  a.val.clusterDim.z = 1;
+  return a;
+}
+
 }  // namespace ds4::cuda

@@ -1000,7 +1000,6 @@ __global__ void __launch_bounds__(kHcClThreads, 1)
   }
   __syncthreads();
   const float r = r_sh;
-  // post and comb by the last warp of block 0 (every block has read p.post / p.comb before barrier 1).
   __shared__ double css[C::kOut4 / 32];  // the collapse warps' sums of squares
   __shared__ double bss2;
   float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -2093,11 +2092,7 @@ bool cluster_fits(Kernel kernel, int cs) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(static_cast<unsigned>(cs));
   cfg.blockDim = dim3(kHcClThreads);
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(cs);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
+  cudaLaunchAttribute attr[1] = {cluster_attribute(static_cast<unsigned>(cs))};
   cfg.attrs = attr;
   cfg.numAttrs = 1;
   if (cs > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
@@ -2122,27 +2117,20 @@ bool launch_hc_cluster_t(const HcShape& s, const HcPostIn* p, int code, const ui
   cfg.gridDim = dim3(kCs);
   cfg.blockDim = dim3(kHcClThreads);
   cfg.stream = st(stream);
-  cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = kCs;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2] = {cluster_attribute(kCs), pdl_attribute()};
   cfg.attrs = attr;
   cfg.numAttrs = pdl_enabled() ? 2 : 1;
   DS4_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, s, code, w, H, p ? *p : HcPostIn{}, H_post, base, scale, norm, a, x,
                                     post, comb, static_cast<BlockQ8_0Act*>(ex.x_q8), ex.defer_sinkhorn));
   return true;
 }
-// The HC pre as one cluster where it applies (nc 4 x E 4096, 24 fn rows, aligned weights);
-// false: not launched.
+// The HC pre as one cluster where it applies (nc 4 x E 4096, 24 fn rows, 16-byte aligned fn;
+// the caller, hc_fused_launches, has checked norm's alignment); false: not launched.
 bool launch_hc_cluster(const HcShape& s, int64_t n_mix, const HcPostIn* p, int code, const uint8_t* w,
                        const float* H, float* H_post, const float* base, const float* scale, const float* norm,
                        float* a, float* x, float* post, float* comb, const HcPreExtras& ex, void* stream) {
   const int cs = hc_cluster_size();
-  if (cs == 0 || s.nc != kHcClNc || s.E != kHcClE || n_mix != kHcClMix || (reinterpret_cast<uintptr_t>(w) & 15) != 0 ||
-      (reinterpret_cast<uintptr_t>(norm) & 15) != 0)
+  if (cs == 0 || s.nc != kHcClNc || s.E != kHcClE || n_mix != kHcClMix || (reinterpret_cast<uintptr_t>(w) & 15) != 0)
     return false;
   if (cs == 16 &&
       (p ? launch_hc_cluster_t<true, 16>(s, p, code, w, H, H_post, base, scale, norm, a, x, post, comb, ex, stream)

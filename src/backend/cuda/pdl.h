@@ -58,14 +58,21 @@ inline bool pdl_enabled() {
   return on;
 }
 
+// The launch attribute that allows programmatic stream serialization (launches add it only
+// while pdl_enabled()).
+inline cudaLaunchAttribute pdl_attribute() {
+  cudaLaunchAttribute a{};
+  a.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  a.val.programmaticStreamSerializationAllowed = 1;
+  return a;
+}
+
 // kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization
 // allowed. Returns the launch's error code (the caller checks it as for a plain launch).
 template <class... KernelArgs, class... Args>
 cudaError_t launch_pdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                        Args&&... args) {
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[1] = {pdl_attribute()};
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
